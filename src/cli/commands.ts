@@ -1,0 +1,165 @@
+/**
+ * The commands: parse, load config, call one module, print. Their logic
+ * lives in station/ (and later links/ and export/).
+ */
+import { readFileSync } from 'node:fs';
+import type { Argv } from 'yargs';
+import { configPath, loadConfig, type StationConfig } from '../config/index.js';
+import { LineSignerError } from '../errors.js';
+import { writeFileAtomic } from '../files.js';
+import { SqliteLedger } from '../ledger/index.js';
+import { caDemo, caImport, caInit, caShow, openStation, stationStatus, verifyLedger } from '../station/index.js';
+import { printJson } from './output.js';
+
+export interface GlobalArgs {
+  config?: string | undefined;
+}
+
+export function config(args: GlobalArgs): StationConfig {
+  return loadConfig(configPath(args.config));
+}
+
+function readInput(path: string): Uint8Array {
+  try {
+    return new Uint8Array(readFileSync(path === '-' ? 0 : path));
+  } catch (err) {
+    throw new LineSignerError('USAGE', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+export function caCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
+  return y
+    .command(
+      'init',
+      'make the local-ca key inside the token and write its CSR',
+      (a) => a.option('csr-out', { type: 'string', describe: 'write the CSR here (default: stdout)' }),
+      async (args) => {
+        const pem = await caInit(config(args));
+        if (args['csr-out']) {
+          writeFileAtomic(args['csr-out'], pem);
+          process.stderr.write(`local-ca key made in the token; CSR written to ${args['csr-out']}\n`);
+        } else process.stdout.write(pem);
+      },
+    )
+    .command(
+      'import <file>',
+      'check a signed local-ca certificate against the profile and install it',
+      (a) => a.positional('file', { type: 'string', demandOption: true }),
+      (args) => {
+        const cfg = config(args);
+        const cert = caImport(cfg, args.file);
+        process.stdout.write(`installed local-ca ${cert.subject.replace(/\n/g, ', ')} (valid to ${cert.validTo}) at ${cfg.ca.certificate}\n`);
+      },
+    )
+    .command(
+      'demo',
+      'DEVELOPMENT ONLY: create a SoftHSM2 token, a throwaway factory root and a local-ca',
+      (a) => a,
+      async (args) => {
+        const report = await caDemo(config(args));
+        for (const c of report.created) process.stdout.write(`created ${c}\n`);
+        if (report.created.length === 0) process.stdout.write('development PKI already in place\n');
+        process.stdout.write(
+          `\n*** ${report.rootPath} is a THROWAWAY factory root made for development. ***\n` +
+            '*** Devices signed under it are not trusted by any real gateway. Never use it in production. ***\n',
+        );
+      },
+    )
+    .command(
+      'show',
+      'show the local-ca and whether the token and key are present',
+      (a) => a.option('json', { type: 'boolean', default: false }),
+      (args) => {
+        const s = caShow(config(args));
+        if (args.json) return printJson(s);
+        const lines = [
+          `config:     ${s.config}`,
+          `token:      "${s.token.label}" ${s.token.found ? 'found' : `NOT FOUND${s.token.error ? ` (${s.token.error})` : ''}`}`,
+          `key:        "${s.token.key_label}" ${s.token.key_found ? 'found' : 'NOT FOUND'}`,
+        ];
+        if ('error' in s.local_ca) lines.push(`local-ca:   ${s.local_ca.error}`);
+        else {
+          lines.push(
+            `local-ca:   ${s.local_ca.subject}`,
+            `issuer:     ${s.local_ca.issuer}`,
+            `sha256:     ${s.local_ca.sha256}`,
+            `valid:      ${s.local_ca.not_before} to ${s.local_ca.not_after}`,
+            `token key:  ${s.local_ca.matches_token_key === null ? 'unknown' : s.local_ca.matches_token_key ? 'matches' : 'DOES NOT MATCH'}`,
+          );
+        }
+        process.stdout.write(lines.join('\n') + '\n');
+      },
+    )
+    .demandCommand(1, 'ca needs a command: init, import, demo or show');
+}
+
+export async function signCommand(args: GlobalArgs & { csr: string; out?: string | undefined }): Promise<void> {
+  const cfg = config(args);
+  const csr = readInput(args.csr);
+  const open = openStation(cfg);
+  let result;
+  try {
+    result = await open.station.handle({ csr, link: 'cli' });
+  } finally {
+    open.close();
+  }
+  if (!result.ok) {
+    process.stderr.write(`ERROR ${result.code} ${result.message}\n`);
+    process.exit(2);
+  }
+  if (args.out) writeFileAtomic(args.out, result.chain);
+  else process.stdout.write(result.chain);
+  process.stderr.write(`${result.replayed ? 'already signed' : 'signed'} ${result.deviceId} serial ${result.serial}\n`);
+}
+
+export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
+  return y
+    .command(
+      'verify',
+      'walk the hash chains and check every stored certificate against the local-ca',
+      (a) => a,
+      (args) => {
+        const { checked, problem } = verifyLedger(config(args));
+        if (problem) {
+          process.stderr.write(`ERROR LEDGER ${problem.table} seq ${problem.seq}: ${problem.reason}\n`);
+          process.exit(1);
+        }
+        process.stdout.write(`ledger intact: ${checked} issuances, both chains verified\n`);
+      },
+    )
+    .command(
+      'allow-reissue <device>',
+      'let this device id get one certificate for a new key (a replaced device)',
+      (a) =>
+        a
+          .positional('device', { type: 'string', demandOption: true })
+          .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' }),
+      (args) => {
+        const cfg = config(args);
+        const ledger = new SqliteLedger(cfg.station.ledger, cfg.station.id);
+        try {
+          ledger.grantReissue(args.device, args.reason);
+        } finally {
+          ledger.close();
+        }
+        process.stdout.write(`device ${args.device} may get one certificate for a new key\n`);
+      },
+    )
+    .demandCommand(1, 'ledger needs a command: verify or allow-reissue');
+}
+
+export function statusCommand(args: GlobalArgs & { json: boolean }): void {
+  const s = stationStatus(config(args));
+  if (args.json) return printJson(s);
+  const rejected = Object.entries(s.rejected).map(([c, n]) => `${c} ${n}`).join(', ') || 'none';
+  process.stdout.write(
+    [
+      `station:   ${s.station}`,
+      `issued:    ${s.issued}`,
+      `rejected:  ${rejected}`,
+      `replays:   ${s.replays}`,
+      `last:      ${s.last_issuance ? `${s.last_issuance.device_id} serial ${s.last_issuance.serial} at ${s.last_issuance.issued_at} via ${s.last_issuance.link}` : 'none'}`,
+      `local-ca:  ${s.local_ca_expires ? `expires ${s.local_ca_expires} (${s.local_ca_days_left} days)` : 'not installed'}`,
+    ].join('\n') + '\n',
+  );
+}

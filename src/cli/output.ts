@@ -1,0 +1,13 @@
+import { asLineSignerError } from '../errors.js';
+
+/** One clear line for any failure; a stack trace only with LINE_SIGNER_DEBUG=1. */
+export function fail(err: unknown): never {
+  const e = asLineSignerError(err);
+  process.stderr.write(`ERROR ${e.code} ${e.message.replace(/\s*\n\s*/g, ' ')}\n`);
+  if (process.env.LINE_SIGNER_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+  process.exit(e.code === 'USAGE' || e.code === 'CONFIG' ? 64 : 1);
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value, null, 2) + '\n');
+}

@@ -1,0 +1,188 @@
+/**
+ * Station configuration: one TOML file, validated on load. Every message
+ * names the key at fault (`token.pin_file: ...`), and relative paths are
+ * resolved against the folder of the config file, so a station folder can
+ * be moved as a whole.
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { z } from 'zod';
+import { LineSignerError } from '../errors.js';
+
+export const DEFAULT_CONFIG_PATH = 'station-config/station.toml';
+
+const label = z.string().min(1).max(32);
+
+const stationSchema = z.strictObject({
+  id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a station id: letters, digits, ".", "_" or "-", at most 64'),
+  factory: z.string().min(1).max(64),
+  production: z.boolean(),
+  ledger: z.string().min(1),
+});
+
+const tokenSchema = z
+  .strictObject({
+    module: z.string().min(1),
+    token_label: label,
+    key_label: label.default('local-ca'),
+    station_key_label: label.default('station-key'),
+    pin_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name').optional(),
+    pin_file: z.string().min(1).optional(),
+    /** Development only: SOFTHSM2_CONF for SoftHSM2, set before C_Initialize. */
+    softhsm2_conf: z.string().min(1).optional(),
+  })
+  .refine((t) => (t.pin_env === undefined) !== (t.pin_file === undefined), {
+    message: 'give exactly one of pin_env or pin_file',
+    path: ['pin_env'],
+  });
+
+const caSchema = z.strictObject({
+  certificate: z.string().min(1),
+  root: z.string().min(1),
+  owner: z.string().regex(/^fio-[A-Za-z0-9_-]{1,60}$/, 'the local-ca CN: "fio-" then the owner id'),
+  validity_days: z.number().int().min(1).max(36500).default(7300),
+});
+
+const policySchema = z.strictObject({
+  /** "uuid" (lowercase 8-4-4-4-12) or a regular expression matched against the whole CN. */
+  device_id: z
+    .string()
+    .min(1)
+    .default('uuid')
+    .refine((p) => p === 'uuid' || isRegExp(p), 'not "uuid" nor a valid regular expression'),
+  allow_p384: z.boolean().default(false),
+  /** The station's own limit on certificates issued, all links together; absent = no limit. */
+  max_certificates: z.number().int().min(1).optional(),
+  /** How far the clock may step back behind the last issuance before CLOCK is answered. */
+  clock_skew_seconds: z.number().int().min(0).max(86400).default(300),
+});
+
+const serialLinkSchema = z.strictObject({
+  path: z.string().min(1),
+  baud: z.number().int().min(50).max(4_000_000).default(115200),
+});
+
+const linksSchema = z.strictObject({
+  serial: z.array(serialLinkSchema).default([]),
+  http: z
+    .string()
+    .regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'HOST:PORT')
+    .optional(),
+  spool: z.array(z.string().min(1)).default([]),
+  idle_timeout_ms: z.number().int().min(100).max(600_000).default(10_000),
+  spool_poll_ms: z.number().int().min(50).max(60_000).default(1000),
+});
+
+const sotaSchema = z.strictObject({
+  gateway: z.string().url(),
+  ostree: z.string().url(),
+});
+
+const configSchema = z.strictObject({
+  station: stationSchema,
+  token: tokenSchema,
+  ca: caSchema,
+  policy: policySchema.default({ device_id: 'uuid', allow_p384: false, clock_skew_seconds: 300 }),
+  links: linksSchema.default({ serial: [], spool: [], idle_timeout_ms: 10_000, spool_poll_ms: 1000 }),
+  sota: sotaSchema.optional(),
+});
+
+export type StationConfig = z.infer<typeof configSchema> & {
+  /** Absolute path of the file this came from. */
+  readonly path: string;
+};
+
+function isRegExp(p: string): boolean {
+  try {
+    new RegExp(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Where the config comes from: the flag, else LINE_SIGNER_CONFIG, else the default. */
+export function configPath(flag?: string): string {
+  return resolve(flag ?? process.env.LINE_SIGNER_CONFIG ?? DEFAULT_CONFIG_PATH);
+}
+
+export function loadConfig(path: string): StationConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new LineSignerError('CONFIG', `cannot read config ${path}: ${(err as Error).message}`);
+  }
+  return parseConfig(text, path);
+}
+
+export function parseConfig(text: string, path: string): StationConfig {
+  let raw: unknown;
+  try {
+    raw = parseToml(text);
+  } catch (err) {
+    const where = err instanceof TomlError ? ` (line ${err.line}, column ${err.column})` : '';
+    throw new LineSignerError('CONFIG', `${path}: not valid TOML${where}: ${firstLine((err as Error).message)}`);
+  }
+  const parsed = configSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    let key = issue.path.join('.');
+    // zod names unknown keys in the message, not the path; name them as keys too.
+    if (issue.code === 'unrecognized_keys') key = [...issue.path, ...issue.keys].join('.');
+    const what = issue.code === 'unrecognized_keys' ? 'unknown key' : issue.message;
+    throw new LineSignerError('CONFIG', `${path}: ${key || '(top level)'}: ${what}`);
+  }
+  const base = dirname(resolve(path));
+  const at = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+  const c = parsed.data;
+  return {
+    ...c,
+    path: resolve(path),
+    station: { ...c.station, ledger: at(c.station.ledger) },
+    token: {
+      ...c.token,
+      module: at(c.token.module),
+      ...(c.token.pin_file !== undefined ? { pin_file: at(c.token.pin_file) } : {}),
+      ...(c.token.softhsm2_conf !== undefined ? { softhsm2_conf: at(c.token.softhsm2_conf) } : {}),
+    },
+    ca: { ...c.ca, certificate: at(c.ca.certificate), root: at(c.ca.root) },
+    links: { ...c.links, spool: c.links.spool.map(at), serial: c.links.serial.map((s) => ({ ...s, path: at(s.path) })) },
+  };
+}
+
+/**
+ * The PIN, from the environment or a file. A file readable by group or
+ * others is refused: a PIN there is a PIN anyone on the station can read.
+ * The PIN itself never enters a message.
+ */
+export function readPin(token: StationConfig['token']): string {
+  if (token.pin_env !== undefined) {
+    const pin = process.env[token.pin_env];
+    if (pin === undefined || pin === '') {
+      throw new LineSignerError('TOKEN_PIN', `token.pin_env: environment variable ${token.pin_env} is not set`);
+    }
+    return pin;
+  }
+  const file = token.pin_file!;
+  let mode: number;
+  try {
+    mode = statSync(file).mode;
+  } catch (err) {
+    throw new LineSignerError('TOKEN_PIN', `token.pin_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new LineSignerError(
+      'TOKEN_PIN',
+      `token.pin_file: ${file} is readable by group or others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`,
+    );
+  }
+  const pin = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  if (pin === '') throw new LineSignerError('TOKEN_PIN', `token.pin_file: ${file} is empty`);
+  return pin;
+}
+
+function firstLine(s: string): string {
+  return s.split('\n')[0] ?? s;
+}

@@ -1,0 +1,358 @@
+/**
+ * The ledger: every issuance and every event, in SQLite (WAL, synchronous
+ * FULL, so a commit is on disk before a certificate leaves the station).
+ * No SQL lives outside this folder; callers use the named operations of
+ * the Ledger interface.
+ */
+import Database from 'better-sqlite3';
+import { LineSignerError } from '../errors.js';
+import { chainHash, GENESIS_HASH } from './chain.js';
+import { MIGRATIONS } from './schema.js';
+
+export { chainHash, GENESIS_HASH } from './chain.js';
+
+export interface NewIssuance {
+  serial: string;
+  deviceId: string;
+  subject: string;
+  publicKeySha256: string;
+  csrSha256: string;
+  certificate: Uint8Array;
+  notBefore: string;
+  notAfter: string;
+  issuedAt: string;
+  link: string;
+  hardwareId?: string | null | undefined;
+  workOrder?: string | null | undefined;
+}
+
+export interface Issuance extends NewIssuance {
+  seq: number;
+  stationId: string;
+  hardwareId: string | null;
+  workOrder: string | null;
+  entryHash: string;
+}
+
+export type EventKind = 'start' | 'stop' | 'rejection' | 'replay' | 'token_error' | 'reissue_granted' | 'ca_import' | 'link';
+
+export interface NewEvent {
+  kind: EventKind;
+  code?: string | null | undefined;
+  message?: string | null | undefined;
+  csrSha256?: string | null | undefined;
+  deviceId?: string | null | undefined;
+  link?: string | null | undefined;
+}
+
+export interface LedgerEvent extends Required<{ [K in keyof NewEvent]: Exclude<NewEvent[K], undefined> }> {
+  seq: number;
+  at: string;
+  stationId: string;
+  entryHash: string;
+}
+
+export interface ChainProblem {
+  table: 'issuances' | 'events';
+  seq: number;
+  reason: string;
+}
+
+export interface LedgerStats {
+  issued: number;
+  rejectedByCode: Record<string, number>;
+  replays: number;
+  lastIssuance: Issuance | undefined;
+}
+
+export interface Ledger {
+  findByCsrHash(csrSha256: string): Issuance | undefined;
+  /** public_key_sha256 of every certificate issued for this device id. */
+  deviceKeys(deviceId: string): string[];
+  reissueAllowed(deviceId: string): boolean;
+  grantReissue(deviceId: string, reason: string): void;
+  issuedCount(): number;
+  lastIssuedAt(): Date | undefined;
+  /** Appends to the chain and commits; the row is durable when this returns. */
+  recordIssuance(entry: NewIssuance): Issuance;
+  recordEvent(event: NewEvent): void;
+  /** Issuances with seq > `seq`, in order, without loading them all at once. */
+  since(seq: number): IterableIterator<Issuance>;
+  /** Walks both chains; `check` adds per-issuance checks (the certificate's signature). */
+  verifyChain(check?: (row: Issuance) => string | null): ChainProblem | null;
+  stats(): LedgerStats;
+  close(): void;
+}
+
+interface IssuanceRow {
+  seq: number;
+  serial: string;
+  device_id: string;
+  subject: string;
+  public_key_sha256: string;
+  csr_sha256: string;
+  certificate: Buffer;
+  not_before: string;
+  not_after: string;
+  issued_at: string;
+  station_id: string;
+  link: string;
+  hardware_id: string | null;
+  work_order: string | null;
+  entry_hash: string;
+}
+
+interface EventRow {
+  seq: number;
+  at: string;
+  kind: string;
+  code: string | null;
+  message: string | null;
+  csr_sha256: string | null;
+  device_id: string | null;
+  link: string | null;
+  station_id: string;
+  entry_hash: string;
+}
+
+function issuanceContent(r: IssuanceRow): Array<string | number | null> {
+  return [
+    r.seq,
+    r.serial,
+    r.device_id,
+    r.subject,
+    r.public_key_sha256,
+    r.csr_sha256,
+    Buffer.from(r.certificate).toString('base64'),
+    r.not_before,
+    r.not_after,
+    r.issued_at,
+    r.station_id,
+    r.link,
+    r.hardware_id,
+    r.work_order,
+  ];
+}
+
+function eventContent(r: EventRow): Array<string | number | null> {
+  return [r.seq, r.at, r.kind, r.code, r.message, r.csr_sha256, r.device_id, r.link, r.station_id];
+}
+
+function toIssuance(r: IssuanceRow): Issuance {
+  return {
+    seq: r.seq,
+    serial: r.serial,
+    deviceId: r.device_id,
+    subject: r.subject,
+    publicKeySha256: r.public_key_sha256,
+    csrSha256: r.csr_sha256,
+    certificate: new Uint8Array(r.certificate),
+    notBefore: r.not_before,
+    notAfter: r.not_after,
+    issuedAt: r.issued_at,
+    stationId: r.station_id,
+    link: r.link,
+    hardwareId: r.hardware_id,
+    workOrder: r.work_order,
+    entryHash: r.entry_hash,
+  };
+}
+
+export class SqliteLedger implements Ledger {
+  private readonly db: Database.Database;
+  private readonly q;
+  private readonly insertIssuance: (entry: NewIssuance) => Issuance;
+  private readonly insertEvent: (event: NewEvent) => void;
+
+  constructor(
+    path: string,
+    private readonly stationId: string,
+  ) {
+    try {
+      this.db = new Database(path);
+    } catch (err) {
+      throw new LineSignerError('LEDGER', `cannot open ledger ${path}: ${(err as Error).message}`);
+    }
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.pragma('foreign_keys = ON');
+    this.migrate();
+    const db = this.db;
+    this.q = {
+      byCsr: db.prepare<[string], IssuanceRow>('SELECT * FROM issuances WHERE csr_sha256 = ?'),
+      deviceKeys: db.prepare<[string], { k: string }>('SELECT DISTINCT public_key_sha256 AS k FROM issuances WHERE device_id = ?'),
+      grant: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM reissue_grants WHERE device_id = ?'),
+      lastIssuance: db.prepare<[], IssuanceRow>('SELECT * FROM issuances ORDER BY seq DESC LIMIT 1'),
+      lastIssuanceHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM issuances ORDER BY seq DESC LIMIT 1'),
+      lastEventHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1'),
+      count: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM issuances'),
+      insertIssuance: db.prepare(
+        `INSERT INTO issuances (seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before,
+           not_after, issued_at, station_id, link, hardware_id, work_order, entry_hash)
+         VALUES (@seq, @serial, @device_id, @subject, @public_key_sha256, @csr_sha256, @certificate, @not_before,
+           @not_after, @issued_at, @station_id, @link, @hardware_id, @work_order, @entry_hash)`,
+      ),
+      insertEvent: db.prepare(
+        `INSERT INTO events (seq, at, kind, code, message, csr_sha256, device_id, link, station_id, entry_hash)
+         VALUES (@seq, @at, @kind, @code, @message, @csr_sha256, @device_id, @link, @station_id, @entry_hash)`,
+      ),
+      deleteGrant: db.prepare<[string]>('DELETE FROM reissue_grants WHERE device_id = ?'),
+      insertGrant: db.prepare<[string, string, string]>(
+        'INSERT OR REPLACE INTO reissue_grants (device_id, granted_at, reason) VALUES (?, ?, ?)',
+      ),
+      since: db.prepare<[number], IssuanceRow>('SELECT * FROM issuances WHERE seq > ? ORDER BY seq'),
+      allEvents: db.prepare<[], EventRow>('SELECT * FROM events ORDER BY seq'),
+      rejected: db.prepare<[], { code: string; n: number }>(
+        "SELECT code, count(*) AS n FROM events WHERE kind = 'rejection' GROUP BY code ORDER BY code",
+      ),
+      replays: db.prepare<[], { n: number }>("SELECT count(*) AS n FROM events WHERE kind = 'replay'"),
+    };
+    // Read the chain's tail inside the write transaction, so two processes
+    // sharing a ledger file still build one chain.
+    this.insertIssuance = db
+      .transaction((entry: NewIssuance): Issuance => {
+        const tail = this.q.lastIssuanceHash.get();
+        const row: IssuanceRow = {
+          seq: (tail?.seq ?? 0) + 1,
+          serial: entry.serial,
+          device_id: entry.deviceId,
+          subject: entry.subject,
+          public_key_sha256: entry.publicKeySha256,
+          csr_sha256: entry.csrSha256,
+          certificate: Buffer.from(entry.certificate),
+          not_before: entry.notBefore,
+          not_after: entry.notAfter,
+          issued_at: entry.issuedAt,
+          station_id: this.stationId,
+          link: entry.link,
+          hardware_id: entry.hardwareId ?? null,
+          work_order: entry.workOrder ?? null,
+          entry_hash: '',
+        };
+        row.entry_hash = chainHash(tail?.entry_hash ?? GENESIS_HASH, issuanceContent(row));
+        this.q.insertIssuance.run(row);
+        // A re-issue grant is good for one certificate.
+        this.q.deleteGrant.run(entry.deviceId);
+        return toIssuance(row);
+      })
+      .immediate.bind(null);
+    this.insertEvent = db
+      .transaction((event: NewEvent) => {
+        const tail = this.q.lastEventHash.get();
+        const row: EventRow = {
+          seq: (tail?.seq ?? 0) + 1,
+          at: new Date().toISOString(),
+          kind: event.kind,
+          code: event.code ?? null,
+          message: event.message ?? null,
+          csr_sha256: event.csrSha256 ?? null,
+          device_id: event.deviceId ?? null,
+          link: event.link ?? null,
+          station_id: this.stationId,
+          entry_hash: '',
+        };
+        row.entry_hash = chainHash(tail?.entry_hash ?? GENESIS_HASH, eventContent(row));
+        this.q.insertEvent.run(row);
+      })
+      .immediate.bind(null);
+  }
+
+  private migrate(): void {
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    if (version > MIGRATIONS.length) {
+      throw new LineSignerError('LEDGER', `ledger schema version ${version} is newer than this line-signer (${MIGRATIONS.length})`);
+    }
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v]!);
+        this.db.pragma(`user_version = ${v + 1}`);
+      }).immediate();
+    }
+  }
+
+  findByCsrHash(csrSha256: string): Issuance | undefined {
+    const row = this.q.byCsr.get(csrSha256);
+    return row ? toIssuance(row) : undefined;
+  }
+
+  deviceKeys(deviceId: string): string[] {
+    return this.q.deviceKeys.all(deviceId).map((r) => r.k);
+  }
+
+  reissueAllowed(deviceId: string): boolean {
+    return this.q.grant.get(deviceId)!.n > 0;
+  }
+
+  grantReissue(deviceId: string, reason: string): void {
+    this.q.insertGrant.run(deviceId, new Date().toISOString(), reason);
+    this.recordEvent({ kind: 'reissue_granted', deviceId, message: reason });
+  }
+
+  issuedCount(): number {
+    return this.q.count.get()!.n;
+  }
+
+  lastIssuedAt(): Date | undefined {
+    const row = this.q.lastIssuance.get();
+    return row ? new Date(row.issued_at) : undefined;
+  }
+
+  recordIssuance(entry: NewIssuance): Issuance {
+    try {
+      return this.insertIssuance(entry);
+    } catch (err) {
+      throw new LineSignerError('INTERNAL', `ledger commit failed, nothing issued: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  recordEvent(event: NewEvent): void {
+    this.insertEvent(event);
+  }
+
+  *since(seq: number): IterableIterator<Issuance> {
+    for (const row of this.q.since.iterate(seq)) yield toIssuance(row);
+  }
+
+  verifyChain(check?: (row: Issuance) => string | null): ChainProblem | null {
+    let prev = GENESIS_HASH;
+    let expectSeq = 1;
+    for (const row of this.q.since.iterate(0)) {
+      if (row.seq !== expectSeq) return { table: 'issuances', seq: row.seq, reason: `seq ${expectSeq} is missing` };
+      if (chainHash(prev, issuanceContent(row)) !== row.entry_hash) {
+        return { table: 'issuances', seq: row.seq, reason: 'entry_hash does not match the row and the previous hash' };
+      }
+      const why = check?.(toIssuance(row));
+      if (why) return { table: 'issuances', seq: row.seq, reason: why };
+      prev = row.entry_hash;
+      expectSeq++;
+    }
+    prev = GENESIS_HASH;
+    expectSeq = 1;
+    for (const row of this.q.allEvents.iterate()) {
+      if (row.seq !== expectSeq) return { table: 'events', seq: row.seq, reason: `event seq ${expectSeq} is missing` };
+      if (chainHash(prev, eventContent(row)) !== row.entry_hash) {
+        return { table: 'events', seq: row.seq, reason: 'entry_hash does not match the row and the previous hash' };
+      }
+      prev = row.entry_hash;
+      expectSeq++;
+    }
+    return null;
+  }
+
+  stats(): LedgerStats {
+    const rejectedByCode: Record<string, number> = {};
+    for (const r of this.q.rejected.all()) rejectedByCode[r.code] = r.n;
+    const last = this.q.lastIssuance.get();
+    return {
+      issued: this.issuedCount(),
+      rejectedByCode,
+      replays: this.q.replays.get()!.n,
+      lastIssuance: last ? toIssuance(last) : undefined,
+    };
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * Versioned migrations, applied in order inside one transaction each and
+ * recorded in PRAGMA user_version. A migration is never edited once
+ * shipped: a change is a new entry at the end.
+ */
+export const MIGRATIONS: readonly string[] = [
+  // 1: issuances (hash-chained) and events (hash-chained too: a deleted
+  // rejection is as much a tampering as a deleted issuance).
+  `
+  CREATE TABLE issuances (
+    seq               INTEGER PRIMARY KEY,
+    serial            TEXT    NOT NULL UNIQUE,
+    device_id         TEXT    NOT NULL,
+    subject           TEXT    NOT NULL,
+    public_key_sha256 TEXT    NOT NULL,
+    csr_sha256        TEXT    NOT NULL UNIQUE,
+    certificate       BLOB    NOT NULL,
+    not_before        TEXT    NOT NULL,
+    not_after         TEXT    NOT NULL,
+    issued_at         TEXT    NOT NULL,
+    station_id        TEXT    NOT NULL,
+    link              TEXT    NOT NULL,
+    hardware_id       TEXT,
+    work_order        TEXT,
+    entry_hash        TEXT    NOT NULL
+  );
+  CREATE INDEX issuances_device ON issuances(device_id);
+  CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY,
+    at         TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    code       TEXT,
+    message    TEXT,
+    csr_sha256 TEXT,
+    device_id  TEXT,
+    link       TEXT,
+    station_id TEXT NOT NULL,
+    entry_hash TEXT NOT NULL
+  );
+  CREATE INDEX events_kind ON events(kind, code);
+  CREATE TABLE reissue_grants (
+    device_id  TEXT PRIMARY KEY,
+    granted_at TEXT NOT NULL,
+    reason     TEXT NOT NULL
+  );
+  `,
+];

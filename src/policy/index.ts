@@ -1,0 +1,148 @@
+/**
+ * The factory's rules, as pure functions: facts in, a refusal (code and
+ * message) or null out. No I/O, no clock of its own; the station gathers
+ * the facts. The order of the profile's "signed only if" table is kept by
+ * the station calling these in turn: key, (signature), subject, extensions,
+ * then the issuance checks that need the ledger.
+ */
+import type { ProtocolCode } from '../errors.js';
+import type { ParsedCsr } from '../x509/csr.js';
+import { ATTRIBUTE_NAMES, OID } from '../x509/oids.js';
+
+export interface Refusal {
+  code: ProtocolCode;
+  message: string;
+}
+
+export interface PolicyRules {
+  factory: string;
+  production: boolean;
+  /** "uuid" or a regular expression the whole CN must match. */
+  deviceId: string;
+  allowP384: boolean;
+  maxCertificates?: number | undefined;
+  clockSkewSeconds: number;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+const refuse = (code: ProtocolCode, message: string): Refusal => ({ code, message });
+
+function attrName(oid: string): string {
+  return ATTRIBUTE_NAMES[oid] ?? oid;
+}
+
+/** Key: EC P-256, and P-384 where the station allows it; nothing else. */
+export function checkKey(csr: ParsedCsr, rules: PolicyRules): Refusal | null {
+  if (csr.keyAlgorithm !== OID.ecPublicKey) {
+    const kind = csr.keyAlgorithm === '1.2.840.113549.1.1.1' ? 'RSA' : csr.keyAlgorithm === '1.3.101.112' ? 'Ed25519' : csr.keyAlgorithm;
+    return refuse('POLICY_KEY', `key type ${kind} is not allowed; use EC P-256`);
+  }
+  if (csr.curve === OID.p256) return null;
+  if (csr.curve === OID.p384 && rules.allowP384) return null;
+  const curve = csr.curve === OID.p384 ? 'P-384' : (csr.curve ?? 'explicit parameters');
+  return refuse('POLICY_KEY', `EC curve ${curve} is not allowed; use P-256${rules.allowP384 ? ' or P-384' : ''}`);
+}
+
+export function deviceIdMatcher(pattern: string): (cn: string) => boolean {
+  if (pattern === 'uuid') return (cn) => UUID.test(cn);
+  const re = new RegExp(`^(?:${pattern})$`, 'u');
+  return (cn) => re.test(cn);
+}
+
+export interface SubjectDecision {
+  refusal: Refusal | null;
+  /** The CN when the subject passed. */
+  deviceId: string;
+  /** The subject to put in the certificate: the CSR's attributes in order. */
+  subject: Array<{ type: string; value: string }>;
+}
+
+/** Subject: exactly CN, OU and (only on a production station) businessCategory=production. */
+export function checkSubject(csr: ParsedCsr, rules: PolicyRules, isDeviceId = deviceIdMatcher(rules.deviceId)): SubjectDecision {
+  const no = (message: string): SubjectDecision => ({ refusal: refuse('POLICY_SUBJECT', message), deviceId: '', subject: [] });
+  const seen = new Map<string, string>();
+  const subject: Array<{ type: string; value: string }> = [];
+  if (csr.rdnCount !== csr.subject.length) return no('subject has a multi-valued RDN; one attribute per RDN');
+  for (const a of csr.subject) {
+    const allowed = a.type === OID.commonName || a.type === OID.organizationalUnit || (a.type === OID.businessCategory && rules.production);
+    if (!allowed) {
+      return no(
+        a.type === OID.businessCategory
+          ? 'businessCategory is not allowed on a non-production station'
+          : `subject attribute ${attrName(a.type)} is not allowed; only CN and OU${rules.production ? ' and businessCategory' : ''}`,
+      );
+    }
+    if (seen.has(a.type)) return no(`subject has ${attrName(a.type)} more than once`);
+    if (a.value === null) return no(`subject ${attrName(a.type)} is not a text string`);
+    seen.set(a.type, a.value);
+    subject.push({ type: a.type, value: a.value });
+  }
+  const cn = seen.get(OID.commonName);
+  if (cn === undefined) return no('subject has no CN (the device id)');
+  if (!isDeviceId(cn)) {
+    return no(
+      rules.deviceId === 'uuid'
+        ? `CN "${clip(cn)}" is not a device id (a lowercase UUID, 8-4-4-4-12 hex digits)`
+        : `CN "${clip(cn)}" does not match the station's device id pattern`,
+    );
+  }
+  const ou = seen.get(OID.organizationalUnit);
+  if (ou === undefined) return no('subject has no OU (the factory name)');
+  if (ou !== rules.factory) return no(`OU "${clip(ou)}" is not this factory ("${rules.factory}")`);
+  if (rules.production) {
+    const bc = seen.get(OID.businessCategory);
+    if (bc === undefined) return no('a production station requires businessCategory=production');
+    if (bc !== 'production') return no(`businessCategory "${clip(bc)}" must be "production"`);
+  }
+  return { refusal: null, deviceId: cn, subject };
+}
+
+/** Requested extensions: a CA request is refused; everything else is ignored, never copied. */
+export function checkExtensions(csr: ParsedCsr): Refusal | null {
+  for (const ext of csr.extensions) {
+    const why = ext.asksForCa;
+    if (why) return refuse('POLICY_EXTENSION', `the CSR asks for ${why}; the station issues device certificates only`);
+  }
+  return null;
+}
+
+/** What the ledger and the clock say, gathered by the station. */
+export interface IssuanceFacts {
+  deviceId: string;
+  publicKeySha256: string;
+  /** public_key_sha256 of every certificate issued so far for this device id. */
+  keysIssuedForDevice: readonly string[];
+  /** The operator allowed this device one certificate for a new key. */
+  reissueAllowed: boolean;
+  issuedCount: number;
+  now: Date;
+  lastIssuedAt: Date | undefined;
+  caNotBefore: Date;
+  caNotAfter: Date;
+}
+
+export function checkIssuance(f: IssuanceFacts, rules: PolicyRules): Refusal | null {
+  if (f.keysIssuedForDevice.length > 0 && !f.keysIssuedForDevice.includes(f.publicKeySha256) && !f.reissueAllowed) {
+    return refuse('DUPLICATE_DEVICE', `device ${f.deviceId} already has a certificate for another key`);
+  }
+  if (rules.maxCertificates !== undefined && f.issuedCount >= rules.maxCertificates) {
+    return refuse('QUOTA_EXCEEDED', `the station's limit of ${rules.maxCertificates} certificates is used up`);
+  }
+  const t = f.now.getTime();
+  if (t < f.caNotBefore.getTime() || t > f.caNotAfter.getTime()) {
+    return refuse(
+      'CLOCK',
+      `station clock ${f.now.toISOString()} is outside the local-ca validity (${f.caNotBefore.toISOString()} to ${f.caNotAfter.toISOString()})`,
+    );
+  }
+  if (f.lastIssuedAt && t + rules.clockSkewSeconds * 1000 < f.lastIssuedAt.getTime()) {
+    return refuse('CLOCK', `station clock ${f.now.toISOString()} is behind the last issuance (${f.lastIssuedAt.toISOString()})`);
+  }
+  return null;
+}
+
+function clip(s: string): string {
+  const printable = s.replace(/[^\x20-\x7e]/g, '?');
+  return printable.length > 80 ? printable.slice(0, 77) + '...' : printable;
+}

@@ -1,0 +1,70 @@
+/** What the PKI owner asks of a station's ledger: is it intact, and what has it done. */
+import { X509Certificate } from 'node:crypto';
+import type { StationConfig } from '../config/index.js';
+import { SqliteLedger, type ChainProblem, type Issuance } from '../ledger/index.js';
+import { readCertificateFile } from './open.js';
+
+/**
+ * Walks both hash chains and checks every stored certificate: signed by the
+ * local-ca, and the serial and device id the row claims.
+ */
+export function verifyLedger(config: StationConfig): { checked: number; problem: ChainProblem | null } {
+  const ca = new X509Certificate(Buffer.from(readCertificateFile(config.ca.certificate, 'local-ca certificate')));
+  const ledger = new SqliteLedger(config.station.ledger, config.station.id);
+  let checked = 0;
+  try {
+    const problem = ledger.verifyChain((row: Issuance) => {
+      checked++;
+      let cert: X509Certificate;
+      try {
+        cert = new X509Certificate(Buffer.from(row.certificate));
+      } catch {
+        return 'stored certificate is not readable';
+      }
+      if (!cert.verify(ca.publicKey)) return 'stored certificate is not signed by the local-ca';
+      if (BigInt('0x' + cert.serialNumber) !== BigInt('0x' + row.serial)) return 'serial does not match the certificate';
+      if (!cert.subject.split('\n').includes(`CN=${row.deviceId}`)) return 'device_id does not match the certificate';
+      return null;
+    });
+    return { checked, problem };
+  } finally {
+    ledger.close();
+  }
+}
+
+export interface StationStatus {
+  station: string;
+  issued: number;
+  rejected: Record<string, number>;
+  replays: number;
+  last_issuance: { seq: number; device_id: string; serial: string; issued_at: string; link: string } | null;
+  local_ca_expires: string | null;
+  local_ca_days_left: number | null;
+}
+
+export function stationStatus(config: StationConfig, now = new Date()): StationStatus {
+  let expires: Date | null = null;
+  try {
+    expires = new Date(new X509Certificate(Buffer.from(readCertificateFile(config.ca.certificate, 'local-ca certificate'))).validTo);
+  } catch {
+    expires = null;
+  }
+  const ledger = new SqliteLedger(config.station.ledger, config.station.id);
+  try {
+    const s = ledger.stats();
+    const last = s.lastIssuance;
+    return {
+      station: config.station.id,
+      issued: s.issued,
+      rejected: s.rejectedByCode,
+      replays: s.replays,
+      last_issuance: last
+        ? { seq: last.seq, device_id: last.deviceId, serial: last.serial, issued_at: last.issuedAt, link: last.link }
+        : null,
+      local_ca_expires: expires?.toISOString() ?? null,
+      local_ca_days_left: expires ? Math.floor((expires.getTime() - now.getTime()) / 86_400_000) : null,
+    };
+  } finally {
+    ledger.close();
+  }
+}

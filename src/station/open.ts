@@ -1,0 +1,112 @@
+/**
+ * Puts a station together from its configuration: the token and its
+ * local-ca key, the installed local-ca certificate (checked again, so a
+ * station never signs under a certificate that is not for its key), the
+ * factory root, and the ledger.
+ */
+import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { readPin, type StationConfig } from '../config/index.js';
+import { LineSignerError } from '../errors.js';
+import { SqliteLedger } from '../ledger/index.js';
+import { Pkcs11Token } from '../token/index.js';
+import type { Signer } from '../token/signer.js';
+import { certificateDer, checkLocalCa, issuerProfile, pemEncode, sha256Hex } from '../x509/index.js';
+import { Station, type LocalCa } from './station.js';
+import type { PolicyRules } from '../policy/index.js';
+
+export function readCertificateFile(path: string, what: string): Uint8Array {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(path);
+  } catch (err) {
+    const hint = what === 'local-ca certificate' ? '; run `line-signer ca import FILE` (or `ca demo` for development)' : '';
+    throw new LineSignerError('CA', `no ${what} at ${path} (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})${hint}`);
+  }
+  return certificateDer(new Uint8Array(bytes), what);
+}
+
+export function localCaFrom(der: Uint8Array, validityDays: number): LocalCa {
+  const x = new X509Certificate(Buffer.from(der));
+  return {
+    der,
+    pem: pemEncode(der, 'CERTIFICATE'),
+    fingerprint: sha256Hex(der),
+    notBefore: new Date(x.validFrom),
+    notAfter: new Date(x.validTo),
+    profile: issuerProfile(der, validityDays),
+  };
+}
+
+export function rulesFrom(config: StationConfig): PolicyRules {
+  return {
+    factory: config.station.factory,
+    production: config.station.production,
+    deviceId: config.policy.device_id,
+    allowP384: config.policy.allow_p384,
+    maxCertificates: config.policy.max_certificates,
+    clockSkewSeconds: config.policy.clock_skew_seconds,
+  };
+}
+
+export function openToken(config: StationConfig): Pkcs11Token {
+  return Pkcs11Token.open({
+    module: config.token.module,
+    tokenLabel: config.token.token_label,
+    pin: readPin(config.token),
+    softhsm2Conf: config.token.softhsm2_conf,
+  });
+}
+
+export interface OpenStation {
+  station: Station;
+  token: Pkcs11Token;
+  ledger: SqliteLedger;
+  close(): void;
+}
+
+export interface OpenOptions {
+  /** Stand in another signer (a deliberately slow one in tests); the token still provides the key check. */
+  wrapSigner?: (signer: Signer) => Signer;
+  clock?: () => Date;
+}
+
+export function openStation(config: StationConfig, opts: OpenOptions = {}): OpenStation {
+  const caDer = readCertificateFile(config.ca.certificate, 'local-ca certificate');
+  const rootDer = readCertificateFile(config.ca.root, 'factory root');
+  const token = openToken(config);
+  try {
+    const tokenSigner = token.signer(config.token.key_label);
+    // Validity in time is checked per request (CLOCK), so a wrong clock gets
+    // the jigs a CLOCK answer instead of a station that will not start.
+    checkLocalCa(caDer, { tokenSpki: tokenSigner.publicKeySpki(), rootDer, factory: config.station.factory });
+    const ledger = new SqliteLedger(config.station.ledger, config.station.id);
+    const signer = opts.wrapSigner ? opts.wrapSigner(tokenSigner) : tokenSigner;
+    const station = new Station({
+      stationId: config.station.id,
+      signer,
+      ledger,
+      localCa: localCaFrom(caDer, config.ca.validity_days),
+      rootPem: pemEncode(rootDer, 'CERTIFICATE'),
+      rules: rulesFrom(config),
+      ...(opts.clock ? { clock: opts.clock } : {}),
+    });
+    ledger.recordEvent({ kind: 'start', message: `line-signer ${process.pid}` });
+    return {
+      station,
+      token,
+      ledger,
+      close() {
+        try {
+          ledger.recordEvent({ kind: 'stop' });
+        } finally {
+          ledger.close();
+          token.close();
+        }
+      },
+    };
+  } catch (err) {
+    token.close();
+    throw err;
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * DER helpers that only the token needs: PKCS#11 returns ECDSA signatures
+ * as raw r||s and public points wrapped in an OCTET STRING; X.509 wants an
+ * ECDSA-Sig-Value and a SubjectPublicKeyInfo.
+ */
+import * as asn1js from 'asn1js';
+
+export const OID_EC_PUBLIC_KEY = '1.2.840.10045.2.1';
+export const OID_P256 = '1.2.840.10045.3.1.7';
+export const OID_P384 = '1.3.132.0.34';
+
+/** DER of the namedCurve OID, as CKA_EC_PARAMS wants it. */
+export const EC_PARAMS_P256 = Buffer.from('06082a8648ce3d030107', 'hex');
+
+/** raw r||s (each half the curve size) → DER ECDSA-Sig-Value { r INTEGER, s INTEGER }. */
+export function rawEcdsaToDer(raw: Uint8Array): Uint8Array {
+  const half = raw.length / 2;
+  const toInt = (bytes: Uint8Array): asn1js.Integer =>
+    asn1js.Integer.fromBigInt(BigInt('0x' + Buffer.from(bytes).toString('hex')));
+  const seq = new asn1js.Sequence({ value: [toInt(raw.subarray(0, half)), toInt(raw.subarray(half))] });
+  return new Uint8Array(seq.toBER(false));
+}
+
+/** CKA_EC_POINT (DER OCTET STRING around an uncompressed point) + curve → SPKI DER. */
+export function spkiFromEcPoint(ecPointAttr: Uint8Array, ecParams: Uint8Array): Uint8Array {
+  const point = asn1js.fromBER(toArrayBuffer(ecPointAttr));
+  if (point.offset === -1 || !(point.result instanceof asn1js.OctetString)) {
+    throw new Error('CKA_EC_POINT is not a DER OCTET STRING');
+  }
+  const curve = asn1js.fromBER(toArrayBuffer(ecParams));
+  if (curve.offset === -1 || !(curve.result instanceof asn1js.ObjectIdentifier)) {
+    throw new Error('CKA_EC_PARAMS is not a named curve');
+  }
+  const spki = new asn1js.Sequence({
+    value: [
+      new asn1js.Sequence({
+        value: [new asn1js.ObjectIdentifier({ value: OID_EC_PUBLIC_KEY }), curve.result],
+      }),
+      new asn1js.BitString({ valueHex: point.result.valueBlock.valueHexView.slice().buffer }),
+    ],
+  });
+  return new Uint8Array(spki.toBER(false));
+}
+
+/** An exactly sized ArrayBuffer copy: a Buffer's .buffer may be the whole pool. */
+export function toArrayBuffer(bytes: Uint8Array): ArrayBuffer {
+  return bytes.slice().buffer as ArrayBuffer;
+}

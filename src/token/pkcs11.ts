@@ -1,0 +1,365 @@
+/**
+ * The PKCS#11 token: open the module once per process, find the token by
+ * label, log in, find or make EC keys, and sign without blocking the event
+ * loop. One long-lived session; signs are queued on it because a PKCS#11
+ * session runs one operation at a time (CKR_OPERATION_ACTIVE otherwise).
+ */
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import pkcs11js from 'pkcs11js';
+import { LineSignerError } from '../errors.js';
+import { EC_PARAMS_P256, OID_P256, OID_P384, rawEcdsaToDer, spkiFromEcPoint } from './der.js';
+import { OID_ECDSA_SHA256, OID_ECDSA_SHA384, type Signer } from './signer.js';
+
+type Handle = Buffer;
+
+export interface TokenOptions {
+  module: string;
+  tokenLabel: string;
+  pin: string;
+  /** Development: SoftHSM2's config file, which it reads at C_Initialize. */
+  softhsm2Conf?: string | undefined;
+}
+
+// C_Initialize may run once per process and module.
+const modules = new Map<string, pkcs11js.PKCS11>();
+
+function loadModule(path: string): pkcs11js.PKCS11 {
+  let p11 = modules.get(path);
+  if (p11) return p11;
+  p11 = new pkcs11js.PKCS11();
+  try {
+    p11.load(path);
+  } catch (err) {
+    throw new LineSignerError('TOKEN_UNAVAILABLE', `cannot load PKCS#11 module ${path}: ${(err as Error).message}`);
+  }
+  try {
+    p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (err) {
+    if (ckr(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw tokenError('C_Initialize', err);
+  }
+  modules.set(path, p11);
+  return p11;
+}
+
+/** The CKR_ value of a pkcs11js error, or undefined for anything else. */
+function ckr(err: unknown): number | undefined {
+  return err instanceof pkcs11js.Pkcs11Error ? err.code : undefined;
+}
+
+const PIN_CODES = new Set([
+  pkcs11js.CKR_PIN_INCORRECT,
+  pkcs11js.CKR_PIN_LOCKED,
+  pkcs11js.CKR_PIN_EXPIRED,
+  pkcs11js.CKR_PIN_INVALID,
+  pkcs11js.CKR_PIN_LEN_RANGE,
+]);
+
+/** Errors after which a fresh session (and login) may well succeed. */
+const SESSION_CODES = new Set([
+  pkcs11js.CKR_SESSION_HANDLE_INVALID,
+  pkcs11js.CKR_SESSION_CLOSED,
+  pkcs11js.CKR_USER_NOT_LOGGED_IN,
+  pkcs11js.CKR_DEVICE_ERROR,
+  pkcs11js.CKR_DEVICE_REMOVED,
+  pkcs11js.CKR_TOKEN_NOT_PRESENT,
+  pkcs11js.CKR_OPERATION_ACTIVE,
+  pkcs11js.CKR_OBJECT_HANDLE_INVALID,
+  pkcs11js.CKR_KEY_HANDLE_INVALID,
+  pkcs11js.CKR_GENERAL_ERROR,
+]);
+
+function tokenError(what: string, err: unknown): LineSignerError {
+  const code = ckr(err);
+  if (code !== undefined && PIN_CODES.has(code)) {
+    const name = code === pkcs11js.CKR_PIN_LOCKED ? 'the PIN is locked' : 'the token refused the PIN';
+    return new LineSignerError(
+      'TOKEN_PIN',
+      `${name} (${ckrName(code)}); not retried, since tokens lock after a few wrong tries`,
+    );
+  }
+  const detail = code !== undefined ? ckrName(code) : (err as Error).message;
+  return new LineSignerError('TOKEN_UNAVAILABLE', `token: ${what} failed: ${detail}`, { cause: err });
+}
+
+function ckrName(code: number): string {
+  for (const [k, v] of Object.entries(pkcs11js)) if (k.startsWith('CKR_') && v === code) return k;
+  return `CKR 0x${code.toString(16)}`;
+}
+
+export interface KeyInfo {
+  label: string;
+  privateKey: Handle;
+  publicKey: Handle;
+  spki: Uint8Array;
+  curve: 'P-256' | 'P-384';
+}
+
+export class Pkcs11Token {
+  private readonly p11: pkcs11js.PKCS11;
+  private session: Handle | null = null;
+  private pinRefused = false;
+
+  private constructor(private readonly opts: TokenOptions) {
+    this.p11 = loadModule(opts.module);
+  }
+
+  /** Opens a session on the token labelled `tokenLabel` and logs in. */
+  static open(opts: TokenOptions): Pkcs11Token {
+    if (opts.softhsm2Conf !== undefined && process.env.SOFTHSM2_CONF === undefined) {
+      process.env.SOFTHSM2_CONF = opts.softhsm2Conf;
+    }
+    const token = new Pkcs11Token(opts);
+    token.openSession();
+    return token;
+  }
+
+  private findSlot(): Handle {
+    let slots: Handle[];
+    try {
+      slots = this.p11.C_GetSlotList(true);
+    } catch (err) {
+      throw tokenError('C_GetSlotList', err);
+    }
+    for (const slot of slots) {
+      const info = this.p11.C_GetTokenInfo(slot);
+      if (info.label.trim() === this.opts.tokenLabel) return slot;
+    }
+    throw new LineSignerError('TOKEN_UNAVAILABLE', `no token labelled "${this.opts.tokenLabel}" in ${this.opts.module}`);
+  }
+
+  private openSession(): void {
+    if (this.pinRefused) {
+      throw new LineSignerError('TOKEN_PIN', 'the token refused the PIN earlier; fix the PIN and restart');
+    }
+    const slot = this.findSlot();
+    let session: Handle;
+    try {
+      session = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    } catch (err) {
+      throw tokenError('C_OpenSession', err);
+    }
+    try {
+      this.p11.C_Login(session, pkcs11js.CKU_USER, this.opts.pin);
+    } catch (err) {
+      if (ckr(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
+        const e = tokenError('C_Login', err);
+        if (e.code === 'TOKEN_PIN') this.pinRefused = true;
+        try {
+          this.p11.C_CloseSession(session);
+        } catch {
+          /* already unusable */
+        }
+        throw e;
+      }
+    }
+    this.session = session;
+  }
+
+  /** Drops the session and opens a new one (after a token or session fault). */
+  reopen(): void {
+    const old = this.session;
+    this.session = null;
+    if (old) {
+      try {
+        this.p11.C_CloseSession(old);
+      } catch {
+        /* the old session is gone either way */
+      }
+    }
+    this.openSession();
+  }
+
+  private get s(): Handle {
+    if (!this.session) this.openSession();
+    return this.session!;
+  }
+
+  private findObject(cls: number, label: string): Handle | null {
+    const s = this.s;
+    this.p11.C_FindObjectsInit(s, [
+      { type: pkcs11js.CKA_CLASS, value: cls },
+      { type: pkcs11js.CKA_LABEL, value: label },
+    ]);
+    try {
+      const found = this.p11.C_FindObjects(s, 2);
+      if (found.length > 1) {
+        throw new LineSignerError('TOKEN_UNAVAILABLE', `token: more than one object labelled "${label}"`);
+      }
+      return found[0] ?? null;
+    } finally {
+      this.p11.C_FindObjectsFinal(s);
+    }
+  }
+
+  /** The EC key pair labelled `label`, or null when the token has none. */
+  findKey(label: string): KeyInfo | null {
+    let priv: Handle | null;
+    let pub: Handle | null;
+    try {
+      priv = this.findObject(pkcs11js.CKO_PRIVATE_KEY, label);
+      pub = this.findObject(pkcs11js.CKO_PUBLIC_KEY, label);
+    } catch (err) {
+      if (err instanceof LineSignerError) throw err;
+      throw tokenError('C_FindObjects', err);
+    }
+    if (!priv && !pub) return null;
+    if (!priv || !pub) {
+      throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${label}" has only its ${priv ? 'private' : 'public'} half`);
+    }
+    const [params, point] = this.p11.C_GetAttributeValue(this.s, pub, [
+      { type: pkcs11js.CKA_EC_PARAMS },
+      { type: pkcs11js.CKA_EC_POINT },
+    ]);
+    const spki = spkiFromEcPoint(point!.value as Buffer, params!.value as Buffer);
+    const oidHex = (params!.value as Buffer).toString('hex');
+    const curve = oidHex === '06082a8648ce3d030107' ? 'P-256' : oidHex === '06052b81040022' ? 'P-384' : null;
+    if (!curve) throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${label}" is not on P-256 or P-384`);
+    return { label, privateKey: priv, publicKey: pub, spki, curve };
+  }
+
+  /**
+   * Makes a P-256 key pair that never leaves the token: sensitive, not
+   * extractable, and good for signing only (SoftHSM's defaults would also
+   * allow decrypt, unwrap and derive).
+   */
+  generateKey(label: string): KeyInfo {
+    if (this.findKey(label)) {
+      throw new LineSignerError('CA', `the token already holds a key labelled "${label}"; refusing to make another`);
+    }
+    const id = createHash('sha256').update(label).digest().subarray(0, 16);
+    try {
+      this.p11.C_GenerateKeyPair(
+        this.s,
+        { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN },
+        [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_EC },
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_LABEL, value: label },
+          { type: pkcs11js.CKA_ID, value: id },
+          { type: pkcs11js.CKA_EC_PARAMS, value: EC_PARAMS_P256 },
+          { type: pkcs11js.CKA_VERIFY, value: true },
+          { type: pkcs11js.CKA_ENCRYPT, value: false },
+          { type: pkcs11js.CKA_WRAP, value: false },
+          { type: pkcs11js.CKA_DERIVE, value: false },
+        ],
+        [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_EC },
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_LABEL, value: label },
+          { type: pkcs11js.CKA_ID, value: id },
+          { type: pkcs11js.CKA_SENSITIVE, value: true },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+          { type: pkcs11js.CKA_SIGN, value: true },
+          { type: pkcs11js.CKA_DECRYPT, value: false },
+          { type: pkcs11js.CKA_UNWRAP, value: false },
+          { type: pkcs11js.CKA_DERIVE, value: false },
+        ],
+      );
+    } catch (err) {
+      throw tokenError('C_GenerateKeyPair', err);
+    }
+    return this.findKey(label)!;
+  }
+
+  /** Reads boolean attributes of a private key (to show that it cannot leave). */
+  keyFlags(key: KeyInfo): { sensitive: boolean; extractable: boolean } {
+    const [sens, extr] = this.p11.C_GetAttributeValue(this.s, key.privateKey, [
+      { type: pkcs11js.CKA_SENSITIVE },
+      { type: pkcs11js.CKA_EXTRACTABLE },
+    ]);
+    return { sensitive: (sens!.value as Buffer)[0] === 1, extractable: (extr!.value as Buffer)[0] === 1 };
+  }
+
+  /** A Signer for the key labelled `label`; fails when the token lacks it. */
+  signer(label: string): TokenSigner {
+    const key = this.findKey(label);
+    if (!key) throw new LineSignerError('TOKEN_UNAVAILABLE', `token "${this.opts.tokenLabel}" has no key labelled "${label}"`);
+    return new TokenSigner(this, key);
+  }
+
+  /** One raw ECDSA signature, on the event loop's worker pool. */
+  async signRaw(key: KeyInfo, digest: Uint8Array): Promise<Buffer> {
+    const s = this.s;
+    this.p11.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA }, key.privateKey);
+    return this.p11.C_SignAsync(s, Buffer.from(digest), Buffer.alloc(key.curve === 'P-256' ? 64 : 96));
+  }
+
+  close(): void {
+    if (!this.session) return;
+    try {
+      this.p11.C_Logout(this.session);
+    } catch {
+      /* not logged in */
+    }
+    try {
+      this.p11.C_CloseSession(this.session);
+    } catch {
+      /* gone */
+    }
+    this.session = null;
+  }
+}
+
+/**
+ * Signs with one token key. Calls are queued (one operation per session);
+ * after a session fault the session is reopened and the sign tried once
+ * more, and only then reported as TOKEN_UNAVAILABLE.
+ */
+export class TokenSigner implements Signer {
+  readonly hash: 'sha256' | 'sha384';
+  readonly signatureAlgorithm: string;
+  private readonly key: KeyObject;
+  private tail: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly token: Pkcs11Token,
+    private info: KeyInfo,
+  ) {
+    this.hash = info.curve === 'P-256' ? 'sha256' : 'sha384';
+    this.signatureAlgorithm = info.curve === 'P-256' ? OID_ECDSA_SHA256 : OID_ECDSA_SHA384;
+    this.key = createPublicKey({ key: Buffer.from(info.spki), format: 'der', type: 'spki' });
+  }
+
+  publicKeySpki(): Uint8Array {
+    return this.info.spki;
+  }
+
+  publicKey(): KeyObject {
+    return this.key;
+  }
+
+  sign(digest: Uint8Array): Promise<Uint8Array> {
+    const run = this.tail.then(
+      () => this.signOnce(digest),
+      () => this.signOnce(digest),
+    );
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  private async signOnce(digest: Uint8Array): Promise<Uint8Array> {
+    try {
+      return rawEcdsaToDer(await this.token.signRaw(this.info, digest));
+    } catch (err) {
+      const code = ckr(err);
+      if (err instanceof LineSignerError || (code !== undefined && !SESSION_CODES.has(code))) {
+        throw err instanceof LineSignerError ? err : tokenError('C_Sign', err);
+      }
+    }
+    // A session or device fault: one fresh session, one more try.
+    try {
+      this.token.reopen();
+      const again = this.token.findKey(this.info.label);
+      if (!again) throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${this.info.label}" is gone`);
+      this.info = again;
+      return rawEcdsaToDer(await this.token.signRaw(this.info, digest));
+    } catch (err) {
+      throw err instanceof LineSignerError ? err : tokenError('C_Sign', err);
+    }
+  }
+}
+
+export const CURVE_OIDS = { 'P-256': OID_P256, 'P-384': OID_P384 } as const;

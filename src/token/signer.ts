@@ -1,0 +1,21 @@
+import type { KeyObject } from 'node:crypto';
+
+/**
+ * What the station needs from a key: ECDSA over a digest it computed, and
+ * the public half. The PKCS#11 token is one implementation; tests can
+ * stand in a software or a deliberately slow one.
+ */
+export interface Signer {
+  /** The curve decides the digest: SHA-256 for P-256, SHA-384 for P-384. */
+  readonly hash: 'sha256' | 'sha384';
+  /** OID of the X.509 signature algorithm this signer produces. */
+  readonly signatureAlgorithm: string;
+  /** SubjectPublicKeyInfo, DER. */
+  publicKeySpki(): Uint8Array;
+  publicKey(): KeyObject;
+  /** ECDSA over `digest`; returns a DER ECDSA-Sig-Value ready for X.509. */
+  sign(digest: Uint8Array): Promise<Uint8Array>;
+}
+
+export const OID_ECDSA_SHA256 = '1.2.840.10045.4.3.2';
+export const OID_ECDSA_SHA384 = '1.2.840.10045.4.3.3';

@@ -1,0 +1,155 @@
+/**
+ * Building a device certificate exactly as ../shared/spec/certificate-profile.md
+ * says. The parts that never change between certificates (issuer, key
+ * identifiers, the extension shapes) are prepared once per local-ca; the
+ * per-certificate work is a handful of asn1js values and two hashes.
+ */
+import { createHash, randomBytes, verify, type KeyObject } from 'node:crypto';
+import * as asn1js from 'asn1js';
+import { LineSignerError } from '../errors.js';
+import { OID } from './oids.js';
+
+/** What every certificate signed by one local-ca shares. */
+export interface IssuerProfile {
+  /** The local-ca certificate's subject Name, DER, byte for byte. */
+  issuerName: Uint8Array;
+  /** The local-ca's subjectKeyIdentifier. */
+  authorityKeyId: Uint8Array;
+  /** ecdsa-with-SHA256 for a P-256 local-ca, ecdsa-with-SHA384 for P-384. */
+  signatureAlgorithm: string;
+  hash: 'sha256' | 'sha384';
+  validityDays: number;
+}
+
+export interface CertificateRequestFacts {
+  serial: Uint8Array;
+  notBefore: Date;
+  /** Attribute (type OID, value) in the order they stand in the checked CSR. */
+  subject: ReadonlyArray<{ type: string; value: string }>;
+  /** SubjectPublicKeyInfo copied byte for byte from the CSR. */
+  spki: Uint8Array;
+  /** subjectPublicKey bits, for the subjectKeyIdentifier. */
+  publicKeyBits: Uint8Array;
+}
+
+/**
+ * Bytes that are already DER (the local-ca's subject, the CSR's key) go into
+ * the certificate as they are. asn1js's own RawData ignores the writer that
+ * a SEQUENCE hands its children, so this is the small piece that honours it.
+ */
+class RawDer {
+  constructor(private readonly bytes: Uint8Array) {}
+  toBER(_sizeOnly?: boolean, writer?: { write(buf: Uint8Array): void }): ArrayBuffer {
+    if (writer) {
+      writer.write(this.bytes);
+      return new ArrayBuffer(0);
+    }
+    return this.bytes.slice().buffer as ArrayBuffer;
+  }
+}
+const raw = (bytes: Uint8Array): asn1js.AsnType => new RawDer(bytes) as unknown as asn1js.AsnType;
+const seq = (...value: asn1js.AsnType[]): asn1js.Sequence => new asn1js.Sequence({ value });
+const oid = (value: string): asn1js.ObjectIdentifier => new asn1js.ObjectIdentifier({ value });
+const der = (b: { toBER(sizeOnly?: boolean): ArrayBuffer }): Uint8Array => new Uint8Array(b.toBER(false));
+
+function extension(id: string, critical: boolean, value: Uint8Array): asn1js.Sequence {
+  const parts: asn1js.AsnType[] = [oid(id)];
+  if (critical) parts.push(new asn1js.Boolean({ value: true }));
+  parts.push(new asn1js.OctetString({ valueHex: value.slice().buffer }));
+  return seq(...parts);
+}
+
+// Extension values that are the same in every device certificate.
+const BASIC_CONSTRAINTS_END_ENTITY = der(seq()); // cA FALSE is the DEFAULT, so DER omits it
+const KEY_USAGE_DIGITAL_SIGNATURE = der(new asn1js.BitString({ valueHex: new Uint8Array([0x80]).buffer, unusedBits: 7 }));
+const EKU_CLIENT_AUTH = der(seq(oid(OID.clientAuth)));
+
+/**
+ * 16 random bytes, top bit cleared so the INTEGER is positive, never zero.
+ * DER wants the shortest form, so leading zero bytes are dropped.
+ */
+export function newSerial(): Uint8Array {
+  for (;;) {
+    const bytes = randomBytes(16);
+    bytes[0]! &= 0x7f;
+    let i = 0;
+    while (i < bytes.length - 1 && bytes[i] === 0 && (bytes[i + 1]! & 0x80) === 0) i++;
+    const serial = new Uint8Array(bytes.subarray(i));
+    if (serial.some((b) => b !== 0)) return serial;
+  }
+}
+
+/** Serial in lowercase hex without leading zeros, as PEM mode prints it. */
+export function serialHex(serial: Uint8Array): string {
+  return BigInt('0x' + Buffer.from(serial).toString('hex')).toString(16);
+}
+
+/** RFC 5280: UTCTime through 2049, GeneralizedTime from 2050; whole seconds. */
+function time(date: Date): asn1js.AsnType {
+  const valueDate = new Date(Math.floor(date.getTime() / 1000) * 1000);
+  return valueDate.getUTCFullYear() < 2050 ? new asn1js.UTCTime({ valueDate }) : new asn1js.GeneralizedTime({ valueDate });
+}
+
+export function notAfterFor(notBefore: Date, validityDays: number): Date {
+  return new Date(Math.floor(notBefore.getTime() / 1000) * 1000 + validityDays * 86_400_000);
+}
+
+export function subjectKeyIdentifier(publicKeyBits: Uint8Array): Uint8Array {
+  return createHash('sha1').update(publicKeyBits).digest();
+}
+
+/** tbsCertificate, DER. */
+export function buildTbs(issuer: IssuerProfile, facts: CertificateRequestFacts): Uint8Array {
+  const subject = seq(
+    ...facts.subject.map(
+      (a) => new asn1js.Set({ value: [seq(oid(a.type), new asn1js.Utf8String({ value: a.value }))] }),
+    ),
+  );
+  const aki = der(seq(new asn1js.Primitive({ idBlock: { tagClass: 3, tagNumber: 0 }, valueHex: issuer.authorityKeyId.slice().buffer })));
+  const ski = der(new asn1js.OctetString({ valueHex: subjectKeyIdentifier(facts.publicKeyBits).buffer as ArrayBuffer }));
+  const tbs = seq(
+    new asn1js.Constructed({ idBlock: { tagClass: 3, tagNumber: 0 }, value: [new asn1js.Integer({ value: 2 })] }),
+    new asn1js.Integer({ valueHex: facts.serial.slice().buffer }),
+    seq(oid(issuer.signatureAlgorithm)),
+    raw(issuer.issuerName),
+    seq(time(facts.notBefore), time(notAfterFor(facts.notBefore, issuer.validityDays))),
+    subject,
+    raw(facts.spki),
+    new asn1js.Constructed({
+      idBlock: { tagClass: 3, tagNumber: 3 },
+      value: [
+        seq(
+          extension(OID.basicConstraints, true, BASIC_CONSTRAINTS_END_ENTITY),
+          extension(OID.keyUsage, true, KEY_USAGE_DIGITAL_SIGNATURE),
+          extension(OID.extKeyUsage, true, EKU_CLIENT_AUTH),
+          extension(OID.subjectKeyIdentifier, false, ski),
+          extension(OID.authorityKeyIdentifier, false, aki),
+        ),
+      ],
+    }),
+  );
+  return der(tbs);
+}
+
+/** Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }. */
+export function assembleCertificate(tbs: Uint8Array, signatureAlgorithm: string, signature: Uint8Array): Uint8Array {
+  return der(
+    seq(raw(tbs), seq(oid(signatureAlgorithm)), new asn1js.BitString({ valueHex: signature.slice().buffer })),
+  );
+}
+
+/**
+ * Checks the token's signature before anything leaves the station: software
+ * tokens have been seen to return well-formed but wrong ECDSA signatures.
+ */
+export function checkIssuedSignature(tbs: Uint8Array, hash: string, signature: Uint8Array, caKey: KeyObject): void {
+  let ok = false;
+  try {
+    ok = verify(hash, tbs, caKey, signature);
+  } catch {
+    ok = false;
+  }
+  if (!ok) {
+    throw new LineSignerError('TOKEN_UNAVAILABLE', 'the token returned a signature that does not verify with the local-ca key; nothing issued');
+  }
+}

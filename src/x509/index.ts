@@ -1,0 +1,23 @@
+export { parseCsr, csrPublicKey, verifyCsrSignature, type ParsedCsr, type NameAttribute } from './csr.js';
+export {
+  buildTbs,
+  assembleCertificate,
+  checkIssuedSignature,
+  newSerial,
+  serialHex,
+  notAfterFor,
+  type IssuerProfile,
+  type CertificateRequestFacts,
+} from './certificate.js';
+export {
+  issuerProfile,
+  makeCaCsr,
+  checkLocalCa,
+  certificateDer,
+  sha256Hex,
+  makeThrowawayRoot,
+  signCaCsrWithRoot,
+  type SoftwareRoot,
+} from './ca.js';
+export { pemEncode, pemDecodeAll, csrDer, looksLikePem } from './pem.js';
+export { OID, ATTRIBUTE_NAMES } from './oids.js';
