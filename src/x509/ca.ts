@@ -12,6 +12,7 @@ import type { Signer } from '../token/signer.js';
 import { subjectKeyIdentifier, type IssuerProfile } from './certificate.js';
 import { OID } from './oids.js';
 import { pemDecodeAll } from './pem.js';
+import { name as asn1Name, signed } from './asn1.js';
 
 const ab = (b: Uint8Array): ArrayBuffer => b.slice().buffer as ArrayBuffer;
 
@@ -78,11 +79,10 @@ export function issuerProfile(caDer: Uint8Array, validityDays: number): IssuerPr
 
 /** CN=cn, OU=ou as two RDNs (pkijs would put every attribute in one multi-valued RDN). */
 function name(cn: string, ou: string): pkijs.RelativeDistinguishedNames {
-  const rdn = (type: string, value: string): asn1js.Set =>
-    new asn1js.Set({
-      value: [new asn1js.Sequence({ value: [new asn1js.ObjectIdentifier({ value: type }), new asn1js.Utf8String({ value })] })],
-    });
-  const der = new asn1js.Sequence({ value: [rdn(OID.commonName, cn), rdn(OID.organizationalUnit, ou)] }).toBER(false);
+  const der = asn1Name([
+    { type: OID.commonName, value: cn },
+    { type: OID.organizationalUnit, value: ou },
+  ]).toBER(false);
   return pkijs.RelativeDistinguishedNames.fromBER(der);
 }
 
@@ -139,14 +139,7 @@ export async function makeCaCsr(signer: Signer, owner: string, factory: string):
   // encodeTBS is protected in pkijs's types but is the documented way to get the signed part.
   const tbs = new Uint8Array((csr as unknown as { encodeTBS(): asn1js.Sequence }).encodeTBS().toBER(false));
   const signature = await signer.sign(createHash(signer.hash).update(tbs).digest());
-  const whole = new asn1js.Sequence({
-    value: [
-      asn1js.fromBER(tbs).result,
-      new asn1js.Sequence({ value: [new asn1js.ObjectIdentifier({ value: signer.signatureAlgorithm })] }),
-      new asn1js.BitString({ valueHex: ab(signature) }),
-    ],
-  });
-  return new Uint8Array(whole.toBER(false));
+  return signed(tbs, signer.signatureAlgorithm, signature);
 }
 
 export interface LocalCaExpectations {

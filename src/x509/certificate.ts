@@ -8,6 +8,7 @@ import { createHash, randomBytes, verify, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { LineSignerError } from '../errors.js';
 import { OID } from './oids.js';
+import { der, name, oid, raw, seq, signed } from './asn1.js';
 
 /** What every certificate signed by one local-ca shares. */
 export interface IssuerProfile {
@@ -31,26 +32,6 @@ export interface CertificateRequestFacts {
   /** subjectPublicKey bits, for the subjectKeyIdentifier. */
   publicKeyBits: Uint8Array;
 }
-
-/**
- * Bytes that are already DER (the local-ca's subject, the CSR's key) go into
- * the certificate as they are. asn1js's own RawData ignores the writer that
- * a SEQUENCE hands its children, so this is the small piece that honours it.
- */
-class RawDer {
-  constructor(private readonly bytes: Uint8Array) {}
-  toBER(_sizeOnly?: boolean, writer?: { write(buf: Uint8Array): void }): ArrayBuffer {
-    if (writer) {
-      writer.write(this.bytes);
-      return new ArrayBuffer(0);
-    }
-    return this.bytes.slice().buffer as ArrayBuffer;
-  }
-}
-const raw = (bytes: Uint8Array): asn1js.AsnType => new RawDer(bytes) as unknown as asn1js.AsnType;
-const seq = (...value: asn1js.AsnType[]): asn1js.Sequence => new asn1js.Sequence({ value });
-const oid = (value: string): asn1js.ObjectIdentifier => new asn1js.ObjectIdentifier({ value });
-const der = (b: { toBER(sizeOnly?: boolean): ArrayBuffer }): Uint8Array => new Uint8Array(b.toBER(false));
 
 function extension(id: string, critical: boolean, value: Uint8Array): asn1js.Sequence {
   const parts: asn1js.AsnType[] = [oid(id)];
@@ -100,11 +81,7 @@ export function subjectKeyIdentifier(publicKeyBits: Uint8Array): Uint8Array {
 
 /** tbsCertificate, DER. */
 export function buildTbs(issuer: IssuerProfile, facts: CertificateRequestFacts): Uint8Array {
-  const subject = seq(
-    ...facts.subject.map(
-      (a) => new asn1js.Set({ value: [seq(oid(a.type), new asn1js.Utf8String({ value: a.value }))] }),
-    ),
-  );
+  const subject = name(facts.subject);
   const aki = der(seq(new asn1js.Primitive({ idBlock: { tagClass: 3, tagNumber: 0 }, valueHex: issuer.authorityKeyId.slice().buffer })));
   const ski = der(new asn1js.OctetString({ valueHex: subjectKeyIdentifier(facts.publicKeyBits).buffer as ArrayBuffer }));
   const tbs = seq(
@@ -133,9 +110,7 @@ export function buildTbs(issuer: IssuerProfile, facts: CertificateRequestFacts):
 
 /** Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }. */
 export function assembleCertificate(tbs: Uint8Array, signatureAlgorithm: string, signature: Uint8Array): Uint8Array {
-  return der(
-    seq(raw(tbs), seq(oid(signatureAlgorithm)), new asn1js.BitString({ valueHex: signature.slice().buffer })),
-  );
+  return signed(tbs, signatureAlgorithm, signature);
 }
 
 /**

@@ -21,3 +21,4 @@ export {
 } from './ca.js';
 export { pemEncode, pemDecodeAll, csrDer, looksLikePem } from './pem.js';
 export { OID, ATTRIBUTE_NAMES } from './oids.js';
+export { makeDeviceCsr, deviceSubject, type DeviceCsr, type DeviceSubject } from './device-csr.js';

@@ -1,0 +1,99 @@
+import test from 'ava';
+import { chmodSync, writeFileSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cli } from './helpers/cli.js';
+import { FACTORY, PIN, opensslCsr, stationConfig, testStation, uuid } from './helpers/pki.js';
+import { pemEncode } from '../src/x509/index.js';
+
+test('sign prints the chain; a refusal prints one ERROR line with its code and exits non-zero', async (t) => {
+  const s = await testStation();
+  s.close();
+  const { csr } = opensslCsr(s.dir);
+  const csrPath = join(s.dir, 'device.csr');
+  writeFileSync(csrPath, pemEncode(csr, 'CERTIFICATE REQUEST'));
+  const ok = cli(['sign', csrPath, '--config', s.configPath]);
+  t.is(ok.status, 0, ok.stderr);
+  t.is((ok.stdout.match(/-----BEGIN CERTIFICATE-----/g) ?? []).length, 2);
+  const out = join(s.dir, 'chain.pem');
+  const again = cli(['sign', csrPath, '--out', out, '--config', s.configPath]);
+  t.is(again.status, 0);
+  t.is(readFileSync(out, 'utf8'), ok.stdout, 'a retry gives the same chain');
+  t.regex(again.stderr, /already signed/);
+
+  const bad = opensslCsr(s.dir, { subject: `/CN=${uuid()}/OU=${FACTORY}/O=Evil/businessCategory=production` });
+  const badPath = join(s.dir, 'bad.der');
+  writeFileSync(badPath, bad.csr);
+  const refused = cli(['sign', badPath, '--config', s.configPath]);
+  t.not(refused.status, 0);
+  t.regex(refused.stderr, /^ERROR POLICY_SUBJECT subject attribute O is not allowed/);
+  t.is(refused.stderr.trim().split('\n').length, 1, 'one line, no stack trace');
+  t.is(refused.stdout, '');
+
+  const status = cli(['status', '--json', '--config', s.configPath]);
+  const st = JSON.parse(status.stdout);
+  t.is(st.issued, 1);
+  t.is(st.rejected.POLICY_SUBJECT, 1);
+  t.is(st.replays, 1);
+  t.true(st.local_ca_days_left > 3000);
+});
+
+test('a bad config gets one line naming the key', (t) => {
+  const s = stationConfig();
+  const text = readFileSync(s.configPath, 'utf8');
+  const check = (mutated: string, why: RegExp): void => {
+    const p = join(s.dir, `bad-${Math.random().toString(16).slice(2)}.toml`);
+    writeFileSync(p, mutated);
+    const r = cli(['status', '--config', p]);
+    t.is(r.status, 64);
+    t.regex(r.stderr, why);
+    t.is(r.stderr.trim().split('\n').length, 1);
+  };
+  check(text.replace('[station]', '[station]\nidd = "x"'), /station\.idd: unknown key/);
+  check(text.replace(/factory = .*\n/, ''), /station\.factory: /);
+  check(text.replace('production = true', 'production = "yes"'), /station\.production: .*boolean/);
+  check(text.replace('validity_days = 7300', 'validity_days = -1'), /ca\.validity_days: /);
+  check(text.replace(/owner = .*\n/, 'owner = "bob"\n'), /ca\.owner: /);
+  check(text.replace('[policy]', '[policy]\nallow_p384 = 1'), /policy\.allow_p384/);
+  check(text + '\n[station]\n', /not valid TOML \(line \d+/);
+  check(text.replace(/pin_file = .*\n/, ''), /token\.pin_env: give exactly one of pin_env or pin_file/);
+  const missing = cli(['status', '--config', join(s.dir, 'nope.toml')]);
+  t.regex(missing.stderr, /^ERROR CONFIG cannot read config/);
+});
+
+test('a wrong PIN is one clear message; the PIN appears nowhere; a readable PIN file is refused', async (t) => {
+  const s = await testStation();
+  s.close();
+  const text = readFileSync(s.configPath, 'utf8');
+  const wrongPin = join(s.dir, 'wrong-pin');
+  writeFileSync(wrongPin, '99999999', { mode: 0o600 });
+  const cfg = join(s.dir, 'wrong.toml');
+  writeFileSync(cfg, text.replace(/pin_file = .*\n/, `pin_file = "${wrongPin}"\n`));
+  const { csr } = opensslCsr(s.dir);
+  const csrPath = join(s.dir, 'd.der');
+  writeFileSync(csrPath, csr);
+  const r = cli(['sign', csrPath, '--config', cfg]);
+  t.not(r.status, 0);
+  t.regex(r.stderr, /^ERROR TOKEN_PIN the token refused the PIN \(CKR_PIN_INCORRECT\); not retried/);
+  t.false(r.stderr.includes('99999999'));
+  t.false(r.stdout.includes('99999999'));
+  t.false(readFileSync(s.config.station.ledger).includes('99999999'));
+  t.false(readFileSync(s.config.station.ledger).includes(PIN));
+
+  chmodSync(wrongPin, 0o644);
+  const open = cli(['sign', csrPath, '--config', cfg]);
+  t.regex(open.stderr, /^ERROR TOKEN_PIN token\.pin_file: .* is readable by group or others/);
+
+  const envCfg = join(s.dir, 'env.toml');
+  writeFileSync(envCfg, text.replace(/pin_file = .*\n/, 'pin_env = "LS_TEST_PIN"\n'));
+  const noEnv = cli(['sign', csrPath, '--config', envCfg], { env: { LS_TEST_PIN: '' } });
+  t.regex(noEnv.stderr, /^ERROR TOKEN_PIN token\.pin_env: environment variable LS_TEST_PIN is not set/);
+  const withEnv = cli(['sign', csrPath, '--config', envCfg], { env: { LS_TEST_PIN: PIN } });
+  t.is(withEnv.status, 0, withEnv.stderr);
+});
+
+test('unknown commands and missing arguments are usage errors, not stack traces', (t) => {
+  const r = cli(['frobnicate']);
+  t.is(r.status, 64);
+  t.regex(r.stderr, /^ERROR USAGE /);
+  t.notRegex(r.stderr, /at .*\.js:\d+/);
+});

@@ -1,0 +1,226 @@
+/**
+ * Each row of the profile's "signed only if" table: a violating CSR gets
+ * its code, nothing is issued, and the rejection is in the events table.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { createHash, generateKeyPairSync } from 'node:crypto';
+import Database from 'better-sqlite3';
+import * as asn1js from 'asn1js';
+import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
+import type { Signer } from '../src/token/signer.js';
+import type { ProtocolCode } from '../src/errors.js';
+import { csrDer } from '../src/x509/index.js';
+import { FACTORY, opensslCsr, testStation, uuid, type TestStation } from './helpers/pki.js';
+
+const prod = `/OU=${FACTORY}/businessCategory=production`;
+
+async function expectRefusal(t: ExecutionContext, s: TestStation, csr: Uint8Array, code: ProtocolCode, message?: RegExp): Promise<void> {
+  const before = s.ledger.issuedCount();
+  const r = await s.station.handle({ csr, link: 'test' });
+  t.false(r.ok, `expected ${code}`);
+  if (r.ok) return;
+  t.is(r.code, code, r.message);
+  if (message) t.regex(r.message, message);
+  t.is(s.ledger.issuedCount(), before, 'nothing issued');
+  const db = new Database(s.config.station.ledger, { readonly: true });
+  try {
+    let hash: string | null = null;
+    try {
+      hash = createHash('sha256').update(csrDer(csr)).digest('hex');
+    } catch {
+      hash = null; // unreadable PEM: recorded without a hash
+    }
+    const ev = db
+      .prepare("SELECT * FROM events WHERE kind = 'rejection' AND csr_sha256 IS ? ORDER BY seq DESC LIMIT 1")
+      .get(hash) as
+      | { code: string; message: string; link: string; csr_sha256: string | null }
+      | undefined;
+    t.truthy(ev, 'rejection recorded');
+    t.is(ev!.code, code);
+    t.is(ev!.message, r.message);
+    t.is(ev!.link, 'test');
+  } finally {
+    db.close();
+  }
+}
+
+let station: Promise<TestStation>;
+test.before(() => {
+  station = testStation();
+});
+test.after.always(async () => (await station).close());
+
+/** Flip one bit inside the CSR's signature BIT STRING. */
+function corruptSignature(der: Uint8Array): Uint8Array {
+  const copy = new Uint8Array(der);
+  copy[copy.length - 5]! ^= 0x01;
+  return copy;
+}
+
+test.serial('form: garbage, empty, truncated, trailing bytes and broken PEM are BAD_CSR', async (t) => {
+  const s = await station;
+  const { csr } = opensslCsr(s.dir);
+  await expectRefusal(t, s, new Uint8Array([0x01, 0x02, 0x03]), 'BAD_CSR');
+  await expectRefusal(t, s, new Uint8Array(), 'BAD_CSR');
+  await expectRefusal(t, s, csr.subarray(0, csr.length - 10), 'BAD_CSR');
+  await expectRefusal(t, s, new Uint8Array([...csr, 0x00]), 'BAD_CSR', /trailing/);
+  await expectRefusal(t, s, Buffer.from('-----BEGIN CERTIFICATE REQUEST-----\n!!!\n-----END CERTIFICATE REQUEST-----\n'), 'BAD_CSR');
+  // A certificate is not a CSR.
+  const cert = new asn1js.Sequence({ value: [new asn1js.Integer({ value: 1 })] }).toBER(false);
+  await expectRefusal(t, s, new Uint8Array(cert), 'BAD_CSR');
+});
+
+test.serial('key: RSA, P-384 (not allowed here), secp256k1 and Ed25519 are POLICY_KEY, before the signature is even checked', async (t) => {
+  const s = await station;
+  const subject = `/CN=${uuid()}${prod}`;
+  await expectRefusal(t, s, opensslCsr(s.dir, { subject, newkey: ['-newkey', 'rsa:2048'] }).csr, 'POLICY_KEY', /RSA/);
+  await expectRefusal(t, s, opensslCsr(s.dir, { subject, newkey: ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:secp384r1'] }).csr, 'POLICY_KEY', /P-384/);
+  await expectRefusal(t, s, opensslCsr(s.dir, { subject, newkey: ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:secp256k1'] }).csr, 'POLICY_KEY');
+  await expectRefusal(t, s, opensslCsr(s.dir, { subject, newkey: ['-newkey', 'ed25519'] }).csr, 'POLICY_KEY', /Ed25519/);
+  // A disallowed key with a broken signature is still POLICY_KEY.
+  const rsa = opensslCsr(s.dir, { subject, newkey: ['-newkey', 'rsa:2048'] }).csr;
+  await expectRefusal(t, s, corruptSignature(rsa), 'POLICY_KEY');
+});
+
+test('key: P-384 is signed where the station allows it', async (t) => {
+  const s = await testStation({ policy: 'allow_p384 = true' });
+  t.teardown(() => s.close());
+  const r = await s.station.handle({ csr: opensslCsr(s.dir, { newkey: ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:secp384r1'] }).csr, link: 't' });
+  t.true(r.ok);
+});
+
+test.serial('proof of possession: a CSR whose signature does not verify is BAD_SIGNATURE', async (t) => {
+  const s = await station;
+  const { csr } = opensslCsr(s.dir);
+  await expectRefusal(t, s, corruptSignature(csr), 'BAD_SIGNATURE');
+  // Signed by another key than the one inside it.
+  const other = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const good = makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true });
+  const forged = makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }, other.privateKey);
+  // Splice: good CSR's info with the forged signature.
+  const goodTop = asn1js.fromBER(good.der).result as asn1js.Sequence;
+  const forgedTop = asn1js.fromBER(forged.der).result as asn1js.Sequence;
+  goodTop.valueBlock.value[2] = forgedTop.valueBlock.value[2]!;
+  await expectRefusal(t, s, new Uint8Array(goodTop.toBER(false)), 'BAD_SIGNATURE');
+});
+
+test.serial('subject: anything but CN, OU and businessCategory=production is POLICY_SUBJECT', async (t) => {
+  const s = await station;
+  const id = uuid();
+  const cases: Array<[string, RegExp]> = [
+    [`/CN=${id}/OU=${FACTORY}/O=Acme/businessCategory=production`, /O is not allowed/],
+    [`/CN=${id.toUpperCase()}${prod}`, /not a device id/],
+    [`/CN=device-42${prod}`, /not a device id/],
+    [`/OU=${FACTORY}/businessCategory=production`, /no CN/],
+    [`/CN=${id}/OU=other-factory/businessCategory=production`, /not this factory/],
+    [`/CN=${id}/businessCategory=production`, /no OU/],
+    [`/CN=${id}/OU=${FACTORY}`, /requires businessCategory/],
+    [`/CN=${id}/OU=${FACTORY}/businessCategory=test`, /must be "production"/],
+    [`/CN=${id}/CN=${uuid()}${prod}`, /more than once/],
+    [`/CN=${id}${prod}/emailAddress=a@b.c`, /emailAddress is not allowed/],
+  ];
+  for (const [subject, why] of cases) await expectRefusal(t, s, opensslCsr(s.dir, { subject }).csr, 'POLICY_SUBJECT', why);
+  // Multi-valued RDN.
+  await expectRefusal(
+    t,
+    s,
+    opensslCsr(s.dir, { subject: `/CN=${id}+OU=${FACTORY}/businessCategory=production` }).csr.slice(),
+    'POLICY_SUBJECT',
+    /multi-valued/,
+  );
+});
+
+test.serial('subject: attributes may come in any order', async (t) => {
+  const s = await station;
+  const r = await s.station.handle({ csr: opensslCsr(s.dir, { subject: `/businessCategory=production/OU=${FACTORY}/CN=${uuid()}` }).csr, link: 't' });
+  t.true(r.ok, r.ok ? '' : r.message);
+});
+
+test('subject: a non-production station refuses businessCategory and signs without it', async (t) => {
+  const s = await testStation({ production: false });
+  t.teardown(() => s.close());
+  await expectRefusal(t, s, opensslCsr(s.dir, { subject: `/CN=${uuid()}${prod}` }).csr, 'POLICY_SUBJECT', /non-production/);
+  const r = await s.station.handle({ csr: opensslCsr(s.dir, { subject: `/CN=${uuid()}/OU=${FACTORY}` }).csr, link: 't' });
+  t.true(r.ok);
+});
+
+test('subject: the device id pattern is station configuration', async (t) => {
+  const s = await testStation({ policy: 'device_id = "dev-[0-9]{6}"' });
+  t.teardown(() => s.close());
+  await expectRefusal(t, s, opensslCsr(s.dir, { subject: `/CN=${uuid()}${prod}` }).csr, 'POLICY_SUBJECT', /pattern/);
+  await expectRefusal(t, s, opensslCsr(s.dir, { subject: `/CN=dev-1234567${prod}` }).csr, 'POLICY_SUBJECT', /pattern/);
+  const r = await s.station.handle({ csr: opensslCsr(s.dir, { subject: `/CN=dev-123456${prod}` }).csr, link: 't' });
+  t.true(r.ok);
+});
+
+test.serial('extensions: asking for a CA is POLICY_EXTENSION; other requested extensions are ignored and never copied', async (t) => {
+  const s = await station;
+  await expectRefusal(t, s, opensslCsr(s.dir, { addext: ['basicConstraints=critical,CA:TRUE'] }).csr, 'POLICY_EXTENSION', /CA:TRUE/);
+  await expectRefusal(t, s, opensslCsr(s.dir, { addext: ['keyUsage=critical,keyCertSign'] }).csr, 'POLICY_EXTENSION', /keyCertSign/);
+  await expectRefusal(t, s, opensslCsr(s.dir, { addext: ['keyUsage=digitalSignature,cRLSign'] }).csr, 'POLICY_EXTENSION', /cRLSign/);
+  const r = await s.station.handle({
+    csr: opensslCsr(s.dir, { addext: ['subjectAltName=DNS:evil.example', 'basicConstraints=CA:FALSE', 'extendedKeyUsage=serverAuth'] }).csr,
+    link: 't',
+  });
+  if (!r.ok) return t.fail(r.message);
+  const { X509Certificate } = await import('node:crypto');
+  const x = new X509Certificate(r.certificatePem);
+  t.is(x.subjectAltName, undefined);
+  t.false(x.ca);
+  t.notRegex(x.toLegacyObject().ext_key_usage?.join(',') ?? '', /1\.3\.6\.1\.5\.5\.7\.3\.1/);
+});
+
+test.serial('device id: another key for a device that has a certificate is DUPLICATE_DEVICE, until the operator allows one re-issue', async (t) => {
+  const s = await station;
+  const id = uuid();
+  const subject = `/CN=${id}${prod}`;
+  t.true((await s.station.handle({ csr: opensslCsr(s.dir, { subject }).csr, link: 't' })).ok);
+  await expectRefusal(t, s, opensslCsr(s.dir, { subject }).csr, 'DUPLICATE_DEVICE', new RegExp(id));
+  s.ledger.grantReissue(id, 'board replaced, ticket 42');
+  t.true((await s.station.handle({ csr: opensslCsr(s.dir, { subject }).csr, link: 't' })).ok);
+  // The grant is good for one certificate.
+  await expectRefusal(t, s, opensslCsr(s.dir, { subject }).csr, 'DUPLICATE_DEVICE');
+});
+
+test('quota: the station limit is QUOTA_EXCEEDED', async (t) => {
+  const s = await testStation({ policy: 'max_certificates = 1' });
+  t.teardown(() => s.close());
+  t.true((await s.station.handle({ csr: opensslCsr(s.dir).csr, link: 't' })).ok);
+  await expectRefusal(t, s, opensslCsr(s.dir).csr, 'QUOTA_EXCEEDED');
+});
+
+test('clock: outside the local-ca validity, or behind the last issuance, is CLOCK', async (t) => {
+  let now = new Date(0);
+  const s = await testStation({}, { clock: () => now });
+  t.teardown(() => s.close());
+  now = new Date(Date.now() + 3600_000);
+  t.true((await s.station.handle({ csr: opensslCsr(s.dir).csr, link: 't' })).ok);
+  // Back to real time: an hour behind the last issuance, more than the allowed skew.
+  now = new Date();
+  await expectRefusal(t, s, opensslCsr(s.dir).csr, 'CLOCK', /behind the last issuance/);
+  now = new Date('2001-01-01T00:00:00Z');
+  await expectRefusal(t, s, opensslCsr(s.dir).csr, 'CLOCK', /outside the local-ca validity/);
+  now = new Date('2099-01-01T00:00:00Z');
+  await expectRefusal(t, s, opensslCsr(s.dir).csr, 'CLOCK', /outside the local-ca validity/);
+});
+
+test('token: a signature that does not verify with the local-ca key is never released (TOKEN_UNAVAILABLE)', async (t) => {
+  const wrong = (inner: Signer): Signer => ({
+    hash: inner.hash,
+    signatureAlgorithm: inner.signatureAlgorithm,
+    publicKeySpki: () => inner.publicKeySpki(),
+    publicKey: () => inner.publicKey(),
+    // A well-formed signature over other data: what a broken software token returns.
+    sign: (digest) => inner.sign(createHash('sha256').update(digest).digest()),
+  });
+  const s = await testStation({}, { wrapSigner: wrong });
+  t.teardown(() => s.close());
+  await expectRefusal(t, s, opensslCsr(s.dir).csr, 'TOKEN_UNAVAILABLE', /does not verify/);
+});
+
+test.serial('a PEM CSR is accepted where the link carries text', async (t) => {
+  const s = await station;
+  const { csr } = opensslCsr(s.dir);
+  const r = await s.station.handle({ csr: Buffer.from(pemEncode(csr, 'CERTIFICATE REQUEST')), link: 't' });
+  t.true(r.ok);
+});
