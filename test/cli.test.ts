@@ -7,7 +7,7 @@ import { pemEncode } from '../src/x509/index.js';
 
 test('sign prints the chain; a refusal prints one ERROR line with its code and exits non-zero', async (t) => {
   const s = await testStation();
-  s.close();
+  await s.close();
   const { csr } = opensslCsr(s.dir);
   const csrPath = join(s.dir, 'device.csr');
   writeFileSync(csrPath, pemEncode(csr, 'CERTIFICATE REQUEST'));
@@ -62,7 +62,7 @@ test('a bad config gets one line naming the key', (t) => {
 
 test('a wrong PIN is one clear message; the PIN appears nowhere; a readable PIN file is refused', async (t) => {
   const s = await testStation();
-  s.close();
+  await s.close();
   const text = readFileSync(s.configPath, 'utf8');
   const wrongPin = join(s.dir, 'wrong-pin');
   writeFileSync(wrongPin, '99999999', { mode: 0o600 });

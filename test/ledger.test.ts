@@ -22,7 +22,7 @@ test.before(() => {
       if (!r.ok) throw new Error(r.message);
     }
     await s.station.handle({ csr: new Uint8Array([1, 2, 3]), link: 'noise' });
-    s.close(); // checkpoints the WAL into the file
+    await s.close(); // checkpoints the WAL into the file
     return s;
   })();
 });

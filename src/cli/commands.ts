@@ -96,12 +96,12 @@ export function caCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
 export async function signCommand(args: GlobalArgs & { csr: string; out?: string | undefined }): Promise<void> {
   const cfg = config(args);
   const csr = readInput(args.csr);
-  const open = openStation(cfg);
+  const open = await openStation(cfg);
   let result;
   try {
     result = await open.station.handle({ csr, link: 'cli' });
   } finally {
-    open.close();
+    await open.close();
   }
   if (!result.ok) {
     process.stderr.write(`ERROR ${result.code} ${result.message}\n`);

@@ -10,6 +10,7 @@ import { chainHash, GENESIS_HASH } from './chain.js';
 import { MIGRATIONS } from './schema.js';
 
 export { chainHash, GENESIS_HASH } from './chain.js';
+export { ThreadedLedger } from './threaded.js';
 
 export interface NewIssuance {
   serial: string;
@@ -65,23 +66,35 @@ export interface LedgerStats {
   lastIssuance: Issuance | undefined;
 }
 
+/** What the ledger knows that bears on issuing to one device, read at once. */
+export interface DeviceContext {
+  /** public_key_sha256 of every certificate issued for this device id. */
+  keys: string[];
+  reissueAllowed: boolean;
+  issuedCount: number;
+  lastIssuedAt: Date | undefined;
+}
+
 export interface Ledger {
   findByCsrHash(csrSha256: string): Issuance | undefined;
+  /** One read for the issuance checks (one read transaction instead of four). */
+  deviceContext(deviceId: string): DeviceContext;
   /** public_key_sha256 of every certificate issued for this device id. */
   deviceKeys(deviceId: string): string[];
   reissueAllowed(deviceId: string): boolean;
   grantReissue(deviceId: string, reason: string): void;
   issuedCount(): number;
   lastIssuedAt(): Date | undefined;
-  /** Appends to the chain and commits; the row is durable when this returns. */
-  recordIssuance(entry: NewIssuance): Issuance;
-  recordEvent(event: NewEvent): void;
+  /** Appends to the chain and commits; the row is durable when this resolves. */
+  recordIssuance(entry: NewIssuance): Promise<Issuance>;
+  /** Appends an event; durable when this resolves. */
+  recordEvent(event: NewEvent): Promise<void>;
   /** Issuances with seq > `seq`, in order, without loading them all at once. */
   since(seq: number): IterableIterator<Issuance>;
   /** Walks both chains; `check` adds per-issuance checks (the certificate's signature). */
   verifyChain(check?: (row: Issuance) => string | null): ChainProblem | null;
   stats(): LedgerStats;
-  close(): void;
+  close(): void | Promise<void>;
 }
 
 interface IssuanceRow {
@@ -186,7 +199,15 @@ export class SqliteLedger implements Ledger {
       lastIssuance: db.prepare<[], IssuanceRow>('SELECT * FROM issuances ORDER BY seq DESC LIMIT 1'),
       lastIssuanceHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM issuances ORDER BY seq DESC LIMIT 1'),
       lastEventHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1'),
-      count: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM issuances'),
+      // seq is gap-free from 1 (verifyChain checks it), so max(seq) is the count without a table scan.
+      context: db.prepare<[{ id: string }], { keys: string | null; granted: number; n: number | null; last: string | null }>(
+        `SELECT (SELECT group_concat(DISTINCT public_key_sha256) FROM issuances WHERE device_id = @id) AS keys,
+                EXISTS (SELECT 1 FROM reissue_grants WHERE device_id = @id) AS granted,
+                (SELECT max(seq) FROM issuances) AS n,
+                (SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1) AS last`,
+      ),
+      count: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances'),
+      lastIssuedAt: db.prepare<[], { issued_at: string }>('SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1'),
       insertIssuance: db.prepare(
         `INSERT INTO issuances (seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before,
            not_after, issued_at, station_id, link, hardware_id, work_order, entry_hash)
@@ -280,25 +301,36 @@ export class SqliteLedger implements Ledger {
     return this.q.deviceKeys.all(deviceId).map((r) => r.k);
   }
 
+  deviceContext(deviceId: string): DeviceContext {
+    const r = this.q.context.get({ id: deviceId })!;
+    return {
+      keys: r.keys ? r.keys.split(',') : [],
+      reissueAllowed: r.granted === 1,
+      issuedCount: r.n ?? 0,
+      lastIssuedAt: r.last ? new Date(r.last) : undefined,
+    };
+  }
+
   reissueAllowed(deviceId: string): boolean {
     return this.q.grant.get(deviceId)!.n > 0;
   }
 
   grantReissue(deviceId: string, reason: string): void {
     this.q.insertGrant.run(deviceId, new Date().toISOString(), reason);
-    this.recordEvent({ kind: 'reissue_granted', deviceId, message: reason });
+    this.appendEvent({ kind: 'reissue_granted', deviceId, message: reason });
   }
 
   issuedCount(): number {
-    return this.q.count.get()!.n;
+    return this.q.count.get()!.n ?? 0;
   }
 
   lastIssuedAt(): Date | undefined {
-    const row = this.q.lastIssuance.get();
+    const row = this.q.lastIssuedAt.get();
     return row ? new Date(row.issued_at) : undefined;
   }
 
-  recordIssuance(entry: NewIssuance): Issuance {
+  /** The synchronous commit: on this thread, durable when it returns. */
+  appendIssuance(entry: NewIssuance): Issuance {
     try {
       return this.insertIssuance(entry);
     } catch (err) {
@@ -306,8 +338,16 @@ export class SqliteLedger implements Ledger {
     }
   }
 
-  recordEvent(event: NewEvent): void {
+  appendEvent(event: NewEvent): void {
     this.insertEvent(event);
+  }
+
+  async recordIssuance(entry: NewIssuance): Promise<Issuance> {
+    return this.appendIssuance(entry);
+  }
+
+  async recordEvent(event: NewEvent): Promise<void> {
+    this.appendEvent(event);
   }
 
   *since(seq: number): IterableIterator<Issuance> {

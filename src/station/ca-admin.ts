@@ -57,7 +57,7 @@ export function caImport(config: StationConfig, file: string): X509Certificate {
   writeFileAtomic(config.ca.certificate, pemEncode(der, 'CERTIFICATE'));
   const ledger = new SqliteLedger(config.station.ledger, config.station.id);
   try {
-    ledger.recordEvent({ kind: 'ca_import', message: `local-ca ${sha256Hex(der)} ${checked.subject.replace(/\n/g, ',')}` });
+    ledger.appendEvent({ kind: 'ca_import', message: `local-ca ${sha256Hex(der)} ${checked.subject.replace(/\n/g, ',')}` });
   } finally {
     ledger.close();
   }

@@ -8,8 +8,8 @@ import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { SqliteLedger } from '../ledger/index.js';
-import { Pkcs11Token } from '../token/index.js';
+import { ThreadedLedger } from '../ledger/index.js';
+import { Pkcs11Token, WorkerSigner } from '../token/index.js';
 import type { Signer } from '../token/signer.js';
 import { certificateDer, checkLocalCa, issuerProfile, pemEncode, sha256Hex } from '../x509/index.js';
 import { Station, type LocalCa } from './station.js';
@@ -60,9 +60,8 @@ export function openToken(config: StationConfig): Pkcs11Token {
 
 export interface OpenStation {
   station: Station;
-  token: Pkcs11Token;
-  ledger: SqliteLedger;
-  close(): void;
+  ledger: ThreadedLedger;
+  close(): Promise<void>;
 }
 
 export interface OpenOptions {
@@ -71,42 +70,57 @@ export interface OpenOptions {
   clock?: () => Date;
 }
 
-export function openStation(config: StationConfig, opts: OpenOptions = {}): OpenStation {
+/**
+ * The main thread checks the token, its key and the local-ca, then signs
+ * through a worker with its own session and writes the ledger through
+ * another, so neither a token signature nor a disk flush holds up a link.
+ */
+export async function openStation(config: StationConfig, opts: OpenOptions = {}): Promise<OpenStation> {
   const caDer = readCertificateFile(config.ca.certificate, 'local-ca certificate');
   const rootDer = readCertificateFile(config.ca.root, 'factory root');
-  const token = openToken(config);
+  const pin = readPin(config.token);
+  const tokenOptions = {
+    module: config.token.module,
+    tokenLabel: config.token.token_label,
+    pin,
+    softhsm2Conf: config.token.softhsm2_conf,
+  };
+  const token = Pkcs11Token.open(tokenOptions);
+  let key;
   try {
-    const tokenSigner = token.signer(config.token.key_label);
+    key = token.findKey(config.token.key_label);
+    if (!key) {
+      throw new LineSignerError('TOKEN_UNAVAILABLE', `token "${config.token.token_label}" has no key labelled "${config.token.key_label}"`);
+    }
     // Validity in time is checked per request (CLOCK), so a wrong clock gets
     // the jigs a CLOCK answer instead of a station that will not start.
-    checkLocalCa(caDer, { tokenSpki: tokenSigner.publicKeySpki(), rootDer, factory: config.station.factory });
-    const ledger = new SqliteLedger(config.station.ledger, config.station.id);
-    const signer = opts.wrapSigner ? opts.wrapSigner(tokenSigner) : tokenSigner;
-    const station = new Station({
-      stationId: config.station.id,
-      signer,
-      ledger,
-      localCa: localCaFrom(caDer, config.ca.validity_days),
-      rootPem: pemEncode(rootDer, 'CERTIFICATE'),
-      rules: rulesFrom(config),
-      ...(opts.clock ? { clock: opts.clock } : {}),
-    });
-    ledger.recordEvent({ kind: 'start', message: `line-signer ${process.pid}` });
-    return {
-      station,
-      token,
-      ledger,
-      close() {
-        try {
-          ledger.recordEvent({ kind: 'stop' });
-        } finally {
-          ledger.close();
-          token.close();
-        }
-      },
-    };
-  } catch (err) {
+    checkLocalCa(caDer, { tokenSpki: key.spki, rootDer, factory: config.station.factory });
+  } finally {
     token.close();
-    throw err;
   }
+  const workerSigner = new WorkerSigner({ ...tokenOptions, keyLabel: config.token.key_label }, key);
+  const signer = opts.wrapSigner ? opts.wrapSigner(workerSigner) : workerSigner;
+  const ledger = new ThreadedLedger(config.station.ledger, config.station.id);
+  const station = new Station({
+    stationId: config.station.id,
+    signer,
+    ledger,
+    localCa: localCaFrom(caDer, config.ca.validity_days),
+    rootPem: pemEncode(rootDer, 'CERTIFICATE'),
+    rules: rulesFrom(config),
+    ...(opts.clock ? { clock: opts.clock } : {}),
+  });
+  await ledger.recordEvent({ kind: 'start', message: `line-signer pid ${process.pid}` });
+  return {
+    station,
+    ledger,
+    async close() {
+      try {
+        await ledger.recordEvent({ kind: 'stop' });
+      } finally {
+        await workerSigner.close();
+        await ledger.close();
+      }
+    },
+  };
 }

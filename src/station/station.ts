@@ -5,7 +5,7 @@
  */
 import { createHash, type KeyObject } from 'node:crypto';
 import { asLineSignerError, isProtocolCode, LineSignerError } from '../errors.js';
-import type { Issuance, Ledger } from '../ledger/index.js';
+import type { Issuance, Ledger, NewIssuance } from '../ledger/index.js';
 import {
   checkExtensions,
   checkIssuance,
@@ -67,6 +67,10 @@ export class Station {
   private readonly rules: PolicyRules;
   private readonly isDeviceId: (cn: string) => boolean;
   private readonly clock: () => Date;
+  /** Issuances handed to the ledger and not yet durable, by CSR hash. */
+  private readonly inFlight = new Map<string, Promise<Issued>>();
+  /** Their public keys, by device id, with a count each. */
+  private readonly inFlightKeys = new Map<string, Map<string, number>>();
 
   constructor(parts: StationParts) {
     this.stationId = parts.stationId;
@@ -100,8 +104,10 @@ export class Station {
       csrSha256 = sha256(der);
 
       // A retry of a CSR already signed gets the very same certificate.
+      const inFlight = this.inFlight.get(csrSha256);
+      if (inFlight) return await this.replayInFlight(inFlight, req);
       const earlier = this.ledger.findByCsrHash(csrSha256);
-      if (earlier) return this.replay(earlier, req);
+      if (earlier) return await this.replay(earlier, req);
 
       const csr = parseCsr(der);
       refuseIf(checkKey(csr, this.rules));
@@ -126,12 +132,15 @@ export class Station {
       checkIssuedSignature(tbs, this.ca.profile.hash, signature, this.caKey);
       const certificate = assembleCertificate(tbs, this.ca.profile.signatureAlgorithm, signature);
 
-      // Other requests ran while the token signed: look again, then commit in
-      // the same tick, so no request can slip in between check and commit.
+      // Other requests ran while the token signed. Look again, at the ledger
+      // and at the commits still on their way to it, and hand this one to the
+      // writer in the same synchronous step: nothing can slip in between.
+      const signedMeanwhile = this.inFlight.get(csrSha256);
+      if (signedMeanwhile) return await this.replayInFlight(signedMeanwhile, req);
       const meanwhile = this.ledger.findByCsrHash(csrSha256);
-      if (meanwhile) return this.replay(meanwhile, req);
+      if (meanwhile) return await this.replay(meanwhile, req);
       refuseIf(checkIssuance(this.issuanceFacts(deviceId, publicKeySha256, now), this.rules));
-      const row = this.ledger.recordIssuance({
+      return await this.commit(csrSha256, deviceId, publicKeySha256, {
         serial: serialHex(serial),
         deviceId,
         subject: subjectText(subject.subject),
@@ -145,28 +154,60 @@ export class Station {
         hardwareId: req.hardwareId,
         workOrder: req.workOrder,
       });
-      return this.issued(row, false);
     } catch (err) {
-      return this.refuse(err, req, csrSha256, deviceId);
+      return await this.refuse(err, req, csrSha256, deviceId);
     }
   }
 
+  /**
+   * Hands an issuance to the ledger and remembers it until it is durable, so
+   * that checks made meanwhile count it (see issuanceFacts) and a retry of
+   * the same CSR waits for it instead of signing again.
+   */
+  private commit(csrSha256: string, deviceId: string, publicKeySha256: string, entry: NewIssuance): Promise<Issued> {
+    let keys = this.inFlightKeys.get(deviceId);
+    if (!keys) this.inFlightKeys.set(deviceId, (keys = new Map()));
+    keys.set(publicKeySha256, (keys.get(publicKeySha256) ?? 0) + 1);
+    const done = this.ledger.recordIssuance(entry).then((row) => this.issued(row, false));
+    const forget = (): void => {
+      this.inFlight.delete(csrSha256);
+      const n = keys.get(publicKeySha256)! - 1;
+      if (n > 0) keys.set(publicKeySha256, n);
+      else keys.delete(publicKeySha256);
+      if (keys.size === 0) this.inFlightKeys.delete(deviceId);
+    };
+    done.then(forget, forget);
+    this.inFlight.set(csrSha256, done);
+    return done;
+  }
+
+  private async replayInFlight(first: Promise<Issued>, req: SignRequest): Promise<Issued> {
+    const issued = await first;
+    const row = this.ledger.findByCsrHash(sha256(csrDer(req.csr)));
+    if (row) return this.replay(row, req);
+    return { ...issued, replayed: true };
+  }
+
+  /** What the ledger knows, plus the issuances still on their way into it. */
   private issuanceFacts(deviceId: string, publicKeySha256: string, now: Date): IssuanceFacts {
+    const known = this.ledger.deviceContext(deviceId);
+    const pending = this.inFlightKeys.get(deviceId);
     return {
       deviceId,
       publicKeySha256,
-      keysIssuedForDevice: this.ledger.deviceKeys(deviceId),
-      reissueAllowed: this.ledger.reissueAllowed(deviceId),
-      issuedCount: this.ledger.issuedCount(),
+      keysIssuedForDevice: pending ? [...known.keys, ...pending.keys()] : known.keys,
+      // A re-issue grant is used up by the first certificate that needs it.
+      reissueAllowed: known.reissueAllowed && !pending,
+      issuedCount: known.issuedCount + this.inFlight.size,
       now,
-      lastIssuedAt: this.ledger.lastIssuedAt(),
+      lastIssuedAt: known.lastIssuedAt,
       caNotBefore: this.ca.notBefore,
       caNotAfter: this.ca.notAfter,
     };
   }
 
-  private replay(row: Issuance, req: SignRequest): Issued {
-    this.safeEvent({ kind: 'replay', csrSha256: row.csrSha256, deviceId: row.deviceId, link: req.link, message: `seq ${row.seq}` });
+  private async replay(row: Issuance, req: SignRequest): Promise<Issued> {
+    await this.safeEvent({ kind: 'replay', csrSha256: row.csrSha256, deviceId: row.deviceId, link: req.link, message: `seq ${row.seq}` });
     return this.issued(row, true);
   }
 
@@ -182,18 +223,18 @@ export class Station {
     };
   }
 
-  private refuse(err: unknown, req: SignRequest, csrSha256: string | null, deviceId: string | null): SignResult {
+  private async refuse(err: unknown, req: SignRequest, csrSha256: string | null, deviceId: string | null): Promise<SignResult> {
     const e = asLineSignerError(err);
     // Only protocol codes go back to a jig; a local code (a PIN problem) is a token problem to it.
     const code = isProtocolCode(e.code) ? e.code : e.code === 'TOKEN_PIN' ? 'TOKEN_UNAVAILABLE' : 'INTERNAL';
-    this.safeEvent({ kind: 'rejection', code, message: e.message, csrSha256, deviceId, link: req.link });
+    await this.safeEvent({ kind: 'rejection', code, message: e.message, csrSha256, deviceId, link: req.link });
     return { ok: false, code, message: e.message };
   }
 
   /** An event that cannot be written must not turn a reply into a crash. */
-  private safeEvent(event: Parameters<Ledger['recordEvent']>[0]): void {
+  private async safeEvent(event: Parameters<Ledger['recordEvent']>[0]): Promise<void> {
     try {
-      this.ledger.recordEvent(event);
+      await this.ledger.recordEvent(event);
     } catch (err) {
       process.emitWarning(`ledger: event not recorded: ${(err as Error).message}`);
     }

@@ -287,13 +287,13 @@ export class Pkcs11Token {
     return this.p11.C_SignAsync(s, Buffer.from(digest), Buffer.alloc(key.curve === 'P-256' ? 64 : 96));
   }
 
+  /**
+   * Closes this session. No C_Logout: login state belongs to the process,
+   * so a logout here would log out a signing worker's session too; the
+   * token logs out by itself when the process's last session closes.
+   */
   close(): void {
     if (!this.session) return;
-    try {
-      this.p11.C_Logout(this.session);
-    } catch {
-      /* not logged in */
-    }
     try {
       this.p11.C_CloseSession(this.session);
     } catch {

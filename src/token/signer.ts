@@ -15,6 +15,8 @@ export interface Signer {
   publicKey(): KeyObject;
   /** ECDSA over `digest`; returns a DER ECDSA-Sig-Value ready for X.509. */
   sign(digest: Uint8Array): Promise<Uint8Array>;
+  /** Releases what the signer holds (a worker thread); optional. */
+  close?(): Promise<void>;
 }
 
 export const OID_ECDSA_SHA256 = '1.2.840.10045.4.3.2';

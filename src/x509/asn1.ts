@@ -32,3 +32,23 @@ export function name(attributes: ReadonlyArray<{ type: string; value: string }>)
 export function signed(tbs: Uint8Array, algorithm: string, signature: Uint8Array): Uint8Array {
   return der(seq(raw(tbs), seq(oid(algorithm)), bits(signature)));
 }
+
+/**
+ * One DER TLV from already-encoded parts. The certificate path builds its
+ * TBS from DER pieces that asn1js encoded once (OIDs, extensions, the
+ * issuer); wrapping them needs only a tag and a length, and asn1js's object
+ * model costs a tenth of the whole per-certificate budget for that.
+ */
+export function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
+  let len = 0;
+  for (const p of parts) len += p.length;
+  const head = len < 0x80 ? [tag, len] : len < 0x100 ? [tag, 0x81, len] : len < 0x10000 ? [tag, 0x82, len >> 8, len & 0xff] : [tag, 0x83, len >> 16, (len >> 8) & 0xff, len & 0xff];
+  const out = new Uint8Array(head.length + len);
+  out.set(head, 0);
+  let at = head.length;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

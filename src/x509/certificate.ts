@@ -8,7 +8,7 @@ import { createHash, randomBytes, verify, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { LineSignerError } from '../errors.js';
 import { OID } from './oids.js';
-import { der, name, oid, raw, seq, signed } from './asn1.js';
+import { der, oid, seq, tlv } from './asn1.js';
 
 /** What every certificate signed by one local-ca shares. */
 export interface IssuerProfile {
@@ -79,38 +79,94 @@ export function subjectKeyIdentifier(publicKeyBits: Uint8Array): Uint8Array {
   return createHash('sha1').update(publicKeyBits).digest();
 }
 
-/** tbsCertificate, DER. */
-export function buildTbs(issuer: IssuerProfile, facts: CertificateRequestFacts): Uint8Array {
-  const subject = name(facts.subject);
+/**
+ * The DER of every part of a device certificate's TBS that depends only on
+ * the local-ca, made once: asn1js object building is the costly step of a
+ * certificate, and most of a TBS is the same every time.
+ */
+interface TbsTemplate {
+  version: Uint8Array;
+  signature: Uint8Array;
+  /** basicConstraints, keyUsage and extendedKeyUsage extensions, concatenated. */
+  fixedExtensions: Uint8Array;
+  authorityKeyIdExtension: Uint8Array;
+  /** subjectKeyIdentifier extension up to its 20-byte key identifier. */
+  skiPrefix: Uint8Array;
+}
+
+const templates = new WeakMap<IssuerProfile, TbsTemplate>();
+
+function template(issuer: IssuerProfile): TbsTemplate {
+  let t = templates.get(issuer);
+  if (t) return t;
   const aki = der(seq(new asn1js.Primitive({ idBlock: { tagClass: 3, tagNumber: 0 }, valueHex: issuer.authorityKeyId.slice().buffer })));
-  const ski = der(new asn1js.OctetString({ valueHex: subjectKeyIdentifier(facts.publicKeyBits).buffer as ArrayBuffer }));
-  const tbs = seq(
-    new asn1js.Constructed({ idBlock: { tagClass: 3, tagNumber: 0 }, value: [new asn1js.Integer({ value: 2 })] }),
-    new asn1js.Integer({ valueHex: facts.serial.slice().buffer }),
-    seq(oid(issuer.signatureAlgorithm)),
-    raw(issuer.issuerName),
-    seq(time(facts.notBefore), time(notAfterFor(facts.notBefore, issuer.validityDays))),
-    subject,
-    raw(facts.spki),
-    new asn1js.Constructed({
-      idBlock: { tagClass: 3, tagNumber: 3 },
-      value: [
-        seq(
-          extension(OID.basicConstraints, true, BASIC_CONSTRAINTS_END_ENTITY),
-          extension(OID.keyUsage, true, KEY_USAGE_DIGITAL_SIGNATURE),
-          extension(OID.extKeyUsage, true, EKU_CLIENT_AUTH),
-          extension(OID.subjectKeyIdentifier, false, ski),
-          extension(OID.authorityKeyIdentifier, false, aki),
-        ),
-      ],
-    }),
+  const skiShape = der(extension(OID.subjectKeyIdentifier, false, der(new asn1js.OctetString({ valueHex: new ArrayBuffer(20) }))));
+  t = {
+    version: der(new asn1js.Constructed({ idBlock: { tagClass: 3, tagNumber: 0 }, value: [new asn1js.Integer({ value: 2 })] })),
+    signature: der(seq(oid(issuer.signatureAlgorithm))),
+    fixedExtensions: Buffer.concat([
+      der(extension(OID.basicConstraints, true, BASIC_CONSTRAINTS_END_ENTITY)),
+      der(extension(OID.keyUsage, true, KEY_USAGE_DIGITAL_SIGNATURE)),
+      der(extension(OID.extKeyUsage, true, EKU_CLIENT_AUTH)),
+    ]),
+    authorityKeyIdExtension: der(extension(OID.authorityKeyIdentifier, false, aki)),
+    skiPrefix: skiShape.subarray(0, skiShape.length - 20),
+  };
+  templates.set(issuer, t);
+  return t;
+}
+
+// Certificates issued in the same second share their validity encoding.
+let lastValidity: { second: number; days: number; der: Uint8Array } | undefined;
+
+function validity(notBefore: Date, days: number): Uint8Array {
+  const second = Math.floor(notBefore.getTime() / 1000);
+  if (lastValidity?.second !== second || lastValidity.days !== days) {
+    lastValidity = { second, days, der: der(seq(time(notBefore), time(notAfterFor(notBefore, days)))) };
+  }
+  return lastValidity.der;
+}
+
+const attributeTypes = new Map<string, Uint8Array>();
+function attributeType(type: string): Uint8Array {
+  let d = attributeTypes.get(type);
+  if (!d) attributeTypes.set(type, (d = der(oid(type))));
+  return d;
+}
+
+const utf8 = new TextEncoder();
+
+/** tbsCertificate, DER: the precomputed pieces around this request's serial, subject and key. */
+export function buildTbs(issuer: IssuerProfile, facts: CertificateRequestFacts): Uint8Array {
+  const t = template(issuer);
+  const ski = tlv(0x30, t.skiPrefix.subarray(2), subjectKeyIdentifier(facts.publicKeyBits));
+  const subject = tlv(
+    0x30,
+    ...facts.subject.map((a) => tlv(0x31, tlv(0x30, attributeType(a.type), tlv(0x0c, utf8.encode(a.value))))),
   );
-  return der(tbs);
+  return tlv(
+    0x30,
+    t.version,
+    tlv(0x02, facts.serial), // newSerial gives the minimal positive form DER wants
+    t.signature,
+    issuer.issuerName,
+    validity(facts.notBefore, issuer.validityDays),
+    subject,
+    facts.spki,
+    tlv(0xa3, tlv(0x30, t.fixedExtensions, ski, t.authorityKeyIdExtension)),
+  );
 }
 
 /** Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }. */
 export function assembleCertificate(tbs: Uint8Array, signatureAlgorithm: string, signature: Uint8Array): Uint8Array {
-  return signed(tbs, signatureAlgorithm, signature);
+  return tlv(0x30, tbs, algorithmIdentifier(signatureAlgorithm), tlv(0x03, new Uint8Array([0]), signature));
+}
+
+const algorithmIdentifiers = new Map<string, Uint8Array>();
+function algorithmIdentifier(id: string): Uint8Array {
+  let d = algorithmIdentifiers.get(id);
+  if (!d) algorithmIdentifiers.set(id, (d = der(seq(oid(id)))));
+  return d;
 }
 
 /**

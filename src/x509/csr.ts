@@ -8,6 +8,7 @@ import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { LineSignerError } from '../errors.js';
 import { ECDSA_HASH, OID } from './oids.js';
+import { childrenOf, content, directoryString, oidText, readTlv, whole, type Tlv } from './der-reader.js';
 
 export interface NameAttribute {
   /** Attribute type OID. */
@@ -44,105 +45,82 @@ export interface ParsedCsr {
   extensions: RequestedExtension[];
 }
 
-type Block = asn1js.AsnType;
+const TAG = { INTEGER: 0x02, BIT_STRING: 0x03, OCTET_STRING: 0x04, OID: 0x06, BOOLEAN: 0x01, SEQUENCE: 0x30, SET: 0x31, ATTRIBUTES: 0xa0 } as const;
 
 function bad(message: string): never {
   throw new LineSignerError('BAD_CSR', message);
 }
 
-function children(b: Block | undefined, what: string): Block[] {
-  if (!b || !(b instanceof asn1js.Constructed) || !Array.isArray(b.valueBlock.value)) bad(`${what} is not a constructed value`);
-  return b.valueBlock.value as Block[];
+function expect(t: Tlv | undefined, tag: number, what: string): Tlv {
+  if (!t || t.tag !== tag) bad(`${what} is missing or of the wrong type`);
+  return t;
 }
 
-function oidOf(b: Block | undefined, what: string): string {
-  if (!(b instanceof asn1js.ObjectIdentifier)) bad(`${what} is not an OBJECT IDENTIFIER`);
-  return b.valueBlock.toString();
-}
-
-function rawOf(b: Block): Uint8Array {
-  return (b as unknown as { valueBeforeDecodeView: Uint8Array }).valueBeforeDecodeView;
-}
-
-const STRING_TYPES = [
-  asn1js.Utf8String,
-  asn1js.PrintableString,
-  asn1js.IA5String,
-  asn1js.TeletexString,
-  asn1js.BmpString,
-  asn1js.UniversalString,
-  asn1js.VisibleString,
-];
-
-function stringValue(b: Block | undefined): string | null {
-  for (const T of STRING_TYPES) if (b instanceof T) return (b as asn1js.Utf8String).valueBlock.value;
-  return null;
+/** A BIT STRING's bits, which must be whole bytes here (keys and signatures). */
+function bitStringBytes(buf: Uint8Array, t: Tlv, what: string): Uint8Array {
+  const c = content(buf, t);
+  if (c.length === 0 || c[0] !== 0) bad(`${what} has unused bits`);
+  return c.subarray(1);
 }
 
 export function parseCsr(der: Uint8Array): ParsedCsr {
   if (der.byteLength === 0) bad('empty request');
-  const view = new Uint8Array(der);
-  const decoded = asn1js.fromBER(view);
-  if (decoded.offset === -1) bad(`not DER: ${decoded.result.error || 'undecodable'}`);
-  if (decoded.offset !== view.byteLength) bad(`${view.byteLength - decoded.offset} trailing bytes after the request`);
-  const top = children(decoded.result, 'CertificationRequest');
-  if (top.length !== 3) bad('CertificationRequest must have 3 fields');
-  const [infoBlock, algBlock, sigBlock] = top as [Block, Block, Block];
-
-  const info = children(infoBlock, 'certificationRequestInfo');
-  if (info.length !== 4) bad('certificationRequestInfo must have 4 fields');
-  const [version, nameBlock, spkiBlock, attrsBlock] = info as [Block, Block, Block, Block];
-  if (!(version instanceof asn1js.Integer) || version.valueBlock.valueDec !== 0) bad('version must be 0 (v1)');
+  const buf = new Uint8Array(der.buffer, der.byteOffset, der.byteLength);
+  const top = readTlv(buf, 0);
+  if (top.end !== buf.length) bad(`${buf.length - top.end} trailing bytes after the request`);
+  const [infoT, algT, sigT, ...extra] = childrenOf(buf, expect(top, TAG.SEQUENCE, 'CertificationRequest'));
+  if (extra.length) bad('CertificationRequest must have 3 fields');
+  const [versionT, nameT, spkiT, attrsT, ...more] = childrenOf(buf, expect(infoT, TAG.SEQUENCE, 'certificationRequestInfo'));
+  if (more.length) bad('certificationRequestInfo must have 4 fields');
+  const version = content(buf, expect(versionT, TAG.INTEGER, 'version'));
+  if (version.length !== 1 || version[0] !== 0) bad('version must be 0 (v1)');
 
   // Subject
   const subject: NameAttribute[] = [];
-  const rdns = children(nameBlock, 'subject');
+  const rdns = childrenOf(buf, expect(nameT, TAG.SEQUENCE, 'subject'));
   rdns.forEach((rdn, i) => {
-    if (!(rdn instanceof asn1js.Set)) bad('subject RDN is not a SET');
-    for (const atv of children(rdn, 'subject attribute')) {
-      const [t, v, ...rest] = children(atv, 'subject attribute');
-      if (rest.length || !v) bad('subject attribute must be (type, value)');
-      subject.push({ type: oidOf(t, 'attribute type'), value: stringValue(v), rdn: i });
+    for (const atv of childrenOf(buf, expect(rdn, TAG.SET, 'subject RDN'))) {
+      const [typeT, valueT, ...rest] = childrenOf(buf, expect(atv, TAG.SEQUENCE, 'subject attribute'));
+      if (rest.length || !valueT) bad('subject attribute must be (type, value)');
+      subject.push({ type: oidText(content(buf, expect(typeT, TAG.OID, 'attribute type'))), value: directoryString(buf, valueT), rdn: i });
     }
   });
 
   // Public key
-  const spkiParts = children(spkiBlock, 'subjectPublicKeyInfo');
-  if (spkiParts.length !== 2) bad('subjectPublicKeyInfo must have 2 fields');
-  const keyAlgParts = children(spkiParts[0], 'public key algorithm');
-  const keyAlgorithm = oidOf(keyAlgParts[0], 'public key algorithm');
-  const curve = keyAlgParts[1] instanceof asn1js.ObjectIdentifier ? keyAlgParts[1].valueBlock.toString() : null;
-  if (!(spkiParts[1] instanceof asn1js.BitString)) bad('subjectPublicKey is not a BIT STRING');
-  const publicKeyBits = spkiParts[1].valueBlock.valueHexView;
+  const [keyAlgT, keyBitsT, ...spkiExtra] = childrenOf(buf, expect(spkiT, TAG.SEQUENCE, 'subjectPublicKeyInfo'));
+  if (spkiExtra.length) bad('subjectPublicKeyInfo must have 2 fields');
+  const [keyOidT, keyParamsT] = childrenOf(buf, expect(keyAlgT, TAG.SEQUENCE, 'public key algorithm'));
+  const keyAlgorithm = oidText(content(buf, expect(keyOidT, TAG.OID, 'public key algorithm')));
+  const curve = keyParamsT?.tag === TAG.OID ? oidText(content(buf, keyParamsT)) : null;
+  const publicKeyBits = bitStringBytes(buf, expect(keyBitsT, TAG.BIT_STRING, 'subjectPublicKey'), 'subjectPublicKey');
 
   // Attributes: only extensionRequest matters; the rest is never copied.
-  if (attrsBlock.idBlock.tagClass !== 3 || attrsBlock.idBlock.tagNumber !== 0) bad('attributes [0] missing');
   const extensions: RequestedExtension[] = [];
-  for (const attr of children(attrsBlock, 'attributes')) {
-    const [t, values] = children(attr, 'attribute');
-    if (oidOf(t, 'attribute type') !== OID.extensionRequest) continue;
-    for (const exts of children(values, 'extensionRequest')) {
-      for (const extBlock of children(exts, 'extensions')) {
-        const parts = children(extBlock, 'extension');
-        const oid = oidOf(parts[0], 'extension id');
-        const critical = parts.length === 3 && parts[1] instanceof asn1js.Boolean ? parts[1].valueBlock.value : false;
-        const value = parts[parts.length - 1];
-        if (!(value instanceof asn1js.OctetString) || parts.length < 2 || parts.length > 3) bad(`extension ${oid} is malformed`);
-        const bytes = value.valueBlock.valueHexView;
-        extensions.push({ oid, critical, value: bytes, asksForCa: requestsCa(oid, bytes) });
+  for (const attr of childrenOf(buf, expect(attrsT, TAG.ATTRIBUTES, 'attributes [0]'))) {
+    const [typeT, valuesT] = childrenOf(buf, expect(attr, TAG.SEQUENCE, 'attribute'));
+    if (oidText(content(buf, expect(typeT, TAG.OID, 'attribute type'))) !== OID.extensionRequest) continue;
+    for (const exts of childrenOf(buf, expect(valuesT, TAG.SET, 'extensionRequest values'))) {
+      for (const extT of childrenOf(buf, expect(exts, TAG.SEQUENCE, 'extensions'))) {
+        const parts = childrenOf(buf, expect(extT, TAG.SEQUENCE, 'extension'));
+        const oid = oidText(content(buf, expect(parts[0], TAG.OID, 'extension id')));
+        if (parts.length < 2 || parts.length > 3) bad(`extension ${oid} is malformed`);
+        const critical = parts.length === 3 && expect(parts[1], TAG.BOOLEAN, `extension ${oid} critical`) && content(buf, parts[1]!)[0] !== 0;
+        const value = content(buf, expect(parts[parts.length - 1], TAG.OCTET_STRING, `extension ${oid} value`));
+        extensions.push({ oid, critical, value, asksForCa: requestsCa(oid, value) });
       }
     }
   }
 
-  const sigAlg = oidOf(children(algBlock, 'signatureAlgorithm')[0], 'signature algorithm');
-  if (!(sigBlock instanceof asn1js.BitString)) bad('signature is not a BIT STRING');
+  const [sigAlgOidT] = childrenOf(buf, expect(algT, TAG.SEQUENCE, 'signatureAlgorithm'));
+  const signatureAlgorithm = oidText(content(buf, expect(sigAlgOidT, TAG.OID, 'signature algorithm')));
+  const signature = bitStringBytes(buf, expect(sigT, TAG.BIT_STRING, 'signature'), 'signature');
 
   return {
-    der: view,
-    info: rawOf(infoBlock),
-    signatureAlgorithm: sigAlg,
-    signature: sigBlock.valueBlock.valueHexView,
-    spki: rawOf(spkiBlock),
+    der: buf,
+    info: whole(buf, infoT!),
+    signatureAlgorithm,
+    signature,
+    spki: whole(buf, spkiT!),
     publicKeyBits,
     keyAlgorithm,
     curve,
@@ -152,9 +130,25 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
   };
 }
 
-/** The CSR's public key for node:crypto; an invalid point is a key policy matter. */
+const JWK_CURVES: Record<string, { crv: string; size: number }> = {
+  [OID.p256]: { crv: 'P-256', size: 32 },
+  [OID.p384]: { crv: 'P-384', size: 48 },
+};
+
+/**
+ * The CSR's public key for node:crypto; an invalid point is a key policy
+ * matter. An uncompressed point goes in as JWK: OpenSSL 3's DER decoder
+ * costs twice as much, and JWK import checks the point is on the curve too.
+ */
 export function csrPublicKey(csr: ParsedCsr): KeyObject {
+  const curve = csr.curve ? JWK_CURVES[csr.curve] : undefined;
+  const point = csr.publicKeyBits;
   try {
+    if (curve && point.length === 1 + 2 * curve.size && point[0] === 0x04) {
+      const x = Buffer.from(point.buffer, point.byteOffset + 1, curve.size).toString('base64url');
+      const y = Buffer.from(point.buffer, point.byteOffset + 1 + curve.size, curve.size).toString('base64url');
+      return createPublicKey({ key: { kty: 'EC', crv: curve.crv, x, y }, format: 'jwk' });
+    }
     return createPublicKey({ key: Buffer.from(csr.spki), format: 'der', type: 'spki' });
   } catch (err) {
     throw new LineSignerError('POLICY_KEY', `the public key is not a valid EC point: ${(err as Error).message}`);
@@ -180,7 +174,7 @@ function requestsCa(oid: string, value: Uint8Array): string | null {
   const parsed = asn1js.fromBER(new Uint8Array(value));
   if (parsed.offset === -1) return `unreadable ${oid} extension`;
   if (oid === OID.basicConstraints) {
-    const fields = parsed.result instanceof asn1js.Sequence ? (parsed.result.valueBlock.value as Block[]) : null;
+    const fields = parsed.result instanceof asn1js.Sequence ? parsed.result.valueBlock.value : null;
     if (!fields) return 'unreadable basicConstraints';
     if (fields[0] instanceof asn1js.Boolean && fields[0].valueBlock.value) return 'basicConstraints CA:TRUE';
   }

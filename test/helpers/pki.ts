@@ -145,7 +145,7 @@ export async function testStation(opts: StationOptions = {}, open: OpenOptions =
   const csr = await caInit(s.config);
   const caPem = signCaCsrWithOpenssl(csr, s.dir, { key: p.rootKey, pem: p.rootPem });
   caImport(s.config, caPem);
-  return { ...openStation(s.config, open), ...s };
+  return { ...(await openStation(s.config, open)), ...s };
 }
 
 export const uuid = (): string => randomUUID();

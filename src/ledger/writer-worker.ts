@@ -1,0 +1,33 @@
+/**
+ * Runs in a worker thread: the ledger's only writing connection while a
+ * station serves. A durable commit (WAL, synchronous FULL) waits on the
+ * disk for about half a millisecond; here that wait does not hold up the
+ * thread that parses, checks and answers requests.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { asLineSignerError } from '../errors.js';
+import { SqliteLedger, type NewEvent, type NewIssuance } from './index.js';
+
+export type WriterRequest =
+  | { id: number; op: 'issuance'; entry: NewIssuance }
+  | { id: number; op: 'event'; event: NewEvent }
+  | { id: number; op: 'close' };
+
+export type WriterReply = { id: number; result?: unknown } | { id: number; error: { code: string; message: string } };
+
+const { path, stationId } = workerData as { path: string; stationId: string };
+const ledger = new SqliteLedger(path, stationId);
+
+parentPort!.on('message', (req: WriterRequest) => {
+  try {
+    let result: unknown;
+    if (req.op === 'issuance') result = ledger.appendIssuance(req.entry);
+    else if (req.op === 'event') ledger.appendEvent(req.event);
+    else ledger.close();
+    parentPort!.postMessage({ id: req.id, result } satisfies WriterReply);
+    if (req.op === 'close') parentPort!.close();
+  } catch (err) {
+    const e = asLineSignerError(err);
+    parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message } } satisfies WriterReply);
+  }
+});
