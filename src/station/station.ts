@@ -4,7 +4,7 @@
  * commit → reply. Links call it; nothing else orders these steps.
  */
 import { createHash, type KeyObject } from 'node:crypto';
-import { asLineSignerError, isProtocolCode, LineSignerError } from '../errors.js';
+import { asLineSignerError, isProtocolCode, LineSignerError, type ProtocolCode } from '../errors.js';
 import type { Issuance, Ledger, NewIssuance } from '../ledger/index.js';
 import {
   checkExtensions,
@@ -93,6 +93,11 @@ export class Station {
       max_frame: MAX_FRAME,
       production: this.rules.production,
     };
+  }
+
+  /** A request a link refused before it could reach handle(): still in the event log. */
+  async recordRefusal(link: string, code: ProtocolCode, message: string): Promise<void> {
+    await this.safeEvent({ kind: 'rejection', code, message, link });
   }
 
   /** Signs one CSR, or says why not. Never throws; every refusal is in the event log. */

@@ -1,0 +1,72 @@
+import type { SignRequest, SignResult, StationHello } from '../station/types.js';
+import type { ProtocolCode } from '../errors.js';
+
+/** What a link may ask of the station: links never see the token or the ledger. */
+export interface StationPort {
+  handle(req: SignRequest): Promise<SignResult>;
+  hello(): StationHello;
+  readonly rootPem: string;
+  /** Records a request refused before it reached the station (a bad frame, an oversized line). */
+  recordRefusal(link: string, code: ProtocolCode, message: string): Promise<void>;
+}
+
+export type LinkKind = 'serial' | 'http' | 'spool';
+
+export interface LinkStatus {
+  name: string;
+  kind: LinkKind;
+  state: string;
+  issued: number;
+  refused: number;
+  noise: number;
+  lastDeviceId: string | null;
+  lastError: string | null;
+}
+
+export type LinkEvent =
+  | { kind: 'issued'; link: string; deviceId: string; serial: string; replayed: boolean }
+  | { kind: 'refused'; link: string; code: string; message: string }
+  | { kind: 'state'; link: string; state: string; detail?: string }
+  | { kind: 'noise'; link: string; bytes: number };
+
+export type LinkObserver = (event: LinkEvent) => void;
+
+export interface Link {
+  readonly status: LinkStatus;
+  start(): Promise<void>;
+  /** Stops taking requests and resolves when those in flight are answered. */
+  stop(): Promise<void>;
+}
+
+/** Shared bookkeeping: a link's status and the events it reports. */
+export class LinkReporter {
+  readonly status: LinkStatus;
+  constructor(
+    name: string,
+    kind: LinkKind,
+    private readonly observer: LinkObserver = () => undefined,
+  ) {
+    this.status = { name, kind, state: 'starting', issued: 0, refused: 0, noise: 0, lastDeviceId: null, lastError: null };
+  }
+  state(state: string, detail?: string): void {
+    if (this.status.state === state) return;
+    this.status.state = state;
+    this.observer({ kind: 'state', link: this.status.name, state, ...(detail ? { detail } : {}) });
+  }
+  result(r: SignResult): void {
+    if (r.ok) {
+      this.status.issued += r.replayed ? 0 : 1;
+      this.status.lastDeviceId = r.deviceId;
+      this.observer({ kind: 'issued', link: this.status.name, deviceId: r.deviceId, serial: r.serial, replayed: r.replayed });
+    } else this.refused(r.code, r.message);
+  }
+  refused(code: string, message: string): void {
+    this.status.refused++;
+    this.status.lastError = `${code} ${message}`;
+    this.observer({ kind: 'refused', link: this.status.name, code, message });
+  }
+  noise(bytes: number): void {
+    this.status.noise++;
+    this.observer({ kind: 'noise', link: this.status.name, bytes });
+  }
+}
