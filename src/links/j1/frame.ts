@@ -96,3 +96,18 @@ export function encodeFrame(type: ReplyType | string, id: string, body: Uint8Arr
 export function errorFrame(id: string, code: string, message: string): string {
   return encodeFrame('ERR', id, `${code} ${message}`);
 }
+
+const REPLY_TYPES = ['HELLO', 'CERT', 'CA', 'PONG', 'ERR'];
+
+/** The jig's side: a reply line from the station, checked as strictly as a request. */
+export function decodeReply(line: string): Frame & { type: ReplyType } {
+  const fields = line.split(' ');
+  if (fields.length !== 5 || fields[0] !== 'J1') throw new FrameError('BAD_FRAME', 'not a J1 reply', '-');
+  const [, type, id, body, crc] = fields as [string, string, string, string, string];
+  if (!CRC.test(crc) || crcHex(line.slice(0, line.length - crc.length)) !== crc) throw new FrameError('BAD_CRC', 'reply checksum mismatch', id);
+  if (!REPLY_TYPES.includes(type)) throw new FrameError('UNKNOWN_TYPE', `unexpected reply type ${type}`, id);
+  if (id !== '-' && !ID.test(id)) throw new FrameError('BAD_FRAME', 'bad reply ID', '-');
+  const decoded = body === '-' ? null : canonicalBase64(body);
+  if (body !== '-' && !decoded) throw new FrameError('BAD_FRAME', 'reply body is not canonical base64', id);
+  return { type: type as ReplyType, id, body: decoded };
+}

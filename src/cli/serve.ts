@@ -1,0 +1,86 @@
+import { configPath, loadConfig } from '../config/index.js';
+import { LinkRunner, planLinks, serialLinks, type Link, type LinkEvent } from '../links/index.js';
+import { runJig } from '../jig/provision.js';
+import { openStation } from '../station/index.js';
+import { jsonView, liveView, type View } from './live-view.js';
+import { LineSignerError } from '../errors.js';
+
+export interface ServeArgs {
+  config?: string | undefined;
+  serial?: string[] | undefined;
+  http?: string | undefined;
+  spool?: string[] | undefined;
+  json?: boolean | undefined;
+}
+
+export async function serveCommand(args: ServeArgs): Promise<void> {
+  const config = loadConfig(configPath(args.config));
+  const plan = planLinks(config, { serial: args.serial ?? [], ...(args.http ? { http: args.http } : {}), spool: args.spool ?? [] });
+  const open = await openStation(config);
+  let view: View | undefined;
+  const observer = (e: LinkEvent): void => view?.event(e);
+  const links: Link[] = [...serialLinks(open.station, plan, config, observer), ...(await extraLinks(open.station, plan, config, observer))];
+  if (links.length === 0) {
+    await open.close();
+    throw new LineSignerError('USAGE', 'no links: give --serial, --http or --spool, or a [links] table in the config');
+  }
+  const runner = new LinkRunner(links);
+  view =
+    process.stdout.isTTY && !args.json
+      ? liveView(`line-signer serve: station ${config.station.id}, factory ${config.station.factory}`, () => links.map((l) => l.status))
+      : jsonView();
+  await runner.start();
+  view.info('serving', { links: links.map((l) => l.status.name) });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      view?.info(`${signal}: finishing requests in flight`);
+      resolve();
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+  await runner.stop();
+  await open.close();
+  view.info('stopped', { issued: links.reduce((n, l) => n + l.status.issued, 0) });
+  view.stop();
+}
+
+/** HTTP and spool links, loaded only when asked for. */
+async function extraLinks(...a: Parameters<typeof serialLinks>): Promise<Link[]> {
+  const [station, plan, config, observer] = a;
+  const out: Link[] = [];
+  if (plan.http) {
+    const { HttpLink } = await import('../links/http.js');
+    out.push(new HttpLink(station, { listen: plan.http, sota: config.sota }, observer));
+  }
+  if (plan.spool.length) {
+    const { SpoolLink } = await import('../links/spool.js');
+    for (const dir of plan.spool) out.push(new SpoolLink(station, { dir, pollMs: config.links.spool_poll_ms }, observer));
+  }
+  return out;
+}
+
+export async function jigCommand(args: { serial: string; count: number; out?: string | undefined; json?: boolean | undefined }): Promise<void> {
+  const { path, baud } = (await import('../links/index.js')).parseSerialFlag(args.serial);
+  const tty = process.stderr.isTTY && !args.json;
+  const summary = await runJig({
+    serial: path,
+    baud,
+    count: args.count,
+    out: args.out,
+    onDevice: (n, deviceId, ok, detail) => {
+      if (tty) process.stderr.write(`\r${n}/${args.count} ${ok ? 'ok ' : 'FAIL'} ${deviceId} ${ok ? '' : detail}`.padEnd(100));
+      else if (!ok) process.stderr.write(`device ${n} ${deviceId}: ${detail}\n`);
+    },
+  });
+  if (tty) process.stderr.write('\n');
+  if (args.json) process.stdout.write(JSON.stringify(summary) + '\n');
+  else {
+    const failures = Object.entries(summary.failures).map(([c, n]) => `${c} ${n}`).join(', ');
+    process.stdout.write(
+      `jig: station ${summary.station} (${summary.factory}): ${summary.provisioned} provisioned, ${summary.failed} failed` +
+        `${failures ? ` (${failures})` : ''} in ${summary.seconds.toFixed(1)} s; every certificate checked against the factory root\n`,
+    );
+  }
+  if (summary.failed > 0) process.exit(1);
+}
