@@ -30,7 +30,7 @@ const STATUS: Partial<Record<ProtocolCode, number>> = {
 };
 
 export function parseListen(listen: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:\s]+))?:?(\d{1,5})$/.exec(listen);
+  const m = /^(?:(?:\[([0-9a-fA-F:]+)\]|([^:\s[\]]+))?:)?(\d{1,5})$/.exec(listen);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw new LineSignerError('USAGE', `--http ${listen}: expected HOST:PORT`);
   return { host: m[1] ?? m[2] ?? '127.0.0.1', port };
@@ -190,5 +190,9 @@ function readBody(req: IncomingMessage): Promise<Buffer | null> {
     });
     req.on('end', () => resolve(over ? null : Buffer.concat(parts)));
     req.on('error', reject);
+    // A client that stalls is cut off by the server's request timeout; settle then.
+    req.on('close', () => {
+      if (!req.complete) reject(new Error('request not completed'));
+    });
   });
 }

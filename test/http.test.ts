@@ -1,0 +1,192 @@
+import test from 'ava';
+import { request } from 'node:http';
+import { connect } from 'node:net';
+import { parse as parseToml } from 'smol-toml';
+import { HttpLink } from '../src/links/http.js';
+import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
+import { FACTORY, testStation, uuid, type TestStation } from './helpers/pki.js';
+
+const SOTA = '\n[sota]\ngateway = "https://ota-lite.example.com:8443"\nostree = "https://ota-lite.example.com:8443/treehub"\n';
+
+/** The body the way lmp-device-register writes it: boost ptree's write_json. */
+function ptreeJson(fields: Record<string, unknown>): string {
+  return JSON.stringify(fields, null, 4).replace(/\//g, '\\/') + '\n';
+}
+
+function deviceBody(overrides: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): { body: string; deviceId: string } {
+  const deviceId = uuid();
+  const csr = pemEncode(makeDeviceCsr({ deviceId, factory: FACTORY, production: true }).der, 'CERTIFICATE REQUEST');
+  const body = ptreeJson({
+    name: deviceId,
+    uuid: deviceId,
+    csr,
+    'hardware-id': 'intel-corei7-64',
+    'sota-config-dir': '/var/sota',
+    'use-ostree-server': 'true',
+    overrides: { pacman: { tags: '"main"' }, ...overrides },
+    ...extra,
+  });
+  return { body, deviceId };
+}
+
+interface Res {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+}
+
+function send(port: number, method: string, body?: string, headers: Record<string, string> = {}): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: '127.0.0.1', port, path: '/sign', method, agent: false, headers: { 'Content-type': 'application/json', 'OSF-TOKEN': 'na', ...headers } },
+      (res) => {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, text }));
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+let station: Promise<{ s: TestStation; link: HttpLink }>;
+test.before(() => {
+  station = (async () => {
+    const s = await testStation({ extra: SOTA });
+    const link = new HttpLink(s.station, { listen: '127.0.0.1:0', sota: s.config.sota });
+    await link.start();
+    return { s, link };
+  })();
+});
+test.after.always(async () => {
+  const { s, link } = await station;
+  await link.stop();
+  await s.close();
+});
+
+test('HEAD then the POST lmp-device-register sends: 201 with exactly the four files, and a sota.toml with tags = "main"', async (t) => {
+  const { s, link } = await station;
+  const head = await send(link.port, 'HEAD');
+  t.true(head.status < 500);
+  const { body, deviceId } = deviceBody();
+  t.true(body.includes('"sota-config-dir": "\\/var\\/sota"'), 'the escaped slashes really are in the body');
+  const res = await send(link.port, 'POST', body);
+  t.is(res.status, 201, res.text);
+  const files = JSON.parse(res.text) as Record<string, string>;
+  t.deepEqual(Object.keys(files).sort(), ['client.chained', 'client.pem', 'root.crt', 'sota.toml']);
+  for (const [k, v] of Object.entries(files)) {
+    t.is(typeof v, 'string');
+    t.false(k.includes('/'));
+  }
+  t.is(files['root.crt'], s.station.rootPem);
+  t.true(files['client.chained']!.startsWith(files['client.pem']!));
+  t.true(files['client.pem']!.length > 0 && files['client.pem']!.split('-----BEGIN').length === 2);
+  const toml = parseToml(files['sota.toml']!) as Record<string, Record<string, unknown>>;
+  t.is(toml.pacman!.tags, 'main');
+  t.is(toml.pacman!.type, 'ostree+compose_apps');
+  t.is(toml.provision!.primary_ecu_hardware_id, 'intel-corei7-64');
+  t.is(toml.tls!.server, 'https://ota-lite.example.com:8443');
+  t.is(toml.import!.tls_clientcert_path, '/var/sota/client.pem');
+  t.deepEqual(Object.keys(toml).sort(), ['import', 'pacman', 'provision', 'storage', 'tls', 'uptane']);
+  const row = s.ledger.since(0);
+  const rows = [...row].filter((r) => r.deviceId === deviceId);
+  t.is(rows.length, 1);
+  t.is(rows[0]!.hardwareId, 'intel-corei7-64');
+  t.regex(rows[0]!.link, /^http:/);
+});
+
+test('override literals: quoted strings, a string of one space, "" to unset, and the HSM-mode overrides', async (t) => {
+  const { link } = await station;
+  const { body } = deviceBody({
+    pacman: { tags: '"main"', compose_apps: '" "' },
+    tls: { pkey_source: '"pkcs11"', cert_source: '"pkcs11"' },
+    import: { tls_pkey_path: '', tls_clientcert_path: '' },
+  });
+  const res = await send(link.port, 'POST', body);
+  t.is(res.status, 201, res.text);
+  const toml = parseToml(JSON.parse(res.text)['sota.toml']) as Record<string, Record<string, unknown>>;
+  t.is(toml.pacman!.compose_apps, ' ');
+  t.is(toml.tls!.pkey_source, 'pkcs11');
+  t.false('tls_pkey_path' in toml.import!);
+  t.false('tls_clientcert_path' in toml.import!);
+  t.is(toml.import!.tls_cacert_path, '/var/sota/root.crt');
+});
+
+test('a hostile hardware-id goes in as a plain string; a hostile override is refused 400: neither adds a section', async (t) => {
+  const { link } = await station;
+  const hostile = 'x"\n[evil]\nowned = "yes';
+  const { body } = deviceBody({}, { 'hardware-id': hostile });
+  const res = await send(link.port, 'POST', body);
+  t.is(res.status, 201, res.text);
+  const toml = parseToml(JSON.parse(res.text)['sota.toml']) as Record<string, Record<string, unknown>>;
+  t.false('evil' in toml);
+  t.is(toml.provision!.primary_ecu_hardware_id, hostile);
+
+  for (const value of ['"main"\n[evil]\nowned = true', '"main" extra = 1', 'not toml', '"a"\nb = 1']) {
+    const bad = await send(link.port, 'POST', deviceBody({ pacman: { tags: value } }).body);
+    t.is(bad.status, 400, value);
+    t.is(JSON.parse(bad.text).code, 'BAD_FRAME');
+  }
+  const badKey = await send(link.port, 'POST', deviceBody({ 'pacman]\n[evil': { x: '1' } }).body);
+  t.is(badKey.status, 400);
+});
+
+test('refusals are 4xx JSON with the protocol code, never a stack trace', async (t) => {
+  const { s, link } = await station;
+  const before = s.ledger.issuedCount();
+  const check = async (res: Res, status: number, code: string): Promise<void> => {
+    t.is(res.status, status, res.text);
+    const j = JSON.parse(res.text);
+    t.is(j.code, code);
+    t.is(typeof j.message, 'string');
+    t.notRegex(res.text, /at .+\.js:\d+|Error:/);
+  };
+  const csrOnly = (csr: string): string => ptreeJson({ csr, 'hardware-id': 'hw', 'sota-config-dir': '/var/sota' });
+  await check(await send(link.port, 'POST', csrOnly('-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n')), 400, 'BAD_CSR');
+  const noCn = pemEncode(makeDeviceCsr([{ type: '2.5.4.11', value: FACTORY }, { type: '2.5.4.15', value: 'production' }]).der, 'CERTIFICATE REQUEST');
+  await check(await send(link.port, 'POST', csrOnly(noCn)), 400, 'POLICY_SUBJECT');
+  await check(await send(link.port, 'POST', ptreeJson({ 'hardware-id': 'hw' })), 400, 'BAD_CSR');
+  await check(await send(link.port, 'POST', '{"csr": '), 400, 'BAD_FRAME');
+  await check(await send(link.port, 'POST', deviceBody({}, { group: 'prod-lab' }).body), 400, 'POLICY_EXTENSION');
+  await check(await send(link.port, 'POST', ptreeJson({ csr: 'x'.repeat(70_000) })), 413, 'TOO_LARGE');
+  const dup = deviceBody();
+  t.is((await send(link.port, 'POST', dup.body)).status, 201);
+  const sameId = JSON.parse(dup.body);
+  sameId.csr = pemEncode(makeDeviceCsr({ deviceId: dup.deviceId, factory: FACTORY, production: true }).der, 'CERTIFICATE REQUEST');
+  await check(await send(link.port, 'POST', ptreeJson(sameId)), 409, 'DUPLICATE_DEVICE');
+  t.is([...s.ledger.since(before)].filter((r) => r.deviceId === dup.deviceId).length, 1, 'one certificate for that device');
+  const other = await new Promise<Res>((resolve) => {
+    request({ host: '127.0.0.1', port: link.port, path: '/admin', method: 'GET', agent: false }, (res) => {
+      let text = '';
+      res.on('data', (d) => (text += d));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, text }));
+    }).end();
+  });
+  t.is(other.status, 404);
+});
+
+test('a request whose headers and body do not arrive within 10 s is dropped', async (t) => {
+  const { link } = await station;
+  const socket = connect(link.port, '127.0.0.1');
+  await new Promise((r) => socket.once('connect', r));
+  socket.write('POST /sign HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"csr":');
+  let answer = '';
+  socket.on('data', (d) => (answer += d)); // a paused socket would never see its 'close'
+  const t0 = Date.now();
+  const closed = await new Promise<number>((resolve) => socket.once('close', () => resolve(Date.now() - t0)));
+  t.true(closed >= 9_000 && closed < 15_000, `closed after ${closed} ms`);
+  t.regex(answer, /^HTTP\/1\.1 408 /);
+});
+
+test('listens only where configured: 127.0.0.1 when no host is given', async (t) => {
+  const { s } = await station;
+  const link = new HttpLink(s.station, { listen: '0', sota: s.config.sota });
+  await link.start();
+  t.teardown(() => link.stop());
+  t.regex(link.status.state, /listening/);
+  const { parseListen } = await import('../src/links/http.js');
+  t.deepEqual(parseListen('8080'), { host: '127.0.0.1', port: 8080 });
+  t.deepEqual(parseListen('192.168.7.1:80'), { host: '192.168.7.1', port: 80 });
+  t.deepEqual(parseListen('[::1]:80'), { host: '::1', port: 80 });
+});
