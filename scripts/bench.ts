@@ -17,7 +17,21 @@ import { readPin } from '../src/config/index.js';
 import { openStation, openToken } from '../src/station/index.js';
 import { WorkerSigner } from '../src/token/index.js';
 import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
-import { benchStation, fmt, pool } from './bench-lib.js';
+import { benchStation, fmt, percentile, pool } from './bench-lib.js';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { SerialLink } from '../src/links/index.js';
+import { HttpLink } from '../src/links/http.js';
+import { J1Client } from '../src/jig/client.js';
+
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('bench: timed out waiting');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 const args = new Set(process.argv.slice(2));
 const quick = args.has('--quick');
@@ -116,6 +130,79 @@ init = 0
   if (!/: OK/.test(check)) throw new Error('bench: the openssl-signed certificate does not verify');
   say('(c) openssl x509 -req + PKCS#11 engine, certificates/s', fmt(opensslRate, 1));
   say('(b)/(c) ratio, 8 in flight', `${fmt(pipelineRate / opensslRate, 1)}x`);
+}
+
+// Links: J1 over pseudo-terminals and HTTP as lmp-device-register uses it
+{
+  const open = await openStation(config);
+  const serviceTimes: number[] = [];
+  const ptys: Array<{ station: string; jig: string; kill: () => void }> = [];
+  for (let i = 0; i < 8; i++) {
+    const station = join(dir, `tty${i}-station`);
+    const jig = join(dir, `tty${i}-jig`);
+    const p = spawn('socat', [`pty,raw,echo=0,link=${station}`, `pty,raw,echo=0,link=${jig}`], { stdio: 'ignore' });
+    ptys.push({ station, jig, kill: () => p.kill() });
+  }
+  await until(() => ptys.every((p) => existsSync(p.station) && existsSync(p.jig)));
+  const links = ptys.map(
+    (p) => new SerialLink(open.station, { path: p.station, baud: 115200, idleTimeoutMs: 10_000, onServiceTime: (ms) => serviceTimes.push(ms) }),
+  );
+  await Promise.all(links.map((l) => l.start()));
+  await until(() => links.every((l) => l.status.state === 'open'));
+  const clients = await Promise.all(ptys.map((p) => J1Client.open(p.jig)));
+  const M = quick ? 500 : 2000;
+  const csrs = Array.from({ length: M * 9 }, device);
+  let next = 0;
+  const sign = async (c: J1Client): Promise<void> => {
+    const r = await c.request('SIGN', csrs[next++]!);
+    if (r.type !== 'CERT') throw new Error('bench: SIGN refused');
+  };
+  for (let i = 0; i < 50; i++) await clients[0]!.request('PING', null);
+  let t0 = process.hrtime.bigint();
+  for (let i = 0; i < M; i++) await clients[0]!.request('PING', null);
+  say('J1 PING round trips/s, one pseudo-terminal', fmt(M / (Number(process.hrtime.bigint() - t0) / 1e9)));
+  serviceTimes.length = 0;
+  t0 = process.hrtime.bigint();
+  for (let i = 0; i < M; i++) await sign(clients[0]!);
+  say('J1 SIGN round trips/s (certificates), one pseudo-terminal', fmt(M / (Number(process.hrtime.bigint() - t0) / 1e9)));
+  const one = [...serviceTimes].sort((a, b) => a - b);
+  serviceTimes.length = 0;
+  t0 = process.hrtime.bigint();
+  await Promise.all(clients.map(async (c) => {
+    for (let i = 0; i < M; i++) await sign(c);
+  }));
+  say('J1 SIGN round trips/s (certificates), eight at once', fmt((8 * M) / (Number(process.hrtime.bigint() - t0) / 1e9)));
+  const eight = [...serviceTimes].sort((a, b) => a - b);
+  say('station time per SIGN, one link: p50 / p99 (ms)', `${fmt(percentile(one, 50), 2)} / ${fmt(percentile(one, 99), 2)}`);
+  say('station time per SIGN, eight links: p50 / p99 (ms)', `${fmt(percentile(eight, 50), 2)} / ${fmt(percentile(eight, 99), 2)}`);
+  await Promise.all(clients.map((c) => c.close()));
+  await Promise.all(links.map((l) => l.stop()));
+  for (const p of ptys) p.kill();
+
+  const http = new HttpLink(open.station, { listen: '127.0.0.1:0', sota: { gateway: 'https://ota-lite.example:8443', ostree: 'https://ota-lite.example:8443/treehub' } });
+  await http.start();
+  const H = quick ? 300 : 1000;
+  const bodies = Array.from({ length: H * 9 }, () => {
+    const id = randomUUID();
+    const csr = pemEncode(makeDeviceCsr({ deviceId: id, factory: config.station.factory, production: true }).der, 'CERTIFICATE REQUEST');
+    return (JSON.stringify({ name: id, uuid: id, csr, 'hardware-id': 'intel-corei7-64', 'sota-config-dir': '/var/sota', 'use-ostree-server': 'true', overrides: { pacman: { tags: '"main"' } } }, null, 4).replace(/\//g, '\\/'));
+  });
+  let b = 0;
+  const post = (): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const req = httpRequest({ host: '127.0.0.1', port: http.port, path: '/sign', method: 'POST', agent: false, headers: { 'Content-type': 'application/json', 'OSF-TOKEN': 'na' } }, (res) => {
+        res.resume();
+        res.on('end', () => (res.statusCode === 201 ? resolve() : reject(new Error(`bench: HTTP ${res.statusCode}`))));
+      });
+      req.on('error', reject);
+      req.end(bodies[b++]);
+    });
+  const h1 = await pool(H, 1, post);
+  say('HTTP /sign certificates/s, one client, new connection each', fmt(H / h1));
+  const h8 = await pool(8 * H, 8, post);
+  say('HTTP /sign certificates/s, eight such clients', fmt((8 * H) / h8));
+  await http.stop();
+  await open.close();
 }
 
 const summary = JSON.stringify(Object.fromEntries(rows));

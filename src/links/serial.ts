@@ -16,6 +16,8 @@ export interface SerialLinkOptions {
   idleTimeoutMs: number;
   /** How often a missing port is looked for again. */
   reopenMs?: number;
+  /** The benchmark's probe: each request's time in the station, in ms. */
+  onServiceTime?: (ms: number) => void;
 }
 
 export class SerialLink implements Link {
@@ -33,7 +35,7 @@ export class SerialLink implements Link {
   ) {
     const name = `serial:${opts.path}`;
     this.reporter = new LinkReporter(name, 'serial', observer);
-    this.session = new J1Session(station, name, (text) => this.write(text), this.reporter);
+    this.session = new J1Session(station, name, (text) => this.write(text), this.reporter, opts.onServiceTime);
   }
 
   get status() {

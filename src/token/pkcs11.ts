@@ -274,17 +274,22 @@ export class Pkcs11Token {
   }
 
   /** A Signer for the key labelled `label`; fails when the token lacks it. */
-  signer(label: string): TokenSigner {
+  signer(label: string, blocking = false): TokenSigner {
     const key = this.findKey(label);
     if (!key) throw new LineSignerError('TOKEN_UNAVAILABLE', `token "${this.opts.tokenLabel}" has no key labelled "${label}"`);
-    return new TokenSigner(this, key);
+    return new TokenSigner(this, key, blocking);
   }
 
-  /** One raw ECDSA signature, on the event loop's worker pool. */
-  async signRaw(key: KeyInfo, digest: Uint8Array): Promise<Buffer> {
+  /**
+   * One raw ECDSA signature: on libuv's pool when `blocking` is false (the
+   * event loop keeps serving); in this thread when true, for a thread that
+   * does nothing but sign (sign-worker.ts), which saves two thread hops.
+   */
+  async signRaw(key: KeyInfo, digest: Uint8Array, blocking = false): Promise<Buffer> {
     const s = this.s;
     this.p11.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA }, key.privateKey);
-    return this.p11.C_SignAsync(s, Buffer.from(digest), Buffer.alloc(key.curve === 'P-256' ? 64 : 96));
+    const out = Buffer.alloc(key.curve === 'P-256' ? 64 : 96);
+    return blocking ? this.p11.C_Sign(s, Buffer.from(digest), out) : this.p11.C_SignAsync(s, Buffer.from(digest), out);
   }
 
   /**
@@ -317,6 +322,8 @@ export class TokenSigner implements Signer {
   constructor(
     private readonly token: Pkcs11Token,
     private info: KeyInfo,
+    /** Sign in the calling thread (only for a thread that does nothing else). */
+    private readonly blocking = false,
   ) {
     this.hash = info.curve === 'P-256' ? 'sha256' : 'sha384';
     this.signatureAlgorithm = info.curve === 'P-256' ? OID_ECDSA_SHA256 : OID_ECDSA_SHA384;
@@ -342,7 +349,7 @@ export class TokenSigner implements Signer {
 
   private async signOnce(digest: Uint8Array): Promise<Uint8Array> {
     try {
-      return rawEcdsaToDer(await this.token.signRaw(this.info, digest));
+      return rawEcdsaToDer(await this.token.signRaw(this.info, digest, this.blocking));
     } catch (err) {
       const code = ckr(err);
       if (err instanceof LineSignerError || (code !== undefined && !SESSION_CODES.has(code))) {
@@ -355,7 +362,7 @@ export class TokenSigner implements Signer {
       const again = this.token.findKey(this.info.label);
       if (!again) throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${this.info.label}" is gone`);
       this.info = again;
-      return rawEcdsaToDer(await this.token.signRaw(this.info, digest));
+      return rawEcdsaToDer(await this.token.signRaw(this.info, digest, this.blocking));
     } catch (err) {
       throw err instanceof LineSignerError ? err : tokenError('C_Sign', err);
     }

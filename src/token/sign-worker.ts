@@ -19,7 +19,7 @@ const data = workerData as SignWorkerData;
 let signer: ReturnType<Pkcs11Token['signer']> | null = null;
 
 function ready(): ReturnType<Pkcs11Token['signer']> {
-  if (!signer) signer = Pkcs11Token.open(data).signer(data.keyLabel);
+  if (!signer) signer = Pkcs11Token.open(data).signer(data.keyLabel, true);
   return signer;
 }
 

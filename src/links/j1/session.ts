@@ -24,6 +24,8 @@ export class J1Session {
     private readonly link: string,
     private readonly write: (text: string) => Promise<void>,
     private readonly report: LinkReporter,
+    /** Time from a request's last line in to its reply going out, in ms (the benchmark's probe). */
+    private readonly onServiceTime?: (ms: number) => void,
   ) {}
 
   /** Feeds one event from the line splitter. */
@@ -34,7 +36,7 @@ export class J1Session {
     }
     if ('tooLarge' in ev) {
       this.pem = null;
-      this.enqueue(() => this.refuseFrame('-', 'TOO_LARGE', `line over ${MAX_LINE} bytes`));
+      this.enqueue((at) => this.refuseFrame(at, '-', 'TOO_LARGE', `line over ${MAX_LINE} bytes`));
       return;
     }
     const { line } = ev;
@@ -44,10 +46,10 @@ export class J1Session {
       if (line === PEM_END) {
         const block = this.pem.join('\n') + '\n';
         this.pem = null;
-        this.enqueue(() => this.signPem(block));
+        this.enqueue((at) => this.signPem(at, block));
       } else if (this.pemBytes > MAX_PEM_BLOCK) {
         this.pem = null;
-        this.enqueue(() => this.refusePem('BAD_CSR', `PEM block over ${MAX_PEM_BLOCK} bytes`));
+        this.enqueue((at) => this.refusePem(at, 'BAD_CSR', `PEM block over ${MAX_PEM_BLOCK} bytes`));
       }
       return;
     }
@@ -56,7 +58,7 @@ export class J1Session {
       this.pem = [line];
       this.pemBytes = line.length + 1;
     } else if (isFrameLine(line)) {
-      this.enqueue(() => this.frame(line));
+      this.enqueue((at) => this.frame(at, line));
     } else this.report.noise(line.length);
   }
 
@@ -69,55 +71,62 @@ export class J1Session {
     return this.inFlight > 0;
   }
 
-  private enqueue(work: () => Promise<void>): void {
+  private enqueue(work: (arrived: number) => Promise<void>): void {
     this.inFlight++;
+    const arrived = this.onServiceTime ? performance.now() : 0;
     this.tail = this.tail
-      .then(work)
+      .then(() => work(arrived))
       .catch((err) => this.report.refused('INTERNAL', (err as Error).message))
       .finally(() => {
         this.inFlight--;
       });
   }
 
-  private async frame(line: string): Promise<void> {
+  /** Writes a reply; with the probe on, the time since the request arrived is reported first. */
+  private reply(text: string, arrived: number): Promise<void> {
+    if (this.onServiceTime) this.onServiceTime(performance.now() - arrived);
+    return this.write(text);
+  }
+
+  private async frame(arrived: number, line: string): Promise<void> {
     let req: J1Request;
     try {
       req = decodeFrame(line);
     } catch (err) {
-      if (err instanceof FrameError) return this.refuseFrame(err.replyId, err.fault, err.message);
+      if (err instanceof FrameError) return this.refuseFrame(arrived, err.replyId, err.fault, err.message);
       throw err;
     }
     switch (req.type) {
       case 'HELLO':
-        return this.write(encodeFrame('HELLO', req.id, JSON.stringify(this.station.hello())));
+        return this.reply(encodeFrame('HELLO', req.id, JSON.stringify(this.station.hello())), arrived);
       case 'CA':
-        return this.write(encodeFrame('CA', req.id, this.station.rootPem));
+        return this.reply(encodeFrame('CA', req.id, this.station.rootPem), arrived);
       case 'PING':
-        return this.write(encodeFrame('PONG', req.id, null));
+        return this.reply(encodeFrame('PONG', req.id, null), arrived);
       case 'SIGN': {
         const r = await this.station.handle({ csr: req.body ?? new Uint8Array(), link: this.link });
         this.report.result(r);
-        return this.write(r.ok ? encodeFrame('CERT', req.id, r.chain) : errorFrame(req.id, r.code, oneLine(r.message)));
+        return this.reply(r.ok ? encodeFrame('CERT', req.id, r.chain) : errorFrame(req.id, r.code, oneLine(r.message)), arrived);
       }
     }
   }
 
-  private async signPem(block: string): Promise<void> {
+  private async signPem(arrived: number, block: string): Promise<void> {
     const r = await this.station.handle({ csr: Buffer.from(block, 'latin1'), link: this.link });
     this.report.result(r);
-    return this.write(r.ok ? `${r.chain}OK ${r.serial}\n` : `ERROR ${r.code} ${oneLine(r.message)}\n`);
+    return this.reply(r.ok ? `${r.chain}OK ${r.serial}\n` : `ERROR ${r.code} ${oneLine(r.message)}\n`, arrived);
   }
 
-  private async refuseFrame(id: string, code: 'BAD_FRAME' | 'BAD_CRC' | 'UNKNOWN_TYPE' | 'TOO_LARGE', message: string): Promise<void> {
+  private async refuseFrame(arrived: number, id: string, code: 'BAD_FRAME' | 'BAD_CRC' | 'UNKNOWN_TYPE' | 'TOO_LARGE', message: string): Promise<void> {
     this.report.refused(code, message);
     await this.station.recordRefusal(this.link, code, message);
-    return this.write(errorFrame(id, code, message));
+    return this.reply(errorFrame(id, code, message), arrived);
   }
 
-  private async refusePem(code: 'BAD_CSR', message: string): Promise<void> {
+  private async refusePem(arrived: number, code: 'BAD_CSR', message: string): Promise<void> {
     this.report.refused(code, message);
     await this.station.recordRefusal(this.link, code, message);
-    return this.write(`ERROR ${code} ${message}\n`);
+    return this.reply(`ERROR ${code} ${message}\n`, arrived);
   }
 }
 
