@@ -8,7 +8,7 @@ import { configPath, loadConfig, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
 import { SqliteLedger } from '../ledger/index.js';
-import { caDemo, caImport, caInit, caShow, openStation, stationStatus, verifyLedger } from '../station/index.js';
+import { caDemo, caImport, caInit, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
 import { printJson } from './output.js';
 
 export interface GlobalArgs {
@@ -20,8 +20,10 @@ export function config(args: GlobalArgs): StationConfig {
 }
 
 function readInput(path: string): Uint8Array {
+  // yargs hands a lone "-" over as an empty string.
+  const stdin = path === '-' || path === '';
   try {
-    return new Uint8Array(readFileSync(path === '-' ? 0 : path));
+    return new Uint8Array(readFileSync(stdin ? 0 : path));
   } catch (err) {
     throw new LineSignerError('USAGE', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
@@ -76,6 +78,7 @@ export function caCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
           `config:     ${s.config}`,
           `token:      "${s.token.label}" ${s.token.found ? 'found' : `NOT FOUND${s.token.error ? ` (${s.token.error})` : ''}`}`,
           `key:        "${s.token.key_label}" ${s.token.key_found ? 'found' : 'NOT FOUND'}`,
+          `station key: "${s.station_key.label}" ${s.station_key.key_found ? 'found' : 'NOT FOUND'}; certificate sha256 ${s.station_key.sha256 ?? '(none: run station-key init)'}`,
         ];
         if ('error' in s.local_ca) lines.push(`local-ca:   ${s.local_ca.error}`);
         else {
@@ -145,7 +148,40 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
         process.stdout.write(`device ${args.device} may get one certificate for a new key\n`);
       },
     )
-    .demandCommand(1, 'ledger needs a command: verify or allow-reissue');
+    .command(
+      'revoke <device>',
+      'mark a device revoked: the next export carries the mark, and sync deletes the device',
+      (a) =>
+        a
+          .positional('device', { type: 'string', demandOption: true })
+          .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' }),
+      (args) => {
+        const cfg = config(args);
+        const ledger = new SqliteLedger(cfg.station.ledger, cfg.station.id);
+        try {
+          ledger.revoke(args.device, args.reason);
+        } finally {
+          ledger.close();
+        }
+        process.stdout.write(`device ${args.device} marked revoked; the next export carries the mark\n`);
+      },
+    )
+    .demandCommand(1, 'ledger needs a command: verify, allow-reissue or revoke');
+}
+
+export function stationKeyCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
+  return y
+    .command(
+      'init',
+      'make the station key in the token (it signs exports) and its self-signed certificate',
+      (a) => a,
+      async (args) => {
+        const r = await stationKeyInit(config(args));
+        for (const m of r.made) process.stdout.write(`made ${m}\n`);
+        process.stdout.write(`station key certificate sha256 ${r.sha256} (pin it on the connected side)\n`);
+      },
+    )
+    .demandCommand(1, 'station-key needs a command: init');
 }
 
 export function statusCommand(args: GlobalArgs & { json: boolean }): void {

@@ -3,6 +3,8 @@ import { hideBin } from 'yargs/helpers';
 import { caCommands, ledgerCommands, signCommand, statusCommand, type GlobalArgs } from './commands.js';
 import { fail } from './output.js';
 import { jigCommand, serveCommand } from './serve.js';
+import { exportCommand, syncCommand, verifyExportCommand } from './export-commands.js';
+import { stationKeyCommands } from './commands.js';
 
 const cli = yargs(hideBin(process.argv))
   .scriptName('line-signer')
@@ -19,6 +21,44 @@ const cli = yargs(hideBin(process.argv))
     (args) => signCommand(args as GlobalArgs & { csr: string; out?: string }),
   )
   .command('ledger', 'the ledger: verify, allow-reissue', (y) => ledgerCommands(y as never))
+  .command('station-key', 'the export-signing key: init', (y) => stationKeyCommands(y as never))
+  .command(
+    'export',
+    'write the next signed batch of issuances for sync (or batch N again)',
+    (y) =>
+      y
+        .option('out', { type: 'string', default: '.', describe: 'folder to write the batch into (the USB stick)' })
+        .option('batch', { type: 'number', describe: 'write this earlier batch again, byte for byte' }),
+    (args) => exportCommand(args as never),
+  )
+  .command(
+    'verify-export <files..>',
+    'check batches: signature, certificates, hash chain, and that they follow each other',
+    (y) =>
+      y
+        .positional('files', { type: 'string', array: true, demandOption: true })
+        .option('station-key', { type: 'string', describe: 'pin: SHA-256 of the station key certificate (or its public key)' })
+        .option('json', { type: 'boolean' }),
+    (args) => verifyExportCommand(args as never),
+  )
+  .command(
+    'sync <files..>',
+    'on a connected machine: verify batches, then register the devices with the device API',
+    (y) =>
+      y
+        .positional('files', { type: 'string', array: true, demandOption: true })
+        .option('api', { type: 'string', demandOption: true, describe: 'the device API, e.g. https://api.foundries.io' })
+        .option('token-file', { type: 'string', demandOption: true, describe: 'file holding the API token (OSF-TOKEN); never given on the command line' })
+        .option('group', { type: 'string', describe: 'device group for every device registered' })
+        .option('dry-run', { type: 'boolean', describe: 'verify and list, register nothing' })
+        .option('state', { type: 'string', default: 'line-signer-sync.db', describe: 'sync state (SQLite): what is done' })
+        .option('station-key', { type: 'string', describe: 'pin the station key (SHA-256)' })
+        .option('concurrency', { type: 'number', default: 4 })
+        .option('timeout', { type: 'number', default: 15000, describe: 'ms per request' })
+        .option('tries', { type: 'number', default: 6, describe: 'tries per device on 5xx, time-outs and connection errors' })
+        .option('retry-base-ms', { type: 'number', default: 500, describe: 'first back-off; doubles each try' }),
+    (args) => syncCommand(args as never),
+  )
   .command(
     'serve',
     'serve every configured link (and those given here) until SIGINT or SIGTERM',

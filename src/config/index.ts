@@ -41,6 +41,8 @@ const caSchema = z.strictObject({
   certificate: z.string().min(1),
   root: z.string().min(1),
   owner: z.string().regex(/^fio-[A-Za-z0-9_-]{1,60}$/, 'the local-ca CN: "fio-" then the owner id'),
+  /** The station key's self-signed certificate (signs exports); written by ca init / station-key init. */
+  station_certificate: z.string().min(1).default('station-key.pem'),
   validity_days: z.number().int().min(1).max(36500).default(7300),
 });
 
@@ -147,7 +149,7 @@ export function parseConfig(text: string, path: string): StationConfig {
       ...(c.token.pin_file !== undefined ? { pin_file: at(c.token.pin_file) } : {}),
       ...(c.token.softhsm2_conf !== undefined ? { softhsm2_conf: at(c.token.softhsm2_conf) } : {}),
     },
-    ca: { ...c.ca, certificate: at(c.ca.certificate), root: at(c.ca.root) },
+    ca: { ...c.ca, certificate: at(c.ca.certificate), root: at(c.ca.root), station_certificate: at(c.ca.station_certificate) },
     links: { ...c.links, spool: c.links.spool.map(at), serial: c.links.serial.map((s) => ({ ...s, path: at(s.path) })) },
   };
 }

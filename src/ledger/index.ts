@@ -6,10 +6,10 @@
  */
 import Database from 'better-sqlite3';
 import { LineSignerError } from '../errors.js';
-import { chainHash, GENESIS_HASH } from './chain.js';
+import { eventHash, GENESIS_HASH, issuanceHash } from './chain.js';
 import { MIGRATIONS } from './schema.js';
 
-export { chainHash, GENESIS_HASH } from './chain.js';
+export { chainHash, eventHash, GENESIS_HASH, issuanceHash, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
 
 export interface NewIssuance {
@@ -35,7 +35,7 @@ export interface Issuance extends NewIssuance {
   entryHash: string;
 }
 
-export type EventKind = 'start' | 'stop' | 'rejection' | 'replay' | 'token_error' | 'reissue_granted' | 'ca_import' | 'link';
+export type EventKind = 'start' | 'stop' | 'rejection' | 'replay' | 'token_error' | 'reissue_granted' | 'ca_import' | 'link' | 'revocation' | 'export';
 
 export interface NewEvent {
   kind: EventKind;
@@ -51,6 +51,20 @@ export interface LedgerEvent extends Required<{ [K in keyof NewEvent]: Exclude<N
   at: string;
   stationId: string;
   entryHash: string;
+}
+
+export interface Batch {
+  number: number;
+  /** Issuance seq range, inclusive; first > last for a batch of revocation marks only. */
+  firstSeq: number;
+  lastSeq: number;
+  /** Event seq range covered for revocation marks, inclusive. */
+  firstEventSeq: number;
+  lastEventSeq: number;
+  createdAt: string;
+  previousSha256: string;
+  signature: Uint8Array;
+  fileSha256: string;
 }
 
 export interface ChainProblem {
@@ -128,27 +142,45 @@ interface EventRow {
   entry_hash: string;
 }
 
-function issuanceContent(r: IssuanceRow): Array<string | number | null> {
-  return [
-    r.seq,
-    r.serial,
-    r.device_id,
-    r.subject,
-    r.public_key_sha256,
-    r.csr_sha256,
-    Buffer.from(r.certificate).toString('base64'),
-    r.not_before,
-    r.not_after,
-    r.issued_at,
-    r.station_id,
-    r.link,
-    r.hardware_id,
-    r.work_order,
-  ];
+interface BatchRow {
+  number: number;
+  first_seq: number;
+  last_seq: number;
+  first_event_seq: number;
+  last_event_seq: number;
+  created_at: string;
+  previous_sha256: string;
+  signature: Buffer;
+  file_sha256: string;
 }
 
-function eventContent(r: EventRow): Array<string | number | null> {
-  return [r.seq, r.at, r.kind, r.code, r.message, r.csr_sha256, r.device_id, r.link, r.station_id];
+function toBatch(r: BatchRow): Batch {
+  return {
+    number: r.number,
+    firstSeq: r.first_seq,
+    lastSeq: r.last_seq,
+    firstEventSeq: r.first_event_seq,
+    lastEventSeq: r.last_event_seq,
+    createdAt: r.created_at,
+    previousSha256: r.previous_sha256,
+    signature: new Uint8Array(r.signature),
+    fileSha256: r.file_sha256,
+  };
+}
+
+function toEvent(r: EventRow): LedgerEvent {
+  return {
+    seq: r.seq,
+    at: r.at,
+    kind: r.kind as EventKind,
+    code: r.code,
+    message: r.message,
+    csrSha256: r.csr_sha256,
+    deviceId: r.device_id,
+    link: r.link,
+    stationId: r.station_id,
+    entryHash: r.entry_hash,
+  };
 }
 
 function toIssuance(r: IssuanceRow): Issuance {
@@ -224,6 +256,16 @@ export class SqliteLedger implements Ledger {
       ),
       since: db.prepare<[number], IssuanceRow>('SELECT * FROM issuances WHERE seq > ? ORDER BY seq'),
       allEvents: db.prepare<[], EventRow>('SELECT * FROM events ORDER BY seq'),
+      range: db.prepare<[number, number], IssuanceRow>('SELECT * FROM issuances WHERE seq BETWEEN ? AND ? ORDER BY seq'),
+      eventsOfKind: db.prepare<[string, number, number], EventRow>('SELECT * FROM events WHERE kind = ? AND seq BETWEEN ? AND ? ORDER BY seq'),
+      maxEventSeq: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM events'),
+      hashAt: db.prepare<[number], { entry_hash: string }>('SELECT entry_hash FROM issuances WHERE seq = ?'),
+      lastBatch: db.prepare<[], BatchRow>('SELECT * FROM batches ORDER BY number DESC LIMIT 1'),
+      batch: db.prepare<[number], BatchRow>('SELECT * FROM batches WHERE number = ?'),
+      insertBatch: db.prepare(
+        `INSERT INTO batches (number, first_seq, last_seq, first_event_seq, last_event_seq, created_at, previous_sha256, signature, file_sha256)
+         VALUES (@number, @first_seq, @last_seq, @first_event_seq, @last_event_seq, @created_at, @previous_sha256, @signature, @file_sha256)`,
+      ),
       rejected: db.prepare<[], { code: string; n: number }>(
         "SELECT code, count(*) AS n FROM events WHERE kind = 'rejection' GROUP BY code ORDER BY code",
       ),
@@ -251,7 +293,7 @@ export class SqliteLedger implements Ledger {
           work_order: entry.workOrder ?? null,
           entry_hash: '',
         };
-        row.entry_hash = chainHash(tail?.entry_hash ?? GENESIS_HASH, issuanceContent(row));
+        row.entry_hash = issuanceHash(tail?.entry_hash ?? GENESIS_HASH, toIssuance(row));
         this.q.insertIssuance.run(row);
         // A re-issue grant is good for one certificate.
         this.q.deleteGrant.run(entry.deviceId);
@@ -273,7 +315,7 @@ export class SqliteLedger implements Ledger {
           station_id: this.stationId,
           entry_hash: '',
         };
-        row.entry_hash = chainHash(tail?.entry_hash ?? GENESIS_HASH, eventContent(row));
+        row.entry_hash = eventHash(tail?.entry_hash ?? GENESIS_HASH, toEvent(row));
         this.q.insertEvent.run(row);
       })
       .immediate.bind(null);
@@ -359,7 +401,7 @@ export class SqliteLedger implements Ledger {
     let expectSeq = 1;
     for (const row of this.q.since.iterate(0)) {
       if (row.seq !== expectSeq) return { table: 'issuances', seq: row.seq, reason: `seq ${expectSeq} is missing` };
-      if (chainHash(prev, issuanceContent(row)) !== row.entry_hash) {
+      if (issuanceHash(prev, toIssuance(row)) !== row.entry_hash) {
         return { table: 'issuances', seq: row.seq, reason: 'entry_hash does not match the row and the previous hash' };
       }
       const why = check?.(toIssuance(row));
@@ -371,13 +413,64 @@ export class SqliteLedger implements Ledger {
     expectSeq = 1;
     for (const row of this.q.allEvents.iterate()) {
       if (row.seq !== expectSeq) return { table: 'events', seq: row.seq, reason: `event seq ${expectSeq} is missing` };
-      if (chainHash(prev, eventContent(row)) !== row.entry_hash) {
+      if (eventHash(prev, toEvent(row)) !== row.entry_hash) {
         return { table: 'events', seq: row.seq, reason: 'entry_hash does not match the row and the previous hash' };
       }
       prev = row.entry_hash;
       expectSeq++;
     }
     return null;
+  }
+
+  /** Issuances first..last, in order, one row in memory at a time. */
+  *range(first: number, last: number): IterableIterator<Issuance> {
+    for (const row of this.q.range.iterate(first, last)) yield toIssuance(row);
+  }
+
+  *eventsOfKind(kind: EventKind, first: number, last: number): IterableIterator<LedgerEvent> {
+    for (const row of this.q.eventsOfKind.iterate(kind, first, last)) yield toEvent(row);
+  }
+
+  maxEventSeq(): number {
+    return this.q.maxEventSeq.get()!.n ?? 0;
+  }
+
+  /** entry_hash of issuance `seq`; the genesis hash for seq 0. */
+  entryHashAt(seq: number): string {
+    if (seq === 0) return GENESIS_HASH;
+    const row = this.q.hashAt.get(seq);
+    if (!row) throw new LineSignerError('LEDGER', `no issuance with seq ${seq}`);
+    return row.entry_hash;
+  }
+
+  lastBatch(): Batch | undefined {
+    const r = this.q.lastBatch.get();
+    return r ? toBatch(r) : undefined;
+  }
+
+  batch(n: number): Batch | undefined {
+    const r = this.q.batch.get(n);
+    return r ? toBatch(r) : undefined;
+  }
+
+  recordBatch(b: Batch): void {
+    this.q.insertBatch.run({
+      number: b.number,
+      first_seq: b.firstSeq,
+      last_seq: b.lastSeq,
+      first_event_seq: b.firstEventSeq,
+      last_event_seq: b.lastEventSeq,
+      created_at: b.createdAt,
+      previous_sha256: b.previousSha256,
+      signature: Buffer.from(b.signature),
+      file_sha256: b.fileSha256,
+    });
+    this.appendEvent({ kind: 'export', message: `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}` });
+  }
+
+  /** A revocation mark: the next export carries it, and sync deletes the device. */
+  revoke(deviceId: string, reason: string): void {
+    this.appendEvent({ kind: 'revocation', deviceId, message: reason });
   }
 
   stats(): LedgerStats {

@@ -44,4 +44,20 @@ export const MIGRATIONS: readonly string[] = [
     reason     TEXT NOT NULL
   );
   `,
+  // 2: export batches. What `export --batch N` needs to write batch N again
+  // byte for byte: its ranges, its time, and its CMS signature (ECDSA
+  // signatures are randomised, so a new one would change the file).
+  `
+  CREATE TABLE batches (
+    number          INTEGER PRIMARY KEY,
+    first_seq       INTEGER NOT NULL,
+    last_seq        INTEGER NOT NULL,
+    first_event_seq INTEGER NOT NULL,
+    last_event_seq  INTEGER NOT NULL,
+    created_at      TEXT    NOT NULL,
+    previous_sha256 TEXT    NOT NULL,
+    signature       BLOB    NOT NULL,
+    file_sha256     TEXT    NOT NULL
+  );
+  `,
 ];

@@ -20,16 +20,56 @@ import {
   pemEncode,
   sha256Hex,
   signCaCsrWithRoot,
+  makeSelfSignedCertificate,
 } from '../x509/index.js';
+import type { Pkcs11Token } from '../token/index.js';
 import { openToken, readCertificateFile } from './open.js';
 
-/** `ca init`: the local-ca key, made inside the token, and its CSR (PEM). */
+/** `ca init`: the local-ca key, made inside the token, and its CSR (PEM); the station key too when missing. */
 export async function caInit(config: StationConfig): Promise<string> {
   const token = openToken(config);
   try {
     token.generateKey(config.token.key_label);
     const csr = await makeCaCsr(token.signer(config.token.key_label), config.ca.owner, config.station.factory);
+    await ensureStationKey(token, config);
     return pemEncode(csr, 'CERTIFICATE REQUEST');
+  } finally {
+    token.close();
+  }
+}
+
+/**
+ * The station key signs exports and nothing else (the local-ca key only
+ * signs certificates). Makes the key when missing, and its self-signed
+ * certificate when that file is missing. Returns what it made.
+ */
+async function ensureStationKey(token: Pkcs11Token, config: StationConfig): Promise<string[]> {
+  const made: string[] = [];
+  if (!token.findKey(config.token.station_key_label)) {
+    token.generateKey(config.token.station_key_label);
+    made.push(`station key "${config.token.station_key_label}" in the token`);
+  }
+  if (!existsSync(config.ca.station_certificate)) {
+    const der = await makeSelfSignedCertificate(
+      token.signer(config.token.station_key_label),
+      `line-signer station ${config.station.id}`,
+      config.station.factory,
+    );
+    writeFileAtomic(config.ca.station_certificate, pemEncode(der, 'CERTIFICATE'));
+    made.push(`station key certificate ${config.ca.station_certificate}`);
+  }
+  return made;
+}
+
+/** `station-key init`: the export-signing key for a station whose local-ca exists already. */
+export async function stationKeyInit(config: StationConfig): Promise<{ made: string[]; sha256: string }> {
+  const token = openToken(config);
+  try {
+    if (token.findKey(config.token.station_key_label) && existsSync(config.ca.station_certificate)) {
+      throw new LineSignerError('CA', `the station key "${config.token.station_key_label}" and its certificate exist already`);
+    }
+    const made = await ensureStationKey(token, config);
+    return { made, sha256: sha256Hex(readCertificateFile(config.ca.station_certificate, 'station key certificate')) };
   } finally {
     token.close();
   }
@@ -66,6 +106,7 @@ export function caImport(config: StationConfig, file: string): X509Certificate {
 
 export interface CaShow {
   config: string;
+  station_key: { label: string; key_found: boolean; certificate: string; sha256: string | null; public_key_sha256: string | null };
   token: { module: string; label: string; found: boolean; key_label: string; key_found: boolean; error?: string };
   local_ca:
     | {
@@ -90,6 +131,20 @@ export function caShow(config: StationConfig): CaShow {
     key_found: false,
   };
   let tokenSpki: Uint8Array | null = null;
+  const stationKey: CaShow['station_key'] = {
+    label: config.token.station_key_label,
+    key_found: false,
+    certificate: config.ca.station_certificate,
+    sha256: null,
+    public_key_sha256: null,
+  };
+  try {
+    const der = readCertificateFile(config.ca.station_certificate, 'station key certificate');
+    stationKey.sha256 = sha256Hex(der);
+    stationKey.public_key_sha256 = sha256Hex(new Uint8Array(new X509Certificate(Buffer.from(der)).publicKey.export({ type: 'spki', format: 'der' })));
+  } catch {
+    /* not made yet */
+  }
   try {
     const t = openToken(config);
     token.found = true;
@@ -97,6 +152,7 @@ export function caShow(config: StationConfig): CaShow {
       const key = t.findKey(config.token.key_label);
       token.key_found = key !== null;
       tokenSpki = key?.spki ?? null;
+      stationKey.key_found = t.findKey(config.token.station_key_label) !== null;
     } finally {
       t.close();
     }
@@ -120,7 +176,7 @@ export function caShow(config: StationConfig): CaShow {
   } catch (err) {
     localCa = { path: config.ca.certificate, error: (err as Error).message };
   }
-  return { config: config.path, token, local_ca: localCa };
+  return { config: config.path, station_key: stationKey, token, local_ca: localCa };
 }
 
 // ---- development: `ca demo` ---------------------------------------------
@@ -210,6 +266,7 @@ export async function caDemo(config: StationConfig): Promise<DemoReport> {
       writeFileAtomic(config.ca.certificate, pemEncode(der, 'CERTIFICATE'));
       created.push(`local-ca certificate ${config.ca.certificate}`);
     }
+    created.push(...(await ensureStationKey(token, config)));
   } finally {
     token.close();
   }

@@ -262,3 +262,38 @@ export async function signCaCsrWithRoot(csrDer: Uint8Array, root: SoftwareRoot, 
   await cert.sign(key as never, 'SHA-256');
   return new Uint8Array(cert.toSchema().toBER(false));
 }
+
+/**
+ * A self-signed certificate for a token key, signed in the token: the
+ * station key's identity, which the connected side pins by fingerprint.
+ * digitalSignature only; never a CA.
+ */
+export async function makeSelfSignedCertificate(signer: Signer, cn: string, ou: string, days = 7300): Promise<Uint8Array> {
+  const cert = new pkijs.Certificate();
+  cert.version = 2;
+  cert.serialNumber = serial();
+  cert.issuer = name(cn, ou);
+  cert.subject = name(cn, ou);
+  const now = Date.now();
+  cert.notBefore.value = new Date(Math.floor(now / 1000) * 1000 - 60_000);
+  cert.notAfter.value = new Date(Math.floor(now / 1000) * 1000 + days * 86_400_000);
+  cert.subjectPublicKeyInfo = pkijs.PublicKeyInfo.fromBER(ab(signer.publicKeySpki()));
+  const algorithm = new pkijs.AlgorithmIdentifier({ algorithmId: signer.signatureAlgorithm });
+  cert.signature = algorithm;
+  cert.extensions = [
+    new pkijs.Extension({ extnID: OID.basicConstraints, critical: true, extnValue: new pkijs.BasicConstraints({ cA: false }).toSchema().toBER(false) }),
+    new pkijs.Extension({
+      extnID: OID.keyUsage,
+      critical: true,
+      extnValue: new asn1js.BitString({ valueHex: new Uint8Array([0x80]).buffer, unusedBits: 7 }).toBER(false),
+    }),
+    new pkijs.Extension({
+      extnID: OID.subjectKeyIdentifier,
+      critical: false,
+      extnValue: new asn1js.OctetString({ valueHex: ab(subjectKeyIdentifier(cert.subjectPublicKeyInfo.subjectPublicKey.valueBlock.valueHexView)) }).toBER(false),
+    }),
+  ];
+  const tbs = new Uint8Array((cert as unknown as { encodeTBS(): asn1js.Sequence }).encodeTBS().toBER(false));
+  const signature = await signer.sign(createHash(signer.hash).update(tbs).digest());
+  return signed(tbs, signer.signatureAlgorithm, signature);
+}

@@ -17,6 +17,7 @@ export {
   sha256Hex,
   makeThrowawayRoot,
   signCaCsrWithRoot,
+  makeSelfSignedCertificate,
   type SoftwareRoot,
 } from './ca.js';
 export { pemEncode, pemDecodeAll, csrDer, looksLikePem } from './pem.js';

@@ -1,0 +1,98 @@
+/**
+ * The batch signature: a detached CMS SignedData (RFC 5652) whose signed
+ * attributes carry the SHA-256 of the batch's content. The content digest
+ * is computed while the batch streams by, so neither side ever holds a
+ * 100,000-record batch in memory; pkijs builds and parses the structures,
+ * the token signs, node:crypto verifies.
+ */
+import { createHash, verify as verifySignature, X509Certificate } from 'node:crypto';
+import * as asn1js from 'asn1js';
+import * as pkijs from 'pkijs';
+import type { Signer } from '../token/signer.js';
+
+const OID_DATA = '1.2.840.113549.1.7.1';
+const OID_SIGNED_DATA = '1.2.840.113549.1.7.2';
+const OID_CONTENT_TYPE = '1.2.840.113549.1.9.3';
+const OID_MESSAGE_DIGEST = '1.2.840.113549.1.9.4';
+const OID_SIGNING_TIME = '1.2.840.113549.1.9.5';
+const OID_SHA256 = '2.16.840.1.101.3.4.2.1';
+
+const ab = (b: Uint8Array): ArrayBuffer => b.slice().buffer as ArrayBuffer;
+
+/** signedAttrs as DER SET OF, elements in DER order (what is signed, and what OpenSSL re-encodes to check). */
+function signedAttributesDer(attributes: pkijs.Attribute[]): Uint8Array {
+  const encoded = attributes.map((a) => Buffer.from(a.toSchema().toBER(false))).sort(Buffer.compare);
+  return new Uint8Array(new asn1js.Set({ value: encoded.map((e) => asn1js.fromBER(ab(e)).result) }).toBER(false));
+}
+
+export async function signDetached(signer: Signer, certificateDer: Uint8Array, contentSha256: Uint8Array, signingTime: Date): Promise<Uint8Array> {
+  const cert = pkijs.Certificate.fromBER(ab(certificateDer));
+  const attributes = [
+    new pkijs.Attribute({ type: OID_CONTENT_TYPE, values: [new asn1js.ObjectIdentifier({ value: OID_DATA })] }),
+    new pkijs.Attribute({ type: OID_SIGNING_TIME, values: [new asn1js.UTCTime({ valueDate: new Date(Math.floor(signingTime.getTime() / 1000) * 1000) })] }),
+    new pkijs.Attribute({ type: OID_MESSAGE_DIGEST, values: [new asn1js.OctetString({ valueHex: ab(contentSha256) })] }),
+  ];
+  const toSign = signedAttributesDer(attributes);
+  const signature = await signer.sign(createHash(signer.hash).update(toSign).digest());
+  // Keep the signed order inside [0]: re-parse the exact bytes that were signed.
+  const sortedAttrs = (asn1js.fromBER(ab(toSign)).result as asn1js.Set).valueBlock.value.map((v) => new pkijs.Attribute({ schema: v }));
+  const signerInfo = new pkijs.SignerInfo({
+    version: 1,
+    sid: new pkijs.IssuerAndSerialNumber({ issuer: cert.issuer, serialNumber: cert.serialNumber }),
+    digestAlgorithm: new pkijs.AlgorithmIdentifier({ algorithmId: OID_SHA256 }),
+    signedAttrs: new pkijs.SignedAndUnsignedAttributes({ type: 0, attributes: sortedAttrs }),
+    signatureAlgorithm: new pkijs.AlgorithmIdentifier({ algorithmId: signer.signatureAlgorithm }),
+    signature: new asn1js.OctetString({ valueHex: ab(signature) }),
+  });
+  const signedData = new pkijs.SignedData({
+    version: 1,
+    digestAlgorithms: [new pkijs.AlgorithmIdentifier({ algorithmId: OID_SHA256 })],
+    encapContentInfo: new pkijs.EncapsulatedContentInfo({ eContentType: OID_DATA }),
+    certificates: [cert],
+    signerInfos: [signerInfo],
+  });
+  const contentInfo = new pkijs.ContentInfo({ contentType: OID_SIGNED_DATA, content: signedData.toSchema(true) });
+  return new Uint8Array(contentInfo.toSchema().toBER(false));
+}
+
+export interface DetachedCheck {
+  /** The signer's certificate, DER, as carried in the SignedData. */
+  signerCertificate: Uint8Array | null;
+  problem: string | null;
+}
+
+/** Checks a detached SignedData against the content's SHA-256. */
+export function verifyDetached(cmsDer: Uint8Array, contentSha256: Uint8Array): DetachedCheck {
+  let signedData: pkijs.SignedData;
+  try {
+    const ci = pkijs.ContentInfo.fromBER(ab(cmsDer));
+    if (ci.contentType !== OID_SIGNED_DATA) return { signerCertificate: null, problem: 'the signature is not a CMS SignedData' };
+    signedData = new pkijs.SignedData({ schema: ci.content });
+  } catch (err) {
+    return { signerCertificate: null, problem: `the signature is not readable CMS (${(err as Error).message})` };
+  }
+  const si = signedData.signerInfos[0];
+  const certDer = signedData.certificates?.[0] instanceof pkijs.Certificate ? new Uint8Array(signedData.certificates[0].toSchema().toBER(false)) : null;
+  if (!si || signedData.signerInfos.length !== 1) return { signerCertificate: certDer, problem: 'the signature must have exactly one signer' };
+  if (!certDer) return { signerCertificate: null, problem: 'the signature carries no signer certificate' };
+  if (signedData.encapContentInfo.eContent) return { signerCertificate: certDer, problem: 'the signature must be detached' };
+  const attrs = si.signedAttrs?.attributes ?? [];
+  const attr = (oid: string): asn1js.AsnType | undefined => attrs.find((a) => a.type === oid)?.values[0];
+  const digest = attr(OID_MESSAGE_DIGEST);
+  const contentType = attr(OID_CONTENT_TYPE);
+  if (!(contentType instanceof asn1js.ObjectIdentifier) || contentType.valueBlock.toString() !== OID_DATA) {
+    return { signerCertificate: certDer, problem: 'the signed content type is not id-data' };
+  }
+  if (!(digest instanceof asn1js.OctetString) || Buffer.compare(Buffer.from(digest.valueBlock.valueHexView), Buffer.from(contentSha256)) !== 0) {
+    return { signerCertificate: certDer, problem: 'the content does not match the signed digest: the batch was changed' };
+  }
+  const toVerify = new Uint8Array(new asn1js.Set({ value: attrs.map((a) => a.toSchema()) }).toBER(false));
+  const hash = si.signatureAlgorithm.algorithmId === '1.2.840.10045.4.3.3' ? 'sha384' : 'sha256';
+  let ok = false;
+  try {
+    ok = verifySignature(hash, toVerify, new X509Certificate(Buffer.from(certDer)).publicKey, si.signature.valueBlock.valueHexView);
+  } catch {
+    ok = false;
+  }
+  return { signerCertificate: certDer, problem: ok ? null : 'the CMS signature does not verify with the station key' };
+}

@@ -1,0 +1,208 @@
+/**
+ * `line-signer export`: the next batch of what the ledger gained since the
+ * last one, signed in the token by the station key; or batch N again, byte
+ * for byte, for a lost stick.
+ */
+import { createHash } from 'node:crypto';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { readPin, type StationConfig } from '../config/index.js';
+import { LineSignerError } from '../errors.js';
+import { GENESIS_HASH, SqliteLedger, type Batch } from '../ledger/index.js';
+import { Pkcs11Token } from '../token/index.js';
+import { certificateDer, pemEncode } from '../x509/index.js';
+import { signDetached } from './cms.js';
+import { batchFileName, FORMAT, type CertificatesLine, type IssuanceLine, type Manifest, type RevocationLine } from './format.js';
+
+export interface ExportOptions {
+  outDir: string;
+  /** Write this earlier batch again instead of a new one. */
+  batch?: number | undefined;
+  onProgress?: ((done: number, total: number) => void) | undefined;
+}
+
+export interface ExportResult {
+  path: string;
+  number: number;
+  issuances: number;
+  revocations: number;
+  sha256: string;
+  rewritten: boolean;
+}
+
+/** Buffered, hashed writes to a file descriptor. */
+class Sink {
+  private parts: Buffer[] = [];
+  private size = 0;
+  readonly hash = createHash('sha256');
+  constructor(private readonly fd: number) {}
+  line(value: unknown): void {
+    const b = Buffer.from(JSON.stringify(value) + '\n');
+    this.hash.update(b);
+    this.parts.push(b);
+    this.size += b.length;
+    if (this.size >= 1 << 20) this.flush();
+  }
+  flush(): void {
+    if (this.size === 0) return;
+    writeSync(this.fd, Buffer.concat(this.parts));
+    this.parts = [];
+    this.size = 0;
+  }
+}
+
+function readPem(path: string, what: string): string {
+  try {
+    return pemEncode(certificateDer(new Uint8Array(readFileSync(path)), what), 'CERTIFICATE');
+  } catch (err) {
+    throw new LineSignerError('EXPORT', `${what}: cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
+/** Writes manifest, certificates, issuances and revocations; returns the content's SHA-256. */
+function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b: Omit<Batch, 'signature' | 'fileSha256'>, onProgress?: ExportOptions['onProgress']): { issuances: number; revocations: number; digest: Buffer } {
+  const revocations = [...ledger.eventsOfKind('revocation', b.firstEventSeq, b.lastEventSeq)];
+  const count = Math.max(0, b.lastSeq - b.firstSeq + 1);
+  const manifest: Manifest = {
+    type: 'manifest',
+    format: FORMAT,
+    station: config.station.id,
+    factory: config.station.factory,
+    batch: b.number,
+    first_seq: b.firstSeq,
+    last_seq: b.lastSeq,
+    count,
+    first_event_seq: b.firstEventSeq,
+    last_event_seq: b.lastEventSeq,
+    revocations: revocations.length,
+    chain_before: ledger.entryHashAt(b.firstSeq - 1),
+    chain_after: count > 0 ? ledger.entryHashAt(b.lastSeq) : ledger.entryHashAt(b.firstSeq - 1),
+    previous_batch_sha256: b.previousSha256,
+    created_at: b.createdAt,
+  };
+  sink.line(manifest);
+  sink.line({
+    type: 'certificates',
+    local_ca: readPem(config.ca.certificate, 'local-ca certificate'),
+    root: readPem(config.ca.root, 'factory root'),
+    station: readPem(config.ca.station_certificate, 'station key certificate'),
+  } satisfies CertificatesLine);
+  let done = 0;
+  for (const r of ledger.range(b.firstSeq, b.lastSeq)) {
+    sink.line({
+      type: 'issuance',
+      seq: r.seq,
+      entry_hash: r.entryHash,
+      device_id: r.deviceId,
+      serial: r.serial,
+      client_pem: pemEncode(r.certificate, 'CERTIFICATE'),
+      not_before: r.notBefore,
+      not_after: r.notAfter,
+      issued_at: r.issuedAt,
+      hardware_id: r.hardwareId,
+      work_order: r.workOrder,
+      subject: r.subject,
+      public_key_sha256: r.publicKeySha256,
+      csr_sha256: r.csrSha256,
+      link: r.link,
+      station_id: r.stationId,
+    } satisfies IssuanceLine);
+    if (++done % 1000 === 0) onProgress?.(done, count);
+  }
+  for (const e of revocations) {
+    sink.line({ type: 'revocation', event_seq: e.seq, entry_hash: e.entryHash, device_id: e.deviceId ?? '', reason: e.message ?? '', at: e.at } satisfies RevocationLine);
+  }
+  onProgress?.(done, count);
+  return { issuances: done, revocations: revocations.length, digest: sink.hash.copy().digest() };
+}
+
+/** Writes `path` through a temporary name: a stick pulled mid-write never holds half a batch. */
+async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>): Promise<string> {
+  const tmp = `${path}.${process.pid}.tmp`;
+  const fd = openSync(tmp, 'w', 0o644);
+  let sha: string;
+  try {
+    const sink = new Sink(fd);
+    await fill(sink);
+    sink.flush();
+    fsyncSync(fd);
+    sha = sink.hash.digest('hex');
+  } catch (err) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+  closeSync(fd);
+  renameSync(tmp, path);
+  try {
+    const dfd = openSync(join(path, '..'), 'r');
+    fsyncSync(dfd);
+    closeSync(dfd);
+  } catch {
+    // vfat may refuse a folder fsync; the rename is done
+  }
+  return sha;
+}
+
+export async function exportBatch(config: StationConfig, opts: ExportOptions): Promise<ExportResult | null> {
+  mkdirSync(opts.outDir, { recursive: true });
+  const ledger = new SqliteLedger(config.station.ledger, config.station.id);
+  try {
+    if (opts.batch !== undefined) return await rewrite(config, ledger, opts.batch, opts);
+    const last = ledger.lastBatch();
+    const b = {
+      number: (last?.number ?? 0) + 1,
+      firstSeq: (last?.lastSeq ?? 0) + 1,
+      lastSeq: ledger.issuedCount(),
+      firstEventSeq: (last?.lastEventSeq ?? 0) + 1,
+      lastEventSeq: ledger.maxEventSeq(),
+      createdAt: new Date().toISOString(),
+      previousSha256: last?.fileSha256 ?? GENESIS_HASH,
+    };
+    const pendingRevocations = [...ledger.eventsOfKind('revocation', b.firstEventSeq, b.lastEventSeq)].length;
+    if (b.lastSeq < b.firstSeq && pendingRevocations === 0) return null;
+    if (b.lastSeq < b.firstSeq) b.lastSeq = b.firstSeq - 1;
+
+    const stationCert = certificateDer(new Uint8Array(readFileSync(config.ca.station_certificate)), 'station key certificate');
+    const token = Pkcs11Token.open({
+      module: config.token.module,
+      tokenLabel: config.token.token_label,
+      pin: readPin(config.token),
+      softhsm2Conf: config.token.softhsm2_conf,
+    });
+    const path = join(opts.outDir, batchFileName(config.station.id, b.number));
+    let counts = { issuances: 0, revocations: 0 };
+    let signature: Uint8Array = new Uint8Array();
+    try {
+      const signer = token.signer(config.token.station_key_label);
+      const sha = await writeBatchFile(path, async (sink) => {
+        const c = writeContent(sink, ledger, config, b, opts.onProgress);
+        counts = c;
+        signature = await signDetached(signer, stationCert, c.digest, new Date(b.createdAt));
+        sink.line({ type: 'signature', cms: Buffer.from(signature).toString('base64') });
+      });
+      ledger.recordBatch({ ...b, signature, fileSha256: sha });
+      return { path, number: b.number, ...counts, sha256: sha, rewritten: false };
+    } finally {
+      token.close();
+    }
+  } finally {
+    ledger.close();
+  }
+}
+
+async function rewrite(config: StationConfig, ledger: SqliteLedger, n: number, opts: ExportOptions): Promise<ExportResult> {
+  const b = ledger.batch(n);
+  if (!b) throw new LineSignerError('EXPORT', `there is no batch ${n} (last is ${ledger.lastBatch()?.number ?? 'none'})`);
+  const path = join(opts.outDir, batchFileName(config.station.id, n));
+  let counts = { issuances: 0, revocations: 0 };
+  const sha = await writeBatchFile(path, async (sink) => {
+    counts = writeContent(sink, ledger, config, b, opts.onProgress);
+    sink.line({ type: 'signature', cms: Buffer.from(b.signature).toString('base64') });
+  });
+  if (sha !== b.fileSha256) {
+    rmSync(path, { force: true });
+    throw new LineSignerError('EXPORT', `batch ${n} cannot be written again byte for byte (the local-ca, root or station certificate changed since it was made)`);
+  }
+  return { path, number: n, ...counts, sha256: sha, rewritten: true };
+}

@@ -1,0 +1,220 @@
+/**
+ * `line-signer verify-export`: for each batch, the signature (and the
+ * pinned station key), every certificate against the local-ca, every
+ * record against the hash chain the batch carries; across batches, that
+ * they follow each other with no gap or overlap. Streams: one record in
+ * memory at a time. Needs neither the token nor the ledger.
+ */
+import { createHash, X509Certificate } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { basename } from 'node:path';
+import { GENESIS_HASH, issuanceHash } from '../ledger/chain.js';
+import { pemDecodeAll } from '../x509/index.js';
+import { verifyDetached } from './cms.js';
+import { FORMAT, type BatchLine, type Manifest } from './format.js';
+
+export interface BatchSummary {
+  file: string;
+  manifest: Manifest | null;
+  sha256: string;
+  issuances: number;
+  revocations: number;
+  stationKeySha256: string | null;
+  problems: string[];
+}
+
+export interface VerifyOptions {
+  /** SHA-256 of the station key's certificate or of its public key (hex, colons allowed). */
+  stationKey?: string | undefined;
+  /** Called for each issuance and revocation record, after it checked out (sync uses it). */
+  onRecord?: (line: BatchLine & { type: 'issuance' | 'revocation' }, batch: Manifest) => void;
+  onProgress?: (records: number) => void;
+}
+
+const normalize = (fp: string): string => fp.replace(/:/g, '').toLowerCase();
+
+/** Splits a file into lines of raw bytes, without holding the file. */
+async function* lines(path: string): AsyncGenerator<Buffer> {
+  let rest = Buffer.alloc(0);
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+    let data = rest.length ? Buffer.concat([rest, chunk]) : chunk;
+    let at = 0;
+    for (;;) {
+      const lf = data.indexOf(0x0a, at);
+      if (lf === -1) break;
+      yield data.subarray(at, lf + 1);
+      at = lf + 1;
+    }
+    rest = Buffer.from(data.subarray(at));
+    data = rest;
+  }
+  if (rest.length) yield rest;
+}
+
+export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promise<BatchSummary> {
+  const s: BatchSummary = { file, manifest: null, sha256: '', issuances: 0, revocations: 0, stationKeySha256: null, problems: [] };
+  const problem = (p: string): void => {
+    if (s.problems.length < 20) s.problems.push(p);
+  };
+  const whole = createHash('sha256');
+  const content = createHash('sha256');
+  let localCa: X509Certificate | null = null;
+  let stationCertDer: Uint8Array | null = null;
+  let prevHash = GENESIS_HASH;
+  let expectSeq = 0;
+  let signature: string | null = null;
+  let n = 0;
+  try {
+    for await (const raw of lines(file)) {
+      whole.update(raw);
+      n++;
+      if (signature !== null) {
+        problem(`line ${n}: data after the signature`);
+        continue;
+      }
+      let line: BatchLine;
+      try {
+        line = JSON.parse(raw.toString('utf8')) as BatchLine;
+      } catch {
+        problem(`line ${n}: not JSON`);
+        content.update(raw);
+        continue;
+      }
+      if (line.type === 'signature') {
+        signature = line.cms;
+        continue;
+      }
+      content.update(raw);
+      if (n === 1) {
+        if (line.type !== 'manifest' || line.format !== FORMAT) {
+          problem(`not a ${FORMAT} batch (line 1 is not its manifest)`);
+          return s;
+        }
+        s.manifest = line;
+        prevHash = line.chain_before;
+        expectSeq = line.first_seq;
+        continue;
+      }
+      const m = s.manifest!;
+      switch (line.type) {
+        case 'certificates': {
+          try {
+            localCa = new X509Certificate(line.local_ca);
+            const root = new X509Certificate(line.root);
+            if (!localCa.checkIssued(root) || !localCa.verify(root.publicKey)) problem('the local-ca does not chain to the factory root in the batch');
+            const [der] = pemDecodeAll(line.station, 'CERTIFICATE');
+            stationCertDer = der ?? null;
+            if (der) {
+              const station = new X509Certificate(Buffer.from(der));
+              s.stationKeySha256 = createHash('sha256').update(der).digest('hex');
+              if (opts.stationKey) {
+                const pin = normalize(opts.stationKey);
+                const spkiSha = createHash('sha256').update(station.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+                if (pin !== s.stationKeySha256 && pin !== spkiSha) problem(`the station key is not the pinned one (batch has ${s.stationKeySha256})`);
+              }
+            }
+          } catch (err) {
+            problem(`the certificates line is unreadable (${(err as Error).message})`);
+          }
+          break;
+        }
+        case 'issuance': {
+          s.issuances++;
+          const where = `seq ${line.seq}`;
+          if (line.seq !== expectSeq) problem(`${where}: expected seq ${expectSeq} (a record is missing or out of order)`);
+          expectSeq = line.seq + 1;
+          const [der] = pemDecodeAll(line.client_pem ?? '', 'CERTIFICATE');
+          const hash = issuanceHash(prevHash, {
+            seq: line.seq,
+            serial: line.serial,
+            deviceId: line.device_id,
+            subject: line.subject,
+            publicKeySha256: line.public_key_sha256,
+            csrSha256: line.csr_sha256,
+            certificate: der ?? new Uint8Array(),
+            notBefore: line.not_before,
+            notAfter: line.not_after,
+            issuedAt: line.issued_at,
+            stationId: line.station_id,
+            link: line.link,
+            hardwareId: line.hardware_id,
+            workOrder: line.work_order,
+          });
+          if (hash !== line.entry_hash) problem(`${where}: the record does not match the ledger hash chain`);
+          prevHash = line.entry_hash;
+          if (!der || !localCa) problem(`${where}: no certificate, or no local-ca to check it with`);
+          else {
+            try {
+              const cert = new X509Certificate(Buffer.from(der));
+              if (!cert.verify(localCa.publicKey)) problem(`${where}: the certificate is not signed by the local-ca`);
+              if (!cert.subject.split('\n').includes(`CN=${line.device_id}`)) problem(`${where}: the certificate is not for device ${line.device_id}`);
+              if (BigInt('0x' + cert.serialNumber) !== BigInt('0x' + line.serial)) problem(`${where}: the serial does not match the certificate`);
+            } catch {
+              problem(`${where}: the certificate is unreadable`);
+            }
+          }
+          opts.onRecord?.(line, m);
+          if (s.issuances % 1000 === 0) opts.onProgress?.(s.issuances);
+          break;
+        }
+        case 'revocation':
+          s.revocations++;
+          if (line.event_seq < m.first_event_seq || line.event_seq > m.last_event_seq) problem(`revocation ${line.event_seq}: outside the batch's event range`);
+          opts.onRecord?.(line, m);
+          break;
+        default:
+          problem(`line ${n}: unknown record type`);
+      }
+    }
+  } catch (err) {
+    problem(`cannot read: ${(err as Error).message}`);
+    return s;
+  }
+  s.sha256 = whole.digest('hex');
+  const m = s.manifest;
+  if (!m) {
+    if (!s.problems.length) problem('empty file');
+    return s;
+  }
+  if (s.issuances !== m.count) problem(`the manifest says ${m.count} issuances, the batch has ${s.issuances}`);
+  if (s.revocations !== m.revocations) problem(`the manifest says ${m.revocations} revocation marks, the batch has ${s.revocations}`);
+  if (m.count > 0 && expectSeq - 1 !== m.last_seq) problem(`the records end at seq ${expectSeq - 1}, the manifest says ${m.last_seq}`);
+  if (prevHash !== m.chain_after) problem('the chain hash after the last record is not the manifest\'s');
+  if (signature === null) problem('no signature: the batch is truncated');
+  else if (!stationCertDer) problem('no station certificate to check the signature with');
+  else {
+    const check = verifyDetached(new Uint8Array(Buffer.from(signature, 'base64')), content.digest());
+    if (check.problem) problem(check.problem);
+    else if (!check.signerCertificate || Buffer.compare(Buffer.from(check.signerCertificate), Buffer.from(stationCertDer)) !== 0) {
+      problem('the signature is by another key than the station certificate in the batch');
+    }
+  }
+  return s;
+}
+
+/** Several batches: each on its own, then that they follow each other. */
+export async function verifyBatches(files: string[], opts: VerifyOptions = {}): Promise<{ batches: BatchSummary[]; problems: string[] }> {
+  const batches: BatchSummary[] = [];
+  for (const f of files) batches.push(await verifyBatch(f, opts));
+  const problems = batches.flatMap((b) => b.problems.map((p) => `${basename(b.file)}: ${p}`));
+  const good = batches.filter((b) => b.manifest).sort((a, b) => a.manifest!.batch - b.manifest!.batch);
+  for (let i = 1; i < good.length; i++) {
+    const prev = good[i - 1]!;
+    const cur = good[i]!;
+    const p = prev.manifest!;
+    const c = cur.manifest!;
+    const name = basename(cur.file);
+    if (c.station !== p.station) problems.push(`${name}: from station ${c.station}, the others from ${p.station}`);
+    else if (c.batch === p.batch) problems.push(`${name}: batch ${c.batch} given twice`);
+    else if (c.batch !== p.batch + 1) {
+      problems.push(`${name}: gap: batch${c.batch - p.batch > 2 ? 'es' : ''} ${p.batch + 1}${c.batch - p.batch > 2 ? `-${c.batch - 1}` : ''} missing between ${p.batch} and ${c.batch}`);
+    } else {
+      if (c.previous_batch_sha256 !== prev.sha256) problems.push(`${name}: does not follow batch ${p.batch} (previous batch hash differs)`);
+      if (c.first_seq !== p.last_seq + 1) {
+        problems.push(`${name}: seq ${c.first_seq} follows ${p.last_seq} in batch ${p.batch}: ${c.first_seq > p.last_seq + 1 ? 'gap' : 'overlap'}`);
+      }
+      if (c.chain_before !== p.chain_after) problems.push(`${name}: its chain does not continue batch ${p.batch}'s`);
+    }
+  }
+  return { batches, problems };
+}
