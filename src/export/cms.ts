@@ -16,6 +16,7 @@ const OID_CONTENT_TYPE = '1.2.840.113549.1.9.3';
 const OID_MESSAGE_DIGEST = '1.2.840.113549.1.9.4';
 const OID_SIGNING_TIME = '1.2.840.113549.1.9.5';
 const OID_SHA256 = '2.16.840.1.101.3.4.2.1';
+const ECDSA_SIGNATURES = ['1.2.840.10045.4.3.2', '1.2.840.10045.4.3.3'];
 
 const ab = (b: Uint8Array): ArrayBuffer => b.slice().buffer as ArrayBuffer;
 
@@ -61,10 +62,24 @@ export interface DetachedCheck {
   problem: string | null;
 }
 
-/** Checks a detached SignedData against the content's SHA-256. */
+/** Checks a detached SignedData against the content's SHA-256; never throws. */
 export function verifyDetached(cmsDer: Uint8Array, contentSha256: Uint8Array): DetachedCheck {
+  try {
+    return checkDetached(cmsDer, contentSha256);
+  } catch (err) {
+    return { signerCertificate: null, problem: `the signature is malformed (${(err as Error).message})` };
+  }
+}
+
+function checkDetached(cmsDer: Uint8Array, contentSha256: Uint8Array): DetachedCheck {
   let signedData: pkijs.SignedData;
   try {
+    // Strict DER: parsed and encoded again, it must be the very same bytes,
+    // so no byte of it can change without the check noticing.
+    const parsed = asn1js.fromBER(ab(cmsDer));
+    if (parsed.offset !== cmsDer.length || Buffer.compare(Buffer.from(parsed.result.toBER(false)), Buffer.from(cmsDer)) !== 0) {
+      return { signerCertificate: null, problem: 'the signature is not in DER: the batch was changed' };
+    }
     const ci = pkijs.ContentInfo.fromBER(ab(cmsDer));
     if (ci.contentType !== OID_SIGNED_DATA) return { signerCertificate: null, problem: 'the signature is not a CMS SignedData' };
     signedData = new pkijs.SignedData({ schema: ci.content });
@@ -72,10 +87,25 @@ export function verifyDetached(cmsDer: Uint8Array, contentSha256: Uint8Array): D
     return { signerCertificate: null, problem: `the signature is not readable CMS (${(err as Error).message})` };
   }
   const si = signedData.signerInfos[0];
-  const certDer = signedData.certificates?.[0] instanceof pkijs.Certificate ? new Uint8Array(signedData.certificates[0].toSchema().toBER(false)) : null;
+  const certs = signedData.certificates ?? [];
+  const cert = certs[0] instanceof pkijs.Certificate ? certs[0] : null;
+  const certDer = cert ? new Uint8Array(cert.toSchema().toBER(false)) : null;
   if (!si || signedData.signerInfos.length !== 1) return { signerCertificate: certDer, problem: 'the signature must have exactly one signer' };
-  if (!certDer) return { signerCertificate: null, problem: 'the signature carries no signer certificate' };
-  if (signedData.encapContentInfo.eContent) return { signerCertificate: certDer, problem: 'the signature must be detached' };
+  if (!cert || !certDer || certs.length !== 1) return { signerCertificate: null, problem: 'the signature must carry exactly one signer certificate' };
+  // What the signature itself does not cover must still be exactly what line-signer writes.
+  const unsigned = [
+    signedData.version === 1 || 'SignedData version',
+    (signedData.digestAlgorithms.length === 1 && signedData.digestAlgorithms[0]!.algorithmId === OID_SHA256 && !signedData.digestAlgorithms[0]!.algorithmParams) || 'digest algorithms',
+    (signedData.encapContentInfo.eContentType === OID_DATA && !signedData.encapContentInfo.eContent) || 'content type (or not detached)',
+    !signedData.crls || 'CRLs',
+    si.version === 1 || 'SignerInfo version',
+    (si.digestAlgorithm.algorithmId === OID_SHA256 && !si.digestAlgorithm.algorithmParams) || 'signer digest algorithm',
+    (ECDSA_SIGNATURES.includes(si.signatureAlgorithm.algorithmId) && !si.signatureAlgorithm.algorithmParams) || 'signature algorithm',
+    !si.unsignedAttrs || 'unsigned attributes',
+    (si.sid instanceof pkijs.IssuerAndSerialNumber && si.sid.issuer.isEqual(cert.issuer) && si.sid.serialNumber.isEqual(cert.serialNumber)) || 'signer identifier',
+    (si.signedAttrs?.attributes.length === 3) || 'signed attributes',
+  ].find((x) => x !== true);
+  if (unsigned) return { signerCertificate: certDer, problem: `the signature's ${unsigned} is not what line-signer writes: the batch was changed` };
   const attrs = si.signedAttrs?.attributes ?? [];
   const attr = (oid: string): asn1js.AsnType | undefined => attrs.find((a) => a.type === oid)?.values[0];
   const digest = attr(OID_MESSAGE_DIGEST);

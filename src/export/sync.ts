@@ -131,9 +131,9 @@ export async function sync(opts: SyncOptions): Promise<SyncSummary> {
       }
     };
 
-    const work = async (): Promise<void> => {
-      while (next < todo.length) {
-        const item = todo[next++]!;
+    const work = async (queue: Item[]): Promise<void> => {
+      while (next < queue.length) {
+        const item = queue[next++]!;
         let outcome: Outcome = 'failed';
         let detail = '';
         let httpStatus: number | null = null;
@@ -164,7 +164,14 @@ export async function sync(opts: SyncOptions): Promise<SyncSummary> {
         opts.onProgress?.(++finished, todo.length);
       }
     };
-    await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, work));
+    // Registrations first, all settled, then deletions: a revocation must not
+    // overtake the registration of the same device running beside it.
+    const workers = Math.max(1, opts.concurrency ?? 4);
+    for (const kind of ['issuance', 'revocation'] as const) {
+      const queue = todo.filter((i) => i.kind === kind);
+      next = 0;
+      await Promise.all(Array.from({ length: workers }, () => work(queue)));
+    }
     return summary;
   } finally {
     db.close();

@@ -80,8 +80,13 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
         content.update(raw);
         continue;
       }
+      if (line === null || typeof line !== 'object') {
+        problem(`line ${n}: not a record`);
+        content.update(raw);
+        continue;
+      }
       if (line.type === 'signature') {
-        signature = line.cms;
+        signature = typeof line.cms === 'string' ? line.cms : '';
         continue;
       }
       content.update(raw);
@@ -96,6 +101,7 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
         continue;
       }
       const m = s.manifest!;
+      try {
       switch (line.type) {
         case 'certificates': {
           try {
@@ -165,6 +171,10 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
         default:
           problem(`line ${n}: unknown record type`);
       }
+      } catch (err) {
+        // A field of the wrong type in a changed file: a problem to report, never a crash.
+        problem(`line ${n}: malformed ${String((line as { type?: unknown }).type)} record (${(err as Error).message})`);
+      }
     }
   } catch (err) {
     problem(`cannot read: ${(err as Error).message}`);
@@ -183,7 +193,11 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
   if (signature === null) problem('no signature: the batch is truncated');
   else if (!stationCertDer) problem('no station certificate to check the signature with');
   else {
-    const check = verifyDetached(new Uint8Array(Buffer.from(signature, 'base64')), content.digest());
+    const cms = Buffer.from(signature, 'base64');
+    // Node's base64 decoder skips what it cannot read: only the canonical text counts.
+    const check = cms.toString('base64') !== signature
+      ? { problem: 'the signature is not canonical base64', signerCertificate: null }
+      : verifyDetached(new Uint8Array(cms), content.digest());
     if (check.problem) problem(check.problem);
     else if (!check.signerCertificate || Buffer.compare(Buffer.from(check.signerCertificate), Buffer.from(stationCertDer)) !== 0) {
       problem('the signature is by another key than the station certificate in the batch');
