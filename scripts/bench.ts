@@ -9,18 +9,16 @@
  *   (c) the script a factory would write: `openssl x509 -req` with the same
  *       token key through OpenSSL's PKCS#11 engine, one process a certificate
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
-import { writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
-import { readPin } from '../src/config/index.js';
+import { loadConfig, readPin } from '../src/config/index.js';
 import { openStation, openToken } from '../src/station/index.js';
 import { WorkerSigner } from '../src/token/index.js';
 import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
 import { benchStation, fmt, percentile, pool } from './bench-lib.js';
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
 import { SerialLink } from '../src/links/index.js';
 import { HttpLink } from '../src/links/http.js';
 import { J1Client } from '../src/jig/client.js';
@@ -203,6 +201,43 @@ init = 0
   say('HTTP /sign certificates/s, eight such clients', fmt((8 * H) / h8));
   await http.stop();
   await open.close();
+}
+
+// Export and verify at scale, each in its own process so its peak memory is its own
+{
+  const K = quick ? 10_000 : 100_000;
+  // Same token and keys (SoftHSM is initialised once per process), a ledger of its own.
+  const bigConfigPath = join(dir, 'station-big.toml');
+  writeFileSync(bigConfigPath, readFileSync(join(dir, 'station.toml'), 'utf8').replace('ledger = "ledger.db"', 'ledger = "ledger-big.db"'));
+  const big = { dir, configPath: bigConfigPath, config: loadConfig(bigConfigPath) };
+  const open = await openStation(big.config);
+  for (let done = 0; done < K; ) {
+    const chunk = Array.from({ length: Math.min(2000, K - done) }, () =>
+      makeDeviceCsr({ deviceId: randomUUID(), factory: big.config.station.factory, production: true }).der,
+    );
+    let i = 0;
+    await pool(chunk.length, 8, async () => {
+      const r = await open.station.handle({ csr: chunk[i++]!, link: 'bench', hardwareId: 'imx8mm' });
+      if (!r.ok) throw new Error(`bench: ${r.message}`);
+    });
+    done += chunk.length;
+  }
+  await open.close();
+  const stick = join(big.dir, 'stick');
+  const run = (args: string[]): { seconds: number; rssMb: number; out: string } => {
+    const t0 = process.hrtime.bigint();
+    const r = spawnSync(process.execPath, ['--require', join(import.meta.dirname, '../../scripts/rss-report.cjs'), join(import.meta.dirname, '../../bin/line-signer.js'), ...args], { encoding: 'utf8' });
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    if (r.status !== 0) throw new Error(`bench: ${args[0]} failed: ${r.stderr}`);
+    const kb = Number(/maxrss_kb=(\d+)/.exec(r.stderr)?.[1] ?? NaN);
+    return { seconds, rssMb: kb / 1024, out: r.stdout };
+  };
+  const exp = run(['export', '--out', stick, '--config', big.configPath]);
+  say(`export of ${fmt(K)} issuances: records/s, peak memory`, `${fmt(K / exp.seconds)}/s, ${fmt(exp.rssMb)} MB`);
+  const file = /\n {2}(\/\S+\.lsbatch)\n/.exec(exp.out)![1]!;
+  const ver = run(['verify-export', file]);
+  say(`verify-export of ${fmt(K)} issuances: records/s, peak memory`, `${fmt(K / ver.seconds)}/s, ${fmt(ver.rssMb)} MB`);
+  say('    batch file size', `${fmt(statSync(file).size / 1e6, 1)} MB`);
 }
 
 const summary = JSON.stringify(Object.fromEntries(rows));

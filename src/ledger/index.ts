@@ -99,10 +99,13 @@ export interface Ledger {
   grantReissue(deviceId: string, reason: string): void;
   issuedCount(): number;
   lastIssuedAt(): Date | undefined;
-  /** Appends to the chain and commits; the row is durable when this resolves. */
-  recordIssuance(entry: NewIssuance): Promise<Issuance>;
+  /**
+   * Appends to the chain and commits; the row is durable when this resolves.
+   * `alone`: no other request is in flight, so latency matters more than throughput.
+   */
+  recordIssuance(entry: NewIssuance, hint?: { alone?: boolean }): Promise<Issuance>;
   /** Appends an event; durable when this resolves. */
-  recordEvent(event: NewEvent): Promise<void>;
+  recordEvent(event: NewEvent, hint?: { alone?: boolean }): Promise<void>;
   /** Issuances with seq > `seq`, in order, without loading them all at once. */
   since(seq: number): IterableIterator<Issuance>;
   /** Walks both chains; `check` adds per-issuance checks (the certificate's signature). */

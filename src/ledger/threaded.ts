@@ -1,7 +1,11 @@
 /**
  * The ledger a serving station uses: reads on this thread's connection
- * (WAL lets them run beside a writer), every write in one worker thread
- * (writer-worker.ts), in the order they were asked for.
+ * (WAL lets them run beside a writer). A write for a lone request (the
+ * `alone` hint) while the writer thread is idle is committed right here: it
+ * should not pay two thread hops for its disk flush. Under load, writes go to the writer thread
+ * (writer-worker.ts) in the order they were asked for, so the flush of one
+ * certificate never holds up the next one's parsing. An idle writer holds
+ * no lock, and an inline commit finishes before anything more is posted.
  */
 import { Worker } from 'node:worker_threads';
 import { LineSignerError, type ErrorCode } from '../errors.js';
@@ -47,12 +51,18 @@ export class ThreadedLedger implements Ledger {
     });
   }
 
-  async recordIssuance(entry: NewIssuance): Promise<Issuance> {
+  private get writerIdle(): boolean {
+    return this.pending.size === 0 && !this.dead;
+  }
+
+  async recordIssuance(entry: NewIssuance, hint?: { alone?: boolean }): Promise<Issuance> {
+    if (hint?.alone && this.writerIdle) return this.reader.appendIssuance(entry);
     const row = await this.call<Issuance>({ op: 'issuance', entry });
     return { ...row, certificate: new Uint8Array(row.certificate) };
   }
 
-  recordEvent(event: NewEvent): Promise<void> {
+  async recordEvent(event: NewEvent, hint?: { alone?: boolean }): Promise<void> {
+    if (hint?.alone && this.writerIdle) return this.reader.appendEvent(event);
     return this.call<void>({ op: 'event', event });
   }
 

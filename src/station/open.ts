@@ -86,19 +86,18 @@ export async function openStation(config: StationConfig, opts: OpenOptions = {})
     softhsm2Conf: config.token.softhsm2_conf,
   };
   const token = Pkcs11Token.open(tokenOptions);
-  let key;
+  let nearby;
   try {
-    key = token.findKey(config.token.key_label);
-    if (!key) {
-      throw new LineSignerError('TOKEN_UNAVAILABLE', `token "${config.token.token_label}" has no key labelled "${config.token.key_label}"`);
-    }
+    nearby = token.signer(config.token.key_label);
     // Validity in time is checked per request (CLOCK), so a wrong clock gets
     // the jigs a CLOCK answer instead of a station that will not start.
-    checkLocalCa(caDer, { tokenSpki: key.spki, rootDer, factory: config.station.factory });
-  } finally {
+    checkLocalCa(caDer, { tokenSpki: nearby.publicKeySpki(), rootDer, factory: config.station.factory });
+  } catch (err) {
     token.close();
+    throw err;
   }
-  const workerSigner = new WorkerSigner({ ...tokenOptions, keyLabel: config.token.key_label }, key);
+  const key = { spki: nearby.publicKeySpki(), curve: nearby.hash === 'sha256' ? ('P-256' as const) : ('P-384' as const) };
+  const workerSigner = new WorkerSigner({ ...tokenOptions, keyLabel: config.token.key_label }, key, nearby);
   const signer = opts.wrapSigner ? opts.wrapSigner(workerSigner) : workerSigner;
   const ledger = new ThreadedLedger(config.station.ledger, config.station.id);
   const station = new Station({
@@ -119,6 +118,7 @@ export async function openStation(config: StationConfig, opts: OpenOptions = {})
         await ledger.recordEvent({ kind: 'stop' });
       } finally {
         await workerSigner.close();
+        token.close();
         await ledger.close();
       }
     },

@@ -71,6 +71,8 @@ export class Station {
   private readonly inFlight = new Map<string, Promise<Issued>>();
   /** Their public keys, by device id, with a count each. */
   private readonly inFlightKeys = new Map<string, Map<string, number>>();
+  /** Requests inside handle() now. */
+  private active = 0;
 
   constructor(parts: StationParts) {
     this.stationId = parts.stationId;
@@ -102,6 +104,20 @@ export class Station {
 
   /** Signs one CSR, or says why not. Never throws; every refusal is in the event log. */
   async handle(req: SignRequest): Promise<SignResult> {
+    this.active++;
+    try {
+      return await this.handleOne(req);
+    } finally {
+      this.active--;
+    }
+  }
+
+  /** No other request in flight: the token and ledger may take their low-latency paths. */
+  private get alone(): { alone: boolean } {
+    return { alone: this.active === 1 };
+  }
+
+  private async handleOne(req: SignRequest): Promise<SignResult> {
     let csrSha256: string | null = null;
     let deviceId: string | null = null;
     try {
@@ -133,7 +149,7 @@ export class Station {
         spki: csr.spki,
         publicKeyBits: csr.publicKeyBits,
       });
-      const signature = await this.signer.sign(createHash(this.ca.profile.hash).update(tbs).digest());
+      const signature = await this.signer.sign(createHash(this.ca.profile.hash).update(tbs).digest(), this.alone);
       checkIssuedSignature(tbs, this.ca.profile.hash, signature, this.caKey);
       const certificate = assembleCertificate(tbs, this.ca.profile.signatureAlgorithm, signature);
 
@@ -173,7 +189,7 @@ export class Station {
     let keys = this.inFlightKeys.get(deviceId);
     if (!keys) this.inFlightKeys.set(deviceId, (keys = new Map()));
     keys.set(publicKeySha256, (keys.get(publicKeySha256) ?? 0) + 1);
-    const done = this.ledger.recordIssuance(entry).then((row) => this.issued(row, false));
+    const done = this.ledger.recordIssuance(entry, this.alone).then((row) => this.issued(row, false));
     const forget = (): void => {
       this.inFlight.delete(csrSha256);
       const n = keys.get(publicKeySha256)! - 1;
@@ -239,7 +255,7 @@ export class Station {
   /** An event that cannot be written must not turn a reply into a crash. */
   private async safeEvent(event: Parameters<Ledger['recordEvent']>[0]): Promise<void> {
     try {
-      await this.ledger.recordEvent(event);
+      await this.ledger.recordEvent(event, this.alone);
     } catch (err) {
       process.emitWarning(`ledger: event not recorded: ${(err as Error).message}`);
     }

@@ -13,8 +13,12 @@ export interface Signer {
   /** SubjectPublicKeyInfo, DER. */
   publicKeySpki(): Uint8Array;
   publicKey(): KeyObject;
-  /** ECDSA over `digest`; returns a DER ECDSA-Sig-Value ready for X.509. */
-  sign(digest: Uint8Array): Promise<Uint8Array>;
+  /**
+   * ECDSA over `digest`; returns a DER ECDSA-Sig-Value ready for X.509.
+   * `alone`: no other request is in flight, so the signer may take its
+   * lowest-latency path rather than the one that scales.
+   */
+  sign(digest: Uint8Array, hint?: { alone?: boolean }): Promise<Uint8Array>;
   /** Releases what the signer holds (a worker thread); optional. */
   close?(): Promise<void>;
 }

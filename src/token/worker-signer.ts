@@ -1,7 +1,11 @@
 /**
  * A Signer whose signatures are made in a worker thread that owns its own
- * session (see sign-worker.ts). A worker that dies fails the signs in
- * flight with TOKEN_UNAVAILABLE and is started again on the next sign.
+ * session (see sign-worker.ts), so that under load C_SignInit and C_Sign
+ * never run on the thread that serves links. A lone signature, with
+ * nothing else in flight (the `alone` hint), goes through `nearby` instead when one is given:
+ * this thread's own session, signing on libuv's pool, which spares it two
+ * thread hops. A worker that dies fails the signs in flight with
+ * TOKEN_UNAVAILABLE and is started again on the next sign.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
@@ -18,9 +22,12 @@ export class WorkerSigner implements Signer {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (sig: Uint8Array) => void; reject: (err: Error) => void }>();
 
+  private nearbyBusy = false;
+
   constructor(
     private readonly data: SignWorkerData,
     private readonly info: Pick<KeyInfo, 'spki' | 'curve'>,
+    private readonly nearby?: Signer,
   ) {
     this.hash = info.curve === 'P-256' ? 'sha256' : 'sha384';
     this.signatureAlgorithm = info.curve === 'P-256' ? OID_ECDSA_SHA256 : OID_ECDSA_SHA384;
@@ -35,7 +42,13 @@ export class WorkerSigner implements Signer {
     return this.key;
   }
 
-  sign(digest: Uint8Array): Promise<Uint8Array> {
+  sign(digest: Uint8Array, hint?: { alone?: boolean }): Promise<Uint8Array> {
+    if (hint?.alone && this.nearby && !this.nearbyBusy && this.pending.size === 0) {
+      this.nearbyBusy = true;
+      return this.nearby.sign(digest).finally(() => {
+        this.nearbyBusy = false;
+      });
+    }
     const worker = this.worker ?? this.start();
     const id = this.nextId++;
     return new Promise<Uint8Array>((resolve, reject) => {
