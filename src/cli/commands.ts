@@ -29,6 +29,17 @@ function readInput(path: string): Uint8Array {
   }
 }
 
+/** One ledger operation from the command line: open, do, close. */
+function withLedger(args: GlobalArgs, work: (ledger: SqliteLedger) => void): void {
+  const cfg = config(args);
+  const ledger = new SqliteLedger(cfg.station.ledger, cfg.station.id);
+  try {
+    work(ledger);
+  } finally {
+    ledger.close();
+  }
+}
+
 export function caCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
   return y
     .command(
@@ -138,13 +149,7 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
           .positional('device', { type: 'string', demandOption: true })
           .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' }),
       (args) => {
-        const cfg = config(args);
-        const ledger = new SqliteLedger(cfg.station.ledger, cfg.station.id);
-        try {
-          ledger.grantReissue(args.device, args.reason);
-        } finally {
-          ledger.close();
-        }
+        withLedger(args, (ledger) => ledger.grantReissue(args.device, args.reason));
         process.stdout.write(`device ${args.device} may get one certificate for a new key\n`);
       },
     )
@@ -156,13 +161,7 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
           .positional('device', { type: 'string', demandOption: true })
           .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' }),
       (args) => {
-        const cfg = config(args);
-        const ledger = new SqliteLedger(cfg.station.ledger, cfg.station.id);
-        try {
-          ledger.revoke(args.device, args.reason);
-        } finally {
-          ledger.close();
-        }
+        withLedger(args, (ledger) => ledger.revoke(args.device, args.reason));
         process.stdout.write(`device ${args.device} marked revoked; the next export carries the mark\n`);
       },
     )

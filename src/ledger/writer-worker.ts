@@ -6,6 +6,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { asLineSignerError } from '../errors.js';
+import type { RpcReply } from '../worker-rpc.js';
 import { SqliteLedger, type NewEvent, type NewIssuance } from './index.js';
 
 export type WriterRequest =
@@ -13,7 +14,6 @@ export type WriterRequest =
   | { id: number; op: 'event'; event: NewEvent }
   | { id: number; op: 'close' };
 
-export type WriterReply = { id: number; result?: unknown } | { id: number; error: { code: string; message: string } };
 
 const { path, stationId } = workerData as { path: string; stationId: string };
 const ledger = new SqliteLedger(path, stationId);
@@ -24,10 +24,10 @@ parentPort!.on('message', (req: WriterRequest) => {
     if (req.op === 'issuance') result = ledger.appendIssuance(req.entry);
     else if (req.op === 'event') ledger.appendEvent(req.event);
     else ledger.close();
-    parentPort!.postMessage({ id: req.id, result } satisfies WriterReply);
+    parentPort!.postMessage({ id: req.id, result } satisfies RpcReply);
     if (req.op === 'close') parentPort!.close();
   } catch (err) {
     const e = asLineSignerError(err);
-    parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message } } satisfies WriterReply);
+    parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message } } satisfies RpcReply);
   }
 });

@@ -4,11 +4,11 @@
  * loop. One long-lived session; signs are queued on it because a PKCS#11
  * session runs one operation at a time (CKR_OPERATION_ACTIVE otherwise).
  */
-import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { LineSignerError } from '../errors.js';
 import { EC_PARAMS_P256, OID_P256, OID_P384, rawEcdsaToDer, spkiFromEcPoint } from './der.js';
-import { OID_ECDSA_SHA256, OID_ECDSA_SHA384, type Signer } from './signer.js';
+import { signerIdentity, type Signer } from './signer.js';
 
 type Handle = Buffer;
 
@@ -325,9 +325,7 @@ export class TokenSigner implements Signer {
     /** Sign in the calling thread (only for a thread that does nothing else). */
     private readonly blocking = false,
   ) {
-    this.hash = info.curve === 'P-256' ? 'sha256' : 'sha384';
-    this.signatureAlgorithm = info.curve === 'P-256' ? OID_ECDSA_SHA256 : OID_ECDSA_SHA384;
-    this.key = createPublicKey({ key: Buffer.from(info.spki), format: 'der', type: 'spki' });
+    ({ hash: this.hash, signatureAlgorithm: this.signatureAlgorithm, key: this.key } = signerIdentity(info));
   }
 
   publicKeySpki(): Uint8Array {

@@ -7,13 +7,13 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { asLineSignerError } from '../errors.js';
 import { Pkcs11Token, type TokenOptions } from './pkcs11.js';
+import type { RpcReply } from '../worker-rpc.js';
 
 export interface SignWorkerData extends TokenOptions {
   keyLabel: string;
 }
 
 export type SignWorkerRequest = { id: number; digest: Uint8Array };
-export type SignWorkerReply = { id: number; signature: Uint8Array } | { id: number; error: { code: string; message: string } };
 
 const data = workerData as SignWorkerData;
 let signer: ReturnType<Pkcs11Token['signer']> | null = null;
@@ -31,10 +31,10 @@ parentPort!.on('message', (req: SignWorkerRequest) => {
     pending = Promise.reject(err);
   }
   pending.then(
-    (signature) => parentPort!.postMessage({ id: req.id, signature } satisfies SignWorkerReply),
+    (signature) => parentPort!.postMessage({ id: req.id, result: signature } satisfies RpcReply),
     (err) => {
       const e = asLineSignerError(err);
-      parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message } } satisfies SignWorkerReply);
+      parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message } } satisfies RpcReply);
     },
   );
 });

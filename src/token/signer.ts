@@ -1,4 +1,4 @@
-import type { KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 
 /**
  * What the station needs from a key: ECDSA over a digest it computed, and
@@ -25,3 +25,13 @@ export interface Signer {
 
 export const OID_ECDSA_SHA256 = '1.2.840.10045.4.3.2';
 export const OID_ECDSA_SHA384 = '1.2.840.10045.4.3.3';
+
+/** What a signer says about itself, from its key's curve and public half. */
+export function signerIdentity(info: { spki: Uint8Array; curve: 'P-256' | 'P-384' }): { hash: 'sha256' | 'sha384'; signatureAlgorithm: string; key: KeyObject } {
+  const p256 = info.curve === 'P-256';
+  return {
+    hash: p256 ? 'sha256' : 'sha384',
+    signatureAlgorithm: p256 ? OID_ECDSA_SHA256 : OID_ECDSA_SHA384,
+    key: createPublicKey({ key: Buffer.from(info.spki), format: 'der', type: 'spki' }),
+  };
+}
