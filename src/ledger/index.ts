@@ -93,12 +93,8 @@ export interface Ledger {
   findByCsrHash(csrSha256: string): Issuance | undefined;
   /** One read for the issuance checks (one read transaction instead of four). */
   deviceContext(deviceId: string): DeviceContext;
-  /** public_key_sha256 of every certificate issued for this device id. */
-  deviceKeys(deviceId: string): string[];
-  reissueAllowed(deviceId: string): boolean;
   grantReissue(deviceId: string, reason: string): void;
   issuedCount(): number;
-  lastIssuedAt(): Date | undefined;
   /**
    * Appends to the chain and commits; the row is durable when this resolves.
    * `alone`: no other request is in flight, so latency matters more than throughput.
@@ -229,8 +225,6 @@ export class SqliteLedger implements Ledger {
     const db = this.db;
     this.q = {
       byCsr: db.prepare<[string], IssuanceRow>('SELECT * FROM issuances WHERE csr_sha256 = ?'),
-      deviceKeys: db.prepare<[string], { k: string }>('SELECT DISTINCT public_key_sha256 AS k FROM issuances WHERE device_id = ?'),
-      grant: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM reissue_grants WHERE device_id = ?'),
       lastIssuance: db.prepare<[], IssuanceRow>('SELECT * FROM issuances ORDER BY seq DESC LIMIT 1'),
       lastIssuanceHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM issuances ORDER BY seq DESC LIMIT 1'),
       lastEventHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1'),
@@ -242,7 +236,6 @@ export class SqliteLedger implements Ledger {
                 (SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1) AS last`,
       ),
       count: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances'),
-      lastIssuedAt: db.prepare<[], { issued_at: string }>('SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1'),
       insertIssuance: db.prepare(
         `INSERT INTO issuances (seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before,
            not_after, issued_at, station_id, link, hardware_id, work_order, entry_hash)
@@ -342,10 +335,6 @@ export class SqliteLedger implements Ledger {
     return row ? toIssuance(row) : undefined;
   }
 
-  deviceKeys(deviceId: string): string[] {
-    return this.q.deviceKeys.all(deviceId).map((r) => r.k);
-  }
-
   deviceContext(deviceId: string): DeviceContext {
     const r = this.q.context.get({ id: deviceId })!;
     return {
@@ -356,10 +345,6 @@ export class SqliteLedger implements Ledger {
     };
   }
 
-  reissueAllowed(deviceId: string): boolean {
-    return this.q.grant.get(deviceId)!.n > 0;
-  }
-
   grantReissue(deviceId: string, reason: string): void {
     this.q.insertGrant.run(deviceId, new Date().toISOString(), reason);
     this.appendEvent({ kind: 'reissue_granted', deviceId, message: reason });
@@ -367,11 +352,6 @@ export class SqliteLedger implements Ledger {
 
   issuedCount(): number {
     return this.q.count.get()!.n ?? 0;
-  }
-
-  lastIssuedAt(): Date | undefined {
-    const row = this.q.lastIssuedAt.get();
-    return row ? new Date(row.issued_at) : undefined;
   }
 
   /** The synchronous commit: on this thread, durable when it returns. */

@@ -44,20 +44,11 @@ export class ThreadedLedger implements Ledger {
   deviceContext(deviceId: string): DeviceContext {
     return this.reader.deviceContext(deviceId);
   }
-  deviceKeys(deviceId: string): string[] {
-    return this.reader.deviceKeys(deviceId);
-  }
-  reissueAllowed(deviceId: string): boolean {
-    return this.reader.reissueAllowed(deviceId);
-  }
   grantReissue(deviceId: string, reason: string): void {
     this.reader.grantReissue(deviceId, reason);
   }
   issuedCount(): number {
     return this.reader.issuedCount();
-  }
-  lastIssuedAt(): Date | undefined {
-    return this.reader.lastIssuedAt();
   }
   since(seq: number): IterableIterator<Issuance> {
     return this.reader.since(seq);
