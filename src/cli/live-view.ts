@@ -39,7 +39,7 @@ export function liveView(title: string, statuses: () => LinkStatus[]): View {
     const total = rows.reduce((n, s) => n + s.issued, 0);
     const cut = (s: string | null, n: number): string => (s ?? '-').slice(0, n).padEnd(n);
     const lines = [
-      `${title}   issued ${total}   ${(issuedAt.length / 10).toFixed(1)} certs/s   (Ctrl-C to stop)`,
+      `${title}   issued ${total}   ${(issuedAt.length / 10).toFixed(1)} certs/s over 10 s   (Ctrl-C to stop)`,
       '',
       `${'LINK'.padEnd(28)} ${'STATE'.padEnd(9)} ${'ISSUED'.padStart(7)} ${'REFUSED'.padStart(7)} ${'NOISE'.padStart(6)}  ${'LAST DEVICE'.padEnd(36)}  LAST ERROR`,
       ...rows.map(
@@ -49,7 +49,9 @@ export function liveView(title: string, statuses: () => LinkStatus[]): View {
       '',
       ...notes.slice(-3),
     ];
-    process.stdout.write('\x1b[H\x1b[2J' + lines.join('\n') + '\n');
+    // Never wider than the terminal: a wrapped row would break the table.
+    const width = Math.max(40, (process.stdout.columns ?? 120) - 1);
+    process.stdout.write('\x1b[H\x1b[2J' + lines.map((l) => l.slice(0, width)).join('\n') + '\n');
   };
   const timer = setInterval(draw, 500);
   timer.unref();
