@@ -190,3 +190,19 @@ test('listens only where configured: 127.0.0.1 when no host is given', async (t)
   t.deepEqual(parseListen('192.168.7.1:80'), { host: '192.168.7.1', port: 80 });
   t.deepEqual(parseListen('[::1]:80'), { host: '::1', port: 80 });
 });
+
+test('malformed bodies: a value that is not a string, overrides that are not objects of strings; the link keeps serving', async (t) => {
+  const { link } = await station;
+  for (const bad of [
+    ptreeJson({ csr: 'x', 'hardware-id': 5 }),
+    ptreeJson({ csr: 'x', overrides: { pacman: { tags: 1 } } }),
+    ptreeJson({ csr: 'x', overrides: ['pacman'] }),
+    '[1, 2, 3]',
+    'null',
+  ]) {
+    const res = await send(link.port, 'POST', bad);
+    t.is(res.status, 400, bad);
+    t.is(JSON.parse(res.text).code, 'BAD_FRAME');
+  }
+  t.is((await send(link.port, 'POST', deviceBody().body)).status, 201, 'still serving');
+});

@@ -190,6 +190,16 @@ test.serial('PEM mode: a J1 line abandons an open block and is handled as a fram
   t.is(await x.jig.nextLine(300), null, 'dropped after the idle timeout');
 });
 
+test.serial('PEM mode: a block too large to be a CSR gets ERROR BAD_CSR, and the link keeps serving', async (t) => {
+  const x = await main;
+  const line = 'A'.repeat(64) + '\n';
+  await x.jig.send('-----BEGIN CERTIFICATE REQUEST-----\n' + line.repeat(1100));
+  const answer = await x.jig.pemAnswer();
+  t.regex(answer.last, /^ERROR BAD_CSR PEM block over \d+ bytes/);
+  await x.jig.send(line.repeat(50) + '-----END CERTIFICATE REQUEST-----\n');
+  t.is((await x.jig.request('PING', 'after-pem', null)).type, 'PONG');
+});
+
 // Stations of their own for the codes that need one.
 
 test('QUOTA_EXCEEDED, CLOCK, TOKEN_UNAVAILABLE and INTERNAL over J1', async (t) => {

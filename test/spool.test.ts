@@ -114,3 +114,20 @@ test('a file still being written is not read half-way, and re-dropping a signed 
   t.is(link.status.state, 'polling');
   await link.stop();
 });
+
+test('a file too large to be a CSR gets TOO_LARGE, and the spool keeps serving', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const dir = join(s.dir, 'stick');
+  const inbox = join(dir, 'inbox');
+  mkdirSync(inbox, { recursive: true });
+  drop(inbox, 'huge.csr', Buffer.alloc(100_000, 0x41));
+  drop(inbox, 'fine.csr', pemEncode(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, 'CERTIFICATE REQUEST'));
+  const old = new Date(Date.now() - 10_000);
+  for (const n of readdirSync(inbox)) utimesSync(join(inbox, n), old, old);
+  const link = new SpoolLink(s.station, { dir, pollMs: 50 });
+  await link.scan();
+  await link.stop();
+  t.regex(readFileSync(join(dir, 'outbox', 'huge.error'), 'utf8'), /^TOO_LARGE /);
+  t.is(pemDecodeAll(readFileSync(join(dir, 'outbox', 'fine.pem'), 'utf8'), 'CERTIFICATE').length, 2);
+});

@@ -1,0 +1,57 @@
+/** The real `line-signer serve` process: links from the config and from flags, JSON logs, a clean stop. */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
+import { BIN } from './helpers/cli.js';
+import { TestJig } from './helpers/jig.js';
+import { FACTORY, testStation, uuid } from './helpers/pki.js';
+import { ptyPair } from './helpers/pty.js';
+import { waitFor } from './helpers/served.js';
+
+test('serve runs a serial link from [links] and HTTP and spool from flags, logs JSON lines, and stops on SIGTERM with exit 0', async (t) => {
+  const s = await testStation({ extra: '\n[sota]\ngateway = "https://gw.example:8443"\nostree = "https://gw.example:8443/treehub"\n' });
+  await s.close(); // the serve process opens the station itself
+  const pty = await ptyPair(s.dir, 'serve');
+  t.teardown(() => pty.kill());
+  writeFileSync(s.configPath, readFileSync(s.configPath, 'utf8').replace('[policy]', `[links]\nserial = [{ path = "${pty.station}" }]\n\n[policy]`));
+  const stick = join(s.dir, 'stick');
+  mkdirSync(join(stick, 'inbox'), { recursive: true });
+  const csrFile = join(stick, 'inbox', 'dev.csr');
+  writeFileSync(csrFile, pemEncode(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, 'CERTIFICATE REQUEST'));
+  const old = new Date(Date.now() - 10_000);
+  utimesSync(csrFile, old, old);
+
+  const child = spawn(process.execPath, [BIN, 'serve', '--config', s.configPath, '--http', '127.0.0.1:0', '--spool', stick], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  t.teardown(() => child.kill('SIGKILL'));
+  await waitFor(() => out.includes('"msg":"serving"'), 15_000);
+  const logs = (): Array<Record<string, unknown>> => out.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+
+  // serial, from the config
+  await waitFor(() => logs().some((l) => l.link === `serial:${pty.station}` && l.state === 'open'), 10_000);
+  const jig = await TestJig.open(pty.jig);
+  const r = await jig.request('SIGN', 'a1', Buffer.from(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der));
+  t.is(r.type, 'CERT');
+  await jig.close();
+  // spool, from a flag
+  await waitFor(() => readdirSync(join(stick, 'outbox')).includes('dev.pem'), 10_000);
+  // http, from a flag: the bound port is in its state line
+  const listening = logs().find((l) => typeof l.link === 'string' && (l.link as string).startsWith('http:') && l.state === 'listening');
+  const port = Number(String(listening!.detail).split(':').pop());
+  const status = await new Promise<number>((resolve) => request({ host: '127.0.0.1', port, path: '/sign', method: 'HEAD', agent: false }, (res) => resolve(res.statusCode!)).end());
+  t.is(status, 200);
+
+  child.kill('SIGTERM');
+  t.is(await exited, 0);
+  const all = logs();
+  t.true(all.some((l) => l.msg === 'issued' && l.link === `serial:${pty.station}`));
+  t.true(all.some((l) => l.msg === 'issued' && String(l.link).startsWith('spool:')));
+  t.true(all.some((l) => l.msg === 'stopped'));
+  t.false(out.includes('    at '), 'no stack trace');
+});
