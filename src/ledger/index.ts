@@ -35,7 +35,8 @@ export interface Issuance extends NewIssuance {
   entryHash: string;
 }
 
-export type EventKind = 'start' | 'stop' | 'rejection' | 'replay' | 'token_error' | 'reissue_granted' | 'ca_import' | 'link' | 'revocation' | 'export';
+/** A token failure is a rejection with code TOKEN_UNAVAILABLE: every refused request is one event. */
+export type EventKind = 'start' | 'stop' | 'rejection' | 'replay' | 'reissue_granted' | 'ca_import' | 'revocation' | 'export';
 
 export interface NewEvent {
   kind: EventKind;

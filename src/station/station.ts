@@ -125,10 +125,8 @@ export class Station {
       csrSha256 = sha256(der);
 
       // A retry of a CSR already signed gets the very same certificate.
-      const inFlight = this.inFlight.get(csrSha256);
-      if (inFlight) return await this.replayInFlight(inFlight, req);
-      const earlier = this.ledger.findByCsrHash(csrSha256);
-      if (earlier) return await this.replay(earlier, req);
+      const earlier = this.previousAnswer(csrSha256, req);
+      if (earlier) return await earlier;
 
       const csr = parseCsr(der);
       refuseIf(checkKey(csr, this.rules));
@@ -156,10 +154,8 @@ export class Station {
       // Other requests ran while the token signed. Look again, at the ledger
       // and at the commits still on their way to it, and hand this one to the
       // writer in the same synchronous step: nothing can slip in between.
-      const signedMeanwhile = this.inFlight.get(csrSha256);
-      if (signedMeanwhile) return await this.replayInFlight(signedMeanwhile, req);
-      const meanwhile = this.ledger.findByCsrHash(csrSha256);
-      if (meanwhile) return await this.replay(meanwhile, req);
+      const meanwhile = this.previousAnswer(csrSha256, req);
+      if (meanwhile) return await meanwhile;
       refuseIf(checkIssuance(this.issuanceFacts(deviceId, publicKeySha256, now), this.rules));
       return await this.commit(csrSha256, deviceId, publicKeySha256, {
         serial: serialHex(serial),
@@ -202,11 +198,12 @@ export class Station {
     return done;
   }
 
-  private async replayInFlight(first: Promise<Issued>, req: SignRequest): Promise<Issued> {
-    const issued = await first;
-    const row = this.ledger.findByCsrHash(sha256(csrDer(req.csr)));
-    if (row) return this.replay(row, req);
-    return { ...issued, replayed: true };
+  /** The answer already given, or being given, to this very CSR; null for a new one. */
+  private previousAnswer(csrSha256: string, req: SignRequest): Promise<Issued> | null {
+    const inFlight = this.inFlight.get(csrSha256);
+    if (inFlight) return inFlight.then(() => this.replay(this.ledger.findByCsrHash(csrSha256)!, req));
+    const earlier = this.ledger.findByCsrHash(csrSha256);
+    return earlier ? this.replay(earlier, req) : null;
   }
 
   /** What the ledger knows, plus the issuances still on their way into it. */
