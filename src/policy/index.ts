@@ -7,7 +7,7 @@
  */
 import type { ProtocolCode } from '../errors.js';
 import type { ParsedCsr } from '../x509/csr.js';
-import { ATTRIBUTE_NAMES, OID } from '../x509/oids.js';
+import { ATTRIBUTE_NAMES, OID } from '../oids.js';
 
 export interface Refusal {
   code: ProtocolCode;

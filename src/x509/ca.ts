@@ -10,7 +10,7 @@ import * as pkijs from 'pkijs';
 import { LineSignerError } from '../errors.js';
 import type { Signer } from '../token/signer.js';
 import { subjectKeyIdentifier, type IssuerProfile } from './certificate.js';
-import { OID } from './oids.js';
+import { OID } from '../oids.js';
 import { pemDecodeAll } from './pem.js';
 import { name as asn1Name, signed } from './asn1.js';
 

@@ -7,7 +7,7 @@
 import { createHash, randomBytes, verify, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { LineSignerError } from '../errors.js';
-import { OID } from './oids.js';
+import { OID } from '../oids.js';
 import { der, oid, seq, tlv } from './asn1.js';
 
 /** What every certificate signed by one local-ca shares. */

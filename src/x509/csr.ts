@@ -8,7 +8,7 @@
 import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { LineSignerError } from '../errors.js';
-import { ECDSA_HASH, OID } from './oids.js';
+import { ECDSA_HASH, OID } from '../oids.js';
 import { childrenOf, content, directoryString, oidText, readTlv, whole, type Tlv } from './der-reader.js';
 
 export interface NameAttribute {

@@ -6,7 +6,7 @@
 import { createPublicKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { der, name, raw, seq, signed } from './asn1.js';
-import { OID } from './oids.js';
+import { OID } from '../oids.js';
 
 export interface DeviceCsr {
   der: Uint8Array;

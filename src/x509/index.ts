@@ -21,5 +21,5 @@ export {
   type SoftwareRoot,
 } from './ca.js';
 export { pemEncode, pemDecodeAll, csrDer, looksLikePem } from './pem.js';
-export { OID, ATTRIBUTE_NAMES } from './oids.js';
+export { OID, ATTRIBUTE_NAMES } from '../oids.js';
 export { makeDeviceCsr, deviceSubject, type DeviceCsr, type DeviceSubject } from './device-csr.js';

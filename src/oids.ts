@@ -1,3 +1,4 @@
+/** Object identifiers the station speaks: shared vocabulary, like errors.ts (policy may read it without importing x509). */
 export const OID = {
   commonName: '2.5.4.3',
   organizationalUnit: '2.5.4.11',
