@@ -1,5 +1,5 @@
 import { configPath, loadConfig } from '../config/index.js';
-import { LinkRunner, planLinks, serialLinks, type Link, type LinkEvent } from '../links/index.js';
+import { LinkRunner, parseSerialFlag, planLinks, serialLinks, type Link, type LinkEvent } from '../links/index.js';
 import { runJig } from '../jig/provision.js';
 import { openStation } from '../station/index.js';
 import { jsonView, liveView, type View } from './live-view.js';
@@ -61,7 +61,7 @@ async function extraLinks(...a: Parameters<typeof serialLinks>): Promise<Link[]>
 }
 
 export async function jigCommand(args: { serial: string; count: number; out?: string | undefined; json?: boolean | undefined }): Promise<void> {
-  const { path, baud } = (await import('../links/index.js')).parseSerialFlag(args.serial);
+  const { path, baud } = parseSerialFlag(args.serial);
   const tty = process.stderr.isTTY && !args.json;
   const summary = await runJig({
     serial: path,

@@ -4,7 +4,8 @@
  * resolved against the folder of the config file, so a station folder can
  * be moved as a whole.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { readPrivateFile } from '../files.js';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
@@ -168,19 +169,7 @@ export function readPin(token: StationConfig['token']): string {
     return pin;
   }
   const file = token.pin_file!;
-  let mode: number;
-  try {
-    mode = statSync(file).mode;
-  } catch (err) {
-    throw new LineSignerError('TOKEN_PIN', `token.pin_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-  if ((mode & 0o077) !== 0) {
-    throw new LineSignerError(
-      'TOKEN_PIN',
-      `token.pin_file: ${file} is readable by group or others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`,
-    );
-  }
-  const pin = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  const pin = readPrivateFile(file, 'token.pin_file', 'TOKEN_PIN').replace(/\r?\n$/, '');
   if (pin === '') throw new LineSignerError('TOKEN_PIN', `token.pin_file: ${file} is empty`);
   return pin;
 }

@@ -4,7 +4,8 @@
  * for byte, for a lost stick.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { renameIntoPlace } from '../files.js';
 import { join } from 'node:path';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
@@ -133,14 +134,7 @@ async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>)
     throw err;
   }
   closeSync(fd);
-  renameSync(tmp, path);
-  try {
-    const dfd = openSync(join(path, '..'), 'r');
-    fsyncSync(dfd);
-    closeSync(dfd);
-  } catch {
-    // vfat may refuse a folder fsync; the rename is done
-  }
+  renameIntoPlace(tmp, path);
   return sha;
 }
 
@@ -159,8 +153,7 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
       createdAt: new Date().toISOString(),
       previousSha256: last?.fileSha256 ?? GENESIS_HASH,
     };
-    const pendingRevocations = [...ledger.eventsOfKind('revocation', b.firstEventSeq, b.lastEventSeq)].length;
-    if (b.lastSeq < b.firstSeq && pendingRevocations === 0) return null;
+    if (b.lastSeq < b.firstSeq && !ledger.hasEventsOfKind('revocation', b.firstEventSeq, b.lastEventSeq)) return null;
     if (b.lastSeq < b.firstSeq) b.lastSeq = b.firstSeq - 1;
 
     const stationCert = certificateDer(new Uint8Array(readFileSync(config.ca.station_certificate)), 'station key certificate');

@@ -5,7 +5,7 @@
  * makes a rerun skip what is done and an interrupted run resume; an item is
  * marked done in the same moment its answer arrives.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readPrivateFile } from '../files.js';
 import Database from 'better-sqlite3';
 import { LineSignerError } from '../errors.js';
 import { verifyBatches } from './verify.js';
@@ -51,14 +51,7 @@ interface Item {
 
 /** The API token: from a file that only its owner can read; never in a message. */
 export function readApiToken(path: string): string {
-  let mode: number;
-  try {
-    mode = statSync(path).mode;
-  } catch (err) {
-    throw new LineSignerError('SYNC', `--token-file: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
-  }
-  if ((mode & 0o077) !== 0) throw new LineSignerError('SYNC', `--token-file: ${path} is readable by group or others; chmod 600 it`);
-  const token = readFileSync(path, 'utf8').trim();
+  const token = readPrivateFile(path, '--token-file', 'SYNC').trim();
   if (!token) throw new LineSignerError('SYNC', `--token-file: ${path} is empty`);
   return token;
 }

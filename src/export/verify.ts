@@ -37,7 +37,7 @@ const normalize = (fp: string): string => fp.replace(/:/g, '').toLowerCase();
 async function* lines(path: string): AsyncGenerator<Buffer> {
   let rest = Buffer.alloc(0);
   for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
-    let data = rest.length ? Buffer.concat([rest, chunk]) : chunk;
+    const data = rest.length ? Buffer.concat([rest, chunk]) : chunk;
     let at = 0;
     for (;;) {
       const lf = data.indexOf(0x0a, at);
@@ -46,7 +46,6 @@ async function* lines(path: string): AsyncGenerator<Buffer> {
       at = lf + 1;
     }
     rest = Buffer.from(data.subarray(at));
-    data = rest;
   }
   if (rest.length) yield rest;
 }

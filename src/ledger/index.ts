@@ -255,6 +255,9 @@ export class SqliteLedger implements Ledger {
       allEvents: db.prepare<[], EventRow>('SELECT * FROM events ORDER BY seq'),
       range: db.prepare<[number, number], IssuanceRow>('SELECT * FROM issuances WHERE seq BETWEEN ? AND ? ORDER BY seq'),
       eventsOfKind: db.prepare<[string, number, number], EventRow>('SELECT * FROM events WHERE kind = ? AND seq BETWEEN ? AND ? ORDER BY seq'),
+      anyEventOfKind: db.prepare<[string, number, number], { n: number }>(
+        'SELECT EXISTS (SELECT 1 FROM events WHERE kind = ? AND seq BETWEEN ? AND ?) AS n',
+      ),
       maxEventSeq: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM events'),
       hashAt: db.prepare<[number], { entry_hash: string }>('SELECT entry_hash FROM issuances WHERE seq = ?'),
       lastBatch: db.prepare<[], BatchRow>('SELECT * FROM batches ORDER BY number DESC LIMIT 1'),
@@ -413,6 +416,10 @@ export class SqliteLedger implements Ledger {
 
   *eventsOfKind(kind: EventKind, first: number, last: number): IterableIterator<LedgerEvent> {
     for (const row of this.q.eventsOfKind.iterate(kind, first, last)) yield toEvent(row);
+  }
+
+  hasEventsOfKind(kind: EventKind, first: number, last: number): boolean {
+    return this.q.anyEventOfKind.get(kind, first, last)!.n === 1;
   }
 
   maxEventSeq(): number {

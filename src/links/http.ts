@@ -131,20 +131,12 @@ export class HttpLink implements Link {
     const hardwareId = str('hardware-id') ?? '';
 
     // sota.toml is built before signing, so a hostile override costs no certificate.
-    let toml = '';
-    if (this.opts.sota) {
-      try {
-        toml = sotaToml({
-          gateway: this.opts.sota.gateway,
-          ostree: this.opts.sota.ostree,
-          hardwareId,
-          sotaConfigDir: str('sota-config-dir') || '/var/sota',
-          overrides,
-        });
-      } catch (err) {
-        const e = asLineSignerError(err);
-        return this.refuse(res, 'BAD_FRAME', e.message);
-      }
+    let toml: string;
+    try {
+      const sota = this.opts.sota!; // start() refuses to listen without it
+      toml = sotaToml({ ...sota, hardwareId, sotaConfigDir: str('sota-config-dir') || '/var/sota', overrides });
+    } catch (err) {
+      return this.refuse(res, 'BAD_FRAME', asLineSignerError(err).message);
     }
 
     const r = await this.station.handle({ csr: Buffer.from(csr, 'utf8'), link: this.reporter.status.name, hardwareId });

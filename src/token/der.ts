@@ -6,8 +6,6 @@
 import * as asn1js from 'asn1js';
 
 export const OID_EC_PUBLIC_KEY = '1.2.840.10045.2.1';
-export const OID_P256 = '1.2.840.10045.3.1.7';
-export const OID_P384 = '1.3.132.0.34';
 
 /** DER of the namedCurve OID, as CKA_EC_PARAMS wants it. */
 export const EC_PARAMS_P256 = Buffer.from('06082a8648ce3d030107', 'hex');

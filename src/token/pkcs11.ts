@@ -7,7 +7,7 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { LineSignerError } from '../errors.js';
-import { EC_PARAMS_P256, OID_P256, OID_P384, rawEcdsaToDer, spkiFromEcPoint } from './der.js';
+import { EC_PARAMS_P256, rawEcdsaToDer, spkiFromEcPoint } from './der.js';
 import { signerIdentity, type Signer } from './signer.js';
 
 type Handle = Buffer;
@@ -367,4 +367,3 @@ export class TokenSigner implements Signer {
   }
 }
 
-export const CURVE_OIDS = { 'P-256': OID_P256, 'P-384': OID_P384 } as const;
