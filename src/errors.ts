@@ -24,7 +24,13 @@ export const REFUSAL_CODES = [
 export type ProtocolCode = (typeof REFUSAL_CODES)[number];
 
 /** Codes that are not protocol replies but still deserve one clear CLI line. */
-export type LocalCode = 'CONFIG' | 'CA' | 'TOKEN_PIN' | 'LEDGER' | 'USAGE' | 'EXPORT' | 'SYNC';
+export type LocalCode = 'CONFIG' | 'CA' | 'TOKEN_PIN' | 'LEDGER' | 'LEDGER_BUSY' | 'USAGE' | 'EXPORT' | 'SYNC';
+
+/**
+ * Exit status for a PIN the token refused: distinct, so that the systemd unit
+ * can list it in RestartPreventExitStatus= and never try a wrong PIN again.
+ */
+export const EXIT_TOKEN_PIN = 77;
 
 export type ErrorCode = ProtocolCode | LocalCode;
 

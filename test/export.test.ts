@@ -33,7 +33,8 @@ test('a batch carries what sync needs, and the CMS signature verifies with opens
   const rec = lines[2];
   t.is(rec.device_id, devices[0]);
   t.is(rec.hardware_id, 'imx8mm');
-  t.is(rec.work_order, 'WO-7');
+  t.is(rec.work_order, null); // the station attributes orders; a client never picks one
+  t.is(rec.name, rec.device_id);
   t.regex(rec.client_pem, /^-----BEGIN CERTIFICATE-----/);
   for (const k of ['serial', 'not_before', 'not_after', 'issued_at', 'seq', 'entry_hash']) t.true(k in rec, k);
   // OpenSSL, on its own, agrees the signature covers every byte before the last line.

@@ -18,7 +18,7 @@ test.before(() => {
   base = (async () => {
     const s = await testStation();
     for (let i = 0; i < 3; i++) {
-      const r = await s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: `link-${i}`, hardwareId: 'imx8', workOrder: 'WO-1' });
+      const r = await s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: `link-${i}`, hardwareId: 'imx8' });
       if (!r.ok) throw new Error(r.message);
     }
     await s.station.handle({ csr: new Uint8Array([1, 2, 3]), link: 'noise' });
@@ -65,7 +65,10 @@ const FIELDS: Array<[string, string]> = [
   ['station_id', "'another-station'"],
   ['link', "'forged'"],
   ['hardware_id', "'other-hw'"],
-  ['work_order', "NULL"],
+  ['work_order', "'WO-forged'"],
+  ['name', "'forged-name'"],
+  ['supersedes', "1"],
+  ['v', "1"],
   ['entry_hash', "'00' || substr(entry_hash, 3)"],
 ];
 
@@ -103,7 +106,7 @@ test('a row re-hashed to hide a change is still caught: the next row no longer c
     db.exec("UPDATE issuances SET link = 'forged' WHERE seq = 2");
     const prev = (db.prepare('SELECT entry_hash FROM issuances WHERE seq = 1').get() as { entry_hash: string }).entry_hash;
     const r = db.prepare('SELECT * FROM issuances WHERE seq = 2').get() as Record<string, unknown>;
-    const content = [r.seq, r.serial, r.device_id, r.subject, r.public_key_sha256, r.csr_sha256, Buffer.from(r.certificate as Buffer).toString('base64'), r.not_before, r.not_after, r.issued_at, r.station_id, r.link, r.hardware_id, r.work_order] as Array<string | number | null>;
+    const content = [r.v, r.seq, r.serial, r.device_id, r.subject, r.public_key_sha256, r.csr_sha256, Buffer.from(r.certificate as Buffer).toString('base64'), r.not_before, r.not_after, r.issued_at, r.station_id, r.link, r.hardware_id, r.work_order, r.name, r.supersedes] as Array<string | number | null>;
     db.prepare('UPDATE issuances SET entry_hash = ? WHERE seq = 2').run(chainHash(prev, content));
   });
   const r = verifyLedger(loadConfig(configPath));

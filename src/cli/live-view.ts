@@ -44,7 +44,7 @@ export function liveView(title: string, statuses: () => LinkStatus[]): View {
       `${'LINK'.padEnd(28)} ${'STATE'.padEnd(9)} ${'ISSUED'.padStart(7)} ${'REFUSED'.padStart(7)} ${'NOISE'.padStart(6)}  ${'LAST DEVICE'.padEnd(36)}  LAST ERROR`,
       ...rows.map(
         (s) =>
-          `${cut(s.name, 28)} ${cut(s.state, 9)} ${String(s.issued).padStart(7)} ${String(s.refused).padStart(7)} ${String(s.noise).padStart(6)}  ${cut(s.lastDeviceId, 36)}  ${cut(s.lastError, 60)}`,
+          `${cut(s.name, 28)} ${cut(s.state, 9)} ${String(s.issued).padStart(7)} ${String(s.refused).padStart(7)} ${String(s.noise).padStart(6)}  ${cut(s.lastIssued?.deviceId ?? null, 36)}  ${cut(s.lastRefusal ? `${s.lastRefusal.code} ${s.lastRefusal.message}` : null, 60)}`,
       ),
       '',
       ...notes.slice(-3),

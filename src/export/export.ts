@@ -92,6 +92,7 @@ function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b
   for (const r of ledger.range(b.firstSeq, b.lastSeq)) {
     sink.line({
       type: 'issuance',
+      ...(r.v === 1 ? {} : { v: r.v }),
       seq: r.seq,
       entry_hash: r.entryHash,
       device_id: r.deviceId,
@@ -107,6 +108,7 @@ function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b
       csr_sha256: r.csrSha256,
       link: r.link,
       station_id: r.stationId,
+      ...(r.v === 1 ? {} : { name: r.name, supersedes: r.supersedes }),
     } satisfies IssuanceLine);
     if (++done % 1000 === 0) onProgress?.(done, count);
   }

@@ -37,6 +37,8 @@ export interface CertificatesLine {
 
 export interface IssuanceLine {
   type: 'issuance';
+  /** Ledger row format (absent in batches from before format 2: 1). */
+  v?: number;
   seq: number;
   entry_hash: string;
   device_id: string;
@@ -52,6 +54,9 @@ export interface IssuanceLine {
   csr_sha256: string;
   link: string;
   station_id: string;
+  /** Format 2: the device's name, and the seq of the issuance this one replaces. */
+  name?: string | null;
+  supersedes?: number | null;
 }
 
 export interface RevocationLine {

@@ -130,6 +130,7 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
           expectSeq = line.seq + 1;
           const [der] = pemDecodeAll(line.client_pem ?? '', 'CERTIFICATE');
           const hash = issuanceHash(prevHash, {
+            v: line.v ?? 1,
             seq: line.seq,
             serial: line.serial,
             deviceId: line.device_id,
@@ -144,6 +145,8 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
             link: line.link,
             hardwareId: line.hardware_id,
             workOrder: line.work_order,
+            name: line.name ?? null,
+            supersedes: line.supersedes ?? null,
           });
           if (hash !== line.entry_hash) problem(`${where}: the record does not match the ledger hash chain`);
           prevHash = line.entry_hash;

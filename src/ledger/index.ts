@@ -6,10 +6,11 @@
  */
 import Database from 'better-sqlite3';
 import { LineSignerError } from '../errors.js';
-import { eventHash, GENESIS_HASH, issuanceHash } from './chain.js';
+import { eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT } from './chain.js';
+import { serialKey } from '../serial.js';
 import { MIGRATIONS } from './schema.js';
 
-export { chainHash, eventHash, GENESIS_HASH, issuanceHash, type EventFields, type IssuanceFields } from './chain.js';
+export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
 
 export interface NewIssuance {
@@ -25,13 +26,21 @@ export interface NewIssuance {
   link: string;
   hardwareId?: string | null | undefined;
   workOrder?: string | null | undefined;
+  /** The device's name; the device id when it sent none. */
+  name?: string | null | undefined;
+  /** seq of the issuance this one replaces for the same device. */
+  supersedes?: number | null | undefined;
 }
 
 export interface Issuance extends NewIssuance {
+  /** Row format (chain.ts): 1 for rows of old ledgers, 2 now. */
+  v: number;
   seq: number;
   stationId: string;
   hardwareId: string | null;
   workOrder: string | null;
+  name: string | null;
+  supersedes: number | null;
   entryHash: string;
 }
 
@@ -45,9 +54,14 @@ export interface NewEvent {
   csrSha256?: string | null | undefined;
   deviceId?: string | null | undefined;
   link?: string | null | undefined;
+  /** Identical refusals this event stands for (default 1). */
+  count?: number | undefined;
+  /** The operator who caused it. */
+  operator?: string | null | undefined;
 }
 
 export interface LedgerEvent extends Required<{ [K in keyof NewEvent]: Exclude<NewEvent[K], undefined> }> {
+  v: number;
   seq: number;
   at: string;
   stationId: string;
@@ -88,6 +102,8 @@ export interface DeviceContext {
   reissueAllowed: boolean;
   issuedCount: number;
   lastIssuedAt: Date | undefined;
+  /** seq of this device's newest issuance, which a new one for it supersedes. */
+  newestSeq: number | undefined;
 }
 
 export interface Ledger {
@@ -126,10 +142,14 @@ interface IssuanceRow {
   link: string;
   hardware_id: string | null;
   work_order: string | null;
+  v: number;
+  name: string | null;
+  supersedes: number | null;
   entry_hash: string;
 }
 
 interface EventRow {
+  v: number;
   seq: number;
   at: string;
   kind: string;
@@ -139,6 +159,8 @@ interface EventRow {
   device_id: string | null;
   link: string | null;
   station_id: string;
+  count: number;
+  operator: string | null;
   entry_hash: string;
 }
 
@@ -170,6 +192,7 @@ function toBatch(r: BatchRow): Batch {
 
 function toEvent(r: EventRow): LedgerEvent {
   return {
+    v: r.v,
     seq: r.seq,
     at: r.at,
     kind: r.kind as EventKind,
@@ -179,12 +202,15 @@ function toEvent(r: EventRow): LedgerEvent {
     deviceId: r.device_id,
     link: r.link,
     stationId: r.station_id,
+    count: r.count,
+    operator: r.operator,
     entryHash: r.entry_hash,
   };
 }
 
 function toIssuance(r: IssuanceRow): Issuance {
   return {
+    v: r.v,
     seq: r.seq,
     serial: r.serial,
     deviceId: r.device_id,
@@ -199,8 +225,22 @@ function toIssuance(r: IssuanceRow): Issuance {
     link: r.link,
     hardwareId: r.hardware_id,
     workOrder: r.work_order,
+    name: r.name,
+    supersedes: r.supersedes,
     entryHash: r.entry_hash,
   };
+}
+
+/**
+ * The last gate before text is hashed and stored: a lone surrogate would be
+ * hashed as one string and stored by SQLite as another (U+FFFD), and the
+ * chain would break at that row. Links refuse such text first (src/text.ts);
+ * this keeps any path that forgot from poisoning the ledger.
+ */
+function wellFormed(row: object): void {
+  for (const [k, v] of Object.entries(row)) {
+    if (typeof v === 'string' && !v.isWellFormed()) throw new LineSignerError('BAD_FRAME', `${k} is not well-formed Unicode; not recorded`);
+  }
 }
 
 export class SqliteLedger implements Ledger {
@@ -226,26 +266,29 @@ export class SqliteLedger implements Ledger {
     const db = this.db;
     this.q = {
       byCsr: db.prepare<[string], IssuanceRow>('SELECT * FROM issuances WHERE csr_sha256 = ?'),
+      bySerial: db.prepare<[string], IssuanceRow>("SELECT * FROM issuances WHERE ltrim(serial, '0') = ?"),
+      byDevice: db.prepare<[string], IssuanceRow>('SELECT * FROM issuances WHERE device_id = ? ORDER BY seq'),
       lastIssuance: db.prepare<[], IssuanceRow>('SELECT * FROM issuances ORDER BY seq DESC LIMIT 1'),
       lastIssuanceHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM issuances ORDER BY seq DESC LIMIT 1'),
       lastEventHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1'),
       // seq is gap-free from 1 (verifyChain checks it), so max(seq) is the count without a table scan.
-      context: db.prepare<[{ id: string }], { keys: string | null; granted: number; n: number | null; last: string | null }>(
+      context: db.prepare<[{ id: string }], { keys: string | null; newest: number | null; granted: number; n: number | null; last: string | null }>(
         `SELECT (SELECT group_concat(DISTINCT public_key_sha256) FROM issuances WHERE device_id = @id) AS keys,
+                (SELECT max(seq) FROM issuances WHERE device_id = @id) AS newest,
                 EXISTS (SELECT 1 FROM reissue_grants WHERE device_id = @id) AS granted,
                 (SELECT max(seq) FROM issuances) AS n,
                 (SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1) AS last`,
       ),
       count: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances'),
       insertIssuance: db.prepare(
-        `INSERT INTO issuances (seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before,
-           not_after, issued_at, station_id, link, hardware_id, work_order, entry_hash)
-         VALUES (@seq, @serial, @device_id, @subject, @public_key_sha256, @csr_sha256, @certificate, @not_before,
-           @not_after, @issued_at, @station_id, @link, @hardware_id, @work_order, @entry_hash)`,
+        `INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before,
+           not_after, issued_at, station_id, link, hardware_id, work_order, name, supersedes, entry_hash)
+         VALUES (@v, @seq, @serial, @device_id, @subject, @public_key_sha256, @csr_sha256, @certificate, @not_before,
+           @not_after, @issued_at, @station_id, @link, @hardware_id, @work_order, @name, @supersedes, @entry_hash)`,
       ),
       insertEvent: db.prepare(
-        `INSERT INTO events (seq, at, kind, code, message, csr_sha256, device_id, link, station_id, entry_hash)
-         VALUES (@seq, @at, @kind, @code, @message, @csr_sha256, @device_id, @link, @station_id, @entry_hash)`,
+        `INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash)
+         VALUES (@v, @seq, @at, @kind, @code, @message, @csr_sha256, @device_id, @link, @station_id, @count, @operator, @entry_hash)`,
       ),
       deleteGrant: db.prepare<[string]>('DELETE FROM reissue_grants WHERE device_id = ?'),
       insertGrant: db.prepare<[string, string, string]>(
@@ -277,6 +320,7 @@ export class SqliteLedger implements Ledger {
       .transaction((entry: NewIssuance): Issuance => {
         const tail = this.q.lastIssuanceHash.get();
         const row: IssuanceRow = {
+          v: ROW_FORMAT,
           seq: (tail?.seq ?? 0) + 1,
           serial: entry.serial,
           device_id: entry.deviceId,
@@ -291,8 +335,11 @@ export class SqliteLedger implements Ledger {
           link: entry.link,
           hardware_id: entry.hardwareId ?? null,
           work_order: entry.workOrder ?? null,
+          name: entry.name ?? null,
+          supersedes: entry.supersedes ?? null,
           entry_hash: '',
         };
+        wellFormed(row);
         row.entry_hash = issuanceHash(tail?.entry_hash ?? GENESIS_HASH, toIssuance(row));
         this.q.insertIssuance.run(row);
         // A re-issue grant is good for one certificate.
@@ -304,6 +351,7 @@ export class SqliteLedger implements Ledger {
       .transaction((event: NewEvent) => {
         const tail = this.q.lastEventHash.get();
         const row: EventRow = {
+          v: ROW_FORMAT,
           seq: (tail?.seq ?? 0) + 1,
           at: new Date().toISOString(),
           kind: event.kind,
@@ -313,8 +361,11 @@ export class SqliteLedger implements Ledger {
           device_id: event.deviceId ?? null,
           link: event.link ?? null,
           station_id: this.stationId,
+          count: event.count ?? 1,
+          operator: event.operator ?? null,
           entry_hash: '',
         };
+        wellFormed(row);
         row.entry_hash = eventHash(tail?.entry_hash ?? GENESIS_HASH, toEvent(row));
         this.q.insertEvent.run(row);
       })
@@ -339,6 +390,17 @@ export class SqliteLedger implements Ledger {
     return row ? toIssuance(row) : undefined;
   }
 
+  /** The issuance with this serial, given in any form (case, colons, leading zeros). */
+  findBySerial(serial: string): Issuance | undefined {
+    const row = this.q.bySerial.get(serialKey(serial));
+    return row ? toIssuance(row) : undefined;
+  }
+
+  /** Every issuance of one device id, oldest first. */
+  issuancesOf(deviceId: string): Issuance[] {
+    return this.q.byDevice.all(deviceId).map(toIssuance);
+  }
+
   deviceContext(deviceId: string): DeviceContext {
     const r = this.q.context.get({ id: deviceId })!;
     return {
@@ -346,6 +408,7 @@ export class SqliteLedger implements Ledger {
       reissueAllowed: r.granted === 1,
       issuedCount: r.n ?? 0,
       lastIssuedAt: r.last ? new Date(r.last) : undefined,
+      newestSeq: r.newest ?? undefined,
     };
   }
 

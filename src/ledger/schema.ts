@@ -60,4 +60,17 @@ export const MIGRATIONS: readonly string[] = [
     file_sha256     TEXT    NOT NULL
   );
   `,
+  // 3: row format 2 (see chain.ts): the device's name and the issuance a
+  // re-issue replaces; events that stand for several identical refusals and
+  // the operator who caused them. Serials are looked up whatever their form.
+  `
+  ALTER TABLE issuances ADD COLUMN v INTEGER NOT NULL DEFAULT 1;
+  ALTER TABLE issuances ADD COLUMN name TEXT;
+  ALTER TABLE issuances ADD COLUMN supersedes INTEGER;
+  ALTER TABLE events ADD COLUMN v INTEGER NOT NULL DEFAULT 1;
+  ALTER TABLE events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+  ALTER TABLE events ADD COLUMN operator TEXT;
+  CREATE INDEX issuances_serial ON issuances(ltrim(serial, '0'));
+  CREATE INDEX events_device ON events(device_id);
+  `,
 ];

@@ -1,4 +1,4 @@
-import type { SignRequest, SignResult, StationHello } from '../station/types.js';
+import type { SignRequest, SignResult, StationHello, Unhealthy } from '../station/types.js';
 import type { ProtocolCode } from '../errors.js';
 
 /** What a link may ask of the station: links never see the token or the ledger. */
@@ -8,6 +8,8 @@ export interface StationPort {
   readonly rootPem: string;
   /** Records a request refused before it reached the station (a bad frame, an oversized line). */
   recordRefusal(link: string, code: ProtocolCode, message: string): Promise<void>;
+  /** Null when the station would issue now; else the station-wide reason it would not. */
+  health(): Unhealthy | null;
 }
 
 export type LinkKind = 'serial' | 'http' | 'spool';
@@ -15,12 +17,16 @@ export type LinkKind = 'serial' | 'http' | 'spool';
 export interface LinkStatus {
   name: string;
   kind: LinkKind;
+  /** open, listening, polling, waiting, error, stopped, ... */
   state: string;
+  /** Why the link is in that state ("no such device", "permission denied", "held by pid 123", "read-only"), or null. */
+  reason: string | null;
   issued: number;
   refused: number;
   noise: number;
-  lastDeviceId: string | null;
-  lastError: string | null;
+  lastIssued: { at: number; deviceId: string } | null;
+  /** The last refusal on this link; message and device are client-influenced text: escape before showing. */
+  lastRefusal: { at: number; code: string; message: string; deviceId: string | null } | null;
 }
 
 export type LinkEvent =
@@ -46,23 +52,25 @@ export class LinkReporter {
     kind: LinkKind,
     private readonly observer: LinkObserver = () => undefined,
   ) {
-    this.status = { name, kind, state: 'starting', issued: 0, refused: 0, noise: 0, lastDeviceId: null, lastError: null };
+    this.status = { name, kind, state: 'starting', reason: null, issued: 0, refused: 0, noise: 0, lastIssued: null, lastRefusal: null };
   }
   state(state: string, detail?: string): void {
-    if (this.status.state === state) return;
+    const reason = detail ?? null;
+    if (this.status.state === state && this.status.reason === reason) return;
     this.status.state = state;
+    this.status.reason = reason;
     this.observer({ kind: 'state', link: this.status.name, state, ...(detail ? { detail } : {}) });
   }
   result(r: SignResult): void {
     if (r.ok) {
       this.status.issued += r.replayed ? 0 : 1;
-      this.status.lastDeviceId = r.deviceId;
+      this.status.lastIssued = { at: Date.now(), deviceId: r.deviceId };
       this.observer({ kind: 'issued', link: this.status.name, deviceId: r.deviceId, serial: r.serial, replayed: r.replayed });
-    } else this.refused(r.code, r.message);
+    } else this.refused(r.code, r.message, r.deviceId ?? null);
   }
-  refused(code: string, message: string): void {
+  refused(code: string, message: string, deviceId: string | null = null): void {
     this.status.refused++;
-    this.status.lastError = `${code} ${message}`;
+    this.status.lastRefusal = { at: Date.now(), code, message, deviceId };
     this.observer({ kind: 'refused', link: this.status.name, code, message });
   }
   noise(bytes: number): void {

@@ -32,7 +32,7 @@ import {
   ATTRIBUTE_NAMES,
   type IssuerProfile,
 } from '../x509/index.js';
-import type { Issued, SignRequest, SignResult, StationHello } from './types.js';
+import type { Issued, SignRequest, SignResult, StationHello, Unhealthy } from './types.js';
 
 export const MAX_FRAME = 16384;
 
@@ -97,6 +97,11 @@ export class Station {
     };
   }
 
+  /** Null when a request would be served now; else the station-wide reason it would be refused. */
+  health(): Unhealthy | null {
+    return null;
+  }
+
   /** A request a link refused before it could reach handle(): still in the event log. */
   async recordRefusal(link: string, code: ProtocolCode, message: string): Promise<void> {
     await this.safeEvent({ kind: 'rejection', code, message, link });
@@ -137,7 +142,8 @@ export class Station {
       refuseIf(checkExtensions(csr));
       const publicKeySha256 = sha256(csr.spki);
       const now = this.clock();
-      refuseIf(checkIssuance(this.issuanceFacts(deviceId, publicKeySha256, now), this.rules));
+      const facts = this.issuanceFacts(deviceId, publicKeySha256, now);
+      refuseIf(checkIssuance(facts, this.rules));
 
       const serial = newSerial();
       const tbs = buildTbs(this.ca.profile, {
@@ -168,8 +174,9 @@ export class Station {
         notAfter: notAfterFor(now, this.ca.profile.validityDays).toISOString(),
         issuedAt: now.toISOString(),
         link: req.link,
-        hardwareId: req.hardwareId,
-        workOrder: req.workOrder,
+        hardwareId: req.hardwareId ?? null,
+        name: req.name ?? deviceId,
+        supersedes: this.ledger.deviceContext(deviceId).newestSeq ?? null,
       });
     } catch (err) {
       return await this.refuse(err, req, csrSha256, deviceId);

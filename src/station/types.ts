@@ -1,12 +1,26 @@
 import type { ProtocolCode } from '../errors.js';
 
-/** What a link hands the station: CSR bytes (DER or PEM) and where they came from. */
+/**
+ * What a link hands the station: CSR bytes (DER or PEM), where they came
+ * from, and what the client said about itself. Links build it field by
+ * field from checked client text (src/text.ts); the station reads only
+ * these own fields. The work order is never the client's to choose: the
+ * station attributes each issuance to the open order.
+ */
 export interface SignRequest {
   csr: Uint8Array;
   /** The link's name, recorded with the issuance ("serial:/dev/ttyACM0", "http", "spool:/media/usb", "cli"). */
   link: string;
+  /** The hardware id the device reports (HTTP `hardware-id`). */
   hardwareId?: string | undefined;
-  workOrder?: string | undefined;
+  /** The device's name (HTTP `name`); the device id stands in when absent. */
+  name?: string | undefined;
+}
+
+/** A station-wide reason why every request would be refused now (HEAD /sign answers 503 with it). */
+export interface Unhealthy {
+  code: ProtocolCode;
+  message: string;
 }
 
 export interface Issued {
@@ -15,7 +29,7 @@ export interface Issued {
   chain: string;
   /** PEM of the device certificate alone (client.pem). */
   certificatePem: string;
-  /** Lowercase hex, no leading zeros. */
+  /** As `openssl x509 -serial` prints it: hex, an even count of digits, here in lowercase. */
   serial: string;
   deviceId: string;
   /** True when this CSR was signed before and the stored certificate came back. */
@@ -26,6 +40,8 @@ export interface Refused {
   ok: false;
   code: ProtocolCode;
   message: string;
+  /** The CSR's device id when it got that far. */
+  deviceId?: string | null | undefined;
 }
 
 export type SignResult = Issued | Refused;

@@ -8,6 +8,7 @@ import { createHash, randomBytes, verify, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { LineSignerError } from '../errors.js';
 import { OID } from '../oids.js';
+import { serialText } from '../serial.js';
 import { der, oid, seq, tlv } from './asn1.js';
 
 /** What every certificate signed by one local-ca shares. */
@@ -60,9 +61,9 @@ export function newSerial(): Uint8Array {
   }
 }
 
-/** Serial in lowercase hex without leading zeros, as PEM mode prints it. */
+/** The serial as `openssl x509 -serial` prints it (even count of hex digits), lowercase. */
 export function serialHex(serial: Uint8Array): string {
-  return BigInt('0x' + Buffer.from(serial).toString('hex')).toString(16);
+  return serialText(Buffer.from(serial).toString('hex'));
 }
 
 /** RFC 5280: UTCTime through 2049, GeneralizedTime from 2050; whole seconds. */

@@ -14,7 +14,7 @@ export async function stationWithBatches(counts: number[]): Promise<{ s: TestSta
   for (const n of counts) {
     for (let i = 0; i < n; i++) {
       const id = uuid();
-      const r = await s.station.handle({ csr: makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }).der, link: 'test', hardwareId: 'imx8mm', workOrder: 'WO-7' });
+      const r = await s.station.handle({ csr: makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }).der, link: 'test', hardwareId: 'imx8mm' });
       if (!r.ok) throw new Error(r.message);
       devices.push(id);
     }

@@ -1,0 +1,64 @@
+/**
+ * Text from a client (a device, a jig, a USB stick): the one set of rules
+ * every link and the station apply before a string is stored, hashed,
+ * logged or shown. Shared vocabulary, like errors.ts.
+ *
+ * - Well-formed Unicode only: a lone surrogate is hashed as one string and
+ *   stored by SQLite as another (U+FFFD), which would poison the ledger.
+ * - No control characters (C0, DEL, C1): they are terminal escapes on the
+ *   technician's screen and line breaks in logs.
+ * - A length cap per field.
+ */
+import { LineSignerError } from './errors.js';
+
+/** Caps, in characters (UTF-16 code units), per client field. */
+export const TEXT_LIMITS = {
+  hardwareId: 128,
+  name: 128,
+  workOrder: 64,
+  override: 1024,
+  overrideKey: 64,
+  sotaConfigDir: 256,
+  field: 1024,
+} as const;
+
+// C0 (U+0000-U+001F), DEL (U+007F) and C1 (U+0080-U+009F).
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+
+/** Why `value` is not acceptable client text, or null when it is. */
+export function textProblem(value: string, max: number): string | null {
+  if (!value.isWellFormed()) return 'is not well-formed Unicode (a lone surrogate)';
+  if (CONTROL.test(value)) return 'contains a control character';
+  if (value.length > max) return `is longer than ${max} characters`;
+  return null;
+}
+
+/** Throws BAD_FRAME naming the field when `value` is not acceptable client text. */
+export function checkClientText(field: string, value: string, max: number = TEXT_LIMITS.field): string {
+  const why = textProblem(value, max);
+  if (why) throw new LineSignerError('BAD_FRAME', `${field} ${why}`);
+  return value;
+}
+
+/**
+ * Client text as it may appear inside a message, a log line or a terminal
+ * row: quoted, every control character, backslash, quote, lone surrogate
+ * and non-ASCII character escaped, and clipped. The result is printable
+ * ASCII whatever the input was.
+ */
+export function quote(value: string, max = 80): string {
+  let out = '';
+  for (const ch of value.length > max ? value.slice(0, max) : value) {
+    const c = ch.codePointAt(0)!;
+    if (ch === '"' || ch === '\\') out += '\\' + ch;
+    else if (c >= 0x20 && c < 0x7f) out += ch;
+    else if (c <= 0xffff) out += `\\u${c.toString(16).padStart(4, '0')}`;
+    else out += `\\u{${c.toString(16)}}`;
+  }
+  return `"${out}${value.length > max ? '...' : ''}"`;
+}
+
+/** Any text made safe for one terminal row or log line: printable ASCII, escapes for the rest. */
+export function printable(value: string): string {
+  return quote(value, Number.MAX_SAFE_INTEGER).slice(1, -1).replace(/\\"/g, '"').replace(/\\\\/g, '\\');
+}
