@@ -20,6 +20,8 @@ const stationSchema = z.strictObject({
   factory: z.string().min(1).max(64),
   production: z.boolean(),
   ledger: z.string().min(1),
+  /** Who runs this station, recorded on operator actions when --operator is not given (default: the login name). */
+  operator: z.string().min(1).max(64).optional(),
 });
 
 const tokenSchema = z
@@ -57,8 +59,14 @@ const policySchema = z.strictObject({
   allow_p384: z.boolean().default(false),
   /** The station's own limit on certificates issued, all links together; absent = no limit. */
   max_certificates: z.number().int().min(1).optional(),
+  /** Certificates per minute, all links together; absent = no limit. Stops a runaway jig. */
+  max_per_minute: z.number().int().min(1).optional(),
+  /** Issue only while a work order is open (line-signer order open). */
+  require_order: z.boolean().default(false),
   /** How far the clock may step back behind the last issuance before CLOCK is answered. */
-  clock_skew_seconds: z.number().int().min(0).max(86400).default(300),
+  clock_skew_seconds: z.number().int().min(0).max(365 * 86400).default(300),
+  /** CLOCK when the clock is this far ahead of the newest issuance: an idle station's clock deserves a look. */
+  clock_gap_days: z.number().int().min(1).max(36500).default(30),
 });
 
 const serialLinkSchema = z.strictObject({
@@ -86,7 +94,7 @@ const configSchema = z.strictObject({
   station: stationSchema,
   token: tokenSchema,
   ca: caSchema,
-  policy: policySchema.default({ device_id: 'uuid', allow_p384: false, clock_skew_seconds: 300 }),
+  policy: policySchema.default({ device_id: 'uuid', allow_p384: false, require_order: false, clock_skew_seconds: 300, clock_gap_days: 30 }),
   links: linksSchema.default({ serial: [], spool: [], idle_timeout_ms: 10_000, spool_poll_ms: 1000 }),
   sota: sotaSchema.optional(),
 });

@@ -45,7 +45,19 @@ export interface Issuance extends NewIssuance {
 }
 
 /** A token failure is a rejection with code TOKEN_UNAVAILABLE: every refused request is one event. */
-export type EventKind = 'start' | 'stop' | 'rejection' | 'replay' | 'reissue_granted' | 'ca_import' | 'revocation' | 'export';
+export type EventKind =
+  | 'start'
+  | 'stop'
+  | 'rejection'
+  | 'replay'
+  | 'reissue_granted'
+  | 'ca_import'
+  | 'revocation'
+  | 'export'
+  | 'order_open'
+  | 'order_close'
+  | 'clock_confirm'
+  | 'backup';
 
 export interface NewEvent {
   kind: EventKind;
@@ -97,13 +109,55 @@ export interface LedgerStats {
 
 /** What the ledger knows that bears on issuing to one device, read at once. */
 export interface DeviceContext {
-  /** public_key_sha256 of every certificate issued for this device id. */
-  keys: string[];
+  /** public_key_sha256 of this device's newest certificate: the one key it may use without a re-issue grant. */
+  currentKey: string | undefined;
+  /** The device was revoked (and no re-issue since). */
+  revoked: { reason: string; at: string } | undefined;
   reissueAllowed: boolean;
   issuedCount: number;
   lastIssuedAt: Date | undefined;
   /** seq of this device's newest issuance, which a new one for it supersedes. */
   newestSeq: number | undefined;
+}
+
+/** The open work order, if any. */
+export interface OpenOrder {
+  id: string;
+  quantity: number;
+  issued: number;
+  hardwareId: string | null;
+  operator: string;
+  openedAt: string;
+}
+
+export interface Order extends OpenOrder {
+  closedAt: string | null;
+  closedBy: string | null;
+}
+
+/** What the station-wide checks need, read at once. */
+export interface StationContext {
+  order: OpenOrder | undefined;
+  issuedCount: number;
+  /** Issuances in the minute before `now`. */
+  issuedLastMinute: number;
+  lastIssuedAt: Date | undefined;
+  /** The operator's word that the clock was right at this time, when given after the newest issuance. */
+  clockConfirmedAt: Date | undefined;
+}
+
+/**
+ * What a policy decision relied on, re-checked inside the write
+ * transaction, so that no second writer (another process, or a decision
+ * made on stale facts) can ever commit a violation.
+ */
+export interface CommitGuard {
+  maxCertificates?: number | undefined;
+  maxPerMinute?: number | undefined;
+  /** The open order's quantity (entry.workOrder names it). */
+  orderQuantity?: number | undefined;
+  /** The station requires an open order to issue. */
+  requireOrder?: boolean | undefined;
 }
 
 export interface Ledger {
@@ -116,7 +170,9 @@ export interface Ledger {
    * Appends to the chain and commits; the row is durable when this resolves.
    * `alone`: no other request is in flight, so latency matters more than throughput.
    */
-  recordIssuance(entry: NewIssuance, hint?: { alone?: boolean }): Promise<Issuance>;
+  recordIssuance(entry: NewIssuance, hint?: { alone?: boolean; guard?: CommitGuard }): Promise<Issuance>;
+  /** The open order, counts, and the clock's reference, for the station-wide checks. */
+  stationContext(now: Date): StationContext;
   /** Appends an event; durable when this resolves. */
   recordEvent(event: NewEvent, hint?: { alone?: boolean }): Promise<void>;
   /** Issuances with seq > `seq`, in order, without loading them all at once. */
@@ -162,6 +218,30 @@ interface EventRow {
   count: number;
   operator: string | null;
   entry_hash: string;
+}
+
+interface OrderRow {
+  id: string;
+  quantity: number;
+  hardware_id: string | null;
+  operator: string;
+  opened_at: string;
+  issued: number;
+  closed_at: string | null;
+  closed_by: string | null;
+}
+
+function toOrder(r: OrderRow): Order {
+  return {
+    id: r.id,
+    quantity: r.quantity,
+    issued: r.issued,
+    hardwareId: r.hardware_id,
+    operator: r.operator,
+    openedAt: r.opened_at,
+    closedAt: r.closed_at,
+    closedBy: r.closed_by,
+  };
 }
 
 interface BatchRow {
@@ -246,8 +326,8 @@ function wellFormed(row: object): void {
 export class SqliteLedger implements Ledger {
   private readonly db: Database.Database;
   private readonly q;
-  private readonly insertIssuance: (entry: NewIssuance) => Issuance;
-  private readonly insertEvent: (event: NewEvent) => void;
+  private readonly insertIssuance: (entry: NewIssuance, guard: CommitGuard | undefined) => Issuance;
+  private readonly insertEvent: (event: NewEvent) => number;
 
   constructor(
     path: string,
@@ -272,14 +352,38 @@ export class SqliteLedger implements Ledger {
       lastIssuanceHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM issuances ORDER BY seq DESC LIMIT 1'),
       lastEventHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1'),
       // seq is gap-free from 1 (verifyChain checks it), so max(seq) is the count without a table scan.
-      context: db.prepare<[{ id: string }], { keys: string | null; newest: number | null; granted: number; n: number | null; last: string | null }>(
-        `SELECT (SELECT group_concat(DISTINCT public_key_sha256) FROM issuances WHERE device_id = @id) AS keys,
+      context: db.prepare<[{ id: string }], { key: string | null; newest: number | null; revoked_reason: string | null; revoked_at: string | null; granted: number; n: number | null; last: string | null }>(
+        `SELECT (SELECT public_key_sha256 FROM issuances WHERE device_id = @id ORDER BY seq DESC LIMIT 1) AS key,
                 (SELECT max(seq) FROM issuances WHERE device_id = @id) AS newest,
+                (SELECT reason FROM revoked WHERE device_id = @id) AS revoked_reason,
+                (SELECT at FROM revoked WHERE device_id = @id) AS revoked_at,
                 EXISTS (SELECT 1 FROM reissue_grants WHERE device_id = @id) AS granted,
                 (SELECT max(seq) FROM issuances) AS n,
                 (SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1) AS last`,
       ),
       count: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances'),
+      stationContext: db.prepare<[{ since: string }], { order_json: string | null; n: number | null; minute: number; last: string | null; confirmed: string | null; confirmed_seq: string | null }>(
+        `SELECT (SELECT json_object('id', id, 'quantity', quantity, 'issued', issued, 'hardwareId', hardware_id, 'operator', operator, 'openedAt', opened_at)
+                   FROM orders WHERE closed_at IS NULL) AS order_json,
+                (SELECT max(seq) FROM issuances) AS n,
+                (SELECT count(*) FROM issuances WHERE issued_at > @since) AS minute,
+                (SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1) AS last,
+                (SELECT value FROM settings WHERE key = 'clock_confirmed_at') AS confirmed,
+                (SELECT value FROM settings WHERE key = 'clock_confirmed_after_seq') AS confirmed_seq`,
+      ),
+      orderById: db.prepare<[string], OrderRow>('SELECT * FROM orders WHERE id = ?'),
+      openOrder: db.prepare<[], OrderRow>('SELECT * FROM orders WHERE closed_at IS NULL'),
+      allOrders: db.prepare<[], OrderRow>('SELECT * FROM orders ORDER BY opened_at, id'),
+      insertOrder: db.prepare('INSERT INTO orders (id, quantity, hardware_id, operator, opened_at) VALUES (@id, @quantity, @hardware_id, @operator, @opened_at)'),
+      closeOrder: db.prepare<[string, string, string]>('UPDATE orders SET closed_at = ?, closed_by = ? WHERE id = ? AND closed_at IS NULL'),
+      countOrder: db.prepare<[string]>('UPDATE orders SET issued = issued + 1 WHERE id = ?'),
+      revokedRow: db.prepare<[string], { device_id: string }>('SELECT device_id FROM revoked WHERE device_id = ?'),
+      insertRevoked: db.prepare('INSERT OR REPLACE INTO revoked (device_id, event_seq, reason, at) VALUES (@device_id, @event_seq, @reason, @at)'),
+      deleteRevoked: db.prepare<[string]>('DELETE FROM revoked WHERE device_id = ?'),
+      setting: db.prepare<[string], { value: string }>('SELECT value FROM settings WHERE key = ?'),
+      setSetting: db.prepare<[string, string]>('INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)'),
+      newestOfDevice: db.prepare<[string], { seq: number; public_key_sha256: string }>('SELECT seq, public_key_sha256 FROM issuances WHERE device_id = ? ORDER BY seq DESC LIMIT 1'),
+      minuteCount: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM issuances WHERE issued_at > ?'),
       insertIssuance: db.prepare(
         `INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before,
            not_after, issued_at, station_id, link, hardware_id, work_order, name, supersedes, entry_hash)
@@ -317,8 +421,9 @@ export class SqliteLedger implements Ledger {
     // Read the chain's tail inside the write transaction, so two processes
     // sharing a ledger file still build one chain.
     this.insertIssuance = db
-      .transaction((entry: NewIssuance): Issuance => {
+      .transaction((entry: NewIssuance, guard: CommitGuard | undefined): Issuance => {
         const tail = this.q.lastIssuanceHash.get();
+        const supersedes = this.recheck(entry, guard ?? {}, tail?.seq ?? 0);
         const row: IssuanceRow = {
           v: ROW_FORMAT,
           seq: (tail?.seq ?? 0) + 1,
@@ -336,14 +441,13 @@ export class SqliteLedger implements Ledger {
           hardware_id: entry.hardwareId ?? null,
           work_order: entry.workOrder ?? null,
           name: entry.name ?? null,
-          supersedes: entry.supersedes ?? null,
+          supersedes,
           entry_hash: '',
         };
         wellFormed(row);
         row.entry_hash = issuanceHash(tail?.entry_hash ?? GENESIS_HASH, toIssuance(row));
         this.q.insertIssuance.run(row);
-        // A re-issue grant is good for one certificate.
-        this.q.deleteGrant.run(entry.deviceId);
+        if (entry.workOrder) this.q.countOrder.run(entry.workOrder);
         return toIssuance(row);
       })
       .immediate.bind(null);
@@ -368,6 +472,7 @@ export class SqliteLedger implements Ledger {
         wellFormed(row);
         row.entry_hash = eventHash(tail?.entry_hash ?? GENESIS_HASH, toEvent(row));
         this.q.insertEvent.run(row);
+        return row.seq;
       })
       .immediate.bind(null);
   }
@@ -390,6 +495,99 @@ export class SqliteLedger implements Ledger {
     return row ? toIssuance(row) : undefined;
   }
 
+  /**
+   * Inside the write transaction: the facts the policy decision used, read
+   * again. A grant is consumed here, when the certificate needs it (a new
+   * key, or a revoked device). Returns the seq this issuance supersedes.
+   */
+  private recheck(entry: NewIssuance, guard: CommitGuard, issued: number): number | null {
+    const refuse = (code: 'DUPLICATE_DEVICE' | 'QUOTA_EXCEEDED', message: string): never => {
+      throw new LineSignerError(code, `${message} (checked again at commit; nothing issued)`);
+    };
+    if (guard.maxCertificates !== undefined && issued >= guard.maxCertificates) {
+      refuse('QUOTA_EXCEEDED', `the station's limit of ${guard.maxCertificates} certificates is used up`);
+    }
+    if (guard.maxPerMinute !== undefined) {
+      const since = new Date(Date.parse(entry.issuedAt) - 60_000).toISOString();
+      if (this.q.minuteCount.get(since)!.n >= guard.maxPerMinute) refuse('QUOTA_EXCEEDED', `more than ${guard.maxPerMinute} certificates in a minute`);
+    }
+    if (entry.workOrder) {
+      const o = this.q.orderById.get(entry.workOrder);
+      if (!o || o.closed_at !== null) return refuse('QUOTA_EXCEEDED', `work order ${entry.workOrder} is not open`);
+      if (o.issued >= o.quantity) refuse('QUOTA_EXCEEDED', `work order ${o.id} is used up (${o.issued} of ${o.quantity})`);
+    } else if (guard.requireOrder) refuse('QUOTA_EXCEEDED', 'no open work order');
+    const newest = this.q.newestOfDevice.get(entry.deviceId);
+    const revoked = this.q.revokedRow.get(entry.deviceId) !== undefined;
+    if (revoked || (newest && newest.public_key_sha256 !== entry.publicKeySha256)) {
+      if (this.q.deleteGrant.run(entry.deviceId).changes !== 1) {
+        refuse('DUPLICATE_DEVICE', revoked ? `device ${entry.deviceId} is revoked` : `device ${entry.deviceId} already has a certificate for another key`);
+      }
+      if (revoked) this.q.deleteRevoked.run(entry.deviceId);
+    }
+    return newest?.seq ?? null;
+  }
+
+  stationContext(now: Date): StationContext {
+    const r = this.q.stationContext.get({ since: new Date(now.getTime() - 60_000).toISOString() })!;
+    const confirmedAfter = r.confirmed_seq === null ? -1 : Number(r.confirmed_seq);
+    return {
+      order: r.order_json ? (JSON.parse(r.order_json) as OpenOrder) : undefined,
+      issuedCount: r.n ?? 0,
+      issuedLastMinute: r.minute,
+      lastIssuedAt: r.last ? new Date(r.last) : undefined,
+      // A confirmation counts until the next issuance, which then becomes the reference.
+      clockConfirmedAt: r.confirmed && confirmedAfter >= (r.n ?? 0) ? new Date(r.confirmed) : undefined,
+    };
+  }
+
+  // ---- operator actions (src/operator calls these; each is one transaction with its event)
+
+  openOrder(o: { id: string; quantity: number; hardwareId: string | null; operator: string }): Order {
+    return this.db.transaction(() => {
+      const open = this.q.openOrder.get();
+      if (open) {
+        if (open.issued < open.quantity) {
+          throw new LineSignerError('USAGE', `work order ${open.id} is still open (${open.issued} of ${open.quantity}); close it first: line-signer order close ${open.id}`);
+        }
+        this.closeOrderIn(open.id, o.operator, 'quantity reached; another order opened');
+      }
+      if (this.q.orderById.get(o.id)) throw new LineSignerError('USAGE', `work order ${o.id} exists already; an order is opened once`);
+      const at = new Date().toISOString();
+      this.q.insertOrder.run({ id: o.id, quantity: o.quantity, hardware_id: o.hardwareId, operator: o.operator, opened_at: at });
+      this.appendEvent({ kind: 'order_open', message: `work order ${o.id}: ${o.quantity} certificates${o.hardwareId ? `, hardware id ${o.hardwareId}` : ''}`, operator: o.operator });
+      return toOrder(this.q.orderById.get(o.id)!);
+    }).immediate();
+  }
+
+  closeOrder(id: string, operator: string, reason = 'closed by the operator'): Order {
+    return this.db.transaction(() => {
+      const o = this.q.orderById.get(id);
+      if (!o) throw new LineSignerError('USAGE', `no work order ${id}`);
+      if (o.closed_at !== null) throw new LineSignerError('USAGE', `work order ${id} was closed at ${o.closed_at}`);
+      this.closeOrderIn(id, operator, reason);
+      return toOrder(this.q.orderById.get(id)!);
+    }).immediate();
+  }
+
+  private closeOrderIn(id: string, operator: string, reason: string): void {
+    this.q.closeOrder.run(new Date().toISOString(), operator, id);
+    const o = this.q.orderById.get(id)!;
+    this.appendEvent({ kind: 'order_close', message: `work order ${id}: ${o.issued} of ${o.quantity} issued; ${reason}`, operator });
+  }
+
+  orders(): Order[] {
+    return this.q.allOrders.all().map(toOrder);
+  }
+
+  /** The operator's word that the clock is right now: the clock checks measure from this until the next issuance. */
+  confirmClock(operator: string, reason: string, now: Date): void {
+    this.db.transaction(() => {
+      this.q.setSetting.run('clock_confirmed_at', now.toISOString());
+      this.q.setSetting.run('clock_confirmed_after_seq', String(this.issuedCount()));
+      this.appendEvent({ kind: 'clock_confirm', message: `clock confirmed as ${now.toISOString()}: ${reason}`, operator });
+    }).immediate();
+  }
+
   /** The issuance with this serial, given in any form (case, colons, leading zeros). */
   findBySerial(serial: string): Issuance | undefined {
     const row = this.q.bySerial.get(serialKey(serial));
@@ -404,7 +602,8 @@ export class SqliteLedger implements Ledger {
   deviceContext(deviceId: string): DeviceContext {
     const r = this.q.context.get({ id: deviceId })!;
     return {
-      keys: r.keys ? r.keys.split(',') : [],
+      currentKey: r.key ?? undefined,
+      revoked: r.revoked_reason !== null ? { reason: r.revoked_reason, at: r.revoked_at! } : undefined,
       reissueAllowed: r.granted === 1,
       issuedCount: r.n ?? 0,
       lastIssuedAt: r.last ? new Date(r.last) : undefined,
@@ -412,9 +611,14 @@ export class SqliteLedger implements Ledger {
     };
   }
 
-  grantReissue(deviceId: string, reason: string): void {
-    this.q.insertGrant.run(deviceId, new Date().toISOString(), reason);
-    this.appendEvent({ kind: 'reissue_granted', deviceId, message: reason });
+  grantReissue(deviceId: string, reason: string, operator?: string | null): void {
+    this.db.transaction(() => {
+      if (!this.q.newestOfDevice.get(deviceId)) {
+        throw new LineSignerError('USAGE', `device ${deviceId} has no certificate in this ledger; a re-issue is for a device that has one`);
+      }
+      this.q.insertGrant.run(deviceId, new Date().toISOString(), reason);
+      this.appendEvent({ kind: 'reissue_granted', deviceId, message: reason, operator: operator ?? null });
+    }).immediate();
   }
 
   issuedCount(): number {
@@ -422,20 +626,22 @@ export class SqliteLedger implements Ledger {
   }
 
   /** The synchronous commit: on this thread, durable when it returns. */
-  appendIssuance(entry: NewIssuance): Issuance {
+  appendIssuance(entry: NewIssuance, guard?: CommitGuard): Issuance {
     try {
-      return this.insertIssuance(entry);
+      return this.insertIssuance(entry, guard);
     } catch (err) {
+      if (err instanceof LineSignerError) throw err;
       throw new LineSignerError('INTERNAL', `ledger commit failed, nothing issued: ${(err as Error).message}`, { cause: err });
     }
   }
 
-  appendEvent(event: NewEvent): void {
-    this.insertEvent(event);
+  /** Appends one event; returns its seq. */
+  appendEvent(event: NewEvent): number {
+    return this.insertEvent(event);
   }
 
-  async recordIssuance(entry: NewIssuance): Promise<Issuance> {
-    return this.appendIssuance(entry);
+  async recordIssuance(entry: NewIssuance, hint?: { guard?: CommitGuard }): Promise<Issuance> {
+    return this.appendIssuance(entry, hint?.guard);
   }
 
   async recordEvent(event: NewEvent): Promise<void> {
@@ -522,9 +728,25 @@ export class SqliteLedger implements Ledger {
     this.appendEvent({ kind: 'export', message: `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}` });
   }
 
-  /** A revocation mark: the next export carries it, and sync deletes the device. */
-  revoke(deviceId: string, reason: string): void {
-    this.appendEvent({ kind: 'revocation', deviceId, message: reason });
+  /**
+   * A revocation: the device id (or the device of a serial) gets no
+   * certificate until a re-issue grant, the next export carries the mark,
+   * and sync deletes the device. Refused for an id the ledger never issued.
+   */
+  revoke(deviceOrSerial: string, reason: string, operator?: string | null): string {
+    return this.db.transaction(() => {
+      let deviceId = deviceOrSerial;
+      if (!this.q.newestOfDevice.get(deviceId)) {
+        const bySerial = this.findBySerial(deviceOrSerial);
+        if (!bySerial) throw new LineSignerError('USAGE', `no device id or serial ${deviceOrSerial} in this ledger; nothing revoked`);
+        deviceId = bySerial.deviceId;
+      }
+      if (this.q.revokedRow.get(deviceId)) throw new LineSignerError('USAGE', `device ${deviceId} is revoked already`);
+      const seq = this.appendEvent({ kind: 'revocation', deviceId, message: reason, operator: operator ?? null });
+      this.q.insertRevoked.run({ device_id: deviceId, event_seq: seq, reason, at: new Date().toISOString() });
+      this.q.deleteGrant.run(deviceId);
+      return deviceId;
+    }).immediate();
   }
 
   stats(): LedgerStats {

@@ -71,6 +71,44 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
   ALTER TABLE events ADD COLUMN operator TEXT;
   CREATE INDEX issuances_serial ON issuances(ltrim(serial, '0'));
+  CREATE INDEX issuances_issued_at ON issuances(issued_at);
+  CREATE INDEX issuances_order ON issuances(work_order);
   CREATE INDEX events_device ON events(device_id);
+  CREATE INDEX events_at ON events(at);
+  -- Production control. Each table is a projection of hash-chained events
+  -- (order_open, order_close, revocation, clock_confirm) that the station
+  -- reads in one query per request; the events are the record.
+  CREATE TABLE orders (
+    id          TEXT PRIMARY KEY,
+    quantity    INTEGER NOT NULL,
+    hardware_id TEXT,
+    operator    TEXT NOT NULL,
+    opened_at   TEXT NOT NULL,
+    issued      INTEGER NOT NULL DEFAULT 0,
+    closed_at   TEXT,
+    closed_by   TEXT
+  );
+  CREATE UNIQUE INDEX orders_one_open ON orders((closed_at IS NULL)) WHERE closed_at IS NULL;
+  CREATE TABLE revoked (
+    device_id TEXT PRIMARY KEY,
+    event_seq INTEGER NOT NULL,
+    reason    TEXT NOT NULL,
+    at        TEXT NOT NULL
+  );
+  CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+  -- Signed checkpoints of both chains' heads (ledger/checkpoint.ts).
+  CREATE TABLE checkpoints (
+    n               INTEGER PRIMARY KEY,
+    at              TEXT    NOT NULL,
+    reason          TEXT    NOT NULL,
+    issuance_seq    INTEGER NOT NULL,
+    issuance_hash   TEXT    NOT NULL,
+    event_seq       INTEGER NOT NULL,
+    event_hash      TEXT    NOT NULL,
+    issuance_hashes BLOB    NOT NULL,
+    event_hashes    BLOB    NOT NULL,
+    previous        TEXT    NOT NULL,
+    signature       BLOB    NOT NULL
+  );
   `,
 ];

@@ -9,7 +9,7 @@
  */
 import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
-import { SqliteLedger, type ChainProblem, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance } from './index.js';
+import { SqliteLedger, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext } from './index.js';
 
 export class ThreadedLedger implements Ledger {
   private readonly reader: SqliteLedger;
@@ -27,15 +27,22 @@ export class ThreadedLedger implements Ledger {
     this.writer.start();
   }
 
-  async recordIssuance(entry: NewIssuance, hint?: { alone?: boolean }): Promise<Issuance> {
-    if (hint?.alone && this.writer.idle) return this.reader.appendIssuance(entry);
-    const row = await this.writer.call<Issuance>({ op: 'issuance', entry });
+  async recordIssuance(entry: NewIssuance, hint?: { alone?: boolean; guard?: CommitGuard }): Promise<Issuance> {
+    if (hint?.alone && this.writer.idle) return this.reader.appendIssuance(entry, hint.guard);
+    const row = await this.writer.call<Issuance>({ op: 'issuance', entry, guard: hint?.guard });
     return { ...row, certificate: new Uint8Array(row.certificate) };
   }
 
   async recordEvent(event: NewEvent, hint?: { alone?: boolean }): Promise<void> {
-    if (hint?.alone && this.writer.idle) return this.reader.appendEvent(event);
+    if (hint?.alone && this.writer.idle) {
+      this.reader.appendEvent(event);
+      return;
+    }
     await this.writer.call<void>({ op: 'event', event });
+  }
+
+  stationContext(now: Date): StationContext {
+    return this.reader.stationContext(now);
   }
 
   findByCsrHash(csrSha256: string): Issuance | undefined {

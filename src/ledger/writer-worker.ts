@@ -7,10 +7,10 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { asLineSignerError } from '../errors.js';
 import type { RpcReply } from '../worker-rpc.js';
-import { SqliteLedger, type NewEvent, type NewIssuance } from './index.js';
+import { SqliteLedger, type CommitGuard, type NewEvent, type NewIssuance } from './index.js';
 
 export type WriterRequest =
-  | { id: number; op: 'issuance'; entry: NewIssuance }
+  | { id: number; op: 'issuance'; entry: NewIssuance; guard?: CommitGuard }
   | { id: number; op: 'event'; event: NewEvent }
   | { id: number; op: 'close' };
 
@@ -21,7 +21,7 @@ const ledger = new SqliteLedger(path, stationId);
 parentPort!.on('message', (req: WriterRequest) => {
   try {
     let result: unknown;
-    if (req.op === 'issuance') result = ledger.appendIssuance(req.entry);
+    if (req.op === 'issuance') result = ledger.appendIssuance(req.entry, req.guard);
     else if (req.op === 'event') ledger.appendEvent(req.event);
     else ledger.close();
     parentPort!.postMessage({ id: req.id, result } satisfies RpcReply);

@@ -8,6 +8,7 @@
 import type { ProtocolCode } from '../errors.js';
 import type { ParsedCsr } from '../x509/csr.js';
 import { ATTRIBUTE_NAMES, OID } from '../oids.js';
+import { quote } from '../text.js';
 
 export interface Refusal {
   code: ProtocolCode;
@@ -21,7 +22,13 @@ export interface PolicyRules {
   deviceId: string;
   allowP384: boolean;
   maxCertificates?: number | undefined;
+  /** Certificates per minute, all links together; absent = no limit (stops a runaway jig). */
+  maxPerMinute?: number | undefined;
+  /** Issue only while a work order is open. */
+  requireOrder: boolean;
   clockSkewSeconds: number;
+  /** Refuse when the clock is this far ahead of the newest issuance (or clock confirmation). */
+  clockGapDays: number;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -107,28 +114,35 @@ export function checkExtensions(csr: ParsedCsr): Refusal | null {
   return null;
 }
 
-/** What the ledger and the clock say, gathered by the station. */
-export interface IssuanceFacts {
-  deviceId: string;
-  publicKeySha256: string;
-  /** public_key_sha256 of every certificate issued so far for this device id. */
-  keysIssuedForDevice: readonly string[];
-  /** The operator allowed this device one certificate for a new key. */
-  reissueAllowed: boolean;
+/** What the ledger, the open order and the clock say, gathered by the station. */
+export interface StationFacts {
+  /** The open work order, with what is issued under it (in flight included). */
+  order: { id: string; quantity: number; issued: number; hardwareId: string | null } | undefined;
   issuedCount: number;
+  issuedLastMinute: number;
   now: Date;
   lastIssuedAt: Date | undefined;
+  /** The operator confirmed the clock after the newest issuance, at this time. */
+  clockConfirmedAt: Date | undefined;
   caNotBefore: Date;
   caNotAfter: Date;
 }
 
-export function checkIssuance(f: IssuanceFacts, rules: PolicyRules): Refusal | null {
-  if (f.keysIssuedForDevice.length > 0 && !f.keysIssuedForDevice.includes(f.publicKeySha256) && !f.reissueAllowed) {
-    return refuse('DUPLICATE_DEVICE', `device ${f.deviceId} already has a certificate for another key`);
-  }
-  if (rules.maxCertificates !== undefined && f.issuedCount >= rules.maxCertificates) {
-    return refuse('QUOTA_EXCEEDED', `the station's limit of ${rules.maxCertificates} certificates is used up`);
-  }
+/** One device's facts, for one request. */
+export interface IssuanceFacts extends StationFacts {
+  deviceId: string;
+  publicKeySha256: string;
+  /** The hardware id the request carries (HTTP), if any. */
+  hardwareId: string | undefined;
+  /** public_key_sha256 of the device's newest certificate, if it has one. */
+  currentKey: string | undefined;
+  revoked: { reason: string; at: string } | undefined;
+  /** The operator allowed this device one certificate for a new key (or after a revocation). */
+  reissueAllowed: boolean;
+}
+
+/** The clock's checks: inside the local-ca's validity, not behind, not far ahead. */
+export function checkClock(f: StationFacts, rules: PolicyRules): Refusal | null {
   const t = f.now.getTime();
   if (t < f.caNotBefore.getTime() || t > f.caNotAfter.getTime()) {
     return refuse(
@@ -136,13 +150,58 @@ export function checkIssuance(f: IssuanceFacts, rules: PolicyRules): Refusal | n
       `station clock ${f.now.toISOString()} is outside the local-ca validity (${f.caNotBefore.toISOString()} to ${f.caNotAfter.toISOString()})`,
     );
   }
-  if (f.lastIssuedAt && t + rules.clockSkewSeconds * 1000 < f.lastIssuedAt.getTime()) {
-    return refuse('CLOCK', `station clock ${f.now.toISOString()} is behind the last issuance (${f.lastIssuedAt.toISOString()})`);
+  // The reference: the operator's confirmation when it came after the newest issuance, else that issuance.
+  const ref = f.clockConfirmedAt ?? f.lastIssuedAt;
+  const what = f.clockConfirmedAt ? 'the clock confirmation' : 'the last issuance';
+  const fix = 'if the clock is right now: line-signer clock confirm --operator NAME --reason R';
+  if (ref && t + rules.clockSkewSeconds * 1000 < ref.getTime()) {
+    return refuse('CLOCK', `station clock ${f.now.toISOString()} is behind ${what} (${ref.toISOString()}); ${fix}`);
+  }
+  if (ref && t > ref.getTime() + rules.clockGapDays * 86_400_000) {
+    return refuse('CLOCK', `station clock ${f.now.toISOString()} is more than ${rules.clockGapDays} days ahead of ${what} (${ref.toISOString()}); ${fix}`);
   }
   return null;
 }
 
-function clip(s: string): string {
-  const printable = s.replace(/[^\x20-\x7e]/g, '?');
-  return printable.length > 80 ? printable.slice(0, 77) + '...' : printable;
+/** Station-wide reasons to refuse every request now: limits, the work order, the clock. */
+export function checkStation(f: StationFacts, rules: PolicyRules): Refusal | null {
+  if (f.order && f.order.issued >= f.order.quantity) {
+    return refuse('QUOTA_EXCEEDED', `work order ${f.order.id} is used up (${f.order.issued} of ${f.order.quantity}); an operator opens the next: line-signer order open ORDER --quantity N`);
+  }
+  if (!f.order && rules.requireOrder) {
+    return refuse('QUOTA_EXCEEDED', 'no open work order, and this station issues only under one: line-signer order open ORDER --quantity N');
+  }
+  if (rules.maxCertificates !== undefined && f.issuedCount >= rules.maxCertificates) {
+    return refuse('QUOTA_EXCEEDED', `the station's limit of ${rules.maxCertificates} certificates is used up`);
+  }
+  if (rules.maxPerMinute !== undefined && f.issuedLastMinute >= rules.maxPerMinute) {
+    return refuse('QUOTA_EXCEEDED', `more than ${rules.maxPerMinute} certificates in the last minute ([policy] max_per_minute): a runaway jig? wait, or raise the limit`);
+  }
+  return checkClock(f, rules);
+}
+
+/** The checks that need the ledger, in order: the order's hardware id, the device, then the station-wide ones. */
+export function checkIssuance(f: IssuanceFacts, rules: PolicyRules): Refusal | null {
+  if (f.order?.hardwareId && f.hardwareId !== undefined && f.hardwareId !== f.order.hardwareId) {
+    return refuse('POLICY_SUBJECT', `hardware id ${clip(f.hardwareId, true)} is not work order ${f.order.id}'s (${clip(f.order.hardwareId, true)})`);
+  }
+  if (f.revoked && !f.reissueAllowed) {
+    return refuse(
+      'DUPLICATE_DEVICE',
+      `device ${f.deviceId} was revoked (${clip(f.revoked.reason)}); if it may come back: line-signer ledger allow-reissue ${f.deviceId} --reason ...`,
+    );
+  }
+  if (f.currentKey !== undefined && f.currentKey !== f.publicKeySha256 && !f.reissueAllowed) {
+    return refuse(
+      'DUPLICATE_DEVICE',
+      `device ${f.deviceId} already has a certificate for another key; if the board was reworked: line-signer ledger allow-reissue ${f.deviceId} --reason ...`,
+    );
+  }
+  return checkStation(f, rules);
+}
+
+/** Client text inside a message: escaped and clipped (src/text.ts), optionally quoted. */
+function clip(s: string, quoted = false): string {
+  const q = quote(s);
+  return quoted ? q : q.slice(1, -1);
 }

@@ -45,7 +45,10 @@ export function rulesFrom(config: StationConfig): PolicyRules {
     deviceId: config.policy.device_id,
     allowP384: config.policy.allow_p384,
     maxCertificates: config.policy.max_certificates,
+    maxPerMinute: config.policy.max_per_minute,
+    requireOrder: config.policy.require_order,
     clockSkewSeconds: config.policy.clock_skew_seconds,
+    clockGapDays: config.policy.clock_gap_days,
   };
 }
 
@@ -115,6 +118,7 @@ export async function openStation(config: StationConfig, opts: OpenOptions = {})
     ledger,
     async close() {
       try {
+        await station.flushEvents();
         await ledger.recordEvent({ kind: 'stop' });
       } finally {
         await workerSigner.close();

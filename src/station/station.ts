@@ -5,16 +5,18 @@
  */
 import { createHash, type KeyObject } from 'node:crypto';
 import { asLineSignerError, isProtocolCode, LineSignerError, type ProtocolCode } from '../errors.js';
-import type { Issuance, Ledger, NewIssuance } from '../ledger/index.js';
+import type { CommitGuard, Issuance, Ledger, NewIssuance } from '../ledger/index.js';
 import {
   checkExtensions,
   checkIssuance,
   checkKey,
+  checkStation,
   checkSubject,
   deviceIdMatcher,
   type IssuanceFacts,
   type PolicyRules,
   type Refusal,
+  type StationFacts,
 } from '../policy/index.js';
 import type { Signer } from '../token/signer.js';
 import {
@@ -33,6 +35,8 @@ import {
   type IssuerProfile,
 } from '../x509/index.js';
 import type { Issued, SignRequest, SignResult, StationHello, Unhealthy } from './types.js';
+import { EventCoalescer } from './coalesce.js';
+import { quote } from '../text.js';
 
 export const MAX_FRAME = 16384;
 
@@ -71,8 +75,14 @@ export class Station {
   private readonly inFlight = new Map<string, Promise<Issued>>();
   /** Their public keys, by device id, with a count each. */
   private readonly inFlightKeys = new Map<string, Map<string, number>>();
+  /** How many of them each work order has. */
+  private readonly inFlightByOrder = new Map<string, number>();
+  /** The token failed its last signature: HEAD /sign says so until a signature succeeds again. */
+  private tokenDown: { message: string; probedAt: number } | null = null;
   /** Requests inside handle() now. */
   private active = 0;
+  /** Refusals and replays: identical ones within a second become one event with a count. */
+  private readonly floods = new EventCoalescer((e) => this.safeEvent(e));
 
   constructor(parts: StationParts) {
     this.stationId = parts.stationId;
@@ -99,12 +109,47 @@ export class Station {
 
   /** Null when a request would be served now; else the station-wide reason it would be refused. */
   health(): Unhealthy | null {
-    return null;
+    if (this.tokenDown) {
+      this.probeToken();
+      return { code: 'TOKEN_UNAVAILABLE', message: this.tokenDown.message };
+    }
+    return checkStation(this.stationFacts(this.clock()), this.rules);
+  }
+
+  /** While the token is down, a throwaway signature every 2 s tells when it is back, even with no request coming. */
+  private probeToken(): void {
+    const down = this.tokenDown;
+    if (!down || Date.now() - down.probedAt < 2000) return;
+    down.probedAt = Date.now();
+    this.signer.sign(new Uint8Array(this.ca.profile.hash === 'sha256' ? 32 : 48)).then(
+      () => {
+        if (this.tokenDown === down) this.tokenDown = null;
+      },
+      () => undefined,
+    );
+  }
+
+  /** Signs a TBS digest, keeping track of whether the token works. */
+  private async sign(digest: Uint8Array): Promise<Uint8Array> {
+    try {
+      const signature = await this.signer.sign(digest, this.alone);
+      this.tokenDown = null;
+      return signature;
+    } catch (err) {
+      const e = asLineSignerError(err);
+      if (e.code === 'TOKEN_UNAVAILABLE' || e.code === 'TOKEN_PIN') this.tokenDown ??= { message: e.message, probedAt: Date.now() };
+      throw err;
+    }
   }
 
   /** A request a link refused before it could reach handle(): still in the event log. */
   async recordRefusal(link: string, code: ProtocolCode, message: string): Promise<void> {
-    await this.safeEvent({ kind: 'rejection', code, message, link });
+    await this.floods.record({ kind: 'rejection', code, message, link });
+  }
+
+  /** Writes the flood counts still open; the station's owner calls it before closing the ledger. */
+  flushEvents(): Promise<void> {
+    return this.floods.flush();
   }
 
   /** Signs one CSR, or says why not. Never throws; every refusal is in the event log. */
@@ -142,8 +187,7 @@ export class Station {
       refuseIf(checkExtensions(csr));
       const publicKeySha256 = sha256(csr.spki);
       const now = this.clock();
-      const facts = this.issuanceFacts(deviceId, publicKeySha256, now);
-      refuseIf(checkIssuance(facts, this.rules));
+      refuseIf(checkIssuance(this.issuanceFacts(deviceId, publicKeySha256, now, req), this.rules));
 
       const serial = newSerial();
       const tbs = buildTbs(this.ca.profile, {
@@ -153,7 +197,7 @@ export class Station {
         spki: csr.spki,
         publicKeyBits: csr.publicKeyBits,
       });
-      const signature = await this.signer.sign(createHash(this.ca.profile.hash).update(tbs).digest(), this.alone);
+      const signature = await this.sign(createHash(this.ca.profile.hash).update(tbs).digest());
       checkIssuedSignature(tbs, this.ca.profile.hash, signature, this.caKey);
       const certificate = assembleCertificate(tbs, this.ca.profile.signatureAlgorithm, signature);
 
@@ -162,8 +206,10 @@ export class Station {
       // writer in the same synchronous step: nothing can slip in between.
       const meanwhile = this.previousAnswer(csrSha256, req);
       if (meanwhile) return await meanwhile;
-      refuseIf(checkIssuance(this.issuanceFacts(deviceId, publicKeySha256, now), this.rules));
-      return await this.commit(csrSha256, deviceId, publicKeySha256, {
+      const facts = this.issuanceFacts(deviceId, publicKeySha256, now, req);
+      refuseIf(checkIssuance(facts, this.rules));
+      const workOrder = facts.order?.id ?? null;
+      return await this.commit(csrSha256, deviceId, publicKeySha256, workOrder, {
         serial: serialHex(serial),
         deviceId,
         subject: subjectText(subject.subject),
@@ -175,8 +221,8 @@ export class Station {
         issuedAt: now.toISOString(),
         link: req.link,
         hardwareId: req.hardwareId ?? null,
+        workOrder,
         name: req.name ?? deviceId,
-        supersedes: this.ledger.deviceContext(deviceId).newestSeq ?? null,
       });
     } catch (err) {
       return await this.refuse(err, req, csrSha256, deviceId);
@@ -188,13 +234,24 @@ export class Station {
    * that checks made meanwhile count it (see issuanceFacts) and a retry of
    * the same CSR waits for it instead of signing again.
    */
-  private commit(csrSha256: string, deviceId: string, publicKeySha256: string, entry: NewIssuance): Promise<Issued> {
+  private commit(csrSha256: string, deviceId: string, publicKeySha256: string, workOrder: string | null, entry: NewIssuance): Promise<Issued> {
     let keys = this.inFlightKeys.get(deviceId);
     if (!keys) this.inFlightKeys.set(deviceId, (keys = new Map()));
     keys.set(publicKeySha256, (keys.get(publicKeySha256) ?? 0) + 1);
-    const done = this.ledger.recordIssuance(entry, this.alone).then((row) => this.issued(row, false));
+    if (workOrder) this.inFlightByOrder.set(workOrder, (this.inFlightByOrder.get(workOrder) ?? 0) + 1);
+    const guard: CommitGuard = {
+      maxCertificates: this.rules.maxCertificates,
+      maxPerMinute: this.rules.maxPerMinute,
+      requireOrder: this.rules.requireOrder,
+    };
+    const done = this.ledger.recordIssuance(entry, { ...this.alone, guard }).then((row) => this.issued(row, false));
     const forget = (): void => {
       this.inFlight.delete(csrSha256);
+      if (workOrder) {
+        const left = this.inFlightByOrder.get(workOrder)! - 1;
+        if (left > 0) this.inFlightByOrder.set(workOrder, left);
+        else this.inFlightByOrder.delete(workOrder);
+      }
       const n = keys.get(publicKeySha256)! - 1;
       if (n > 0) keys.set(publicKeySha256, n);
       else keys.delete(publicKeySha256);
@@ -205,34 +262,62 @@ export class Station {
     return done;
   }
 
-  /** The answer already given, or being given, to this very CSR; null for a new one. */
+  /**
+   * The answer already given, or being given, to this very CSR; null for a
+   * new one. A certificate since superseded (a re-issue) or of a revoked
+   * device is not handed out again.
+   */
   private previousAnswer(csrSha256: string, req: SignRequest): Promise<Issued> | null {
     const inFlight = this.inFlight.get(csrSha256);
     if (inFlight) return inFlight.then(() => this.replay(this.ledger.findByCsrHash(csrSha256)!, req));
     const earlier = this.ledger.findByCsrHash(csrSha256);
-    return earlier ? this.replay(earlier, req) : null;
+    if (!earlier) return null;
+    const device = this.ledger.deviceContext(earlier.deviceId);
+    if (device.revoked) {
+      throw new LineSignerError('DUPLICATE_DEVICE', `device ${earlier.deviceId} was revoked (${quote(device.revoked.reason)}); its certificate is not handed out again`);
+    }
+    if (device.newestSeq !== undefined && device.newestSeq > earlier.seq) {
+      throw new LineSignerError('DUPLICATE_DEVICE', `this CSR's certificate (seq ${earlier.seq}) was superseded by seq ${device.newestSeq}; the device's old key is no longer accepted`);
+    }
+    return this.replay(earlier, req);
   }
 
-  /** What the ledger knows, plus the issuances still on their way into it. */
-  private issuanceFacts(deviceId: string, publicKeySha256: string, now: Date): IssuanceFacts {
-    const known = this.ledger.deviceContext(deviceId);
-    const pending = this.inFlightKeys.get(deviceId);
+  /** The station-wide facts: the ledger's, plus the issuances still on their way into it. */
+  private stationFacts(now: Date): StationFacts {
+    const known = this.ledger.stationContext(now);
+    const order = known.order;
     return {
-      deviceId,
-      publicKeySha256,
-      keysIssuedForDevice: pending ? [...known.keys, ...pending.keys()] : known.keys,
-      // A re-issue grant is used up by the first certificate that needs it.
-      reissueAllowed: known.reissueAllowed && !pending,
+      order: order && { ...order, issued: order.issued + (this.inFlightByOrder.get(order.id) ?? 0) },
       issuedCount: known.issuedCount + this.inFlight.size,
+      issuedLastMinute: known.issuedLastMinute + this.inFlight.size,
       now,
       lastIssuedAt: known.lastIssuedAt,
+      clockConfirmedAt: known.clockConfirmedAt,
       caNotBefore: this.ca.notBefore,
       caNotAfter: this.ca.notAfter,
     };
   }
 
+  /** One device's facts plus the station's, in flight included. */
+  private issuanceFacts(deviceId: string, publicKeySha256: string, now: Date, req: SignRequest): IssuanceFacts {
+    const known = this.ledger.deviceContext(deviceId);
+    const pending = this.inFlightKeys.get(deviceId);
+    // A certificate on its way for this device is its newest: its key is the current one.
+    const pendingKey = pending ? [...pending.keys()].find((k) => k !== publicKeySha256) ?? publicKeySha256 : undefined;
+    return {
+      ...this.stationFacts(now),
+      deviceId,
+      publicKeySha256,
+      hardwareId: req.hardwareId,
+      currentKey: pendingKey ?? known.currentKey,
+      revoked: pending ? undefined : known.revoked,
+      // A re-issue grant is used up by the first certificate that needs it.
+      reissueAllowed: known.reissueAllowed && !pending,
+    };
+  }
+
   private async replay(row: Issuance, req: SignRequest): Promise<Issued> {
-    await this.safeEvent({ kind: 'replay', csrSha256: row.csrSha256, deviceId: row.deviceId, link: req.link, message: `seq ${row.seq}` });
+    await this.floods.record({ kind: 'replay', csrSha256: row.csrSha256, deviceId: row.deviceId, link: req.link, message: `seq ${row.seq}` });
     return this.issued(row, true);
   }
 
@@ -252,8 +337,8 @@ export class Station {
     const e = asLineSignerError(err);
     // Only protocol codes go back to a jig; a local code (a PIN problem) is a token problem to it.
     const code = isProtocolCode(e.code) ? e.code : e.code === 'TOKEN_PIN' ? 'TOKEN_UNAVAILABLE' : 'INTERNAL';
-    await this.safeEvent({ kind: 'rejection', code, message: e.message, csrSha256, deviceId, link: req.link });
-    return { ok: false, code, message: e.message };
+    await this.floods.record({ kind: 'rejection', code, message: e.message, csrSha256, deviceId, link: req.link });
+    return { ok: false, code, message: e.message, deviceId };
   }
 
   /** An event that cannot be written must not turn a reply into a crash. */

@@ -1,0 +1,106 @@
+/**
+ * One owner per ledger. The owner holds a write lock on `<ledger>.lock`, a
+ * small SQLite file kept in an open IMMEDIATE transaction for the owner's
+ * whole life: SQLite's POSIX lock, so it is released by the kernel when the
+ * owner dies, even by kill -9, and a stale lock cannot exist. Who holds it
+ * is written to `<ledger>.owner` (pid, command, since) so that a refusal
+ * names the holder. A serving station holds it while it serves; a command
+ * that writes either asks that process (the control channel) or takes the
+ * lock itself, waiting while another command holds it.
+ */
+import Database from 'better-sqlite3';
+import { readFileSync, rmSync } from 'node:fs';
+import { userInfo } from 'node:os';
+import { LineSignerError } from '../errors.js';
+import { writeFileAtomic } from '../files.js';
+
+export interface LockHolder {
+  pid: number;
+  command: string;
+  user: string;
+  since: string;
+}
+
+export const lockPath = (ledger: string): string => `${ledger}.lock`;
+export const ownerPath = (ledger: string): string => `${ledger}.owner`;
+
+function holderText(ledger: string): string {
+  try {
+    const h = JSON.parse(readFileSync(ownerPath(ledger), 'utf8')) as LockHolder;
+    return `\`line-signer ${h.command}\` (pid ${h.pid}, user ${h.user}, since ${h.since})`;
+  } catch {
+    return 'another line-signer process';
+  }
+}
+
+export class LedgerLock {
+  private constructor(
+    private readonly db: Database.Database,
+    private readonly ledger: string,
+  ) {}
+
+  /** The lock, or null when another process holds it now. */
+  static tryAcquire(ledger: string, command: string): LedgerLock | null {
+    let db: Database.Database;
+    try {
+      db = new Database(lockPath(ledger));
+    } catch (err) {
+      throw new LineSignerError('LEDGER', `cannot open the ledger lock ${lockPath(ledger)}: ${(err as Error).message}`);
+    }
+    db.pragma('busy_timeout = 0');
+    try {
+      db.exec('BEGIN IMMEDIATE');
+      db.exec('CREATE TABLE IF NOT EXISTS held (x)'); // a write, so the lock is really taken
+    } catch (err) {
+      db.close();
+      if ((err as { code?: string }).code === 'SQLITE_BUSY') return null;
+      throw new LineSignerError('LEDGER', `cannot take the ledger lock ${lockPath(ledger)}: ${(err as Error).message}`);
+    }
+    const holder: LockHolder = { pid: process.pid, command, user: safeUser(), since: new Date().toISOString() };
+    writeFileAtomic(ownerPath(ledger), JSON.stringify(holder) + '\n', 0o644);
+    return new LedgerLock(db, ledger);
+  }
+
+  /** The lock now, or LEDGER_BUSY naming the holder. */
+  static acquire(ledger: string, command: string): LedgerLock {
+    const lock = LedgerLock.tryAcquire(ledger, command);
+    if (!lock) throw busy(ledger);
+    return lock;
+  }
+
+  /** Waits for the lock (saying once who holds it), up to `timeoutMs`. */
+  static async wait(ledger: string, command: string, timeoutMs: number, onWait?: (holder: string) => void): Promise<LedgerLock> {
+    const end = Date.now() + timeoutMs;
+    let told = false;
+    for (;;) {
+      const lock = LedgerLock.tryAcquire(ledger, command);
+      if (lock) return lock;
+      if (!told) onWait?.(holderText(ledger));
+      told = true;
+      if (Date.now() > end) throw busy(ledger);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  release(): void {
+    if (!this.db.open) return;
+    try {
+      rmSync(ownerPath(this.ledger), { force: true });
+      this.db.exec('ROLLBACK');
+    } finally {
+      this.db.close();
+    }
+  }
+}
+
+function busy(ledger: string): LineSignerError {
+  return new LineSignerError('LEDGER_BUSY', `ledger ${ledger} is held by ${holderText(ledger)}; one process owns a ledger at a time`);
+}
+
+function safeUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return String(process.getuid?.() ?? '?');
+  }
+}
