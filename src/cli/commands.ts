@@ -7,9 +7,12 @@ import type { Argv } from 'yargs';
 import { configPath, loadConfig, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
-import { SqliteLedger } from '../ledger/index.js';
+import { LedgerLock } from '../ledger/index.js';
+import { callOwner } from '../operator/control.js';
+import type { SignResult } from '../station/index.js';
 import { caDemo, caImport, caInit, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
 import { printJson } from './output.js';
+import { allowReissueCommand, backupCommand, revokeCommand } from './operator-commands.js';
 
 export interface GlobalArgs {
   config?: string | undefined;
@@ -26,17 +29,6 @@ function readInput(path: string): Uint8Array {
     return new Uint8Array(readFileSync(stdin ? 0 : path));
   } catch (err) {
     throw new LineSignerError('USAGE', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
-}
-
-/** One ledger operation from the command line: open, do, close. */
-function withLedger(args: GlobalArgs, work: (ledger: SqliteLedger) => void): void {
-  const cfg = config(args);
-  const ledger = new SqliteLedger(cfg.station.ledger, cfg.station.id);
-  try {
-    work(ledger);
-  } finally {
-    ledger.close();
   }
 }
 
@@ -110,12 +102,22 @@ export function caCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
 export async function signCommand(args: GlobalArgs & { csr: string; out?: string | undefined }): Promise<void> {
   const cfg = config(args);
   const csr = readInput(args.csr);
-  const open = await openStation(cfg);
-  let result;
-  try {
-    result = await open.station.handle({ csr, link: 'cli' });
-  } finally {
-    await open.close();
+  // A serving station owns the ledger: it signs. Else this process takes the ledger for the one CSR.
+  const remote = await callOwner(cfg.station.ledger, { op: 'sign', csr: Buffer.from(csr).toString('base64') });
+  let result: SignResult;
+  if (remote) result = remote.result as SignResult;
+  else {
+    const lock = await LedgerLock.wait(cfg.station.ledger, 'sign', 60_000, (holder) => process.stderr.write(`waiting for the ledger: it is held by ${holder}\n`));
+    try {
+      const open = await openStation(cfg, { lock: 'held', command: 'sign' });
+      try {
+        result = await open.station.handle({ csr, link: 'cli' });
+      } finally {
+        await open.close();
+      }
+    } finally {
+      lock.release();
+    }
   }
   if (!result.ok) {
     process.stderr.write(`ERROR ${result.code} ${result.message}\n`);
@@ -143,29 +145,31 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
     )
     .command(
       'allow-reissue <device>',
-      'let this device id get one certificate for a new key (a replaced device)',
+      'let this device id get one certificate for a new key (a reworked board), or come back after a revocation',
       (a) =>
         a
           .positional('device', { type: 'string', demandOption: true })
-          .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' }),
-      (args) => {
-        withLedger(args, (ledger) => ledger.grantReissue(args.device, args.reason));
-        process.stdout.write(`device ${args.device} may get one certificate for a new key\n`);
-      },
+          .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' })
+          .option('operator', { type: 'string', describe: 'who (default: [station] operator, else the login name)' }),
+      (args) => allowReissueCommand(args),
     )
     .command(
       'revoke <device>',
-      'mark a device revoked: the next export carries the mark, and sync deletes the device',
+      'revoke a device (by its id or a serial): no certificate for it until a re-issue, and sync deletes it',
       (a) =>
         a
-          .positional('device', { type: 'string', demandOption: true })
-          .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' }),
-      (args) => {
-        withLedger(args, (ledger) => ledger.revoke(args.device, args.reason));
-        process.stdout.write(`device ${args.device} marked revoked; the next export carries the mark\n`);
-      },
+          .positional('device', { type: 'string', demandOption: true, describe: 'device id, or the serial of one of its certificates' })
+          .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' })
+          .option('operator', { type: 'string', describe: 'who (default: [station] operator, else the login name)' }),
+      (args) => revokeCommand(args),
     )
-    .demandCommand(1, 'ledger needs a command: verify, allow-reissue or revoke');
+    .command(
+      'backup <dest>',
+      'a consistent copy of the ledger, taken while the station serves',
+      (a) => a.positional('dest', { type: 'string', demandOption: true }).option('operator', { type: 'string', describe: 'who' }),
+      (args) => backupCommand(args),
+    )
+    .demandCommand(1, 'ledger needs a command: verify, allow-reissue, revoke or backup');
 }
 
 export function stationKeyCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {

@@ -5,6 +5,7 @@ import { fail } from './output.js';
 import { jigCommand, serveCommand } from './serve.js';
 import { exportCommand, syncCommand, verifyExportCommand } from './export-commands.js';
 import { stationKeyCommands } from './commands.js';
+import { clockCommands, logCommand, orderCommands } from './operator-commands.js';
 
 const cli = yargs(hideBin(process.argv))
   .scriptName('line-signer')
@@ -20,7 +21,22 @@ const cli = yargs(hideBin(process.argv))
     (y) => y.positional('csr', { type: 'string', demandOption: true }).option('out', { type: 'string', describe: 'write the chain here' }),
     (args) => signCommand(args as GlobalArgs & { csr: string; out?: string }),
   )
-  .command('ledger', 'the ledger: verify, allow-reissue', (y) => ledgerCommands(y as never))
+  .command('ledger', 'the ledger: verify, allow-reissue, revoke, backup', (y) => ledgerCommands(y as never))
+  .command('order', 'work orders: open, close, list', (y) => orderCommands(y as never))
+  .command('clock', "the station's clock: confirm", (y) => clockCommands(y as never))
+  .command(
+    'log',
+    'the audit trail: issuances and events in order, with operators',
+    (y) =>
+      y
+        .option('since', { type: 'string', describe: 'from this time (ISO date or time, or an age like 2h, 7d)' })
+        .option('until', { type: 'string', describe: 'up to this time' })
+        .option('device', { type: 'string', describe: 'one device id' })
+        .option('order', { type: 'string', describe: 'one work order' })
+        .option('link', { type: 'string', describe: 'one link, e.g. http:0.0.0.0:8080 or serial:/dev/ttyACM0' })
+        .option('json', { type: 'boolean', describe: 'one JSON object per line' }),
+    (args) => logCommand(args as never),
+  )
   .command('station-key', 'the export-signing key: init', (y) => stationKeyCommands(y as never))
   .command(
     'export',
@@ -67,7 +83,8 @@ const cli = yargs(hideBin(process.argv))
         .option('serial', { type: 'string', array: true, describe: 'PATH[:BAUD], repeatable (115200 by default)' })
         .option('http', { type: 'string', describe: 'HOST:PORT for the lmp-device-register API' })
         .option('spool', { type: 'string', array: true, describe: 'a USB-stick spool folder, repeatable' })
-        .option('json', { type: 'boolean', describe: 'JSON log lines even on a terminal' }),
+        .option('json', { type: 'boolean', describe: 'JSON log lines even on a terminal' })
+        .option('operator', { type: 'string', describe: 'who starts the station, for the audit trail (default: [station] operator, else the login name)' }),
     (args) => serveCommand(args as never),
   )
   .command(

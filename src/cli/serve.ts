@@ -4,6 +4,8 @@ import { runJig } from '../jig/provision.js';
 import { openStation } from '../station/index.js';
 import { jsonView, liveView, type View } from './live-view.js';
 import { LineSignerError } from '../errors.js';
+import { operatorName } from '../operator/index.js';
+import { serveControl } from './owner.js';
 
 export interface ServeArgs {
   config?: string | undefined;
@@ -11,12 +13,13 @@ export interface ServeArgs {
   http?: string | undefined;
   spool?: string[] | undefined;
   json?: boolean | undefined;
+  operator?: string | undefined;
 }
 
 export async function serveCommand(args: ServeArgs): Promise<void> {
   const config = loadConfig(configPath(args.config));
   const plan = planLinks(config, { serial: args.serial ?? [], ...(args.http ? { http: args.http } : {}), spool: args.spool ?? [] });
-  const open = await openStation(config);
+  const open = await openStation(config, { command: 'serve', operator: operatorName(config, args.operator) });
   let view: View | undefined;
   const observer = (e: LinkEvent): void => view?.event(e);
   const links: Link[] = [...serialLinks(open.station, plan, config, observer), ...(await extraLinks(open.station, plan, config, observer))];
@@ -29,7 +32,9 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
     process.stdout.isTTY && !args.json
       ? liveView(`line-signer serve: station ${config.station.id}, factory ${config.station.factory}`, () => links.map((l) => l.status))
       : jsonView();
+  const control = await serveControl(config, open);
   await runner.start();
+  for (const w of open.warnings) view.info(`warning: ${w}`);
   view.info('serving', { links: links.map((l) => l.status.name) });
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
@@ -40,6 +45,7 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
     process.once('SIGTERM', () => stop('SIGTERM'));
   });
   await runner.stop();
+  await control.close();
   await open.close();
   view.info('stopped', { issued: links.reduce((n, l) => n + l.status.issued, 0) });
   view.stop();

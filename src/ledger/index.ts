@@ -5,13 +5,17 @@
  * the Ledger interface.
  */
 import Database from 'better-sqlite3';
+import { createHash } from 'node:crypto';
 import { LineSignerError } from '../errors.js';
 import { eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT } from './chain.js';
 import { serialKey } from '../serial.js';
+import { checkpointStatement, sha256, type Checkpoint, type Heads, type TokenCheckpoint } from './checkpoint.js';
 import { MIGRATIONS } from './schema.js';
 
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
+export { LedgerLock } from './lock.js';
+export { checkpointLabel, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
 export interface NewIssuance {
   serial: string;
@@ -92,6 +96,31 @@ export interface Batch {
   previousSha256: string;
   signature: Uint8Array;
   fileSha256: string;
+}
+
+export interface LogFilter {
+  since?: string | undefined;
+  until?: string | undefined;
+  device?: string | undefined;
+  order?: string | undefined;
+  link?: string | undefined;
+}
+
+export interface LogRow {
+  type: 'issuance' | 'event';
+  at: string;
+  seq: number;
+  device: string | null;
+  name: string | null;
+  serial: string | null;
+  link: string | null;
+  work_order: string | null;
+  kind: string | null;
+  code: string | null;
+  message: string | null;
+  count: number;
+  operator: string | null;
+  supersedes: number | null;
 }
 
 export interface ChainProblem {
@@ -220,6 +249,36 @@ interface EventRow {
   entry_hash: string;
 }
 
+interface CheckpointRow {
+  n: number;
+  at: string;
+  reason: string;
+  issuance_seq: number;
+  issuance_hash: string;
+  event_seq: number;
+  event_hash: string;
+  issuance_hashes: Buffer;
+  event_hashes: Buffer;
+  previous: string;
+  signature: Buffer;
+}
+
+function toCheckpoint(r: CheckpointRow): Checkpoint {
+  return {
+    n: r.n,
+    at: r.at,
+    reason: r.reason,
+    issuanceSeq: r.issuance_seq,
+    issuanceHash: r.issuance_hash,
+    eventSeq: r.event_seq,
+    eventHash: r.event_hash,
+    issuanceHashes: new Uint8Array(r.issuance_hashes),
+    eventHashes: new Uint8Array(r.event_hashes),
+    previous: r.previous,
+    signature: new Uint8Array(r.signature),
+  };
+}
+
 interface OrderRow {
   id: string;
   quantity: number;
@@ -332,17 +391,18 @@ export class SqliteLedger implements Ledger {
   constructor(
     path: string,
     private readonly stationId: string,
+    opts: { readonly?: boolean } = {},
   ) {
     try {
-      this.db = new Database(path);
+      this.db = new Database(path, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
     } catch (err) {
-      throw new LineSignerError('LEDGER', `cannot open ledger ${path}: ${(err as Error).message}`);
+      throw new LineSignerError('LEDGER', `cannot open ledger ${path}: ${(err as Error).message}${opts.readonly ? '' : '; the ledger\'s folder must be writable by this user'}`);
     }
-    this.db.pragma('journal_mode = WAL');
+    if (!opts.readonly) this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.pragma('busy_timeout = 5000');
     this.db.pragma('foreign_keys = ON');
-    this.migrate();
+    if (!opts.readonly) this.migrate();
     const db = this.db;
     this.q = {
       byCsr: db.prepare<[string], IssuanceRow>('SELECT * FROM issuances WHERE csr_sha256 = ?'),
@@ -384,6 +444,34 @@ export class SqliteLedger implements Ledger {
       setSetting: db.prepare<[string, string]>('INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)'),
       newestOfDevice: db.prepare<[string], { seq: number; public_key_sha256: string }>('SELECT seq, public_key_sha256 FROM issuances WHERE device_id = ? ORDER BY seq DESC LIMIT 1'),
       minuteCount: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM issuances WHERE issued_at > ?'),
+      lastCheckpoint: db.prepare<[], CheckpointRow>('SELECT * FROM checkpoints ORDER BY n DESC LIMIT 1'),
+      allCheckpoints: db.prepare<[], CheckpointRow>('SELECT * FROM checkpoints ORDER BY n'),
+      checkpointN: db.prepare<[number], CheckpointRow>('SELECT * FROM checkpoints WHERE n = ?'),
+      insertCheckpoint: db.prepare(
+        `INSERT INTO checkpoints (n, at, reason, issuance_seq, issuance_hash, event_seq, event_hash, issuance_hashes, event_hashes, previous, signature)
+         VALUES (@n, @at, @reason, @issuance_seq, @issuance_hash, @event_seq, @event_hash, @issuance_hashes, @event_hashes, @previous, @signature)`,
+      ),
+      issuanceHashesAfter: db.prepare<[number, number], { entry_hash: string }>('SELECT entry_hash FROM issuances WHERE seq > ? AND seq <= ? ORDER BY seq'),
+      eventHashesAfter: db.prepare<[number, number], { entry_hash: string }>('SELECT entry_hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq'),
+      allBatches: db.prepare<[], BatchRow>('SELECT * FROM batches ORDER BY number'),
+      log: db.prepare<[Record<string, string | null>], LogRow>(
+        `SELECT * FROM (
+           SELECT 'issuance' AS type, i.issued_at AS at, i.seq, i.device_id AS device, i.name, i.serial, i.link, i.work_order AS work_order,
+                  NULL AS kind, NULL AS code, NULL AS message, 1 AS count, o.operator AS operator, i.supersedes
+             FROM issuances i LEFT JOIN orders o ON o.id = i.work_order
+            WHERE (@since IS NULL OR i.issued_at >= @since) AND (@until IS NULL OR i.issued_at < @until)
+              AND (@device IS NULL OR i.device_id = @device) AND (@order IS NULL OR i.work_order = @order)
+              AND (@link IS NULL OR i.link = @link)
+           UNION ALL
+           SELECT 'event', e.at, e.seq, e.device_id, NULL, NULL, e.link, NULL, e.kind, e.code, e.message, e.count, e.operator, NULL
+             FROM events e
+            WHERE (@since IS NULL OR e.at >= @since) AND (@until IS NULL OR e.at < @until)
+              AND (@device IS NULL OR e.device_id = @device)
+              AND (@order IS NULL OR (e.kind IN ('order_open', 'order_close') AND e.message LIKE 'work order ' || @order || ':%'))
+              AND (@link IS NULL OR e.link = @link)
+         ) ORDER BY at, type DESC, seq`,
+      ),
+      eventsSince: db.prepare<[number], EventRow>('SELECT * FROM events WHERE seq > ? ORDER BY seq'),
       insertIssuance: db.prepare(
         `INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before,
            not_after, issued_at, station_id, link, hardware_id, work_order, name, supersedes, entry_hash)
@@ -407,6 +495,7 @@ export class SqliteLedger implements Ledger {
       ),
       maxEventSeq: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM events'),
       hashAt: db.prepare<[number], { entry_hash: string }>('SELECT entry_hash FROM issuances WHERE seq = ?'),
+      eventHashAt: db.prepare<[number], { entry_hash: string }>('SELECT entry_hash FROM events WHERE seq = ?'),
       lastBatch: db.prepare<[], BatchRow>('SELECT * FROM batches ORDER BY number DESC LIMIT 1'),
       batch: db.prepare<[number], BatchRow>('SELECT * FROM batches WHERE number = ?'),
       insertBatch: db.prepare(
@@ -586,6 +675,113 @@ export class SqliteLedger implements Ledger {
       this.q.setSetting.run('clock_confirmed_after_seq', String(this.issuedCount()));
       this.appendEvent({ kind: 'clock_confirm', message: `clock confirmed as ${now.toISOString()}: ${reason}`, operator });
     }).immediate();
+  }
+
+  // ---- checkpoints (checkpoint.ts)
+
+  /** This ledger file's random id, made with its schema. */
+  ledgerId(): string {
+    return this.q.setting.get('ledger_id')!.value;
+  }
+
+  heads(): Heads {
+    const i = this.q.lastIssuanceHash.get();
+    const e = this.q.lastEventHash.get();
+    return { issuanceSeq: i?.seq ?? 0, issuanceHash: i?.entry_hash ?? GENESIS_HASH, eventSeq: e?.seq ?? 0, eventHash: e?.entry_hash ?? GENESIS_HASH };
+  }
+
+  lastCheckpoint(): Checkpoint | undefined {
+    const r = this.q.lastCheckpoint.get();
+    return r ? toCheckpoint(r) : undefined;
+  }
+
+  *checkpoints(): IterableIterator<Checkpoint> {
+    for (const r of this.q.allCheckpoints.iterate()) yield toCheckpoint(r);
+  }
+
+  /**
+   * The next checkpoint, unsigned: both chains' heads and every entry hash
+   * since the previous checkpoint, and the statement the station key signs
+   * (its SHA-256). Null when nothing changed and `always` is false.
+   */
+  prepareCheckpoint(reason: string, always = true): { unsigned: Omit<Checkpoint, 'signature'>; digest: Uint8Array } | null {
+    const last = this.lastCheckpoint();
+    const heads = this.heads();
+    if (!always && last && last.issuanceSeq === heads.issuanceSeq && last.eventSeq === heads.eventSeq) return null;
+    const from = { i: last?.issuanceSeq ?? 0, e: last?.eventSeq ?? 0 };
+    const hashes = (rows: Array<{ entry_hash: string }>): Uint8Array => Buffer.concat(rows.map((r) => Buffer.from(r.entry_hash, 'hex')));
+    const ledgerId = this.ledgerId();
+    const unsigned = {
+      n: (last?.n ?? 0) + 1,
+      at: new Date().toISOString(),
+      reason,
+      ...heads,
+      issuanceHashes: hashes(this.q.issuanceHashesAfter.all(from.i, heads.issuanceSeq)),
+      eventHashes: hashes(this.q.eventHashesAfter.all(from.e, heads.eventSeq)),
+      previous: last ? sha256(checkpointStatement(ledgerId, last)) : GENESIS_HASH,
+    };
+    return { unsigned, digest: createHash('sha256').update(checkpointStatement(ledgerId, unsigned)).digest() };
+  }
+
+  /** Stores a signed checkpoint; returns what the token keeps of it. */
+  recordCheckpoint(c: Checkpoint): TokenCheckpoint {
+    this.q.insertCheckpoint.run({
+      n: c.n,
+      at: c.at,
+      reason: c.reason,
+      issuance_seq: c.issuanceSeq,
+      issuance_hash: c.issuanceHash,
+      event_seq: c.eventSeq,
+      event_hash: c.eventHash,
+      issuance_hashes: Buffer.from(c.issuanceHashes),
+      event_hashes: Buffer.from(c.eventHashes),
+      previous: c.previous,
+      signature: Buffer.from(c.signature),
+    });
+    const ledgerId = this.ledgerId();
+    const { n, at, reason, issuanceSeq, issuanceHash, eventSeq, eventHash } = c;
+    return { ledgerId, n, at, reason, issuanceSeq, issuanceHash, eventSeq, eventHash, statement: sha256(checkpointStatement(ledgerId, c)) };
+  }
+
+  /**
+   * Does this file hold what the token's newest checkpoint says it held?
+   * Null when it does; else why not (rows or checkpoints deleted, an older
+   * copy restored, a checkpoint rewritten).
+   */
+  checkAgainstToken(tc: TokenCheckpoint): string | null {
+    const cp = this.q.checkpointN.get(tc.n);
+    const where = `the token's newest checkpoint (n ${tc.n}, ${tc.at}, issuance seq ${tc.issuanceSeq}, event seq ${tc.eventSeq})`;
+    if (!cp) return `${where} is not in this ledger: checkpoints or rows were deleted, or an older copy of the ledger was restored`;
+    if (sha256(checkpointStatement(tc.ledgerId, toCheckpoint(cp))) !== tc.statement) return `${where} differs from checkpoint ${tc.n} in this ledger: it was rewritten`;
+    const i = tc.issuanceSeq === 0 ? GENESIS_HASH : this.q.hashAt.get(tc.issuanceSeq)?.entry_hash;
+    if (i !== tc.issuanceHash) return `${where}: issuance seq ${tc.issuanceSeq} is ${i ? 'changed' : 'missing'} in this ledger: rows were deleted or rewritten`;
+    const e = tc.eventSeq === 0 ? GENESIS_HASH : this.q.eventHashAt.get(tc.eventSeq)?.entry_hash;
+    if (e !== tc.eventHash) return `${where}: event seq ${tc.eventSeq} is ${e ? 'changed' : 'missing'} in this ledger: events were deleted or rewritten`;
+    return null;
+  }
+
+  /**
+   * The audit trail: issuances and events in time order, filtered, one row
+   * at a time (a year of a busy line does not fit in memory). An issuance
+   * names the operator who opened its work order.
+   */
+  *log(f: LogFilter): IterableIterator<LogRow> {
+    const params = {
+      since: f.since ?? null,
+      until: f.until ?? null,
+      device: f.device ?? null,
+      order: f.order ?? null,
+      link: f.link ?? null,
+    };
+    for (const r of this.q.log.iterate(params)) yield r;
+  }
+
+  allBatches(): Batch[] {
+    return this.q.allBatches.all().map(toBatch);
+  }
+
+  *eventsSince(seq: number): IterableIterator<LedgerEvent> {
+    for (const r of this.q.eventsSince.iterate(seq)) yield toEvent(r);
   }
 
   /** The issuance with this serial, given in any form (case, colons, leading zeros). */

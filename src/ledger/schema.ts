@@ -110,5 +110,7 @@ export const MIGRATIONS: readonly string[] = [
     previous        TEXT    NOT NULL,
     signature       BLOB    NOT NULL
   );
+  -- A name for this ledger file, so the token's checkpoint names the ledger it belongs to.
+  INSERT INTO settings (key, value) VALUES ('ledger_id', lower(hex(randomblob(16))));
   `,
 ];

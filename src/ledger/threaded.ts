@@ -9,7 +9,7 @@
  */
 import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
-import { SqliteLedger, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext } from './index.js';
+import { SqliteLedger, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext, type Checkpoint, type TokenCheckpoint } from './index.js';
 
 export class ThreadedLedger implements Ledger {
   private readonly reader: SqliteLedger;
@@ -43,6 +43,24 @@ export class ThreadedLedger implements Ledger {
 
   stationContext(now: Date): StationContext {
     return this.reader.stationContext(now);
+  }
+
+  checkAgainstToken(tc: TokenCheckpoint): string | null {
+    return this.reader.checkAgainstToken(tc);
+  }
+
+  ledgerId(): string {
+    return this.reader.ledgerId();
+  }
+
+  /** The next checkpoint to sign (reads on this thread). */
+  prepareCheckpoint(reason: string, always = true): ReturnType<SqliteLedger['prepareCheckpoint']> {
+    return this.reader.prepareCheckpoint(reason, always);
+  }
+
+  /** Stores a signed checkpoint through the writer, in order with the rows it covers. */
+  recordCheckpoint(c: Checkpoint): Promise<TokenCheckpoint> {
+    return this.writer.call<TokenCheckpoint>({ op: 'checkpoint', checkpoint: c });
   }
 
   findByCsrHash(csrSha256: string): Issuance | undefined {

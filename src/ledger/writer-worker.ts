@@ -7,11 +7,12 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { asLineSignerError } from '../errors.js';
 import type { RpcReply } from '../worker-rpc.js';
-import { SqliteLedger, type CommitGuard, type NewEvent, type NewIssuance } from './index.js';
+import { SqliteLedger, type Checkpoint, type CommitGuard, type NewEvent, type NewIssuance } from './index.js';
 
 export type WriterRequest =
   | { id: number; op: 'issuance'; entry: NewIssuance; guard?: CommitGuard }
   | { id: number; op: 'event'; event: NewEvent }
+  | { id: number; op: 'checkpoint'; checkpoint: Checkpoint }
   | { id: number; op: 'close' };
 
 
@@ -23,6 +24,7 @@ parentPort!.on('message', (req: WriterRequest) => {
     let result: unknown;
     if (req.op === 'issuance') result = ledger.appendIssuance(req.entry, req.guard);
     else if (req.op === 'event') ledger.appendEvent(req.event);
+    else if (req.op === 'checkpoint') result = ledger.recordCheckpoint(req.checkpoint);
     else ledger.close();
     parentPort!.postMessage({ id: req.id, result } satisfies RpcReply);
     if (req.op === 'close') parentPort!.close();

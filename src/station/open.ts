@@ -8,7 +8,8 @@ import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { ThreadedLedger } from '../ledger/index.js';
+import { checkpointLabel, decodeTokenCheckpoint, LedgerLock, ThreadedLedger, type TokenCheckpoint } from '../ledger/index.js';
+import { Checkpointer } from './checkpointer.js';
 import { Pkcs11Token, WorkerSigner } from '../token/index.js';
 import type { Signer } from '../token/signer.js';
 import { certificateDer, checkLocalCa, issuerProfile, pemEncode, sha256Hex } from '../x509/index.js';
@@ -64,6 +65,9 @@ export function openToken(config: StationConfig): Pkcs11Token {
 export interface OpenStation {
   station: Station;
   ledger: ThreadedLedger;
+  checkpointer: Checkpointer;
+  /** What the start-up checks found worth saying (a key that could leave a development token, rows after the last checkpoint). */
+  warnings: string[];
   close(): Promise<void>;
 }
 
@@ -71,6 +75,26 @@ export interface OpenOptions {
   /** Stand in another signer (a deliberately slow one in tests); the token still provides the key check. */
   wrapSigner?: (signer: Signer) => Signer;
   clock?: () => Date;
+  /**
+   * The ledger's owner lock: 'take' it (LEDGER_BUSY when another process
+   * holds it; the default), the caller 'held' it already, or 'none' (tests
+   * that race two writers on purpose).
+   */
+  lock?: 'take' | 'held' | 'none';
+  /** The command that owns the ledger, named to anyone who finds it busy. */
+  command?: string;
+  /** Who started it, recorded on the start event. */
+  operator?: string;
+}
+
+/** The newest checkpoint the token keeps for `ledgerId`, or null. */
+export function tokenCheckpoint(readData: (label: string) => Buffer[], ledgerId: string): TokenCheckpoint | null {
+  let newest: TokenCheckpoint | null = null;
+  for (const v of readData(checkpointLabel(ledgerId))) {
+    const c = decodeTokenCheckpoint(v);
+    if (c && c.ledgerId === ledgerId && (!newest || c.n > newest.n)) newest = c;
+  }
+  return newest;
 }
 
 /**
@@ -79,6 +103,16 @@ export interface OpenOptions {
  * another, so neither a token signature nor a disk flush holds up a link.
  */
 export async function openStation(config: StationConfig, opts: OpenOptions = {}): Promise<OpenStation> {
+  const lock = (opts.lock ?? 'take') === 'take' ? LedgerLock.acquire(config.station.ledger, opts.command ?? 'serve') : null;
+  try {
+    return await openOwned(config, opts, lock);
+  } catch (err) {
+    lock?.release();
+    throw err;
+  }
+}
+
+async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerLock | null): Promise<OpenStation> {
   const caDer = readCertificateFile(config.ca.certificate, 'local-ca certificate');
   const rootDer = readCertificateFile(config.ca.root, 'factory root');
   const pin = readPin(config.token);
@@ -89,20 +123,39 @@ export async function openStation(config: StationConfig, opts: OpenOptions = {})
     softhsm2Conf: config.token.softhsm2_conf,
   };
   const token = Pkcs11Token.open(tokenOptions);
+  const warnings: string[] = [];
   let nearby;
+  let ledger: ThreadedLedger | null = null;
   try {
     nearby = token.signer(config.token.key_label);
     // Validity in time is checked per request (CLOCK), so a wrong clock gets
     // the jigs a CLOCK answer instead of a station that will not start.
     checkLocalCa(caDer, { tokenSpki: nearby.publicKeySpki(), rootDer, factory: config.station.factory });
+    if (!token.findKey(config.token.station_key_label)) {
+      throw new LineSignerError('CA', `the token has no station key "${config.token.station_key_label}" (it signs exports and the ledger's checkpoints); run \`line-signer station-key init\``);
+    }
+    for (const label of [config.token.key_label, config.token.station_key_label]) {
+      const risk = token.keyLeakRisk(label);
+      if (!risk) continue;
+      if (config.station.production) throw new LineSignerError('CA', `${risk}; a production station signs only with keys that cannot leave the token`);
+      warnings.push(`${risk} (accepted only because this is not a production station)`);
+    }
+    ledger = new ThreadedLedger(config.station.ledger, config.station.id);
+    const kept = tokenCheckpoint((l) => token.readData(l), ledger.ledgerId());
+    const behind = kept && ledger.checkAgainstToken(kept);
+    if (behind) throw new LineSignerError('LEDGER', `${config.station.ledger}: ${behind}; not serving. \`line-signer ledger verify\` lists what differs`);
   } catch (err) {
+    if (ledger) await ledger.close();
     token.close();
     throw err;
   }
   const key = { spki: nearby.publicKeySpki(), curve: nearby.hash === 'sha256' ? ('P-256' as const) : ('P-384' as const) };
-  const workerSigner = new WorkerSigner({ ...tokenOptions, keyLabel: config.token.key_label }, key, nearby);
+  const workerSigner = new WorkerSigner(
+    { ...tokenOptions, keyLabel: config.token.key_label, stationKeyLabel: config.token.station_key_label },
+    key,
+    nearby,
+  );
   const signer = opts.wrapSigner ? opts.wrapSigner(workerSigner) : workerSigner;
-  const ledger = new ThreadedLedger(config.station.ledger, config.station.id);
   const station = new Station({
     stationId: config.station.id,
     signer,
@@ -112,18 +165,26 @@ export async function openStation(config: StationConfig, opts: OpenOptions = {})
     rules: rulesFrom(config),
     ...(opts.clock ? { clock: opts.clock } : {}),
   });
-  await ledger.recordEvent({ kind: 'start', message: `line-signer pid ${process.pid}` });
+  const checkpointer = new Checkpointer(ledger, { sign: (d) => workerSigner.stationSign(d), store: (l, v) => workerSigner.store(l, v) });
+  const owned = ledger;
+  await owned.recordEvent({ kind: 'start', message: `line-signer ${opts.command ?? 'serve'} pid ${process.pid}`, operator: opts.operator ?? null });
+  await checkpointer.take('start');
+  checkpointer.start();
   return {
     station,
-    ledger,
+    ledger: owned,
+    checkpointer,
+    warnings,
     async close() {
       try {
         await station.flushEvents();
-        await ledger.recordEvent({ kind: 'stop' });
+        await owned.recordEvent({ kind: 'stop' });
+        await checkpointer.stop();
       } finally {
         await workerSigner.close();
         token.close();
-        await ledger.close();
+        await owned.close();
+        lock?.release();
       }
     },
   };

@@ -273,6 +273,74 @@ export class Pkcs11Token {
     return { sensitive: (sens!.value as Buffer)[0] === 1, extractable: (extr!.value as Buffer)[0] === 1 };
   }
 
+  /**
+   * Why the private key of `label` could leave the token, or null when it
+   * cannot: it must be sensitive and not extractable, and never have been
+   * extractable where the token reports CKA_NEVER_EXTRACTABLE.
+   */
+  keyLeakRisk(label: string): string | null {
+    const key = this.findKey(label);
+    if (!key) return `no key "${label}"`;
+    const flag = (type: number): boolean | null => {
+      try {
+        const [a] = this.p11.C_GetAttributeValue(this.s, key.privateKey, [{ type }]);
+        const v = a?.value as Buffer | undefined;
+        return v && v.length ? v[0] === 1 : null;
+      } catch {
+        return null; // not reported by this token
+      }
+    };
+    if (flag(pkcs11js.CKA_SENSITIVE) !== true) return `the private key "${label}" is not sensitive (CKA_SENSITIVE false): its value can be read out of the token`;
+    if (flag(pkcs11js.CKA_EXTRACTABLE) !== false) return `the private key "${label}" is extractable (CKA_EXTRACTABLE true): it can be wrapped out of the token`;
+    if (flag(pkcs11js.CKA_NEVER_EXTRACTABLE) === false) return `the private key "${label}" was extractable once (CKA_NEVER_EXTRACTABLE false): a copy may exist outside the token`;
+    if (flag(pkcs11js.CKA_ALWAYS_SENSITIVE) === false) return `the private key "${label}" was not always sensitive (CKA_ALWAYS_SENSITIVE false): a copy may exist outside the token`;
+    return null;
+  }
+
+  private findData(label: string): Handle[] {
+    const s = this.s;
+    this.p11.C_FindObjectsInit(s, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_LABEL, value: label },
+    ]);
+    try {
+      return this.p11.C_FindObjects(s, 16);
+    } finally {
+      this.p11.C_FindObjectsFinal(s);
+    }
+  }
+
+  /** The values of the private data objects labelled `label` (usually one). */
+  readData(label: string): Buffer[] {
+    try {
+      return this.findData(label).map((h) => this.p11.C_GetAttributeValue(this.s, h, [{ type: pkcs11js.CKA_VALUE }])[0]!.value as Buffer);
+    } catch (err) {
+      throw err instanceof LineSignerError ? err : tokenError('reading a data object', err);
+    }
+  }
+
+  /**
+   * Replaces the private token data object labelled `label`. Tokens may not
+   * let CKA_VALUE change, so the new object is made first and the old ones
+   * destroyed after: a crash in between leaves both, never neither.
+   */
+  writeData(label: string, value: Uint8Array): void {
+    try {
+      const old = this.findData(label);
+      this.p11.C_CreateObject(this.s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_APPLICATION, value: 'line-signer' },
+        { type: pkcs11js.CKA_VALUE, value: Buffer.from(value) },
+      ]);
+      for (const h of old) this.p11.C_DestroyObject(this.s, h);
+    } catch (err) {
+      throw err instanceof LineSignerError ? err : tokenError('writing a data object', err);
+    }
+  }
+
   /** A Signer for the key labelled `label`; fails when the token lacks it. */
   signer(label: string, blocking = false): TokenSigner {
     const key = this.findKey(label);

@@ -2,36 +2,60 @@
  * Runs in a worker thread: its own PKCS#11 session on the token, signing
  * digests the main thread sends. C_SignInit and C_Sign (and SoftHSM's
  * unwrapping of the key on every init) then never run on the thread that
- * serves the links.
+ * serves the links. It also signs the ledger's checkpoints with the
+ * station key and keeps the newest one in a token object, so that those
+ * token writes (milliseconds on SoftHSM) never hold up a link either.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { asLineSignerError } from '../errors.js';
-import { Pkcs11Token, type TokenOptions } from './pkcs11.js';
+import { asLineSignerError, LineSignerError } from '../errors.js';
+import { Pkcs11Token, type TokenOptions, type TokenSigner } from './pkcs11.js';
 import type { RpcReply } from '../worker-rpc.js';
 
 export interface SignWorkerData extends TokenOptions {
   keyLabel: string;
+  /** The station key's label, for checkpoint signatures. */
+  stationKeyLabel?: string | undefined;
 }
 
-export type SignWorkerRequest = { id: number; digest: Uint8Array };
+export type SignWorkerRequest =
+  | { id: number; op?: undefined; digest: Uint8Array }
+  | { id: number; op: 'station-sign'; digest: Uint8Array }
+  | { id: number; op: 'store'; label: string; value: Uint8Array };
 
 const data = workerData as SignWorkerData;
-let signer: ReturnType<Pkcs11Token['signer']> | null = null;
+let token: Pkcs11Token | null = null;
+const signers = new Map<string, TokenSigner>();
 
-function ready(): ReturnType<Pkcs11Token['signer']> {
-  if (!signer) signer = Pkcs11Token.open(data).signer(data.keyLabel, true);
-  return signer;
+function signer(label: string): TokenSigner {
+  token ??= Pkcs11Token.open(data);
+  let s = signers.get(label);
+  if (!s) signers.set(label, (s = token.signer(label, true)));
+  return s;
+}
+
+async function run(req: SignWorkerRequest): Promise<unknown> {
+  switch (req.op) {
+    case undefined:
+      return signer(data.keyLabel).sign(req.digest);
+    case 'station-sign':
+      if (!data.stationKeyLabel) throw new LineSignerError('TOKEN_UNAVAILABLE', 'no station key configured');
+      return signer(data.stationKeyLabel).sign(req.digest);
+    case 'store':
+      token ??= Pkcs11Token.open(data);
+      token.writeData(req.label, req.value);
+      return null;
+  }
 }
 
 parentPort!.on('message', (req: SignWorkerRequest) => {
-  let pending: Promise<Uint8Array>;
+  let pending: Promise<unknown>;
   try {
-    pending = ready().sign(req.digest);
+    pending = run(req);
   } catch (err) {
     pending = Promise.reject(err);
   }
   pending.then(
-    (signature) => parentPort!.postMessage({ id: req.id, result: signature } satisfies RpcReply),
+    (result) => parentPort!.postMessage({ id: req.id, result } satisfies RpcReply),
     (err) => {
       const e = asLineSignerError(err);
       parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message } } satisfies RpcReply);

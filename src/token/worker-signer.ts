@@ -20,6 +20,8 @@ export class WorkerSigner implements Signer {
   private readonly key: KeyObject;
   private readonly rpc: WorkerRpc;
   private nearbyBusy = false;
+  /** A refused PIN sticks: the worker is never asked to log in again until an operator restarts the station. */
+  private pinRefused: LineSignerError | null = null;
 
   constructor(
     data: SignWorkerData,
@@ -50,7 +52,29 @@ export class WorkerSigner implements Signer {
         this.nearbyBusy = false;
       });
     }
-    return this.rpc.call<Uint8Array>({ digest });
+    return this.call<Uint8Array>({ digest });
+  }
+
+  /** A signature by the station key (ledger checkpoints), made in the worker. */
+  stationSign(digest: Uint8Array): Promise<Uint8Array> {
+    return this.call<Uint8Array>({ op: 'station-sign', digest });
+  }
+
+  /** Keeps `value` in the token's private data object `label`, from the worker. */
+  store(label: string, value: Uint8Array): Promise<void> {
+    return this.call<void>({ op: 'store', label, value });
+  }
+
+  private async call<T>(msg: Record<string, unknown>): Promise<T> {
+    if (this.pinRefused) throw this.pinRefused;
+    try {
+      return await this.rpc.call<T>(msg);
+    } catch (err) {
+      if (err instanceof LineSignerError && err.code === 'TOKEN_PIN') {
+        this.pinRefused = new LineSignerError('TOKEN_PIN', `${err.message}; the station will not try again until it is restarted`);
+      }
+      throw err;
+    }
   }
 
   close(): Promise<void> {

@@ -1,0 +1,84 @@
+/**
+ * What a serving station answers on its control channel: the operator
+ * actions (src/operator), plus a CSR to sign (`line-signer sign`), an
+ * export, and its live health. Requests are checked field by field: the
+ * socket is private to the service user, but a request is still input.
+ */
+import type { StationConfig } from '../config/index.js';
+import { LineSignerError } from '../errors.js';
+import { exportBatch } from '../export/index.js';
+import { SqliteLedger } from '../ledger/index.js';
+import { ControlServer } from '../operator/control.js';
+import { perform, type OperatorRequest } from '../operator/index.js';
+import type { OpenStation } from '../station/index.js';
+
+export type OwnerRequest =
+  | OperatorRequest
+  | { op: 'sign'; csr: string }
+  | { op: 'export'; outDir: string; batch?: number | undefined }
+  | { op: 'health' };
+
+const str = (v: unknown, what: string): string => {
+  if (typeof v !== 'string') throw new LineSignerError('USAGE', `control request: ${what} must be text`);
+  return v;
+};
+
+/** The request, checked: each op with exactly the fields it takes. */
+export function ownerRequest(raw: unknown): OwnerRequest {
+  if (!raw || typeof raw !== 'object') throw new LineSignerError('USAGE', 'control request: not an object');
+  const r = raw as Record<string, unknown>;
+  const op = str(r.op, 'op');
+  switch (op) {
+    case 'sign':
+      return { op, csr: str(r.csr, 'csr') };
+    case 'export':
+      return { op, outDir: str(r.outDir, 'outDir'), batch: typeof r.batch === 'number' ? r.batch : undefined };
+    case 'health':
+      return { op };
+    case 'allow-reissue':
+      return { op, device: str(r.device, 'device'), reason: str(r.reason, 'reason'), operator: str(r.operator, 'operator') };
+    case 'revoke':
+      return { op, target: str(r.target, 'target'), reason: str(r.reason, 'reason'), operator: str(r.operator, 'operator') };
+    case 'order-open': {
+      if (typeof r.quantity !== 'number') throw new LineSignerError('USAGE', 'control request: quantity must be a number');
+      return { op, id: str(r.id, 'id'), quantity: r.quantity, hardwareId: r.hardwareId === null ? null : str(r.hardwareId, 'hardwareId'), operator: str(r.operator, 'operator') };
+    }
+    case 'order-close':
+      return { op, id: str(r.id, 'id'), operator: str(r.operator, 'operator') };
+    case 'clock-confirm':
+      return { op, reason: str(r.reason, 'reason'), operator: str(r.operator, 'operator') };
+    case 'backup':
+      return { op, dest: str(r.dest, 'dest'), operator: str(r.operator, 'operator') };
+    default:
+      throw new LineSignerError('USAGE', `control request: unknown op ${JSON.stringify(op.slice(0, 32))}`);
+  }
+}
+
+/** Serves the control channel for a station that owns its ledger; returns the server to close at stop. */
+export function serveControl(config: StationConfig, open: OpenStation): Promise<ControlServer> {
+  const ledger = new SqliteLedger(config.station.ledger, config.station.id);
+  const ctx = { config, ledger, checkpoint: (reason: string) => open.checkpointer.take(reason) };
+  return ControlServer.listen(config.station.ledger, async (raw) => {
+    const req = ownerRequest(raw);
+    switch (req.op) {
+      case 'sign':
+        return open.station.handle({ csr: new Uint8Array(Buffer.from(req.csr, 'base64')), link: 'cli' });
+      case 'export': {
+        const r = await exportBatch(config, { outDir: req.outDir, batch: req.batch });
+        await open.checkpointer.take('export');
+        return r;
+      }
+      case 'health':
+        return { health: open.station.health(), checkpoint: open.checkpointer.failure, pid: process.pid };
+      default:
+        return perform(ctx, req);
+    }
+  }).then((server) => {
+    const close = server.close.bind(server);
+    server.close = async () => {
+      await close();
+      ledger.close();
+    };
+    return server;
+  });
+}

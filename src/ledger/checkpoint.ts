@@ -1,0 +1,116 @@
+/**
+ * Signed checkpoints: what makes the ledger's history one only the token
+ * can write. The SHA-256 chains alone can be recomputed by anyone who can
+ * edit the file; a checkpoint is a statement of both chains' heads, and of
+ * every entry_hash since the previous checkpoint, signed by the station key
+ * inside the token. `ledger verify` then knows, for every checkpointed row,
+ * the hash the station wrote, so an edited row is named even when every
+ * later hash was recomputed. The newest checkpoint is also kept inside the
+ * token (checkpointStore in token/), so deleting the newest rows or
+ * restoring an older copy of the file is caught too.
+ */
+import { createHash } from 'node:crypto';
+import { LineSignerError } from '../errors.js';
+
+export interface Heads {
+  issuanceSeq: number;
+  issuanceHash: string;
+  eventSeq: number;
+  eventHash: string;
+}
+
+export interface Checkpoint extends Heads {
+  n: number;
+  at: string;
+  /** Why it was taken: issuing (at most once a second), start, stop, export, operator, backup. */
+  reason: string;
+  /** entry_hash (32 bytes each) of the issuances after the previous checkpoint, up to issuanceSeq. */
+  issuanceHashes: Uint8Array;
+  eventHashes: Uint8Array;
+  /** SHA-256 of the previous checkpoint's statement (64 zeros for the first). */
+  previous: string;
+  /** DER ECDSA signature by the station key over the statement's SHA-256. */
+  signature: Uint8Array;
+}
+
+/** What the token keeps: enough to find and check the newest checkpoint in a file. */
+export interface TokenCheckpoint extends Heads {
+  ledgerId: string;
+  n: number;
+  at: string;
+  reason: string;
+  /** SHA-256 of the checkpoint's statement. */
+  statement: string;
+}
+
+/** The exact bytes a checkpoint signature covers. */
+export function checkpointStatement(ledgerId: string, c: Omit<Checkpoint, 'signature'>): Buffer {
+  return Buffer.from(
+    [
+      'line-signer checkpoint 1',
+      `ledger ${ledgerId}`,
+      `n ${c.n}`,
+      `at ${c.at}`,
+      `reason ${c.reason}`,
+      `issuances ${c.issuanceSeq} ${c.issuanceHash} ${sha256(c.issuanceHashes)}`,
+      `events ${c.eventSeq} ${c.eventHash} ${sha256(c.eventHashes)}`,
+      `previous ${c.previous}`,
+      '',
+    ].join('\n'),
+  );
+}
+
+export function sha256(bytes: Uint8Array | string): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** The 32-byte hashes of a blob, as hex, in order. */
+export function splitHashes(blob: Uint8Array): string[] {
+  if (blob.length % 32) throw new LineSignerError('LEDGER', 'a checkpoint hash list is not whole hashes');
+  const out: string[] = [];
+  for (let i = 0; i < blob.length; i += 32) out.push(Buffer.from(blob.subarray(i, i + 32)).toString('hex'));
+  return out;
+}
+
+export function encodeTokenCheckpoint(c: TokenCheckpoint): Buffer {
+  return Buffer.from(JSON.stringify(c));
+}
+
+export function decodeTokenCheckpoint(bytes: Uint8Array): TokenCheckpoint | null {
+  try {
+    const c = JSON.parse(Buffer.from(bytes).toString('utf8')) as TokenCheckpoint;
+    return typeof c.n === 'number' && typeof c.ledgerId === 'string' ? c : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The label of the token object that keeps a ledger's newest checkpoint. */
+export function checkpointLabel(ledgerId: string): string {
+  return `line-signer checkpoint ${ledgerId}`;
+}
+
+export interface CheckpointWriter {
+  prepareCheckpoint(reason: string, always?: boolean): { unsigned: Omit<Checkpoint, 'signature'>; digest: Uint8Array } | null;
+  recordCheckpoint(c: Checkpoint): TokenCheckpoint | Promise<TokenCheckpoint>;
+}
+
+/**
+ * One checkpoint: prepared from the ledger, signed by the station key, stored
+ * in the ledger, then kept in the token. The token's copy is written last,
+ * so it is never ahead of what the file holds.
+ */
+export async function takeCheckpoint(
+  ledger: CheckpointWriter,
+  sign: (digest: Uint8Array) => Promise<Uint8Array>,
+  store: (label: string, value: Uint8Array) => Promise<void> | void,
+  reason: string,
+  always = true,
+): Promise<TokenCheckpoint | null> {
+  const prepared = ledger.prepareCheckpoint(reason, always);
+  if (!prepared) return null;
+  const signature = await sign(prepared.digest);
+  const kept = await ledger.recordCheckpoint({ ...prepared.unsigned, signature });
+  await store(checkpointLabel(kept.ledgerId), encodeTokenCheckpoint(kept));
+  return kept;
+}

@@ -1,0 +1,105 @@
+/**
+ * The local control channel: how an operator command reaches the process
+ * that owns a ledger (a serving station), so that the owner stays the
+ * ledger's one writer. A Unix socket next to the ledger, `<ledger>.sock`,
+ * mode 0600 in the ledger's folder: only the service user (and root) can
+ * connect. One JSON request per connection, one JSON reply.
+ */
+import { chmodSync, rmSync } from 'node:fs';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { asLineSignerError, LineSignerError, type ErrorCode } from '../errors.js';
+
+export const socketPath = (ledger: string): string => `${ledger}.sock`;
+
+const MAX_REQUEST = 256 * 1024;
+
+export type ControlReply = { ok: true; result: unknown } | { ok: false; code: ErrorCode; message: string };
+
+export class ControlServer {
+  private constructor(private readonly server: Server, private readonly path: string) {}
+
+  /** Listens on the ledger's socket. Only the ledger's lock holder calls this, so a leftover socket file is stale. */
+  static async listen(ledger: string, handle: (request: unknown) => Promise<unknown>): Promise<ControlServer> {
+    const path = socketPath(ledger);
+    rmSync(path, { force: true });
+    const server = createServer((socket) => serveOne(socket, handle));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => resolve());
+    });
+    chmodSync(path, 0o600);
+    server.unref();
+    return new ControlServer(server, path);
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    rmSync(this.path, { force: true });
+  }
+}
+
+function serveOne(socket: Socket, handle: (request: unknown) => Promise<unknown>): void {
+  let data = '';
+  socket.setEncoding('utf8');
+  socket.setTimeout(30_000, () => socket.destroy());
+  socket.on('error', () => undefined);
+  socket.on('data', (chunk: string) => {
+    data += chunk;
+    if (data.length > MAX_REQUEST) socket.destroy();
+    const nl = data.indexOf('\n');
+    if (nl === -1) return;
+    socket.removeAllListeners('data');
+    let reply: Promise<ControlReply>;
+    try {
+      const request = JSON.parse(data.slice(0, nl)) as unknown;
+      reply = handle(request).then(
+        (result): ControlReply => ({ ok: true, result }),
+        (err): ControlReply => {
+          const e = asLineSignerError(err);
+          return { ok: false, code: e.code, message: e.message };
+        },
+      );
+    } catch {
+      reply = Promise.resolve({ ok: false, code: 'USAGE', message: 'control request is not JSON' });
+    }
+    void reply.then((r) => socket.end(JSON.stringify(r) + '\n'));
+  });
+}
+
+/**
+ * Sends one request to the ledger's owner. Resolves to the owner's result,
+ * rejects with its error, or resolves `undefined` when no owner listens.
+ */
+export function callOwner(ledger: string, request: unknown, timeoutMs = 120_000): Promise<{ result: unknown } | undefined> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection(socketPath(ledger));
+    let data = '';
+    let connected = false;
+    socket.setEncoding('utf8');
+    socket.setTimeout(timeoutMs, () => {
+      socket.destroy();
+      reject(new LineSignerError('LEDGER_BUSY', `the serving station did not answer within ${timeoutMs / 1000} s`));
+    });
+    socket.on('connect', () => {
+      connected = true;
+      socket.write(JSON.stringify(request) + '\n');
+    });
+    socket.on('data', (chunk: string) => (data += chunk));
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (!connected && (err.code === 'ENOENT' || err.code === 'ECONNREFUSED')) resolve(undefined);
+      else if (!connected && err.code === 'EACCES') {
+        reject(new LineSignerError('LEDGER', `cannot reach the serving station at ${socketPath(ledger)}: permission denied; run this as the station's service user (or root)`));
+      } else reject(new LineSignerError('LEDGER', `control channel ${socketPath(ledger)}: ${err.message}`));
+    });
+    socket.on('end', () => {
+      let reply: ControlReply;
+      try {
+        reply = JSON.parse(data) as ControlReply;
+      } catch {
+        return reject(new LineSignerError('LEDGER', 'the serving station sent no readable answer'));
+      }
+      if (reply.ok) resolve({ result: reply.result });
+      else reject(new LineSignerError(reply.code, reply.message));
+    });
+  });
+}

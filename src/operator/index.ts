@@ -1,0 +1,137 @@
+/**
+ * Operator actions: work orders, re-issue grants, revocations, clock
+ * confirmations, backups, and the commands that write the ledger (sign,
+ * export). One home for them, used by the CLI and by a serving station
+ * alike: `operate()` sends the action to the process that owns the ledger
+ * (a serving station, over the control channel), or, when none does, takes
+ * the ledger's lock and performs it here. Either way the ledger has one
+ * writer, and each action is an event with its operator in the hash chain,
+ * followed by a signed checkpoint.
+ */
+import { userInfo } from 'node:os';
+import { isAbsolute, resolve } from 'node:path';
+import type { StationConfig } from '../config/index.js';
+import { LineSignerError } from '../errors.js';
+import { LedgerLock, SqliteLedger, takeCheckpoint, type Order } from '../ledger/index.js';
+import { Pkcs11Token } from '../token/index.js';
+import { readPin } from '../config/index.js';
+import { checkClientText } from '../text.js';
+import { backupLedger } from './backup.js';
+import { callOwner } from './control.js';
+
+export type OperatorRequest =
+  | { op: 'allow-reissue'; device: string; reason: string; operator: string }
+  | { op: 'revoke'; target: string; reason: string; operator: string }
+  | { op: 'order-open'; id: string; quantity: number; hardwareId: string | null; operator: string }
+  | { op: 'order-close'; id: string; operator: string }
+  | { op: 'clock-confirm'; reason: string; operator: string }
+  | { op: 'backup'; dest: string; operator: string };
+
+/** What an action needs from the process that performs it. */
+export interface OperatorContext {
+  config: StationConfig;
+  /** A write connection to the ledger, owned by this process. */
+  ledger: SqliteLedger;
+  /** A checkpoint after the action's event. */
+  checkpoint(reason: string): Promise<unknown>;
+}
+
+/** The operator's name: the flag, else [station] operator, else the login name (SUDO_USER under sudo). */
+export function operatorName(config: StationConfig, flag?: string): string {
+  let name = flag ?? config.station.operator ?? process.env.SUDO_USER;
+  if (!name) {
+    try {
+      name = userInfo().username;
+    } catch {
+      name = `uid ${process.getuid?.() ?? '?'}`;
+    }
+  }
+  return checkClientText('--operator', name, 64);
+}
+
+/** Performs one action in the process that owns the ledger. */
+export async function perform(ctx: OperatorContext, req: OperatorRequest): Promise<unknown> {
+  const { ledger } = ctx;
+  let result: unknown;
+  switch (req.op) {
+    case 'allow-reissue':
+      ledger.grantReissue(req.device, req.reason, req.operator);
+      result = { device: req.device };
+      break;
+    case 'revoke':
+      result = { device: ledger.revoke(req.target, req.reason, req.operator) };
+      break;
+    case 'order-open':
+      result = ledger.openOrder({ id: req.id, quantity: req.quantity, hardwareId: req.hardwareId, operator: req.operator });
+      break;
+    case 'order-close':
+      result = ledger.closeOrder(req.id, req.operator);
+      break;
+    case 'clock-confirm':
+      ledger.confirmClock(req.operator, req.reason, new Date());
+      result = { at: new Date().toISOString() };
+      break;
+    case 'backup': {
+      ledger.appendEvent({ kind: 'backup', message: `backup to ${req.dest}`, operator: req.operator });
+      // The copy then holds a signed checkpoint covering everything before it started.
+      await ctx.checkpoint('backup');
+      return backupLedger(ctx.config.station.ledger, req.dest);
+    }
+  }
+  await ctx.checkpoint('operator');
+  return result;
+}
+
+/**
+ * Runs `req` wherever the ledger's owner is: through the serving station's
+ * control channel, or here under the ledger's lock (waiting up to a minute
+ * for another command to finish, and saying so).
+ */
+export async function operate<T>(config: StationConfig, req: OperatorRequest, onWait?: (holder: string) => void): Promise<T> {
+  if (req.op === 'backup' && !isAbsolute(req.dest)) req = { ...req, dest: resolve(req.dest) };
+  const remote = await callOwner(config.station.ledger, req);
+  if (remote) return remote.result as T;
+  return withOwnedLedger(config, req.op, onWait, (ctx) => perform(ctx, req)) as Promise<T>;
+}
+
+/** Takes the ledger's lock, opens it and the token for checkpoints, runs `work`, and lets go. */
+export async function withOwnedLedger<T>(
+  config: StationConfig,
+  command: string,
+  onWait: ((holder: string) => void) | undefined,
+  work: (ctx: OperatorContext) => Promise<T>,
+): Promise<T> {
+  const lock = await LedgerLock.wait(config.station.ledger, command, 60_000, onWait);
+  try {
+    const ledger = new SqliteLedger(config.station.ledger, config.station.id);
+    let token: Pkcs11Token | null = null;
+    try {
+      const ctx: OperatorContext = {
+        config,
+        ledger,
+        async checkpoint(reason) {
+          // One login per operator action, and only when there is something to sign.
+          token ??= Pkcs11Token.open({ module: config.token.module, tokenLabel: config.token.token_label, pin: readPin(config.token), softhsm2Conf: config.token.softhsm2_conf });
+          const t = token;
+          const signer = t.signer(config.token.station_key_label);
+          return takeCheckpoint(ledger, (d) => signer.sign(d), (l, v) => t.writeData(l, v), reason);
+        },
+      };
+      return await work(ctx);
+    } finally {
+      (token as Pkcs11Token | null)?.close();
+      ledger.close();
+    }
+  } finally {
+    lock.release();
+  }
+}
+
+export function orderSummary(o: Order): string {
+  const state = o.closedAt ? `closed ${o.closedAt} by ${o.closedBy}` : o.issued >= o.quantity ? 'open, used up' : 'open';
+  return `${o.id}: ${o.issued} of ${o.quantity}${o.hardwareId ? `, hardware id ${o.hardwareId}` : ''}; opened ${o.openedAt} by ${o.operator}; ${state}`;
+}
+
+export function usage(message: string): never {
+  throw new LineSignerError('USAGE', message);
+}
