@@ -72,7 +72,7 @@ export const SPOOL_LIMITS = {
   /** A failed answer write is retried after 1 s, doubling to 60 s. */
   retryMs: 1000,
   retryMaxMs: 60_000,
-  /** A missing, read-only or symlinked folder is looked at again after a poll, doubling to 5 s. */
+  /** A missing, read-only or symlinked folder is looked at again after a poll, doubling to 5 s (never faster than the poll). */
   folderRetryMaxMs: 5000,
 } as const;
 
@@ -199,7 +199,7 @@ export class SpoolLink implements Link {
     } catch (err) {
       if (!(err instanceof FolderProblem)) throw err;
       this.watched.clear();
-      this.folderDelayMs = Math.min(SPOOL_LIMITS.folderRetryMaxMs, Math.max(this.opts.pollMs, this.folderDelayMs * 2));
+      this.folderDelayMs = Math.max(this.opts.pollMs, Math.min(SPOOL_LIMITS.folderRetryMaxMs, this.folderDelayMs * 2));
       this.reporter.state(err.state, err.reason);
     } finally {
       for (const d of opened) closeSync(d.fd);
