@@ -93,8 +93,10 @@ test('a file still being written is not read half-way, and re-dropping a signed 
   await link.scan();
   t.false(existsSync(join(dir, 'outbox', 'slow.error')), 'not read while it was still growing');
   writeFileSync(join(inbox, 'slow.csr'), pem);
-  await new Promise((r) => setTimeout(r, 500));
   await link.scan();
+  await new Promise((r) => setTimeout(r, 450));
+  await link.scan();
+  t.false(existsSync(join(dir, 'outbox', 'slow.pem')), 'one stable poll is not enough');
   await link.scan();
   const first = readFileSync(join(dir, 'outbox', 'slow.pem'), 'utf8');
   t.is(pemDecodeAll(first, 'CERTIFICATE').length, 2);
@@ -102,6 +104,10 @@ test('a file still being written is not read half-way, and re-dropping a signed 
   drop(inbox, 'slow.csr', pem);
   const old = new Date(Date.now() - 10_000);
   utimesSync(join(inbox, 'slow.csr'), old, old);
+  // Read only after two stable polls and the quiet period, whatever the mtime says.
+  await link.scan();
+  await new Promise((r) => setTimeout(r, 450));
+  await link.scan();
   await link.scan();
   t.is(readFileSync(join(dir, 'outbox', 'slow.pem'), 'utf8'), first);
   t.is(s.ledger.issuedCount(), 1);
@@ -125,8 +131,8 @@ test('a file too large to be a CSR gets TOO_LARGE, and the spool keeps serving',
   drop(inbox, 'fine.csr', pemEncode(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, 'CERTIFICATE REQUEST'));
   const old = new Date(Date.now() - 10_000);
   for (const n of readdirSync(inbox)) utimesSync(join(inbox, n), old, old);
-  const link = new SpoolLink(s.station, { dir, pollMs: 50 });
-  await link.scan();
+  const link = new SpoolLink(s.station, { dir, pollMs: 50, quietMs: 0 });
+  for (let i = 0; i < 3; i++) await link.scan(); // seen, then still twice
   await link.stop();
   t.regex(readFileSync(join(dir, 'outbox', 'huge.error'), 'utf8'), /^TOO_LARGE /);
   t.is(pemDecodeAll(readFileSync(join(dir, 'outbox', 'fine.pem'), 'utf8'), 'CERTIFICATE').length, 2);

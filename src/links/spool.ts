@@ -4,13 +4,52 @@
  * `DIR/outbox/<name>.error` (one line `<CODE> <message>`) out, plus
  * `DIR/outbox/root.crt`; each request is moved to `DIR/done/` once
  * answered. The folder is polled: vfat sticks give no reliable change
- * events, and fs.watch sees nothing after a remount. A file is read only
- * after its size and mtime have stood still for a quiet period, so a
- * writer that does not rename into place is not read half-way.
+ * events, and fs.watch sees nothing after a remount.
+ *
+ * Everything on the stick is the client's, including its folder tree:
+ * - The spool folder, inbox, outbox and done are opened once per pass
+ *   with O_DIRECTORY | O_NOFOLLOW and then reached only through their
+ *   descriptors (/proc/self/fd/N/...), so a symlink or a folder swapped
+ *   mid-pass never leads the station elsewhere.
+ * - Requests are opened with O_NOFOLLOW | O_NONBLOCK and fstat'ed: only a
+ *   regular file is read, at most MAX_CSR_FILE bytes. Anything else named
+ *   *.csr (symlink, FIFO, device, folder) is answered with an .error and
+ *   moved to done/, never read through.
+ * - Answers are written to a fresh O_EXCL | O_NOFOLLOW temporary file in
+ *   outbox, flushed, then renamed over the final name (a rename replaces a
+ *   symlink there, never writes through it).
+ * - A file is read only after its size and mtime have stood still for two
+ *   polls and at least the quiet period, whatever its mtime says, so a
+ *   writer that does not rename into place is not read half-way.
+ * - A file name must be acceptable client text (src/text.ts) and short
+ *   enough for every name derived from it; otherwise the file is never
+ *   read, and is answered under a name derived from a hash of its bytes
+ *   (`badname-<16 hex>.error`, request moved to `done/badname-<16 hex>.csr`).
+ * - Once the station has answered a file, that answer is kept until it is
+ *   on the stick: a write that fails (stick full, read-only, a folder in
+ *   the way) is retried with back-off without asking the station again,
+ *   so no new ledger event, while the other files keep flowing.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync } from 'node:fs';
-import { basename, join } from 'node:path';
-import { writeFileAtomic } from '../files.js';
+import {
+  accessSync,
+  closeSync,
+  constants,
+  fstatSync,
+  fsyncSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+  type Stats,
+} from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { resolve } from 'node:path';
+import type { ProtocolCode } from '../errors.js';
+import { printable, quote, textProblem, TEXT_LIMITS } from '../text.js';
 import { LinkReporter, type Link, type LinkObserver, type StationPort } from './types.js';
 
 export interface SpoolLinkOptions {
@@ -18,16 +57,95 @@ export interface SpoolLinkOptions {
   pollMs: number;
   /** How long a file must stand still before it is read (default: 2 polls, at least 1 s). */
   quietMs?: number;
+  /** First back-off after a failed answer write (default 1 s); doubles up to retryMaxMs. */
+  retryMs?: number;
+  retryMaxMs?: number;
 }
 
-const MAX_CSR_FILE = 64 * 1024;
+export const SPOOL_LIMITS = {
+  /** Bytes: a request file larger than this is answered TOO_LARGE without being read. */
+  maxCsrFile: 64 * 1024,
+  /** UTF-8 bytes of a name's stem, so that `<stem>.error.old-<ms>` fits every filesystem's 255. */
+  maxStemBytes: 200,
+  /** Unchanged observations a file needs before it is read. */
+  stablePolls: 2,
+  /** A failed answer write is retried after 1 s, doubling to 60 s. */
+  retryMs: 1000,
+  retryMaxMs: 60_000,
+  /** A missing, read-only or symlinked folder is looked at again after a poll, doubling to 5 s (never faster than the poll). */
+  folderRetryMaxMs: 5000,
+} as const;
+
+/** Prefix of the stem a file with an unacceptable name is answered under. */
+export const BAD_NAME_PREFIX = 'badname-';
+
+const O_DIR = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+const O_READ = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+const O_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A folder held open by descriptor; paths under it never re-resolve the folder's own path. */
+class Dir {
+  constructor(
+    readonly fd: number,
+    /** The folder's path for messages (operator config plus a fixed name). */
+    readonly shown: string,
+  ) {}
+  child(name: string | Buffer): Buffer {
+    return Buffer.concat([Buffer.from(`/proc/self/fd/${this.fd}/`), typeof name === 'string' ? Buffer.from(name) : name]);
+  }
+  sync(): void {
+    try {
+      fsyncSync(this.fd);
+    } catch {
+      // Some filesystems (vfat on some kernels) refuse fsync on a folder; the rename still happened.
+    }
+  }
+}
+
+/** Why the folder tree cannot be served now: the link's state and reason. */
+class FolderProblem extends Error {
+  constructor(
+    readonly state: 'waiting' | 'error',
+    readonly reason: string,
+  ) {
+    super(reason);
+  }
+}
+
+/** What a request is answered with; kept until it is on the stick. */
+interface Answer {
+  stem: string;
+  ext: 'pem' | 'error';
+  content: string;
+  /** Name the request gets in done/. */
+  doneName: string;
+}
+
+interface Pending {
+  answer: Answer;
+  identity: string;
+  written: boolean;
+  nextAt: number;
+  delayMs: number;
+  reason: string;
+}
+
+interface Watched {
+  identity: string;
+  firstAt: number;
+  stablePolls: number;
+}
 
 export class SpoolLink implements Link {
   private readonly reporter: LinkReporter;
+  private readonly dir: string;
   private timer: NodeJS.Timeout | null = null;
   private scanning: Promise<void> | null = null;
   private stopping = false;
-  private readonly seen = new Map<string, { size: number; mtimeMs: number; since: number }>();
+  private folderDelayMs = 0;
+  private readonly watched = new Map<string, Watched>();
+  private readonly pending = new Map<string, Pending>();
 
   constructor(
     private readonly station: StationPort,
@@ -35,6 +153,8 @@ export class SpoolLink implements Link {
     observer?: LinkObserver,
   ) {
     this.reporter = new LinkReporter(`spool:${opts.dir}`, 'spool', observer);
+    // Without a trailing slash, O_NOFOLLOW applies to the folder's own name.
+    this.dir = resolve(opts.dir);
   }
 
   get status() {
@@ -53,69 +173,143 @@ export class SpoolLink implements Link {
     if (this.stopping) return;
     this.timer = setTimeout(() => {
       this.scanning = this.scan()
-        .catch((err) => this.reporter.state('waiting', (err as Error).message))
+        .catch((err) => this.reporter.state('error', `unexpected: ${printable((err as Error).message)}`))
         .finally(() => {
           this.scanning = null;
-          this.schedule(this.opts.pollMs);
+          this.schedule(this.folderDelayMs || this.opts.pollMs);
         });
     }, ms);
   }
 
   /** One pass over the inbox; also what a test calls to avoid waiting. */
   async scan(): Promise<void> {
-    const inbox = join(this.opts.dir, 'inbox');
-    if (!existsSync(inbox)) {
-      this.reporter.state('waiting', 'no inbox (stick not mounted?)');
-      return;
-    }
-    const outbox = join(this.opts.dir, 'outbox');
-    const done = join(this.opts.dir, 'done');
-    mkdirSync(outbox, { recursive: true });
-    mkdirSync(done, { recursive: true });
-    const rootPath = join(outbox, 'root.crt');
-    if (!existsSync(rootPath) || readFileSync(rootPath, 'utf8') !== this.station.rootPem) writeFileAtomic(rootPath, this.station.rootPem);
-    this.reporter.state('polling');
-
-    const now = Date.now();
-    const names = readdirSync(inbox).filter((n) => n.endsWith('.csr') && !n.startsWith('.')).sort();
-    for (const key of this.seen.keys()) if (!names.includes(key)) this.seen.delete(key);
-    for (const name of names) {
-      if (this.stopping) return;
-      const path = join(inbox, name);
-      let st;
-      try {
-        st = statSync(path);
-      } catch {
-        continue; // gone since the listing
-      }
-      if (!st.isFile()) continue;
-      const prev = this.seen.get(name);
-      if (!prev || prev.size !== st.size || prev.mtimeMs !== st.mtimeMs) {
-        this.seen.set(name, { size: st.size, mtimeMs: st.mtimeMs, since: now });
-        if (now - st.mtimeMs < this.quietMs) continue;
-      } else if (now - prev.since < this.quietMs && now - st.mtimeMs < this.quietMs) continue;
-      await this.answer(path, name, outbox, done, st.size);
-      this.seen.delete(name);
+    const opened: Dir[] = [];
+    try {
+      const spool = openFolder(this.dir, this.dir, opened, false);
+      const inbox = openFolder(spool.child('inbox'), `${this.dir}/inbox`, opened, false);
+      const outbox = openFolder(spool.child('outbox'), `${this.dir}/outbox`, opened, true);
+      const done = openFolder(spool.child('done'), `${this.dir}/done`, opened, true);
+      for (const d of [inbox, outbox, done]) writable(d);
+      this.ensureRoot(outbox);
+      this.folderDelayMs = 0;
+      await this.serve(inbox, outbox, done);
+      const stuck = this.pending.values().next();
+      if (stuck.done) this.reporter.state('polling');
+      else this.reporter.state('error', stuck.value.reason);
+    } catch (err) {
+      if (!(err instanceof FolderProblem)) throw err;
+      this.watched.clear();
+      this.folderDelayMs = Math.max(this.opts.pollMs, Math.min(SPOOL_LIMITS.folderRetryMaxMs, this.folderDelayMs * 2));
+      this.reporter.state(err.state, err.reason);
+    } finally {
+      for (const d of opened) closeSync(d.fd);
     }
   }
 
-  private async answer(path: string, name: string, outbox: string, done: string, size: number): Promise<void> {
-    const stem = basename(name, '.csr');
-    if (size > MAX_CSR_FILE) {
-      const message = `file over ${MAX_CSR_FILE} bytes`;
-      this.reporter.refused('TOO_LARGE', message);
-      await this.station.recordRefusal(this.reporter.status.name, 'TOO_LARGE', message);
-      writeFileAtomic(join(outbox, `${stem}.error`), `TOO_LARGE ${message}\n`);
-    } else {
-      const r = await this.station.handle({ csr: new Uint8Array(readFileSync(path)), link: this.reporter.status.name });
-      this.reporter.result(r);
-      if (r.ok) writeFileAtomic(join(outbox, `${stem}.pem`), r.chain);
-      else writeFileAtomic(join(outbox, `${stem}.error`), `${r.code} ${r.message.replace(/[\r\n]+/g, ' ')}\n`);
-      // A stale answer from an earlier drop of the same name must not stand beside the new one.
-      const stale = join(outbox, `${stem}.${r.ok ? 'error' : 'pem'}`);
-      if (existsSync(stale)) renameSync(stale, join(done, `${stem}.${r.ok ? 'error' : 'pem'}.old-${Date.now()}`));
+  private ensureRoot(outbox: Dir): void {
+    const path = outbox.child('root.crt');
+    if (readRegular(path, this.station.rootPem.length + 1)?.toString('utf8') === this.station.rootPem) return;
+    try {
+      writeAtomic(outbox, 'root.crt', this.station.rootPem);
+    } catch (err) {
+      throw new FolderProblem('error', `cannot write ${outbox.shown}/root.crt: ${fsReason(err)}`);
     }
-    renameSync(path, join(done, existsSync(join(done, name)) ? `${name}.${Date.now()}` : name));
+  }
+
+  private async serve(inbox: Dir, outbox: Dir, done: Dir): Promise<void> {
+    const now = Date.now();
+    const names = (readdirSync(inbox.child(''), { encoding: 'buffer' }) as Buffer[])
+      .filter((n) => n[0] !== 0x2e && n.subarray(-4).toString('latin1') === '.csr')
+      .sort(Buffer.compare);
+    const present = new Set(names.map((n) => n.toString('hex')));
+    for (const map of [this.watched, this.pending]) for (const key of map.keys()) if (!present.has(key)) map.delete(key);
+
+    for (const raw of names) {
+      if (this.stopping) return;
+      const key = raw.toString('hex');
+      let st: Stats;
+      try {
+        st = lstatSync(inbox.child(raw));
+      } catch {
+        continue; // gone since the listing
+      }
+      const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.mode}`;
+      const pending = this.pending.get(key);
+      if (pending && pending.identity === identity) {
+        if (now >= pending.nextAt) this.deliver(key, raw, pending, inbox, outbox, done);
+        continue;
+      }
+      this.pending.delete(key); // a different file under the same name: a new request
+
+      const name = acceptableName(raw);
+      let answer: Answer;
+      if (typeof name !== 'string') {
+        answer = await this.refuse('BAD_FRAME', `file name ${quote(raw.toString('utf8'))} ${name.why}`, name.stem, `${name.stem}.csr`);
+      } else if (!st.isFile()) {
+        answer = await this.refuse('BAD_CSR', `${quote(name)} is not a regular file (${kindOf(st)}); not read`, stemOf(name), name);
+      } else {
+        if (!this.stable(key, identity, now)) continue;
+        this.watched.delete(key);
+        const got = readRequest(inbox.child(raw), st);
+        if (got === 'changed') continue;
+        if (got === 'too-large') {
+          answer = await this.refuse('TOO_LARGE', `${quote(name)} is over ${SPOOL_LIMITS.maxCsrFile} bytes; not read`, stemOf(name), name);
+        } else if (typeof got === 'string') {
+          answer = await this.refuse('BAD_CSR', `${quote(name)} is not a regular file (${got}); not read`, stemOf(name), name);
+        } else {
+          const r = await this.station.handle({ csr: new Uint8Array(got), link: this.reporter.status.name });
+          this.reporter.result(r);
+          answer = r.ok
+            ? { stem: stemOf(name), ext: 'pem', content: r.chain, doneName: name }
+            : { stem: stemOf(name), ext: 'error', content: `${r.code} ${printable(r.message)}\n`, doneName: name };
+        }
+      }
+      this.deliver(key, raw, { answer, identity, written: false, nextAt: 0, delayMs: 0, reason: '' }, inbox, outbox, done);
+    }
+  }
+
+  /** True once the file has stood still for two polls and the quiet period, counted from when this link first saw it so. */
+  private stable(key: string, identity: string, now: number): boolean {
+    const w = this.watched.get(key);
+    if (!w || w.identity !== identity) {
+      this.watched.set(key, { identity, firstAt: now, stablePolls: 0 });
+      return false;
+    }
+    w.stablePolls++;
+    return w.stablePolls >= SPOOL_LIMITS.stablePolls && now - w.firstAt >= this.quietMs;
+  }
+
+  /** A request refused before it reached the station: counted, and in the ledger's event log once. */
+  private async refuse(code: ProtocolCode, message: string, stem: string, doneName: string): Promise<Answer> {
+    this.reporter.refused(code, message);
+    await this.station.recordRefusal(this.reporter.status.name, code, message);
+    return { stem, ext: 'error', content: `${code} ${message}\n`, doneName };
+  }
+
+  /** Puts an answer on the stick and the request in done/; on failure keeps both for a later pass. */
+  private deliver(key: string, raw: Buffer, p: Pending, inbox: Dir, outbox: Dir, done: Dir): void {
+    const { stem, ext, content, doneName } = p.answer;
+    try {
+      if (!p.written) {
+        writeAtomic(outbox, `${stem}.${ext}`, content);
+        p.written = true;
+      }
+      // A stale answer from an earlier drop of the same name must not stand beside the new one.
+      const staleExt = ext === 'pem' ? 'error' : 'pem';
+      if (exists(outbox.child(`${stem}.${staleExt}`))) {
+        renameSync(outbox.child(`${stem}.${staleExt}`), done.child(`${stem}.${staleExt}.old-${Date.now()}`));
+      }
+      renameSync(inbox.child(raw), done.child(exists(done.child(doneName)) ? `${stemOf(doneName)}.${Date.now()}.csr` : doneName));
+      outbox.sync();
+      done.sync();
+      this.pending.delete(key);
+    } catch (err) {
+      const first = !this.pending.has(key);
+      p.delayMs = first ? (this.opts.retryMs ?? SPOOL_LIMITS.retryMs) : Math.min(this.opts.retryMaxMs ?? SPOOL_LIMITS.retryMaxMs, p.delayMs * 2);
+      p.nextAt = Date.now() + p.delayMs;
+      p.reason = `cannot ${p.written ? `move ${quote(doneName)} to done` : `write ${quote(`${stem}.${ext}`)}`}: ${fsReason(err)}`;
+      this.pending.set(key, p);
+    }
   }
 
   async stop(): Promise<void> {
@@ -124,4 +318,165 @@ export class SpoolLink implements Link {
     if (this.scanning) await this.scanning;
     this.reporter.state('stopped');
   }
+}
+
+/** Opens a folder without following a symlink; creates it first when asked to. */
+function openFolder(path: string | Buffer, shown: string, opened: Dir[], create: boolean): Dir {
+  if (create) {
+    try {
+      mkdirSync(path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'EEXIST') throw new FolderProblem('error', `cannot create ${shown}: ${fsReason(err)}`);
+    }
+  }
+  let fd: number;
+  try {
+    fd = openSync(path, O_DIR);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new FolderProblem('waiting', 'no inbox (stick not mounted?)');
+    let st: Stats | null = null;
+    try {
+      st = lstatSync(path);
+    } catch {
+      // reported below from the open's own error
+    }
+    if (st?.isSymbolicLink()) throw new FolderProblem('error', `${shown} is a symlink, not a folder; not followed`);
+    if (st && !st.isDirectory()) throw new FolderProblem('error', `${shown} is not a folder (${kindOf(st)})`);
+    throw new FolderProblem('error', `cannot open ${shown}: ${fsReason(err)}`);
+  }
+  const dir = new Dir(fd, shown);
+  opened.push(dir);
+  return dir;
+}
+
+function writable(d: Dir): void {
+  try {
+    accessSync(d.child(''), constants.W_OK);
+  } catch (err) {
+    const reason = fsReason(err);
+    throw new FolderProblem('error', reason === 'read-only' ? 'read-only' : `${d.shown}: ${reason}`);
+  }
+}
+
+/** An errno as the technician should read it. */
+function fsReason(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') return 'read-only';
+  if (code === 'ENOSPC' || code === 'EDQUOT') return 'stick full';
+  if (code === 'EISDIR' || code === 'ENOTEMPTY' || code === 'EEXIST') return 'a folder is in the way';
+  return code ?? printable((err as Error).message);
+}
+
+function exists(path: Buffer): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function kindOf(st: Stats): string {
+  if (st.isSymbolicLink()) return 'a symlink';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isDirectory()) return 'a folder';
+  if (st.isCharacterDevice() || st.isBlockDevice()) return 'a device';
+  if (st.isSocket()) return 'a socket';
+  return 'a regular file';
+}
+
+const stemOf = (name: string): string => name.slice(0, -'.csr'.length);
+
+/** The name as text when it is acceptable client text, else why not and the stem to answer under. */
+function acceptableName(raw: Buffer): string | { why: string; stem: string } {
+  const stem = `${BAD_NAME_PREFIX}${createHash('sha256').update(raw).digest('hex').slice(0, 16)}`;
+  let name: string;
+  try {
+    name = utf8.decode(raw);
+  } catch {
+    return { why: 'is not valid UTF-8', stem };
+  }
+  const why = textProblem(name, TEXT_LIMITS.name);
+  if (why) return { why, stem };
+  if (raw.length - 4 > SPOOL_LIMITS.maxStemBytes) return { why: `is longer than ${SPOOL_LIMITS.maxStemBytes + 4} bytes`, stem };
+  return name;
+}
+
+/**
+ * A request's bytes, read through a descriptor that is checked to be the
+ * regular file we watched; 'changed' when it moved on since, 'too-large',
+ * or what it turned out to be.
+ */
+function readRequest(path: Buffer, watched: Stats): Buffer | 'changed' | 'too-large' | string {
+  let fd: number;
+  try {
+    fd = openSync(path, O_READ);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === 'ELOOP' ? 'a symlink' : 'changed';
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) return kindOf(st);
+    if (st.ino !== watched.ino || st.size !== watched.size || st.mtimeMs !== watched.mtimeMs) return 'changed';
+    if (st.size > SPOOL_LIMITS.maxCsrFile) return 'too-large';
+    const buf = readCapped(fd, SPOOL_LIMITS.maxCsrFile);
+    return buf ?? 'too-large';
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Up to `max` bytes from fd; null when there are more. */
+function readCapped(fd: number, max: number): Buffer | null {
+  const buf = Buffer.alloc(max + 1);
+  let n = 0;
+  for (;;) {
+    const got = readSync(fd, buf, n, buf.length - n, null);
+    if (got === 0) break;
+    n += got;
+    if (n > max) return null;
+  }
+  return buf.subarray(0, n);
+}
+
+/** A regular file's bytes (at most `max`), or null for anything else, a missing file, or a longer one. */
+function readRegular(path: Buffer, max: number): Buffer | null {
+  let fd: number;
+  try {
+    fd = openSync(path, O_READ);
+  } catch {
+    return null;
+  }
+  try {
+    return fstatSync(fd).isFile() ? readCapped(fd, max) : null;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A fresh O_EXCL temporary file in `dir`, flushed, then renamed over `name`. */
+function writeAtomic(dir: Dir, name: string, content: string): void {
+  const tmp = dir.child(`.tmp-${randomBytes(8).toString('hex')}`);
+  const fd = openSync(tmp, O_NEW, 0o644);
+  try {
+    try {
+      const bytes = Buffer.from(content);
+      for (let off = 0; off < bytes.length; ) off += writeSync(fd, bytes, off);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, dir.child(name));
+  } catch (err) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // already gone or the stick is gone; the original error is what matters
+    }
+    throw err;
+  }
+  dir.sync();
 }
