@@ -132,15 +132,20 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
   return y
     .command(
       'verify',
-      'walk the hash chains and check every stored certificate against the local-ca',
-      (a) => a,
+      'check the hash chains, every certificate, the signed checkpoints, the token\'s newest checkpoint and the batches; list every problem',
+      (a) =>
+        a
+          .option('ledger', { type: 'string', describe: 'check this copy (a backup) instead of the configured ledger' })
+          .option('no-token', { type: 'boolean', describe: 'check without the token (no PIN here): weaker, and says so' }),
       (args) => {
-        const { checked, problem } = verifyLedger(config(args));
-        if (problem) {
-          process.stderr.write(`ERROR LEDGER ${problem.table} seq ${problem.seq}: ${problem.reason}\n`);
+        const r = verifyLedger(config(args), { file: args.ledger, noToken: args['no-token'] });
+        for (const n of r.notes) process.stdout.write(`note: ${n}\n`);
+        for (const p of r.problems) process.stderr.write(`ERROR LEDGER ${p.table} ${p.table === 'checkpoints' ? 'n' : 'seq'} ${p.seq}: ${p.reason}\n`);
+        if (r.problems.length) {
+          process.stderr.write(`ledger NOT intact: ${r.problems.length}${r.problems.length >= 200 ? '+' : ''} problems\n`);
           process.exit(1);
         }
-        process.stdout.write(`ledger intact: ${checked} issuances, both chains verified\n`);
+        process.stdout.write(`ledger intact: ${r.checked} issuances, ${r.events} events, ${r.checkpoints} signed checkpoints verified\n`);
       },
     )
     .command(

@@ -1,36 +1,8 @@
 /** What the PKI owner asks of a station's ledger: is it intact, and what has it done. */
 import { X509Certificate } from 'node:crypto';
 import type { StationConfig } from '../config/index.js';
-import { SqliteLedger, type ChainProblem, type Issuance } from '../ledger/index.js';
+import { SqliteLedger } from '../ledger/index.js';
 import { readCertificateFile } from './open.js';
-
-/**
- * Walks both hash chains and checks every stored certificate: signed by the
- * local-ca, and the serial and device id the row claims.
- */
-export function verifyLedger(config: StationConfig): { checked: number; problem: ChainProblem | null } {
-  const ca = new X509Certificate(Buffer.from(readCertificateFile(config.ca.certificate, 'local-ca certificate')));
-  const ledger = new SqliteLedger(config.station.ledger, config.station.id);
-  let checked = 0;
-  try {
-    const problem = ledger.verifyChain((row: Issuance) => {
-      checked++;
-      let cert: X509Certificate;
-      try {
-        cert = new X509Certificate(Buffer.from(row.certificate));
-      } catch {
-        return 'stored certificate is not readable';
-      }
-      if (!cert.verify(ca.publicKey)) return 'stored certificate is not signed by the local-ca';
-      if (BigInt('0x' + cert.serialNumber) !== BigInt('0x' + row.serial)) return 'serial does not match the certificate';
-      if (!cert.subject.split('\n').includes(`CN=${row.deviceId}`)) return 'device_id does not match the certificate';
-      return null;
-    });
-    return { checked, problem };
-  } finally {
-    ledger.close();
-  }
-}
 
 export interface StationStatus {
   station: string;

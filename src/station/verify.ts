@@ -1,0 +1,253 @@
+/**
+ * `ledger verify`: everything the ledger's own history and the token can
+ * say about it, every problem listed (not only the first).
+ *
+ * - Each row against its entry_hash and the row before (SHA-256 chains),
+ *   and each certificate against the local-ca, its serial and device id.
+ * - Each checkpoint's signature by the station key (the token's public key,
+ *   not a file anyone could swap), their own chain, and every row they
+ *   cover: a row whose content differs from the hash the station signed is
+ *   named, even when every later hash was recomputed.
+ * - The token's newest checkpoint against the file: deleted newest rows, an
+ *   older copy put back, or rows added after a clean stop are caught.
+ * - The batches table against the export events in the chain.
+ */
+import { createHash, createPublicKey, verify as verifySignature, X509Certificate, type KeyObject } from 'node:crypto';
+import type { StationConfig } from '../config/index.js';
+import { LineSignerError } from '../errors.js';
+import {
+  checkpointStatement,
+  eventHash,
+  GENESIS_HASH,
+  issuanceHash,
+  splitHashes,
+  SqliteLedger,
+  type Checkpoint,
+  type TokenCheckpoint,
+} from '../ledger/index.js';
+import { serialKey } from '../serial.js';
+import type { Pkcs11Token } from '../token/index.js';
+import { openToken, readCertificateFile, tokenCheckpoint } from './open.js';
+
+export interface LedgerProblem {
+  table: 'issuances' | 'events' | 'checkpoints' | 'batches' | 'token';
+  seq: number;
+  reason: string;
+}
+
+export interface LedgerReport {
+  checked: number;
+  events: number;
+  checkpoints: number;
+  problems: LedgerProblem[];
+  /** The first problem, or null. */
+  problem: LedgerProblem | null;
+  /** Facts worth saying that are not problems (rows not yet checkpointed, a copy behind the token). */
+  notes: string[];
+}
+
+export interface VerifyLedgerOptions {
+  /** Verify this file (a backup) instead of the configured ledger; the token's checkpoint may be newer. */
+  file?: string | undefined;
+  /** Check without the token (no PIN here): signatures against the station certificate file, no token checkpoint. */
+  noToken?: boolean | undefined;
+}
+
+const MAX_PROBLEMS = 200;
+
+export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = {}): LedgerReport {
+  const ca = new X509Certificate(Buffer.from(readCertificateFile(config.ca.certificate, 'local-ca certificate')));
+  const problems: LedgerProblem[] = [];
+  const notes: string[] = [];
+  const problem = (table: LedgerProblem['table'], seq: number, reason: string): void => {
+    if (problems.length < MAX_PROBLEMS) problems.push({ table, seq, reason });
+  };
+
+  // The token first: what it holds must already be in any later read of the file.
+  let stationKey: KeyObject | null = null;
+  let kept: TokenCheckpoint | null = null;
+  let tokenRead: ((label: string) => Buffer[]) | null = null;
+  if (!opts.noToken) {
+    let token: Pkcs11Token;
+    try {
+      token = openToken(config);
+    } catch (err) {
+      throw new LineSignerError((err as LineSignerError).code ?? 'TOKEN_UNAVAILABLE', `${(err as Error).message}; the token holds the station key and the newest checkpoint (--no-token checks without it)`);
+    }
+    try {
+      const key = token.findKey(config.token.station_key_label);
+      if (key) stationKey = createPublicKey({ key: Buffer.from(key.spki), format: 'der', type: 'spki' });
+      const cache = new Map<string, Buffer[]>();
+      tokenRead = (label) => {
+        if (!cache.has(label)) cache.set(label, token.readData(label));
+        return cache.get(label)!;
+      };
+      // Read the checkpoint objects now, before the file.
+      const probe = new SqliteLedger(opts.file ?? config.station.ledger, config.station.id, { readonly: true });
+      try {
+        kept = tokenCheckpoint(tokenRead, probe.ledgerId());
+      } finally {
+        probe.close();
+      }
+    } finally {
+      token.close();
+    }
+    if (!stationKey) problem('token', 0, `the token has no station key "${config.token.station_key_label}" to check the checkpoints with`);
+  } else {
+    try {
+      stationKey = new X509Certificate(Buffer.from(readCertificateFile(config.ca.station_certificate, 'station key certificate'))).publicKey;
+      notes.push('checked without the token: checkpoint signatures against the station certificate file, and no token checkpoint');
+    } catch {
+      notes.push('checked without the token and without a station certificate: checkpoint signatures not checked');
+    }
+  }
+
+  const ledger = new SqliteLedger(opts.file ?? config.station.ledger, config.station.id, { readonly: true });
+  try {
+    const ledgerId = ledger.ledgerId();
+    // Checkpoints: signatures, their chain, and the hashes they vouch for.
+    const signedIssuance = new Map<number, string>();
+    const signedEvent = new Map<number, string>();
+    let last: Checkpoint | undefined;
+    let nCheckpoints = 0;
+    for (const c of ledger.checkpoints()) {
+      nCheckpoints++;
+      const statement = checkpointStatement(ledgerId, c);
+      if (c.n !== (last?.n ?? 0) + 1) problem('checkpoints', c.n, `checkpoint ${(last?.n ?? 0) + 1} is missing`);
+      const previous = last ? createHash('sha256').update(checkpointStatement(ledgerId, last)).digest('hex') : GENESIS_HASH;
+      if (c.previous !== previous) problem('checkpoints', c.n, 'does not follow the checkpoint before it');
+      if (stationKey && !safeVerify(statement, stationKey, c.signature)) problem('checkpoints', c.n, 'its signature is not by the station key: it was forged or changed');
+      const fromI = last?.issuanceSeq ?? 0;
+      const fromE = last?.eventSeq ?? 0;
+      const ih = splitHashes(c.issuanceHashes);
+      const eh = splitHashes(c.eventHashes);
+      if (ih.length !== c.issuanceSeq - fromI || eh.length !== c.eventSeq - fromE) problem('checkpoints', c.n, 'its hash lists do not cover its range');
+      ih.forEach((h, i) => signedIssuance.set(fromI + 1 + i, h));
+      eh.forEach((h, i) => signedEvent.set(fromE + 1 + i, h));
+      last = c;
+    }
+
+    // Issuances: the chain, the certificates, and what the checkpoints vouch for.
+    let checked = 0;
+    let prev = GENESIS_HASH;
+    let expect = 1;
+    let rehashed: number[] = [];
+    const flushRehashed = (table: 'issuances' | 'events'): void => {
+      if (rehashed.length) {
+        const a = rehashed[0]!;
+        const b = rehashed[rehashed.length - 1]!;
+        problem(table, a, `${a === b ? `seq ${a}` : `seq ${a}-${b}`}: entry_hash rewritten after a checkpoint (a chain recomputed to hide a change)`);
+      }
+      rehashed = [];
+    };
+    for (const row of ledger.since(0)) {
+      checked++;
+      for (; expect < row.seq; expect++) {
+        problem('issuances', expect, `seq ${expect} is missing${signedIssuance.has(expect) ? ' (deleted after a checkpoint signed it)' : ''}`);
+      }
+      if (issuanceHash(prev, row) !== row.entryHash && !(signedIssuance.get(row.seq) && signedIssuance.get(row.seq) !== row.entryHash)) {
+        problem('issuances', row.seq, 'entry_hash does not match the row and the previous hash');
+      }
+      const signed = signedIssuance.get(row.seq);
+      if (signed && signed !== row.entryHash) {
+        const signedPrev = row.seq === 1 ? GENESIS_HASH : signedIssuance.get(row.seq - 1);
+        if (signedPrev && issuanceHash(signedPrev, row) === signed) rehashed.push(row.seq);
+        else {
+          flushRehashed('issuances');
+          problem('issuances', row.seq, `the row was changed after a checkpoint signed it`);
+        }
+      } else flushRehashed('issuances');
+      const why = certificateProblem(row, ca);
+      if (why) problem('issuances', row.seq, why);
+      prev = row.entryHash;
+      expect = row.seq + 1;
+    }
+    flushRehashed('issuances');
+    const lastI = last?.issuanceSeq ?? 0;
+    for (; expect <= lastI; expect++) problem('issuances', expect, `seq ${expect} is missing (deleted after checkpoint ${last!.n} signed it)`);
+
+    // Events, the same way; export events are kept to check the batches table.
+    let events = 0;
+    prev = GENESIS_HASH;
+    expect = 1;
+    const exports = new Map<number, string>();
+    for (const e of ledger.eventsSince(0)) {
+      events++;
+      for (; expect < e.seq; expect++) problem('events', expect, `event seq ${expect} is missing`);
+      const signed = signedEvent.get(e.seq);
+      if (eventHash(prev, e) !== e.entryHash && !(signed && signed !== e.entryHash)) problem('events', e.seq, 'entry_hash does not match the row and the previous hash');
+      if (signed && signed !== e.entryHash) {
+        const signedPrev = e.seq === 1 ? GENESIS_HASH : signedEvent.get(e.seq - 1);
+        if (signedPrev && eventHash(signedPrev, e) === signed) rehashed.push(e.seq);
+        else {
+          flushRehashed('events');
+          problem('events', e.seq, 'the event was changed after a checkpoint signed it');
+        }
+      } else flushRehashed('events');
+      if (e.kind === 'export' && e.message) {
+        const m = /^batch (\d+): /.exec(e.message);
+        if (m) exports.set(Number(m[1]), e.message);
+      }
+      prev = e.entryHash;
+      expect = e.seq + 1;
+    }
+    flushRehashed('events');
+    const lastE = last?.eventSeq ?? 0;
+    for (; expect <= lastE; expect++) problem('events', expect, `event seq ${expect} is missing (deleted after checkpoint ${last!.n} signed it)`);
+
+    // The batches table: contiguous, and each one as its export event says.
+    let prevBatch: { number: number; lastSeq: number; lastEventSeq: number } | null = null;
+    for (const b of ledger.allBatches()) {
+      if (b.number !== (prevBatch?.number ?? 0) + 1) problem('batches', b.number, `batch ${(prevBatch?.number ?? 0) + 1} is missing`);
+      if (b.firstSeq !== (prevBatch?.lastSeq ?? 0) + 1) problem('batches', b.number, `its issuances start at seq ${b.firstSeq}, not right after the previous batch`);
+      if (b.firstEventSeq !== (prevBatch?.lastEventSeq ?? 0) + 1) problem('batches', b.number, 'its events do not start right after the previous batch');
+      const said = exports.get(b.number);
+      if (!said) problem('batches', b.number, 'no export event records it');
+      else if (said !== `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}`) problem('batches', b.number, 'differs from its export event (range or file hash changed)');
+      prevBatch = b;
+    }
+
+    // The token's newest checkpoint against this file.
+    if (kept) {
+      const behind = ledger.checkAgainstToken(kept);
+      if (behind && opts.file && (last?.n ?? 0) < kept.n) {
+        notes.push(`this copy ends at checkpoint ${last?.n ?? 0}; the token's newest is ${kept.n} (${kept.at}): the station went on after the copy, as it does after a backup`);
+      } else if (behind) problem('token', kept.n, behind);
+      else if (kept.reason === 'stop' && !opts.file && (ledger.heads().issuanceSeq > kept.issuanceSeq || ledger.heads().eventSeq > kept.eventSeq)) {
+        problem('token', kept.n, `rows were added after the station's last clean stop (checkpoint ${kept.n}, ${kept.at}), outside line-signer`);
+      }
+    } else if (tokenRead && nCheckpoints > 0 && !opts.file) {
+      problem('token', 0, `the token keeps no checkpoint for this ledger (id ${ledgerId}), though the ledger has ${nCheckpoints}: the token object was removed, or this is another token`);
+    }
+    const heads = ledger.heads();
+    const uncovered = { i: heads.issuanceSeq - lastI, e: heads.eventSeq - lastE };
+    if (uncovered.i > 0 || uncovered.e > 0) {
+      notes.push(`${uncovered.i} issuances and ${uncovered.e} events after the newest checkpoint: covered by the SHA-256 chain only until the station signs its next checkpoint`);
+    }
+    problems.sort((a, b) => a.table.localeCompare(b.table) || a.seq - b.seq);
+    return { checked, events, checkpoints: nCheckpoints, problems, problem: problems[0] ?? null, notes };
+  } finally {
+    ledger.close();
+  }
+}
+
+function safeVerify(statement: Uint8Array, key: KeyObject, signature: Uint8Array): boolean {
+  try {
+    return verifySignature('sha256', statement, key, signature);
+  } catch {
+    return false;
+  }
+}
+
+function certificateProblem(row: { certificate: Uint8Array; serial: string; deviceId: string }, ca: X509Certificate): string | null {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(Buffer.from(row.certificate));
+  } catch {
+    return 'stored certificate is not readable';
+  }
+  if (!cert.verify(ca.publicKey)) return 'stored certificate is not signed by the local-ca';
+  if (serialKey(cert.serialNumber) !== serialKey(row.serial)) return 'serial does not match the certificate';
+  if (!cert.subject.split('\n').includes(`CN=${row.deviceId}`)) return 'device_id does not match the certificate';
+  return null;
+}
