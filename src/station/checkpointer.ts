@@ -20,15 +20,19 @@ export class Checkpointer {
     private readonly ledger: CheckpointWriter,
     private readonly keys: CheckpointKeys,
     private readonly everyMs = 1000,
+    /** Only the ledger's owner signs checkpoints; a process that shares the file without the lock (tests) does not. */
+    private readonly enabled = true,
   ) {}
 
   start(): void {
+    if (!this.enabled) return;
     this.timer = setInterval(() => void this.take('issuing', false).catch(() => undefined), this.everyMs);
     this.timer.unref();
   }
 
   /** Takes a checkpoint after the ones already asked for; `always` false skips it when nothing changed. */
   take(reason: string, always = true): Promise<TokenCheckpoint | null> {
+    if (!this.enabled) return Promise.resolve(null);
     const run = this.tail.then(() => takeCheckpoint(this.ledger, (d) => this.keys.sign(d), (l, v) => this.keys.store(l, v), reason, always));
     this.tail = run.then(
       () => {

@@ -165,7 +165,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     rules: rulesFrom(config),
     ...(opts.clock ? { clock: opts.clock } : {}),
   });
-  const checkpointer = new Checkpointer(ledger, { sign: (d) => workerSigner.stationSign(d), store: (l, v) => workerSigner.store(l, v) });
+  const checkpointer = new Checkpointer(ledger, { sign: (d) => workerSigner.stationSign(d), store: (l, v) => workerSigner.store(l, v) }, 1000, opts.lock !== 'none');
   const owned = ledger;
   await owned.recordEvent({ kind: 'start', message: `line-signer ${opts.command ?? 'serve'} pid ${process.pid}`, operator: opts.operator ?? null });
   await checkpointer.take('start');

@@ -137,7 +137,7 @@ export class Station {
       return signature;
     } catch (err) {
       const e = asLineSignerError(err);
-      if (e.code === 'TOKEN_UNAVAILABLE' || e.code === 'TOKEN_PIN') this.tokenDown ??= { message: e.message, probedAt: Date.now() };
+      if (e.code === 'TOKEN_UNAVAILABLE' || e.code === 'TOKEN_PIN') this.tokenDown = { message: e.message, probedAt: this.tokenDown?.probedAt ?? Date.now() };
       throw err;
     }
   }

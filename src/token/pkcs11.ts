@@ -66,6 +66,7 @@ const SESSION_CODES = new Set([
   pkcs11js.CKR_OBJECT_HANDLE_INVALID,
   pkcs11js.CKR_KEY_HANDLE_INVALID,
   pkcs11js.CKR_GENERAL_ERROR,
+  pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
 ]);
 
 function tokenError(what: string, err: unknown): LineSignerError {
@@ -153,6 +154,27 @@ export class Pkcs11Token {
       }
     }
     this.session = session;
+  }
+
+  /**
+   * Finalises and initialises the module again, then opens a new session:
+   * for a token that went away and came back (SoftHSM2 keeps a vanished
+   * token folder marked invalid until then). Process-wide: only the
+   * signing worker calls it, and at most every few seconds.
+   */
+  reinitialize(): void {
+    this.session = null;
+    try {
+      this.p11.C_Finalize();
+    } catch {
+      /* not initialised, or already gone */
+    }
+    try {
+      this.p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+    } catch (err) {
+      if (ckr(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw tokenError('C_Initialize', err);
+    }
+    this.openSession();
   }
 
   /** Drops the session and opens a new one (after a token or session fault). */
@@ -386,11 +408,13 @@ export class TokenSigner implements Signer {
   readonly signatureAlgorithm: string;
   private readonly key: KeyObject;
   private tail: Promise<unknown> = Promise.resolve();
+  /** When the module was last initialised again (see Pkcs11Token.reinitialize). */
+  private reinitAt = 0;
 
   constructor(
     private readonly token: Pkcs11Token,
     private info: KeyInfo,
-    /** Sign in the calling thread (only for a thread that does nothing else). */
+    /** Sign in the calling thread (only for a thread that does nothing else: the signing worker). */
     private readonly blocking = false,
   ) {
     ({ hash: this.hash, signatureAlgorithm: this.signatureAlgorithm, key: this.key } = signerIdentity(info));
@@ -422,9 +446,15 @@ export class TokenSigner implements Signer {
         throw err instanceof LineSignerError ? err : tokenError('C_Sign', err);
       }
     }
-    // A session or device fault: one fresh session, one more try.
+    // A session or device fault: one fresh session, one more try. The
+    // signing worker (blocking) may also start the module afresh, at most
+    // every 2 s: a token that went away and came back needs it.
+    const reinit = this.blocking && Date.now() - this.reinitAt > 2000;
     try {
-      this.token.reopen();
+      if (reinit) {
+        this.reinitAt = Date.now();
+        this.token.reinitialize();
+      } else this.token.reopen();
       const again = this.token.findKey(this.info.label);
       if (!again) throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${this.info.label}" is gone`);
       this.info = again;

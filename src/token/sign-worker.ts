@@ -25,12 +25,26 @@ export type SignWorkerRequest =
 const data = workerData as SignWorkerData;
 let token: Pkcs11Token | null = null;
 const signers = new Map<string, TokenSigner>();
+let reinitAt = 0;
 
 function signer(label: string): TokenSigner {
-  token ??= Pkcs11Token.open(data);
-  let s = signers.get(label);
-  if (!s) signers.set(label, (s = token.signer(label, true)));
-  return s;
+  const made = signers.get(label);
+  if (made) return made;
+  try {
+    token ??= Pkcs11Token.open(data);
+    const s = token.signer(label, true);
+    signers.set(label, s);
+    return s;
+  } catch (err) {
+    // A token that went away and came back: start the module afresh (at most every 2 s) and look again.
+    if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE' || !token || Date.now() - reinitAt < 2000) throw err;
+    reinitAt = Date.now();
+    token.reinitialize();
+    signers.clear();
+    const s = token.signer(label, true);
+    signers.set(label, s);
+    return s;
+  }
 }
 
 async function run(req: SignWorkerRequest): Promise<unknown> {

@@ -20,6 +20,7 @@ export class WorkerSigner implements Signer {
   private readonly key: KeyObject;
   private readonly rpc: WorkerRpc;
   private nearbyBusy = false;
+  private nearbyBroken = false;
   /** A refused PIN sticks: the worker is never asked to log in again until an operator restarts the station. */
   private pinRefused: LineSignerError | null = null;
 
@@ -46,11 +47,20 @@ export class WorkerSigner implements Signer {
   }
 
   sign(digest: Uint8Array, hint?: { alone?: boolean }): Promise<Uint8Array> {
-    if (hint?.alone && this.nearby && !this.nearbyBusy && this.rpc.idle) {
+    if (hint?.alone && this.nearby && !this.nearbyBroken && !this.nearbyBusy && this.rpc.idle) {
       this.nearbyBusy = true;
-      return this.nearby.sign(digest).finally(() => {
-        this.nearbyBusy = false;
-      });
+      return this.nearby.sign(digest).then(
+        (sig) => {
+          this.nearbyBusy = false;
+          return sig;
+        },
+        (err) => {
+          this.nearbyBusy = false;
+          // After a token fault this thread's session stays unused: the worker alone recovers the token.
+          this.nearbyBroken = true;
+          throw err;
+        },
+      );
     }
     return this.call<Uint8Array>({ digest });
   }

@@ -1,0 +1,254 @@
+/**
+ * Integrity: one owner per ledger, a history no file edit can forge,
+ * serials as OpenSSL writes them, keys that cannot leave the token, and a
+ * PIN that is tried once.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { loadConfig } from '../src/config/index.js';
+import { issuanceHash, SqliteLedger, type Issuance } from '../src/ledger/index.js';
+import { openStation, verifyLedger } from '../src/station/index.js';
+import { makeCaCsr, makeDeviceCsr, pemEncode } from '../src/x509/index.js';
+import { cli, cliAsync } from './helpers/cli.js';
+import { FACTORY, openssl, signCaCsrWithOpenssl, stationConfig, testPki, testStation, uuid } from './helpers/pki.js';
+import { waitFor } from './helpers/served.js';
+
+const RACER = fileURLToPath(new URL('./helpers/racer.js', import.meta.url));
+
+function runRacer(configPath: string, dir: string): Promise<{ signed: number; refused: Record<string, number> }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [RACER, configPath, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.on('close', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`racer exited ${code}`))));
+  });
+}
+
+test('two processes racing 200 CSRs for 100 device ids (two keys each) commit exactly 100 certificates', async (t) => {
+  const s = await testStation();
+  await s.close(); // the racers share the ledger without its owner lock, on purpose
+  const a = join(s.dir, 'race-a');
+  const b = join(s.dir, 'race-b');
+  mkdirSync(a);
+  mkdirSync(b);
+  for (let i = 0; i < 100; i++) {
+    const id = uuid();
+    const n = String(i).padStart(3, '0');
+    writeFileSync(join(a, `${n}.der`), makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }).der);
+    writeFileSync(join(b, `${n}.der`), makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }).der);
+  }
+  const [ra, rb] = await Promise.all([runRacer(s.configPath, a), runRacer(s.configPath, b)]);
+  t.is(ra.signed + rb.signed, 100, JSON.stringify({ ra, rb }));
+  t.is((ra.refused.DUPLICATE_DEVICE ?? 0) + (rb.refused.DUPLICATE_DEVICE ?? 0), 100);
+  const ledger = new SqliteLedger(s.config.station.ledger, s.config.station.id);
+  try {
+    t.is(ledger.issuedCount(), 100);
+    const devices = new Set([...ledger.since(0)].map((r) => r.deviceId));
+    t.is(devices.size, 100, 'one certificate per device id');
+  } finally {
+    ledger.close();
+  }
+});
+
+/** A station with `n` issuances, stopped cleanly (its final checkpoint signed), and a copy of its folder to tamper with. */
+async function stoppedStation(n: number): Promise<{ configPath: string; dir: string; ledger: string }> {
+  const s = await testStation();
+  for (let i = 0; i < n; i++) {
+    const r = await s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: `link-${i % 3}` });
+    if (!r.ok) throw new Error(r.message);
+  }
+  await s.close();
+  return { configPath: s.configPath, dir: s.dir, ledger: s.config.station.ledger };
+}
+
+function tamper(ledger: string, work: (db: Database.Database) => void): void {
+  const db = new Database(ledger);
+  try {
+    work(db);
+  } finally {
+    db.close();
+  }
+}
+
+test('a tool that edits a middle row and re-hashes every later row makes ledger verify fail naming that row', async (t) => {
+  const s = await stoppedStation(10);
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+  tamper(s.ledger, (db) => {
+    // The attacker knows the chain's algorithm and recomputes it from row 5 on.
+    db.exec("UPDATE issuances SET link = 'forged' WHERE seq = 5");
+    const rows = db.prepare('SELECT * FROM issuances ORDER BY seq').all() as Array<Record<string, unknown>>;
+    let prev = (rows[3] as { entry_hash: string }).entry_hash;
+    for (const r of rows.slice(4)) {
+      const fields = {
+        v: r.v, seq: r.seq, serial: r.serial, deviceId: r.device_id, subject: r.subject, publicKeySha256: r.public_key_sha256,
+        csrSha256: r.csr_sha256, certificate: new Uint8Array(r.certificate as Buffer), notBefore: r.not_before, notAfter: r.not_after,
+        issuedAt: r.issued_at, stationId: r.station_id, link: r.link, hardwareId: r.hardware_id, workOrder: r.work_order,
+        name: r.name, supersedes: r.supersedes,
+      } as unknown as Issuance;
+      prev = issuanceHash(prev, fields);
+      db.prepare('UPDATE issuances SET entry_hash = ? WHERE seq = ?').run(prev, r.seq);
+    }
+  });
+  const r = verifyLedger(loadConfig(s.configPath));
+  const named = r.problems.filter((p) => p.table === 'issuances' && /changed after a checkpoint/.test(p.reason));
+  t.deepEqual(named.map((p) => p.seq), [5], JSON.stringify(r.problems));
+  t.true(r.problems.some((p) => p.seq === 6 && /rewritten/.test(p.reason)), 'the recomputed rows are reported as such');
+  const out = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(out.status, 1);
+  t.regex(out.stderr, /ERROR LEDGER issuances seq 5: the row was changed after a checkpoint signed it/);
+});
+
+test('deleting the newest 5 rows fails ledger verify, and serve refuses such a ledger', async (t) => {
+  const s = await stoppedStation(12);
+  tamper(s.ledger, (db) => {
+    db.exec('DELETE FROM issuances WHERE seq > 7');
+    db.exec('DELETE FROM checkpoints WHERE issuance_seq > 7');
+  });
+  const out = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(out.status, 1);
+  t.regex(out.stderr, /token/);
+  t.regex(out.stderr, /deleted|not in this ledger/);
+  const serve = cli(['serve', '--config', s.configPath, '--spool', join(s.dir, 'stick'), '--json']);
+  t.not(serve.status, 0);
+  t.regex(serve.stderr, /ERROR LEDGER .*not serving/);
+});
+
+test('an older copy of the ledger put back is caught; a backup verifies as a copy', async (t) => {
+  const s = await stoppedStation(3);
+  const backup = join(s.dir, 'backup.db');
+  const b = cli(['ledger', 'backup', backup, '--config', s.configPath, '--operator', 'alice']);
+  t.is(b.status, 0, b.stderr);
+  // The station goes on issuing after the backup.
+  const open = await openStation(loadConfig(s.configPath));
+  await open.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: 't' });
+  await open.close();
+  const copy = cli(['ledger', 'verify', '--config', s.configPath, '--ledger', backup]);
+  t.is(copy.status, 0, copy.stderr);
+  t.regex(copy.stdout, /ledger intact: 3 issuances/);
+  t.regex(copy.stdout, /note: this copy ends at checkpoint/);
+  // Putting the backup back in place of the live ledger is a rollback.
+  for (const suffix of ['-wal', '-shm']) copyFileSync(backup, `${s.ledger}${suffix}`);
+  copyFileSync(backup, s.ledger);
+  writeFileSync(`${s.ledger}-wal`, '');
+  const live = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(live.status, 1);
+  t.regex(live.stderr, /the token's newest checkpoint .* is not in this ledger/);
+});
+
+test('one owner: a second serve stops with LEDGER_BUSY naming the holder; sign, revoke and orders go through the owner', async (t) => {
+  const s = await stoppedStation(1);
+  const stick = join(s.dir, 'stick');
+  mkdirSync(stick);
+  const serve = spawn(process.execPath, [join(fileURLToPath(new URL('../../bin/line-signer.js', import.meta.url))), 'serve', '--config', s.configPath, '--spool', stick, '--json', '--operator', 'op-serve'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  serve.stdout.on('data', (d) => (log += d));
+  serve.stderr.on('data', (d) => (log += d));
+  t.teardown(() => serve.kill('SIGKILL'));
+  await waitFor(() => log.includes('"serving"'), 15_000);
+
+  const second = await cliAsync(['serve', '--config', s.configPath, '--spool', stick, '--json']);
+  t.not(second.status, 0);
+  t.regex(second.stderr, new RegExp(`ERROR LEDGER_BUSY .*held by \`line-signer serve\` \\(pid ${serve.pid}`));
+
+  const csrPath = join(s.dir, 'one.csr');
+  const deviceId = uuid();
+  writeFileSync(csrPath, makeDeviceCsr({ deviceId, factory: FACTORY, production: true }).der);
+  const signed = await cliAsync(['sign', csrPath, '--config', s.configPath]);
+  t.is(signed.status, 0, signed.stderr);
+  t.regex(signed.stdout, /BEGIN CERTIFICATE/);
+  const order = await cliAsync(['order', 'open', 'WO-1', '--quantity', '5', '--config', s.configPath, '--operator', 'bob']);
+  t.is(order.status, 0, order.stderr);
+  const revoke = await cliAsync(['ledger', 'revoke', deviceId, '--reason', 'scrapped', '--config', s.configPath, '--operator', 'carol']);
+  t.is(revoke.status, 0, revoke.stderr);
+  const unknown = await cliAsync(['ledger', 'revoke', uuid(), '--reason', 'typo', '--config', s.configPath]);
+  t.is(unknown.status, 64);
+  t.regex(unknown.stderr, /ERROR USAGE no device id or serial/);
+
+  serve.kill('SIGTERM');
+  await new Promise((r) => serve.once('close', r));
+  const logOut = cli(['log', '--config', s.configPath, '--json']);
+  const rows = logOut.stdout.trim().split('\n').map((l) => JSON.parse(l) as { kind: string | null; operator: string | null; type: string; device: string | null });
+  t.true(rows.some((r) => r.kind === 'start' && r.operator === 'op-serve'), 'serve records who started it');
+  t.true(rows.some((r) => r.kind === 'order_open' && r.operator === 'bob'));
+  t.true(rows.some((r) => r.kind === 'revocation' && r.operator === 'carol' && r.device === deviceId));
+  t.true(rows.some((r) => r.type === 'issuance' && r.device === deviceId));
+  const verify = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(verify.status, 0, verify.stderr);
+});
+
+test('serials are written as openssl x509 -serial prints them and found in any form', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  let found: { serial: string; certificatePem: string } | null = null;
+  for (let i = 0; i < 400 && !found; i++) {
+    const r = await s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: 't' });
+    if (r.ok && r.serial.startsWith('0')) found = r;
+  }
+  t.truthy(found, 'a serial whose first byte is below 0x10');
+  const printed = openssl(['x509', '-noout', '-serial'], found!.certificatePem).toString().trim().replace(/^serial=/, '');
+  t.is(found!.serial, printed.toLowerCase());
+  t.is(found!.serial.length % 2, 0);
+  const ledger = new SqliteLedger(s.config.station.ledger, s.config.station.id);
+  try {
+    for (const form of [printed, printed.toLowerCase(), printed.replace(/^0+/, ''), printed.match(/../g)!.join(':')]) {
+      t.is(ledger.findBySerial(form)?.serial, found!.serial, form);
+    }
+  } finally {
+    ledger.close();
+  }
+});
+
+test('a wrong PIN: one login attempt, its own exit status (77), and a message without the PIN', async (t) => {
+  const p = testPki();
+  const s = await stoppedStation(0);
+  const pinFile = join(s.dir, 'wrong-pin');
+  writeFileSync(pinFile, '999999', { mode: 0o600 });
+  writeFileSync(s.configPath, readFileSync(s.configPath, 'utf8').replace(p.pinFile, pinFile));
+  const serve = cli(['serve', '--config', s.configPath, '--spool', join(s.dir, 'stick'), '--json']);
+  t.is(serve.status, 77, serve.stderr);
+  t.regex(serve.stderr, /^ERROR TOKEN_PIN .*not retried/m);
+  t.notRegex(serve.stderr, /999999/);
+});
+
+test('a local-ca key that could leave the token is refused by a production station', async (t) => {
+  const { Pkcs11Token } = await import('../src/token/index.js');
+  const pkcs11js = (await import('pkcs11js')).default;
+  const p = testPki();
+  const s = stationConfig();
+  // As pkcs11-tool would put a software key in: extractable, not sensitive.
+  const token = Pkcs11Token.open({ module: s.config.token.module, tokenLabel: s.config.token.token_label, pin: readFileSync(p.pinFile, 'utf8') });
+  const p11 = (token as unknown as { p11: InstanceType<typeof pkcs11js.PKCS11> }).p11;
+  const session = (token as unknown as { s: Buffer }).s;
+  p11.C_GenerateKeyPair(
+    session,
+    { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN },
+    [
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_LABEL, value: s.config.token.key_label },
+      { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') },
+      { type: pkcs11js.CKA_VERIFY, value: true },
+    ],
+    [
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_LABEL, value: s.config.token.key_label },
+      { type: pkcs11js.CKA_SIGN, value: true },
+      { type: pkcs11js.CKA_SENSITIVE, value: false },
+      { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+    ],
+  );
+  t.regex(token.keyLeakRisk(s.config.token.key_label) ?? '', /not sensitive|extractable/);
+  const csr = await makeCaCsr(token.signer(s.config.token.key_label), s.config.ca.owner, FACTORY);
+  token.close();
+  const caPem = signCaCsrWithOpenssl(pemEncode(csr, 'CERTIFICATE REQUEST'), s.dir, { key: p.rootKey, pem: p.rootPem });
+  copyFileSync(caPem, s.config.ca.certificate);
+  const err = await t.throwsAsync(openStation(s.config));
+  t.regex(err!.message, /not sensitive|extractable/);
+  t.regex(err!.message, /production station/);
+});
