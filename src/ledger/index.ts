@@ -827,7 +827,12 @@ export class SqliteLedger implements Ledger {
       return this.insertIssuance(entry, guard);
     } catch (err) {
       if (err instanceof LineSignerError) throw err;
-      throw new LineSignerError('INTERNAL', `ledger commit failed, nothing issued: ${(err as Error).message}`, { cause: err });
+      const full = (err as { code?: string }).code === 'SQLITE_FULL';
+      throw new LineSignerError(
+        'INTERNAL',
+        full ? `the ledger's disk is full (${this.db.name}): nothing issued; free space there and the station goes on by itself` : `ledger commit failed, nothing issued: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
   }
 

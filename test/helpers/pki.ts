@@ -73,6 +73,8 @@ export interface StationOptions {
   validityDays?: number;
   /** Extra TOML appended at the end ([links], [sota]). */
   extra?: string;
+  /** The ledger's path (default: ledger.db in the station's folder). */
+  ledger?: string;
 }
 
 let stations = 0;
@@ -90,7 +92,7 @@ export function stationConfig(opts: StationOptions = {}): { dir: string; configP
 id = "test-${n}"
 factory = "${opts.factory ?? FACTORY}"
 production = ${opts.production ?? true}
-ledger = "ledger.db"
+ledger = "${opts.ledger ?? 'ledger.db'}"
 
 [token]
 module = "${SOFTHSM_MODULE}"

@@ -1,0 +1,104 @@
+/**
+ * Faults the station must ride out without losing anything: the ledger's
+ * disk fills up, and the token goes away and comes back. Serial: each test
+ * here breaks something this test process shares (its token folder).
+ */
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadConfig } from '../src/config/index.js';
+import { verifyLedger } from '../src/station/index.js';
+import { makeDeviceCsr } from '../src/x509/index.js';
+import { served } from './helpers/served.js';
+import { FACTORY, stationConfig, testPki, testStation, uuid } from './helpers/pki.js';
+
+const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
+
+test.serial('the ledger disk fills up: refused with a clear code, nothing lost, service resumes when space returns', async (t) => {
+  const s0 = stationConfig();
+  const mnt = join(s0.dir, 'small-disk');
+  mkdirSync(mnt);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', mnt]);
+  t.teardown(() => {
+    try {
+      execFileSync('umount', ['-l', mnt]);
+    } catch {
+      /* already gone */
+    }
+  });
+  const s = await testStation({ ledger: join(mnt, 'ledger.db') });
+  let closed = false;
+  t.teardown(async () => {
+    if (!closed) await s.close().catch(() => undefined);
+  });
+  const issued: string[] = [];
+  for (let i = 0; i < 5; i++) {
+    const r = await s.station.handle({ csr: csr(), link: 't' });
+    t.true(r.ok);
+    if (r.ok) issued.push(r.serial);
+  }
+  // Fill the disk.
+  const filler = join(mnt, 'filler');
+  try {
+    execFileSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], { stdio: 'ignore' });
+  } catch {
+    /* dd stops at ENOSPC, as intended */
+  }
+  let refused = 0;
+  for (let i = 0; i < 20; i++) {
+    const r = await s.station.handle({ csr: csr(), link: 't' });
+    if (r.ok) issued.push(r.serial); // a few may still fit in pages SQLite already had
+    else {
+      refused++;
+      t.is(r.code, 'INTERNAL');
+      t.regex(r.message, /disk is full|nothing issued/);
+    }
+  }
+  t.true(refused > 0, 'requests are refused while the disk is full');
+  rmSync(filler);
+  let back = false;
+  for (let i = 0; i < 20 && !back; i++) {
+    const r = await s.station.handle({ csr: csr(), link: 't' });
+    if (r.ok) {
+      issued.push(r.serial);
+      back = true;
+    } else await new Promise((res) => setTimeout(res, 100));
+  }
+  t.true(back, 'service resumes by itself');
+  await s.close();
+  closed = true;
+  const report = verifyLedger(loadConfig(s.configPath));
+  t.deepEqual(report.problems, []);
+  t.is(report.checked, issued.length, 'every certificate released is in the ledger, and only those');
+});
+
+test.serial('the token goes away: TOKEN_UNAVAILABLE, PING still answered, signing resumes by itself when it returns', async (t) => {
+  const p = testPki();
+  const sv = await served();
+  t.teardown(() => sv.close());
+  const ok = await sv.jig.request('SIGN', 's1', Buffer.from(csr()));
+  t.is(ok.type, 'CERT');
+  const tokens = join(p.dir, 'tokens');
+  renameSync(tokens, `${tokens}.away`);
+  let restored = false;
+  t.teardown(() => {
+    if (!restored) renameSync(`${tokens}.away`, tokens);
+  });
+  const down = await sv.jig.request('SIGN', 's2', Buffer.from(csr()));
+  t.is(down.type, 'ERR');
+  t.is(down.code, 'TOKEN_UNAVAILABLE');
+  const ping = await sv.jig.request('PING', 'p1', null);
+  t.is(ping.type, 'PONG');
+  t.is(sv.s.station.health()?.code, 'TOKEN_UNAVAILABLE');
+  renameSync(`${tokens}.away`, tokens);
+  restored = true;
+  let back = null;
+  for (let i = 0; i < 40 && !back; i++) {
+    const r = await sv.jig.request('SIGN', `r${i}`, Buffer.from(csr()));
+    if (r.type === 'CERT') back = r;
+    else await new Promise((res) => setTimeout(res, 250));
+  }
+  t.truthy(back, 'signing resumed without a restart');
+  t.is(sv.s.station.health(), null);
+});
