@@ -18,7 +18,8 @@ const OID_SIGNING_TIME = '1.2.840.113549.1.9.5';
 const OID_SHA256 = '2.16.840.1.101.3.4.2.1';
 const ECDSA_SIGNATURES = ['1.2.840.10045.4.3.2', '1.2.840.10045.4.3.3'];
 
-const ab = (b: Uint8Array): ArrayBuffer => b.slice().buffer as ArrayBuffer;
+// A copy: Buffer.slice() is a view into a shared pool, whose .buffer holds other bytes too.
+const ab = (b: Uint8Array): ArrayBuffer => new Uint8Array(b).buffer as ArrayBuffer;
 
 /** Group orders: an ECDSA signature (r, s) has a twin (r, n - s); only the low one is accepted. */
 const CURVE_ORDER: Record<string, bigint> = {

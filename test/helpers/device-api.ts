@@ -13,13 +13,15 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 export type Fault =
+  | 'none' // answered as usual (a gap in a fault list)
   | 'error500'
-  | 'error503' // with Retry-After: 1
-  | 'throttle429' // with Retry-After: 1
+  | 'error503' // with Retry-After (retryAfter)
+  | 'throttle429' // with Retry-After (retryAfter)
   | 'stall' // never answers
   | 'drop' // closes the connection before doing anything
   | 'applyThenDrop' // does the request, then closes the connection: the answer is lost
   | 'reject400'
+  | 'echo400' // a 400 whose body repeats the request's headers, token included
   | 'redirect303' // to /login on this server, which answers 200
   | 'redirectAway' // 307 to `redirectTarget` (another origin)
   | 'huge500'; // a 500 whose body is 256 MB
@@ -38,6 +40,8 @@ export interface LogEntry {
   /** The OSF-TOKEN header as received (tests check where the token went). */
   token: string | undefined;
   path: string;
+  /** When it arrived (ms since the epoch). */
+  at: number;
 }
 
 export interface DeviceApi {
@@ -52,6 +56,8 @@ export interface DeviceApi {
   /** Where 'redirectAway' points. */
   redirectTarget: string;
   delayMs: number;
+  /** The Retry-After of 429 and 503 faults (seconds, or an HTTP date). */
+  retryAfter: string;
   /** Bytes written of 'huge500' bodies, in total. */
   hugeBytesSent: number;
   /** Called as each request arrives, before it is answered. */
@@ -85,15 +91,17 @@ export async function deviceApi(token: string): Promise<DeviceApi> {
     anyFaults: [],
     redirectTarget: 'http://127.0.0.1:9/',
     delayMs: 0,
+    retryAfter: '1',
     hugeBytesSent: 0,
   };
   let count = 0;
   const server: Server = createServer(async (req, res) => {
+    const at = Date.now();
     const body = await readBody(req);
     const path = req.url ?? '';
     const received = req.headers['osf-token'] as string | undefined;
     const log = (name: string, outcome: LogEntry['outcome']): void => {
-      api.log.push({ method: req.method!, name, outcome, token: received, path });
+      api.log.push({ method: req.method!, name, outcome, token: received, path, at });
     };
     const answer = (status: number, payload: unknown, name: string, headers: Record<string, string> = {}): void => {
       log(name, status);
@@ -130,11 +138,13 @@ export async function deviceApi(token: string): Promise<DeviceApi> {
       case 'error500':
         return answer(500, { message: 'injected' }, name);
       case 'error503':
-        return answer(503, { message: 'maintenance' }, name, { 'retry-after': '1' });
+        return answer(503, { message: 'maintenance' }, name, { 'retry-after': api.retryAfter });
       case 'throttle429':
-        return answer(429, { message: 'slow down' }, name, { 'retry-after': '1' });
+        return answer(429, { message: 'slow down' }, name, { 'retry-after': api.retryAfter });
       case 'reject400':
         return answer(400, { message: 'client.pem is not acceptable' }, name);
+      case 'echo400':
+        return answer(400, { message: 'bad request', headers: req.headers }, name);
       case 'redirect303':
         return answer(303, {}, name, { location: '/login' });
       case 'redirectAway':
