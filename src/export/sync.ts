@@ -399,8 +399,19 @@ async function reconcile(
     }
   };
 
-  /** One request under the run's retry rules: a final answer, or the last failure after `tries`. */
-  const attempt = async (method: 'PUT' | 'DELETE' | 'GET', name: string | null, body?: string): Promise<{ answer: Answer; attempts: number }> => {
+  /**
+   * One request under the run's retry rules: a final answer, or the last
+   * failure after `tries`. A PUT or DELETE whose answer was lost (a reset, a
+   * time-out, a 5xx other than 503) may have taken effect: `inDoubt` asks
+   * the API before it is sent again, and says 'done', 'resend', or
+   * 'unknown' (then the step fails and its intent stays for the next run).
+   */
+  const attempt = async (
+    method: 'PUT' | 'DELETE' | 'GET',
+    name: string | null,
+    body?: string,
+    inDoubt?: () => Promise<'done' | 'resend' | 'unknown'>,
+  ): Promise<{ answer: Answer; attempts: number; settled?: true }> => {
     for (let n = 1; ; n++) {
       const answer = await call(method, name, body);
       if ('status' in answer && (answer.status === 401 || answer.status === 403)) {
@@ -417,6 +428,12 @@ async function reconcile(
       outage++;
       openAt = Math.max(openAt, Date.now() + wait);
       if (n >= tries) return { answer, attempts: n };
+      const refusedUnprocessed = 'status' in answer && (answer.status === 429 || answer.status === 503);
+      if (inDoubt && !refusedUnprocessed) {
+        const found = await inDoubt();
+        if (found === 'done') return { answer, attempts: n, settled: true };
+        if (found === 'unknown') return { answer, attempts: n };
+      }
     }
   };
 
@@ -470,9 +487,12 @@ async function reconcile(
   /** DELETE `name`: absent afterwards (2xx, or 404) is done. */
   const remove = async (d: DeviceRow, name: string): Promise<boolean> => {
     record(d, { intent: 'DELETE', intent_name: name, intent_seq: null, intent_pem: null });
-    const { answer, attempts } = await attempt('DELETE', name);
-    if (ok(answer) || statusOf(answer) === 404) {
-      record(d, { ...ABSENT, ...NO_INTENT, attempts, http_status: statusOf(answer) });
+    const { answer, attempts, settled } = await attempt('DELETE', name, undefined, async () => {
+      const h = await lookUp(name, null);
+      return 'failed' in h ? 'unknown' : h.present ? 'resend' : 'done';
+    });
+    if (settled || ok(answer) || statusOf(answer) === 404) {
+      record(d, { ...ABSENT, ...NO_INTENT, attempts, http_status: settled ? 404 : statusOf(answer) });
       report(d, name, 'delete', 'deleted');
       return true;
     }
@@ -483,9 +503,16 @@ async function reconcile(
     const present = { held: 'present' as const, held_seq: want.seq, held_name: want.name, held_pem: want.pem, ...NO_INTENT };
     record(d, { intent: 'PUT', intent_seq: want.seq, intent_name: want.name, intent_pem: want.pem });
     const body = JSON.stringify({ 'client.pem': want.pem, name: want.name, ...(opts.group ? { group: opts.group } : {}) });
-    const { answer, attempts } = await attempt('PUT', null, body);
-    if (ok(answer)) {
-      record(d, { ...present, attempts, http_status: statusOf(answer) });
+    let taken = false;
+    const { answer, attempts, settled } = await attempt('PUT', null, body, async () => {
+      const h = await lookUp(want.name, want.pem);
+      if ('failed' in h) return 'unknown';
+      if (h.present && !h.ours) taken = true;
+      return h.present ? (h.ours ? 'done' : 'unknown') : 'resend';
+    });
+    if (taken) return fail(d, want.name, 'register', `the API holds ${want.name} with another key; not replaced (the ledger's certificate is seq ${want.seq})`, attempts, 409);
+    if (settled || ok(answer)) {
+      record(d, { ...present, attempts, http_status: settled ? 200 : statusOf(answer) });
       report(d, want.name, 'register', 'registered');
       return true;
     }

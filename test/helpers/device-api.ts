@@ -42,6 +42,10 @@ export interface LogEntry {
   path: string;
   /** When it arrived (ms since the epoch). */
   at: number;
+  /** PUT: the client.pem sent. */
+  certificate?: string;
+  /** 'applyThenDrop': the status the request took effect with, though its answer was lost. */
+  effect?: number;
 }
 
 export interface DeviceApi {
@@ -100,8 +104,10 @@ export async function deviceApi(token: string): Promise<DeviceApi> {
     const body = await readBody(req);
     const path = req.url ?? '';
     const received = req.headers['osf-token'] as string | undefined;
-    const log = (name: string, outcome: LogEntry['outcome']): void => {
-      api.log.push({ method: req.method!, name, outcome, token: received, path, at });
+    let json: { name?: unknown; 'client.pem'?: unknown; group?: unknown } = {};
+    const log = (name: string, outcome: LogEntry['outcome'], effect?: number): void => {
+      const certificate = typeof json['client.pem'] === 'string' ? json['client.pem'] : undefined;
+      api.log.push({ method: req.method!, name, outcome, token: received, path, at, ...(certificate ? { certificate } : {}), ...(effect ? { effect } : {}) });
     };
     const answer = (status: number, payload: unknown, name: string, headers: Record<string, string> = {}): void => {
       log(name, status);
@@ -113,7 +119,6 @@ export async function deviceApi(token: string): Promise<DeviceApi> {
     if (received !== token) return answer(401, { message: 'bad token' }, '');
 
     let name = '';
-    let json: { name?: unknown; 'client.pem'?: unknown; group?: unknown } = {};
     const one = /^\/ota\/devices\/([^/]+)\/$/.exec(path);
     if (req.method === 'PUT' && path === '/ota/devices/') {
       try {
@@ -171,7 +176,7 @@ export async function deviceApi(token: string): Promise<DeviceApi> {
     const dropAfter = fault === 'applyThenDrop';
     const done = (status: number, payload: unknown): void => {
       if (!dropAfter) return answer(status, payload, name);
-      log(name, 'dropped');
+      log(name, 'dropped', status);
       req.socket.destroy();
     };
 
