@@ -194,7 +194,8 @@ test('a wrong token stops the run at the first 401, with a clear message', async
   t.true(a.log.length <= 4, `${a.log.length} requests`);
 });
 
-test('429 and 503 with Retry-After hold back every request of the run, then it completes', async (t) => {
+// Serial: it reads arrival times, which other tests of this process would blur.
+test.serial('429 and 503 with Retry-After hold back every request of the run, then it completes', async (t) => {
   const { s, files } = await stationWithBatches([6]);
   t.teardown(() => s.close());
   const a = await api(t);
@@ -205,7 +206,7 @@ test('429 and 503 with Retry-After hold back every request of the run, then it c
   t.is(a.devices.size, 6);
   const throttled = a.log.find((l) => l.outcome === 429)!;
   // Requests already in flight when the 429 arrived may land just after it; none is sent within the second it asked for.
-  const after = a.log.filter((l) => l.at > throttled.at + 50);
+  const after = a.log.filter((l) => l.at > throttled.at + 300);
   t.true(after.length > 0);
   t.true(after.every((l) => l.at >= throttled.at + 900), after.map((l) => l.at - throttled.at).join(','));
   a.anyFaults.push('error503');
@@ -223,7 +224,8 @@ test('error bodies are read up to 64 KiB: four 256 MB answers are not downloaded
   const a = await api(t);
   a.anyFaults.push('huge500', 'huge500', 'huge500', 'huge500');
   const summary = await sync({ files, api: a.url, tokenFile: tokenFile(s.dir), statePath: join(s.dir, 'st.db'), stationKey: pin(s), retryBaseMs: 5, tries: 4 });
-  t.is(summary.failed, 1);
+  t.is(a.log.filter((l) => l.outcome === 500).length, 4);
+  t.is(summary.registered, 1);
   t.true(a.hugeBytesSent < 64 * 1024 * 1024, `${a.hugeBytesSent} bytes sent`);
 });
 
