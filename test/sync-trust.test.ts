@@ -4,7 +4,8 @@
  * out. Each test is a reproduction from the issue.
  */
 import test from 'ava';
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { exportBatch, sync } from '../src/export/index.js';
 import { caShow, stationKeyInit } from '../src/station/index.js';
@@ -168,6 +169,23 @@ test('the state file is private and never holds the token, even when the API ech
       // no WAL left: nothing to look at
     }
   }
+});
+
+test('an existing state file others can read is made private; one of an older line-signer is refused', async (t) => {
+  const { s, files } = await stationWithBatches([1]);
+  t.teardown(() => s.close());
+  const a = await api(t);
+  const state = join(s.dir, 'open.db');
+  writeFileSync(state, '', { mode: 0o644 });
+  chmodSync(state, 0o644);
+  await sync({ files, api: a.url, tokenFile: tokenFile(s.dir), statePath: state, stationKey: pin(s) });
+  t.is(statSync(state).mode & 0o777, 0o600);
+  const legacy = join(s.dir, 'legacy.db');
+  const db = new Database(legacy);
+  db.exec('CREATE TABLE items (station TEXT)');
+  db.close();
+  const err = await t.throwsAsync(sync({ files, api: a.url, tokenFile: tokenFile(s.dir), statePath: legacy, stationKey: pin(s) }));
+  t.regex(err!.message, /older line-signer/);
 });
 
 test('a token file with a second line is refused without showing it; no request is made', async (t) => {

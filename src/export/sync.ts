@@ -15,7 +15,7 @@
  * undo what is settled.
  */
 import { createPublicKey, X509Certificate } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, openSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { parse as parseToml } from 'smol-toml';
 import { readPrivateFile } from '../files.js';
@@ -117,10 +117,13 @@ export function readPins(opts: Pick<SyncOptions, 'stationKey' | 'pinsFile'>): { 
   }
   let doc: Record<string, unknown>;
   try {
-    doc = parseToml(readPrivateFile(opts.pinsFile, '--pins', 'USAGE').replace(/^\uFEFF/, '')) as Record<string, unknown>;
+    // Not a secret, but what it pins is all sync trusts: nobody but its owner may change it.
+    if ((statSync(opts.pinsFile).mode & 0o022) !== 0) throw new LineSignerError('USAGE', `--pins ${opts.pinsFile}: group or others can write it; chmod go-w it`);
+    doc = parseToml(readFileSync(opts.pinsFile, 'utf8').replace(/^\uFEFF/, '')) as Record<string, unknown>;
   } catch (err) {
     if (err instanceof LineSignerError) throw err;
-    throw new LineSignerError('USAGE', `--pins ${opts.pinsFile}: not TOML (${(err as Error).message.split('\n')[0]})`);
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new LineSignerError('USAGE', `--pins ${opts.pinsFile}: ${code ? `cannot read it (${code})` : `not TOML (${(err as Error).message.split('\n')[0]})`}`);
   }
   const unknown = Object.keys(doc).filter((k) => k !== 'station_key' && k !== 'factory_root');
   if (unknown.length) throw new LineSignerError('USAGE', `--pins ${opts.pinsFile}: unknown key ${unknown.join(', ')} (station_key, factory_root)`);
