@@ -329,9 +329,9 @@ test('a re-issue replaces the registration: DELETE of the old name, PUT of the n
   const b2 = (await exportNext(s, stick))!;
   const dry = await cli(['sync', b1, b2, '--api', a.url, '--token-file', tf, '--state', state, '--station-key', pin(s), '--dry-run']);
   t.is(dry.status, 0, dry.stderr);
-  t.regex(dry.stdout, /would delete: delete press-7 \(device/);
-  t.regex(dry.stdout, /would register: register press-7b \(device/);
-  t.regex(dry.stdout, new RegExp(`would delete: delete ${y}\\n[^]*would register: register ${y}`));
+  t.regex(dry.stdout, /^would delete press-7 \(device /m);
+  t.regex(dry.stdout, /^would register press-7b \(device /m);
+  t.regex(dry.stdout, new RegExp(`^would delete ${y}\\n[^]*^would register ${y}$`, 'm'));
   const logBefore = a.log.length;
   const r = await sync({ files: [b1, b2], api: a.url, tokenFile: tf, statePath: state, stationKey: pin(s) });
   t.is(r.failed, 0);

@@ -111,9 +111,9 @@ export async function syncCommand(args: {
       progress.update(done);
     },
     onStep: (step) => {
-      const what = `${step.action} ${printable(step.name)}${step.name === step.device ? '' : ` (device ${printable(step.device)})`}`;
-      if (step.outcome === 'failed') process.stderr.write(`${progress ? '\n' : ''}failed: ${what}: ${step.detail}\n`);
-      else if (step.outcome === 'planned') process.stdout.write(`${step.detail}: ${what}\n`);
+      const who = `${printable(step.name)}${step.name === step.device ? '' : ` (device ${printable(step.device)})`}`;
+      if (step.outcome === 'failed') process.stderr.write(`${progress ? '\n' : ''}failed: ${step.action} ${who}: ${step.detail}\n`);
+      else if (step.outcome === 'planned') process.stdout.write(`${step.detail} ${who}\n`);
     },
   });
   progress?.stop();

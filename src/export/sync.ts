@@ -56,7 +56,7 @@ export type StepOutcome = 'registered' | 'exists' | 'deleted' | 'failed' | 'plan
 export interface StepReport {
   device: string;
   name: string;
-  action: 'register' | 'delete';
+  action: 'register' | 'delete' | 'check';
   outcome: StepOutcome;
   detail: string;
 }
@@ -334,8 +334,8 @@ async function reconcile(
   if (opts.dryRun) {
     for (const d of todo) {
       for (const step of plan(d)) {
-        const detail = step.action === 'check' ? 'an earlier run was stopped while sending: would ask the API first' : `would ${step.action}`;
-        opts.onStep?.({ device: d.device_id, name: step.name, action: step.action === 'register' ? 'register' : 'delete', outcome: 'planned', detail });
+        const detail = step.action === 'check' ? 'would first ask the API (a stopped run sent a step) about' : `would ${step.action}`;
+        opts.onStep?.({ device: d.device_id, name: step.name, action: step.action, outcome: 'planned', detail });
       }
     }
     return summary;
