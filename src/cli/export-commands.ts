@@ -1,6 +1,7 @@
 import cliProgress from 'cli-progress';
 import { configPath, loadConfig } from '../config/index.js';
 import { exportBatch, sync, verifyBatches } from '../export/index.js';
+import { printable } from '../text.js';
 
 function bar(label: string): cliProgress.SingleBar | null {
   if (!process.stderr.isTTY) return null;
@@ -48,14 +49,24 @@ export async function verifyExportCommand(args: { files: string[]; stationKey?: 
     },
   });
   progress?.stop();
-  if (args.json) process.stdout.write(JSON.stringify({ batches: batches.map((b) => ({ file: b.file, batch: b.manifest?.batch, issuances: b.issuances, revocations: b.revocations, sha256: b.sha256, station_key_sha256: b.stationKeySha256 })), problems }, null, 2) + '\n');
-  else {
-    for (const p of problems) process.stderr.write(`ERROR EXPORT ${p}\n`);
+  const setOk = problems.length === 0;
+  if (args.json) {
+    process.stdout.write(JSON.stringify({
+      ok: setOk,
+      batches: batches.map((b) => ({ file: b.file, ok: setOk, own_problems: b.problems.length, batch: b.manifest?.batch, issuances: b.issuances, revocations: b.revocations, sha256: b.sha256, station_key_sha256: b.stationKeySha256 })),
+      problems,
+    }, null, 2) + '\n');
+  } else {
+    for (const p of problems) process.stderr.write(`ERROR EXPORT ${printable(p)}\n`);
+    // `ok` only for a file of a set that passes as a whole: a file fine on its own in a broken set is not fine.
     for (const b of batches) {
-      if (b.manifest && b.problems.length === 0) {
-        process.stdout.write(`ok ${b.file}: batch ${b.manifest.batch} of ${b.manifest.station}, seq ${b.manifest.first_seq}-${b.manifest.last_seq}, ${b.issuances} issuances, ${b.revocations} revocation marks; station key ${b.stationKeySha256}\n`);
-      }
+      const name = printable(b.file);
+      if (setOk && b.manifest) {
+        process.stdout.write(`ok ${name}: batch ${b.manifest.batch} of ${printable(b.manifest.station)}, seq ${b.manifest.first_seq}-${b.manifest.last_seq}, ${b.issuances} issuances, ${b.revocations} revocation marks; station key ${b.stationKeySha256}\n`);
+      } else if (b.problems.length) process.stdout.write(`FAILED ${name}: ${b.problems.length} problem${b.problems.length === 1 ? '' : 's'} (above)\n`);
+      else process.stdout.write(`FAILED ${name}: passes on its own, but the set it was given with does not (above)\n`);
     }
+    process.stdout.write(setOk ? `set ok: ${batches.length} batch${batches.length === 1 ? '' : 'es'}\n` : `set FAILED: ${problems.length} problem${problems.length === 1 ? '' : 's'}\n`);
   }
   if (problems.length) process.exit(1);
 }
@@ -68,6 +79,9 @@ export async function syncCommand(args: {
   dryRun?: boolean;
   state: string;
   stationKey?: string;
+  pins?: string;
+  allowGap?: boolean;
+  insecureHttp?: boolean;
   concurrency: number;
   timeout: number;
   tries: number;
@@ -83,6 +97,9 @@ export async function syncCommand(args: {
     dryRun: args.dryRun,
     statePath: args.state,
     stationKey: args.stationKey,
+    pinsFile: args.pins,
+    allowGap: args.allowGap,
+    insecureHttp: args.insecureHttp,
     concurrency: args.concurrency,
     timeoutMs: args.timeout,
     tries: args.tries,
@@ -93,15 +110,16 @@ export async function syncCommand(args: {
       started = true;
       progress.update(done);
     },
-    onItem: (i) => {
-      if (i.outcome === 'failed') process.stderr.write(`${progress ? '\n' : ''}failed: ${i.kind === 'issuance' ? 'register' : 'delete'} ${i.device}: ${i.detail}\n`);
-      else if (args.dryRun) process.stdout.write(`${i.detail} ${i.device}\n`);
+    onStep: (step) => {
+      const who = `${printable(step.name)}${step.name === step.device ? '' : ` (device ${printable(step.device)})`}`;
+      if (step.outcome === 'failed') process.stderr.write(`${progress ? '\n' : ''}failed: ${step.action} ${who}: ${step.detail}\n`);
+      else if (step.outcome === 'planned') process.stdout.write(`${step.detail} ${who}\n`);
     },
   });
   progress?.stop();
   process.stdout.write(
-    `sync${summary.dryRun ? ' (dry run)' : ''}: ${summary.total} records: ${summary.done} registered, ${summary.alreadyThere} already there, ` +
-      `${summary.deleted} deleted, ${summary.failed} failed, ${summary.skipped} done in an earlier run\n`,
+    `sync${summary.dryRun ? ' (dry run)' : ''}: ${summary.devices} devices, ${summary.pending} needing a step: ${summary.registered} registered, ${summary.alreadyThere} already there, ` +
+      `${summary.deleted} deleted, ${summary.failed} failed; ${summary.upToDate} already as the ledger says\n`,
   );
   if (summary.failed > 0) process.exit(1);
 }

@@ -18,7 +18,57 @@ const OID_SIGNING_TIME = '1.2.840.113549.1.9.5';
 const OID_SHA256 = '2.16.840.1.101.3.4.2.1';
 const ECDSA_SIGNATURES = ['1.2.840.10045.4.3.2', '1.2.840.10045.4.3.3'];
 
-const ab = (b: Uint8Array): ArrayBuffer => b.slice().buffer as ArrayBuffer;
+// A copy: Buffer.slice() is a view into a shared pool, whose .buffer holds other bytes too.
+const ab = (b: Uint8Array): ArrayBuffer => new Uint8Array(b).buffer as ArrayBuffer;
+
+/** Group orders: an ECDSA signature (r, s) has a twin (r, n - s); only the low one is accepted. */
+const CURVE_ORDER: Record<string, bigint> = {
+  prime256v1: 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n,
+  secp384r1: 0xffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973n,
+};
+
+function derInteger(v: bigint): Buffer {
+  let hex = v.toString(16);
+  if (hex.length % 2) hex = '0' + hex;
+  let b = Buffer.from(hex, 'hex');
+  if (b[0]! & 0x80) b = Buffer.concat([Buffer.from([0]), b]);
+  return Buffer.concat([Buffer.from([0x02, b.length]), b]);
+}
+
+function derLength(n: number): Buffer {
+  return n < 0x80 ? Buffer.from([n]) : Buffer.from([0x81, n]);
+}
+
+/** DER ECDSA-Sig-Value → (r, s); null unless it is strict DER. */
+function parseEcdsaSignature(der: Uint8Array): { r: bigint; s: bigint } | null {
+  const parsed = asn1js.fromBER(ab(der));
+  if (parsed.offset !== der.length || !(parsed.result instanceof asn1js.Sequence)) return null;
+  const [r, s, extra] = parsed.result.valueBlock.value;
+  if (!(r instanceof asn1js.Integer) || !(s instanceof asn1js.Integer) || extra) return null;
+  const big = (i: asn1js.Integer): bigint => BigInt('0x' + (Buffer.from(i.valueBlock.valueHexView).toString('hex') || '0'));
+  const sig = { r: big(r), s: big(s) };
+  if (sig.r <= 0n || sig.s <= 0n || Buffer.compare(encodeEcdsaSignature(sig), Buffer.from(der)) !== 0) return null;
+  return sig;
+}
+
+function encodeEcdsaSignature(sig: { r: bigint; s: bigint }): Buffer {
+  const body = Buffer.concat([derInteger(sig.r), derInteger(sig.s)]);
+  return Buffer.concat([Buffer.from([0x30]), derLength(body.length), body]);
+}
+
+function curveOf(certificateDer: Uint8Array): bigint {
+  const curve = new X509Certificate(Buffer.from(certificateDer)).publicKey.asymmetricKeyDetails?.namedCurve ?? '';
+  const n = CURVE_ORDER[curve];
+  if (!n) throw new Error(`the station key's curve ${curve || '(none)'} is not P-256 or P-384`);
+  return n;
+}
+
+/** The low-S form of a DER ECDSA signature: what export writes and verify requires. */
+export function lowS(der: Uint8Array, n: bigint): Uint8Array {
+  const sig = parseEcdsaSignature(der);
+  if (!sig) throw new Error('the token returned a signature that is not DER ECDSA');
+  return new Uint8Array(sig.s > n / 2n ? encodeEcdsaSignature({ r: sig.r, s: n - sig.s }) : encodeEcdsaSignature(sig));
+}
 
 /** signedAttrs as DER SET OF, elements in DER order (what is signed, and what OpenSSL re-encodes to check). */
 function signedAttributesDer(attributes: pkijs.Attribute[]): Uint8Array {
@@ -34,7 +84,9 @@ export async function signDetached(signer: Signer, certificateDer: Uint8Array, c
     new pkijs.Attribute({ type: OID_MESSAGE_DIGEST, values: [new asn1js.OctetString({ valueHex: ab(contentSha256) })] }),
   ];
   const toSign = signedAttributesDer(attributes);
-  const signature = await signer.sign(createHash(signer.hash).update(toSign).digest());
+  // The token may return either twin; the batch carries the low-S one, so a
+  // batch has exactly one valid signature line.
+  const signature = lowS(await signer.sign(createHash(signer.hash).update(toSign).digest()), curveOf(certificateDer));
   // Keep the signed order inside [0]: re-parse the exact bytes that were signed.
   const sortedAttrs = (asn1js.fromBER(ab(toSign)).result as asn1js.Set).valueBlock.value.map((v) => new pkijs.Attribute({ schema: v }));
   const signerInfo = new pkijs.SignerInfo({
@@ -118,6 +170,15 @@ function checkDetached(cmsDer: Uint8Array, contentSha256: Uint8Array): DetachedC
   }
   const toVerify = new Uint8Array(new asn1js.Set({ value: attrs.map((a) => a.toSchema()) }).toBER(false));
   const hash = si.signatureAlgorithm.algorithmId === '1.2.840.10045.4.3.3' ? 'sha384' : 'sha256';
+  let n: bigint;
+  try {
+    n = curveOf(certDer);
+  } catch (err) {
+    return { signerCertificate: certDer, problem: (err as Error).message };
+  }
+  const sig = parseEcdsaSignature(si.signature.valueBlock.valueHexView);
+  if (!sig) return { signerCertificate: certDer, problem: 'the ECDSA signature is not strict DER: the batch was changed' };
+  if (sig.s > n / 2n) return { signerCertificate: certDer, problem: 'the ECDSA signature is not in low-S form: the batch was changed' };
   let ok = false;
   try {
     ok = verifySignature(hash, toVerify, new X509Certificate(Buffer.from(certDer)).publicKey, si.signature.valueBlock.valueHexView);

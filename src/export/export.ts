@@ -60,6 +60,17 @@ function readPem(path: string, what: string): string {
   }
 }
 
+/**
+ * The newest issuance of the device that the mark revokes: issued at or
+ * before the mark (one station, one clock), never past the batch. Sync
+ * applies a device's issuances and marks in this order.
+ */
+function revokedUpTo(ledger: SqliteLedger, deviceId: string, at: string, lastSeq: number): number {
+  let upTo = 0;
+  for (const r of ledger.issuancesOf(deviceId)) if (r.issuedAt <= at && r.seq <= lastSeq && r.seq > upTo) upTo = r.seq;
+  return upTo;
+}
+
 /** Writes manifest, certificates, issuances and revocations; returns the content's SHA-256. */
 function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b: Omit<Batch, 'signature' | 'fileSha256'>, onProgress?: ExportOptions['onProgress']): { issuances: number; revocations: number; digest: Buffer } {
   const revocations = [...ledger.eventsOfKind('revocation', b.firstEventSeq, b.lastEventSeq)];
@@ -113,14 +124,22 @@ function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b
     if (++done % 1000 === 0) onProgress?.(done, count);
   }
   for (const e of revocations) {
-    sink.line({ type: 'revocation', event_seq: e.seq, entry_hash: e.entryHash, device_id: e.deviceId ?? '', reason: e.message ?? '', at: e.at } satisfies RevocationLine);
+    const line: RevocationLine = { type: 'revocation', event_seq: e.seq, entry_hash: e.entryHash, device_id: e.deviceId ?? '', reason: e.message ?? '', at: e.at };
+    // Format-1 marks stay as they were written, so an old batch is written again byte for byte.
+    if (e.v !== 1) Object.assign(line, { v: e.v, after_seq: revokedUpTo(ledger, e.deviceId ?? '', e.at, b.lastSeq) });
+    sink.line(line);
   }
   onProgress?.(done, count);
   return { issuances: done, revocations: revocations.length, digest: sink.hash.copy().digest() };
 }
 
-/** Writes `path` through a temporary name: a stick pulled mid-write never holds half a batch. */
-async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>): Promise<string> {
+/**
+ * Writes `path` through a temporary name: a stick pulled mid-write never
+ * holds half a batch. `commit` runs after the file is complete and flushed
+ * and before it takes its name: if it throws (another export recorded this
+ * batch number first), the temporary file goes and nothing is renamed.
+ */
+async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>, commit: (sha256: string) => void): Promise<string> {
   const tmp = `${path}.${process.pid}.tmp`;
   const fd = openSync(tmp, 'w', 0o644);
   let sha: string;
@@ -130,12 +149,18 @@ async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>)
     sink.flush();
     fsyncSync(fd);
     sha = sink.hash.digest('hex');
+    closeSync(fd);
   } catch (err) {
     closeSync(fd);
     rmSync(tmp, { force: true });
     throw err;
   }
-  closeSync(fd);
+  try {
+    commit(sha);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
   renameIntoPlace(tmp, path);
   return sha;
 }
@@ -175,8 +200,19 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
         counts = c;
         signature = await signDetached(signer, stationCert, c.digest, new Date(b.createdAt));
         sink.line({ type: 'signature', cms: Buffer.from(signature).toString('base64') });
+      }, (fileSha256) => {
+        // The ledger first, then the name: batches.number is the primary key,
+        // so of two exports at once exactly one records batch N and only its
+        // file ever appears; disk and ledger agree.
+        try {
+          ledger.recordBatch({ ...b, signature, fileSha256 });
+        } catch (err) {
+          const taken = /UNIQUE|PRIMARY KEY/i.test((err as Error).message);
+          throw new LineSignerError('EXPORT', taken
+            ? `batch ${b.number} was recorded by another export running at the same time; nothing written, run export again`
+            : `cannot record batch ${b.number} in the ledger: ${(err as Error).message}; nothing written`);
+        }
       });
-      ledger.recordBatch({ ...b, signature, fileSha256: sha });
       return { path, number: b.number, ...counts, sha256: sha, rewritten: false };
     } finally {
       token.close();
@@ -194,10 +230,10 @@ async function rewrite(config: StationConfig, ledger: SqliteLedger, n: number, o
   const sha = await writeBatchFile(path, async (sink) => {
     counts = writeContent(sink, ledger, config, b, opts.onProgress);
     sink.line({ type: 'signature', cms: Buffer.from(b.signature).toString('base64') });
+  }, (sha256) => {
+    if (sha256 !== b.fileSha256) {
+      throw new LineSignerError('EXPORT', `batch ${n} cannot be written again byte for byte (the local-ca, root or station certificate changed since it was made)`);
+    }
   });
-  if (sha !== b.fileSha256) {
-    rmSync(path, { force: true });
-    throw new LineSignerError('EXPORT', `batch ${n} cannot be written again byte for byte (the local-ca, root or station certificate changed since it was made)`);
-  }
   return { path, number: n, ...counts, sha256: sha, rewritten: true };
 }

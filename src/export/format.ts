@@ -61,11 +61,19 @@ export interface IssuanceLine {
 
 export interface RevocationLine {
   type: 'revocation';
+  /** Event row format 2 and later: 2, with after_seq. */
+  v?: number;
   event_seq: number;
   entry_hash: string;
   device_id: string;
   reason: string;
   at: string;
+  /**
+   * Where the mark stands among the device's issuances: it revokes every
+   * issuance of the device with seq <= after_seq; a later seq is a re-issue
+   * after it. Absent in batches from before format 2 (then: the batch's last seq).
+   */
+  after_seq?: number;
 }
 
 export interface SignatureLine {

@@ -1,14 +1,27 @@
 /**
- * `line-signer sync`, on a connected machine: verifies the batches, then
- * registers each device with the device API (PUT /ota/devices/) and
- * deletes revoked ones (DELETE /ota/devices/<name>/). Its own SQLite state
- * makes a rerun skip what is done and an interrupted run resume; an item is
- * marked done in the same moment its answer arrives.
+ * `line-signer sync`, on a connected machine: makes the device API hold
+ * what the ledger says, device by device, from batches that verify against
+ * the pinned station key.
+ *
+ * The state (SQLite) records, per device, what the ledger wants (its newest
+ * issuance, unless a revocation mark at or after it) and what the API holds
+ * as far as sync knows (which issuance, absent, or unknown). A run sends
+ * only the steps from one to the other: DELETE of a name held, PUT of the
+ * wanted certificate. Both are recorded the moment their answer arrives,
+ * and an intent is recorded before each is sent, so a killed run resumes
+ * by asking (GET) instead of sending a step twice. The wanted state depends
+ * only on which records were seen (the newest issuance, the highest mark),
+ * never on the order batches arrive in, so a rerun or a late batch cannot
+ * undo what is settled.
  */
-import { readPrivateFile } from '../files.js';
+import { createPublicKey, X509Certificate } from 'node:crypto';
+import { chmodSync, closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
+import { parse as parseToml } from 'smol-toml';
+import { readPrivateFile } from '../files.js';
 import { LineSignerError } from '../errors.js';
-import { verifyBatches } from './verify.js';
+import { printable } from '../text.js';
+import { normalizePin, verifyBatches } from './verify.js';
 
 export interface SyncOptions {
   files: string[];
@@ -17,156 +30,559 @@ export interface SyncOptions {
   group?: string | undefined;
   dryRun?: boolean | undefined;
   statePath: string;
+  /** Pin: SHA-256 of the station key's certificate or public key. */
   stationKey?: string | undefined;
+  /** Pins file (TOML): station_key = "...", optionally factory_root = "...". */
+  pinsFile?: string | undefined;
+  /** Accept batch N+2 when N+1 was never synced. */
+  allowGap?: boolean | undefined;
+  /** Allow plain http:// to a host other than loopback. */
+  insecureHttp?: boolean | undefined;
   concurrency?: number | undefined;
   timeoutMs?: number | undefined;
-  /** Tries per item for 5xx, time-outs and connection errors. */
+  /** Tries per step for 5xx, 429, time-outs and connection errors. */
   tries?: number | undefined;
   retryBaseMs?: number | undefined;
+  /** Longest wait a Retry-After may impose (default 5 minutes). */
+  maxRetryAfterMs?: number | undefined;
+  /** Ends the run at once, recording nothing more (a kill, for tests). */
+  signal?: AbortSignal | undefined;
   onProgress?: ((done: number, total: number) => void) | undefined;
-  onItem?: ((item: { device: string; kind: string; outcome: Outcome; detail: string }) => void) | undefined;
+  onStep?: ((step: StepReport) => void) | undefined;
 }
 
-export type Outcome = 'done' | 'exists' | 'deleted' | 'failed';
+export type StepOutcome = 'registered' | 'exists' | 'deleted' | 'failed' | 'planned';
+
+export interface StepReport {
+  device: string;
+  name: string;
+  action: 'register' | 'delete' | 'check';
+  outcome: StepOutcome;
+  detail: string;
+}
 
 export interface SyncSummary {
-  total: number;
-  done: number;
+  /** Devices the state knows for this station key and API. */
+  devices: number;
+  /** Devices that needed something this run. */
+  pending: number;
+  registered: number;
   alreadyThere: number;
   deleted: number;
   failed: number;
-  skipped: number;
+  /** Devices the API already held as the ledger says: nothing sent. */
+  upToDate: number;
   dryRun: boolean;
 }
 
-interface Item {
-  station: string;
-  kind: 'issuance' | 'revocation';
-  key: number;
-  device: string;
-  client_pem: string | null;
-  status: string;
-  attempts: number;
+/** A response body is read up to this much; the rest is never fetched. */
+export const MAX_BODY_BYTES = 64 * 1024;
+/** What of a response body the state and messages keep. */
+const DETAIL_CHARS = 500;
+
+interface DeviceRow {
+  device_id: string;
+  best_seq: number | null;
+  best_name: string | null;
+  best_pem: string | null;
+  revoked_upto: number;
+  held: 'unknown' | 'absent' | 'present';
+  held_seq: number | null;
+  held_name: string | null;
+  held_pem: string | null;
+  /** A step sent whose answer was never recorded (a killed run): 'PUT' or 'DELETE', of this name (and seq). */
+  intent: 'PUT' | 'DELETE' | null;
+  intent_seq: number | null;
+  intent_name: string | null;
+  intent_pem: string | null;
 }
 
-/** The API token: from a file that only its owner can read; never in a message. */
+/** The API token: one line of visible ASCII in a file only its owner can read; never in a message. */
 export function readApiToken(path: string): string {
-  const token = readPrivateFile(path, '--token-file', 'SYNC').trim();
+  const text = readPrivateFile(path, '--token-file', 'SYNC');
+  const token = text.endsWith('\r\n') ? text.slice(0, -2) : text.endsWith('\n') ? text.slice(0, -1) : text;
   if (!token) throw new LineSignerError('SYNC', `--token-file: ${path} is empty`);
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    throw new LineSignerError('SYNC', `--token-file: ${path} must hold the token alone on one line, visible ASCII without spaces (it holds something else; its content is not shown)`);
+  }
   return token;
 }
 
+/** The pins sync trusts: from --station-key or a pins file. */
+export function readPins(opts: Pick<SyncOptions, 'stationKey' | 'pinsFile'>): { stationKey: string; factoryRoot?: string } {
+  if (opts.stationKey !== undefined && opts.pinsFile !== undefined) throw new LineSignerError('USAGE', 'give --station-key or --pins, not both');
+  if (opts.stationKey !== undefined) return { stationKey: normalizePin(opts.stationKey) };
+  if (opts.pinsFile === undefined) {
+    throw new LineSignerError('USAGE', 'sync trusts only a pinned station key: give --station-key SHA256 (line-signer ca show prints it) or --pins FILE');
+  }
+  let doc: Record<string, unknown>;
+  try {
+    // Not a secret, but what it pins is all sync trusts: nobody but its owner may change it.
+    if ((statSync(opts.pinsFile).mode & 0o022) !== 0) throw new LineSignerError('USAGE', `--pins ${opts.pinsFile}: group or others can write it; chmod go-w it`);
+    doc = parseToml(readFileSync(opts.pinsFile, 'utf8').replace(/^\uFEFF/, '')) as Record<string, unknown>;
+  } catch (err) {
+    if (err instanceof LineSignerError) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new LineSignerError('USAGE', `--pins ${opts.pinsFile}: ${code ? `cannot read it (${code})` : `not TOML (${(err as Error).message.split('\n')[0]})`}`);
+  }
+  const unknown = Object.keys(doc).filter((k) => k !== 'station_key' && k !== 'factory_root');
+  if (unknown.length) throw new LineSignerError('USAGE', `--pins ${opts.pinsFile}: unknown key ${unknown.join(', ')} (station_key, factory_root)`);
+  if (typeof doc.station_key !== 'string') throw new LineSignerError('USAGE', `--pins ${opts.pinsFile}: station_key = "<SHA-256>" is required`);
+  const pins: { stationKey: string; factoryRoot?: string } = { stationKey: normalizePin(doc.station_key, `--pins ${opts.pinsFile}: station_key`) };
+  if (doc.factory_root !== undefined) {
+    if (typeof doc.factory_root !== 'string') throw new LineSignerError('USAGE', `--pins ${opts.pinsFile}: factory_root must be a string`);
+    pins.factoryRoot = normalizePin(doc.factory_root, `--pins ${opts.pinsFile}: factory_root`);
+  }
+  return pins;
+}
+
+const LOOPBACK = /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/i;
+
+/** The API base: https, or http to loopback only (unless insecure); no credentials, query or fragment. */
+export function apiBase(raw: string, insecureHttp: boolean): { base: string; origin: string } {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new LineSignerError('USAGE', `--api ${raw}: not a URL`);
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new LineSignerError('USAGE', `--api ${raw}: expected https://`);
+  if (url.username || url.password || url.search || url.hash) throw new LineSignerError('USAGE', `--api ${raw}: no credentials, query or fragment in the URL`);
+  if (url.protocol === 'http:' && !LOOPBACK.test(url.hostname) && !insecureHttp) {
+    throw new LineSignerError('USAGE', `--api ${raw}: plain http sends the API token in the clear; use https, or --insecure-http if you mean it`);
+  }
+  return { base: url.origin + url.pathname.replace(/\/+$/, ''), origin: url.origin };
+}
+
 function openState(path: string): Database.Database {
+  // Created private; an existing file others can read is made private (the
+  // state holds no secret, but it says which devices exist).
+  if (!existsSync(path)) closeSync(openSync(path, 'wx', 0o600));
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+    try {
+      if ((statSync(f).mode & 0o077) !== 0) chmodSync(f, 0o600);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
-  db.exec(`CREATE TABLE IF NOT EXISTS items (
-    station TEXT NOT NULL, kind TEXT NOT NULL, key INTEGER NOT NULL, device TEXT NOT NULL,
-    client_pem TEXT, status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-    http_status INTEGER, detail TEXT, updated_at TEXT,
-    PRIMARY KEY (station, kind, key))`);
+  db.pragma('busy_timeout = 5000');
+  if (db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'items'").get()) {
+    db.close();
+    throw new LineSignerError('SYNC', `--state ${path}: a state file of an older line-signer (keyed by station id, not by key and API); give a new --state file`);
+  }
+  db.exec(`
+    CREATE TABLE IF NOT EXISTS batches (
+      station_key TEXT NOT NULL, api TEXT NOT NULL, station TEXT NOT NULL, number INTEGER NOT NULL,
+      sha256 TEXT NOT NULL, synced_at TEXT NOT NULL,
+      PRIMARY KEY (station_key, api, station, number));
+    CREATE TABLE IF NOT EXISTS devices (
+      station_key TEXT NOT NULL, api TEXT NOT NULL, device_id TEXT NOT NULL,
+      best_seq INTEGER, best_name TEXT, best_pem TEXT,
+      revoked_upto INTEGER NOT NULL DEFAULT -1,
+      held TEXT NOT NULL DEFAULT 'unknown', held_seq INTEGER, held_name TEXT, held_pem TEXT,
+      intent TEXT, intent_seq INTEGER, intent_name TEXT, intent_pem TEXT, attempts INTEGER NOT NULL DEFAULT 0, http_status INTEGER, detail TEXT, updated_at TEXT,
+      PRIMARY KEY (station_key, api, device_id));`);
   return db;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
+  new Promise((resolve) => {
+    if (ms <= 0) return resolve();
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+
+/** Retry-After as milliseconds (delta-seconds or an HTTP date), or null. */
+export function retryAfterMs(value: string | null, now = Date.now()): number | null {
+  if (value === null) return null;
+  const v = value.trim();
+  if (/^\d+$/.test(v)) return Number(v) * 1000;
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? null : Math.max(0, at - now);
+}
+
+function publicKeyDer(pem: string): Buffer | null {
+  try {
+    const key = pem.includes('CERTIFICATE') ? new X509Certificate(pem).publicKey : createPublicKey(pem);
+    return key.export({ type: 'spki', format: 'der' });
+  } catch {
+    return null;
+  }
+}
+
+class TokenRefused extends Error {}
+class Killed extends Error {}
+
+type Answer = { status: number; body: string; location: string | null; retryAfter: string | null } | { error: string };
 
 export async function sync(opts: SyncOptions): Promise<SyncSummary> {
+  const pins = readPins(opts);
+  const { base, origin } = apiBase(opts.api, !!opts.insecureHttp);
   const token = readApiToken(opts.tokenFile);
-  const api = opts.api.replace(/\/+$/, '');
-  if (!/^https?:\/\//.test(api)) throw new LineSignerError('SYNC', `--api ${opts.api}: expected an http(s) URL`);
+  const redact = (text: string): string => printable(text.split(token).join('[token]')).slice(0, DETAIL_CHARS);
   const db = openState(opts.statePath);
   try {
-    // Verify everything first; the items go in only if every batch checks out.
-    const insert = db.prepare('INSERT OR IGNORE INTO items (station, kind, key, device, client_pem) VALUES (?, ?, ?, ?, ?)');
-    db.exec('BEGIN');
-    const { problems } = await verifyBatches(opts.files, {
-      stationKey: opts.stationKey,
-      onRecord: (line, m) => {
-        if (line.type === 'issuance') insert.run(m.station, 'issuance', line.seq, line.device_id, line.client_pem);
-        else insert.run(m.station, 'revocation', line.event_seq, line.device_id, null);
-      },
-    });
-    if (problems.length) {
-      db.exec('ROLLBACK');
-      throw new LineSignerError('SYNC', `nothing synced: the batches do not verify:\n  ${problems.join('\n  ')}`);
-    }
-    db.exec('COMMIT');
-
-    const all = db.prepare<[], Item>("SELECT * FROM items ORDER BY station, kind = 'revocation', key").all();
-    const todo = all.filter((i) => i.status === 'pending' || i.status === 'failed');
-    const summary: SyncSummary = { total: all.length, done: 0, alreadyThere: 0, deleted: 0, failed: 0, skipped: all.length - todo.length, dryRun: !!opts.dryRun };
-    if (opts.dryRun) {
-      for (const i of todo) opts.onItem?.({ device: i.device, kind: i.kind, outcome: 'done', detail: i.kind === 'issuance' ? 'would register' : 'would delete' });
-      return summary;
-    }
-    const mark = db.prepare('UPDATE items SET status = ?, attempts = attempts + ?, http_status = ?, detail = ?, updated_at = ? WHERE station = ? AND kind = ? AND key = ?');
-    const tries = opts.tries ?? 6;
-    const base = opts.retryBaseMs ?? 500;
-    const timeoutMs = opts.timeoutMs ?? 15_000;
-    let next = 0;
-    let finished = 0;
-
-    const call = async (item: Item): Promise<{ status: number; body: string } | { error: string }> => {
-      const isPut = item.kind === 'issuance';
-      const url = isPut ? `${api}/ota/devices/` : `${api}/ota/devices/${encodeURIComponent(item.device)}/`;
-      const body = isPut ? JSON.stringify({ 'client.pem': item.client_pem, name: item.device, ...(opts.group ? { group: opts.group } : {}) }) : undefined;
-      try {
-        const res = await fetch(url, {
-          method: isPut ? 'PUT' : 'DELETE',
-          headers: { 'OSF-TOKEN': token, ...(body ? { 'content-type': 'application/json' } : {}) },
-          body,
-          signal: AbortSignal.timeout(timeoutMs),
-        });
-        return { status: res.status, body: (await res.text()).slice(0, 500) };
-      } catch (err) {
-        const e = err as Error & { cause?: { code?: string } };
-        return { error: e.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : (e.cause?.code ?? e.message) };
-      }
+    // 1. Verify every batch against the pins and fold its records into the
+    //    wanted state, in one transaction: nothing is kept unless all verify.
+    const q = {
+      batch: db.prepare<[string, string, string, number], { sha256: string }>('SELECT sha256 FROM batches WHERE station_key = ? AND api = ? AND station = ? AND number = ?'),
+      addBatch: db.prepare('INSERT OR IGNORE INTO batches (station_key, api, station, number, sha256, synced_at) VALUES (?, ?, ?, ?, ?, ?)'),
+      issuance: db.prepare(`INSERT INTO devices (station_key, api, device_id, best_seq, best_name, best_pem) VALUES (@key, @api, @device, @seq, @name, @pem)
+        ON CONFLICT (station_key, api, device_id) DO UPDATE SET best_seq = excluded.best_seq, best_name = excluded.best_name, best_pem = excluded.best_pem
+        WHERE devices.best_seq IS NULL OR excluded.best_seq > devices.best_seq`),
+      revocation: db.prepare(`INSERT INTO devices (station_key, api, device_id, revoked_upto) VALUES (@key, @api, @device, @upto)
+        ON CONFLICT (station_key, api, device_id) DO UPDATE SET revoked_upto = max(devices.revoked_upto, excluded.revoked_upto)`),
     };
-
-    const work = async (queue: Item[]): Promise<void> => {
-      while (next < queue.length) {
-        const item = queue[next++]!;
-        let outcome: Outcome = 'failed';
-        let detail = '';
-        let httpStatus: number | null = null;
-        let attempts = 0;
-        for (;;) {
-          attempts++;
-          const r = await call(item);
-          const retriable = 'error' in r || r.status >= 500;
-          if (!retriable) {
-            httpStatus = r.status;
-            if (r.status >= 200 && r.status < 300) outcome = item.kind === 'issuance' ? 'done' : 'deleted';
-            else if (r.status === 409 && item.kind === 'issuance') outcome = 'exists';
-            else if (r.status === 404 && item.kind === 'revocation') outcome = 'deleted';
-            else detail = `HTTP ${r.status}: ${r.body}`;
-            break;
+    let stationKey = '';
+    let devices: DeviceRow[] = [];
+    db.exec('BEGIN IMMEDIATE');
+    let open = true;
+    try {
+      const { batches, problems } = await verifyBatches(opts.files, {
+        stationKey: pins.stationKey,
+        factoryRoot: pins.factoryRoot,
+        onRecord: (line, m, key) => {
+          // Records of a batch that turns out not to verify are rolled back with it.
+          if (!key) return;
+          if (line.type === 'issuance') {
+            q.issuance.run({ key, api: origin, device: line.device_id, seq: line.seq, name: line.name ?? line.device_id, pem: line.client_pem });
+          } else {
+            // A mark without after_seq (format 1) revokes whatever its batch and the ones before it issued.
+            q.revocation.run({ key, api: origin, device: line.device_id, upto: line.after_seq ?? Math.max(m.last_seq, m.first_seq - 1) });
           }
-          detail = 'error' in r ? r.error : `HTTP ${r.status}: ${r.body}`;
-          httpStatus = 'error' in r ? null : r.status;
-          if (attempts >= tries) break;
-          await sleep(base * 2 ** (attempts - 1) * (0.75 + Math.random() / 2));
+        },
+      });
+      if (problems.length) throw new LineSignerError('SYNC', `nothing synced: the batches do not verify against the pinned key:\n  ${problems.join('\n  ')}`);
+      const keys = new Set(batches.map((b) => b.stationSpkiSha256));
+      if (keys.size !== 1 || !batches[0]?.stationSpkiSha256) throw new LineSignerError('SYNC', 'nothing synced: the batches are not all signed by one station key');
+      stationKey = batches[0].stationSpkiSha256;
+      const station = batches[0].manifest!.station;
+
+      // 2. The batches against what this state synced before (same key, same API).
+      const given = new Set(batches.map((b) => b.manifest!.batch));
+      for (const b of [...batches].sort((x, y) => x.manifest!.batch - y.manifest!.batch)) {
+        const n = b.manifest!.batch;
+        const known = q.batch.get(stationKey, origin, station, n);
+        if (known) {
+          if (known.sha256 !== b.sha256) {
+            throw new LineSignerError('SYNC', `nothing synced: ${b.file} is batch ${n} of ${station}, but the batch ${n} synced earlier had other bytes (sha256 ${known.sha256}, this one ${b.sha256}): one number, two batches`);
+          }
+          continue;
         }
-        mark.run(outcome, attempts, httpStatus, detail || null, new Date().toISOString(), item.station, item.kind, item.key);
-        if (outcome === 'done') summary.done++;
-        else if (outcome === 'exists') summary.alreadyThere++;
-        else if (outcome === 'deleted') summary.deleted++;
-        else summary.failed++;
-        opts.onItem?.({ device: item.device, kind: item.kind, outcome, detail });
-        opts.onProgress?.(++finished, todo.length);
+        const before = n > 1 ? q.batch.get(stationKey, origin, station, n - 1) : undefined;
+        if (before && before.sha256 !== b.manifest!.previous_batch_sha256) {
+          throw new LineSignerError('SYNC', `nothing synced: ${b.file} (batch ${n}) does not follow the batch ${n - 1} synced earlier (previous batch hash differs)`);
+        }
+        if (n > 1 && !before && !given.has(n - 1) && !opts.allowGap) {
+          throw new LineSignerError('SYNC', `nothing synced: gap: batch ${n - 1} of ${station} was never synced to ${origin} and is not given (give it, or --allow-gap)`);
+        }
+        q.addBatch.run(stationKey, origin, station, n, b.sha256, new Date().toISOString());
       }
-    };
-    // Registrations first, all settled, then deletions: a revocation must not
-    // overtake the registration of the same device running beside it.
-    const workers = Math.max(1, opts.concurrency ?? 4);
-    for (const kind of ['issuance', 'revocation'] as const) {
-      const queue = todo.filter((i) => i.kind === kind);
-      next = 0;
-      await Promise.all(Array.from({ length: workers }, () => work(queue)));
+      devices = db.prepare<[string, string], DeviceRow>('SELECT * FROM devices WHERE station_key = ? AND api = ? ORDER BY device_id').all(stationKey, origin);
+      // A dry run plans from the folded state, then forgets it.
+      db.exec(opts.dryRun ? 'ROLLBACK' : 'COMMIT');
+      open = false;
+    } finally {
+      if (open) db.exec('ROLLBACK');
     }
-    return summary;
+    return await reconcile(db, devices, { ...opts, stationKey }, base, origin, token, redact);
   } finally {
     db.close();
   }
+}
+
+const wanted = (d: DeviceRow): { seq: number; name: string; pem: string } | null =>
+  d.best_seq !== null && d.best_seq > d.revoked_upto ? { seq: d.best_seq, name: d.best_name!, pem: d.best_pem! } : null;
+
+/** Nothing to send: the API holds exactly what the ledger wants, and no step is in doubt. */
+const settled = (d: DeviceRow): boolean => {
+  if (d.intent) return false;
+  const w = wanted(d);
+  return w ? d.held === 'present' && d.held_seq === w.seq : d.held === 'absent';
+};
+
+/** The steps a device needs, as a dry run lists them. */
+function plan(d: DeviceRow): Array<{ action: 'check' | 'delete' | 'register'; name: string }> {
+  const steps: Array<{ action: 'check' | 'delete' | 'register'; name: string }> = [];
+  if (d.intent) steps.push({ action: 'check', name: d.intent_name! });
+  const want = wanted(d);
+  if (d.held === 'present' && (!want || d.held_seq !== want.seq)) steps.push({ action: 'delete', name: d.held_name! });
+  else if (!want && d.held === 'unknown') steps.push({ action: 'delete', name: d.best_name ?? d.device_id });
+  if (want && !(d.held === 'present' && d.held_seq === want.seq)) steps.push({ action: 'register', name: want.name });
+  return steps;
+}
+
+async function reconcile(
+  db: Database.Database,
+  all: DeviceRow[],
+  opts: SyncOptions & { stationKey: string },
+  base: string,
+  origin: string,
+  token: string,
+  redact: (text: string) => string,
+): Promise<SyncSummary> {
+  const todo = all.filter((d) => !settled(d));
+  const summary: SyncSummary = { devices: all.length, pending: todo.length, registered: 0, alreadyThere: 0, deleted: 0, failed: 0, upToDate: all.length - todo.length, dryRun: !!opts.dryRun };
+  if (opts.dryRun) {
+    for (const d of todo) {
+      for (const step of plan(d)) {
+        const detail = step.action === 'check' ? 'would first ask the API (a stopped run sent a step) about' : `would ${step.action}`;
+        opts.onStep?.({ device: d.device_id, name: step.name, action: step.action, outcome: 'planned', detail });
+      }
+    }
+    return summary;
+  }
+
+  const save = db.prepare(`UPDATE devices SET held = @held, held_seq = @held_seq, held_name = @held_name, held_pem = @held_pem,
+    intent = @intent, intent_seq = @intent_seq, intent_name = @intent_name, intent_pem = @intent_pem,
+    attempts = attempts + @attempts, http_status = @http_status, detail = @detail, updated_at = @at
+    WHERE station_key = @key AND api = @api AND device_id = @device`);
+  type Change = Partial<Pick<DeviceRow, 'held' | 'held_seq' | 'held_name' | 'held_pem' | 'intent' | 'intent_seq' | 'intent_name' | 'intent_pem'>> & {
+    attempts?: number;
+    http_status?: number | null;
+    detail?: string | null;
+  };
+  const record = (d: DeviceRow, change: Change): void => {
+    // Once stopped (killed), nothing more is recorded: as if the process were gone.
+    if (opts.signal?.aborted) throw new Killed('killed');
+    const { attempts = 0, http_status = null, detail = null, ...held } = change;
+    Object.assign(d, held);
+    save.run({
+      held: d.held, held_seq: d.held_seq, held_name: d.held_name, held_pem: d.held_pem,
+      intent: d.intent, intent_seq: d.intent_seq, intent_name: d.intent_name, intent_pem: d.intent_pem,
+      attempts, http_status, detail, at: new Date().toISOString(), key: opts.stationKey, api: origin, device: d.device_id,
+    });
+  };
+  const ABSENT = { held: 'absent' as const, held_seq: null, held_name: null, held_pem: null };
+  const NO_INTENT = { intent: null, intent_seq: null, intent_name: null, intent_pem: null };
+
+  const tries = Math.max(1, opts.tries ?? 6);
+  const baseMs = opts.retryBaseMs ?? 500;
+  const maxWait = opts.maxRetryAfterMs ?? 300_000;
+  const timeoutMs = opts.timeoutMs ?? 15_000;
+  // One gate for the whole run: a throttle or an outage slows every worker, not one request.
+  let openAt = 0;
+  let outage = 0;
+  let refused: string | null = null;
+  const checkRunning = (): void => {
+    if (opts.signal?.aborted) throw new Killed('killed');
+    if (refused) throw new TokenRefused(refused);
+  };
+
+  const call = async (method: 'PUT' | 'DELETE' | 'GET', name: string | null, body?: string): Promise<Answer> => {
+    checkRunning();
+    while (openAt > Date.now()) {
+      await sleep(openAt - Date.now(), opts.signal);
+      checkRunning();
+    }
+    const url = name === null ? `${base}/ota/devices/` : `${base}/ota/devices/${encodeURIComponent(name)}/`;
+    const signal = opts.signal ? AbortSignal.any([opts.signal, AbortSignal.timeout(timeoutMs)]) : AbortSignal.timeout(timeoutMs);
+    try {
+      const res = await fetch(url, {
+        method,
+        // Never followed: a redirect's target is another place, and only the API's own 2xx counts.
+        redirect: 'manual',
+        headers: { 'OSF-TOKEN': token, ...(body ? { 'content-type': 'application/json' } : {}) },
+        body,
+        signal,
+      });
+      return { status: res.status, body: await readCapped(res), location: res.headers.get('location'), retryAfter: res.headers.get('retry-after') };
+    } catch (err) {
+      if (opts.signal?.aborted) throw new Killed('killed');
+      const e = err as Error & { cause?: { code?: string } };
+      return { error: e.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : redact(e.cause?.code ?? e.message) };
+    }
+  };
+
+  /**
+   * One request under the run's retry rules: a final answer, or the last
+   * failure after `tries`. A PUT or DELETE whose answer was lost (a reset, a
+   * time-out, a 5xx other than 503) may have taken effect: `inDoubt` asks
+   * the API before it is sent again, and says 'done', 'resend', or
+   * 'unknown' (then the step fails and its intent stays for the next run).
+   */
+  const attempt = async (
+    method: 'PUT' | 'DELETE' | 'GET',
+    name: string | null,
+    body?: string,
+    inDoubt?: () => Promise<'done' | 'resend' | 'unknown'>,
+  ): Promise<{ answer: Answer; attempts: number; settled?: true }> => {
+    for (let n = 1; ; n++) {
+      const answer = await call(method, name, body);
+      if ('status' in answer && (answer.status === 401 || answer.status === 403)) {
+        refused ??= `the API refused the token (HTTP ${answer.status}: ${redact(answer.body)}); stopped at once, nothing more sent: check --token-file`;
+        throw new TokenRefused(refused);
+      }
+      const retriable = 'error' in answer || answer.status >= 500 || answer.status === 429;
+      if (!retriable) {
+        outage = 0;
+        return { answer, attempts: n };
+      }
+      const hinted = 'status' in answer && (answer.status === 429 || answer.status === 503) ? retryAfterMs(answer.retryAfter) : null;
+      const wait = Math.min(maxWait, hinted ?? baseMs * 2 ** Math.min(outage, 16) * (0.75 + Math.random() / 2));
+      outage++;
+      openAt = Math.max(openAt, Date.now() + wait);
+      if (n >= tries) return { answer, attempts: n };
+      const refusedUnprocessed = 'status' in answer && (answer.status === 429 || answer.status === 503);
+      if (inDoubt && !refusedUnprocessed) {
+        const found = await inDoubt();
+        if (found === 'done') return { answer, attempts: n, settled: true };
+        if (found === 'unknown') return { answer, attempts: n };
+      }
+    }
+  };
+
+  const describe = (a: Answer): string => {
+    if ('error' in a) return a.error;
+    if (a.status >= 300 && a.status < 400) return `HTTP ${a.status}: a redirect${a.location ? ` to ${redact(a.location)}` : ''}, not followed: only the API's own 2xx counts`;
+    return `HTTP ${a.status}: ${redact(a.body)}`;
+  };
+  const statusOf = (a: Answer): number | null => ('status' in a ? a.status : null);
+  const ok = (a: Answer): boolean => 'status' in a && a.status >= 200 && a.status < 300;
+  const report = (d: DeviceRow, name: string, action: StepReport['action'], outcome: StepOutcome, detail = ''): void => {
+    if (outcome === 'registered') summary.registered++;
+    else if (outcome === 'exists') summary.alreadyThere++;
+    else if (outcome === 'deleted') summary.deleted++;
+    else if (outcome === 'failed') summary.failed++;
+    opts.onStep?.({ device: d.device_id, name, action, outcome, detail });
+  };
+  const fail = (d: DeviceRow, name: string, action: StepReport['action'], detail: string, attempts: number, status: number | null = null): false => {
+    record(d, { attempts, http_status: status, detail });
+    report(d, name, action, 'failed', detail);
+    return false;
+  };
+
+  /** What the API holds under `name`: absent, this certificate's key, or another key. */
+  const lookUp = async (name: string, pem: string | null): Promise<{ present: boolean; ours: boolean } | { failed: string; attempts: number }> => {
+    const { answer, attempts } = await attempt('GET', name);
+    if ('status' in answer && answer.status === 404) return { present: false, ours: false };
+    if (!ok(answer) || !('body' in answer)) return { failed: `GET ${name}: ${describe(answer)}`, attempts };
+    let key: unknown;
+    try {
+      key = (JSON.parse(answer.body) as { 'public-key'?: unknown })['public-key'];
+    } catch {
+      key = undefined;
+    }
+    const theirs = typeof key === 'string' ? publicKeyDer(key) : null;
+    const mine = pem ? publicKeyDer(pem) : null;
+    return { present: true, ours: !!theirs && !!mine && theirs.equals(mine) };
+  };
+
+  /** A step a stopped run may have sent: ask the API what it did, instead of sending it again. */
+  const resolveIntent = async (d: DeviceRow): Promise<boolean> => {
+    const name = d.intent_name!;
+    const h = await lookUp(name, d.intent_pem);
+    if ('failed' in h) return fail(d, name, d.intent === 'PUT' ? 'register' : 'delete', h.failed, h.attempts);
+    if (d.intent === 'DELETE') record(d, { ...(h.present ? {} : ABSENT), ...NO_INTENT });
+    else if (h.present && h.ours) record(d, { held: 'present', held_seq: d.intent_seq, held_name: name, held_pem: d.intent_pem, ...NO_INTENT });
+    else record(d, { ...(d.held === 'unknown' && !h.present ? ABSENT : {}), ...NO_INTENT });
+    return true;
+  };
+
+  /** DELETE `name`: absent afterwards (2xx, or 404) is done. */
+  const remove = async (d: DeviceRow, name: string): Promise<boolean> => {
+    record(d, { intent: 'DELETE', intent_name: name, intent_seq: null, intent_pem: null });
+    const { answer, attempts, settled } = await attempt('DELETE', name, undefined, async () => {
+      const h = await lookUp(name, null);
+      return 'failed' in h ? 'unknown' : h.present ? 'resend' : 'done';
+    });
+    if (settled || ok(answer) || statusOf(answer) === 404) {
+      record(d, { ...ABSENT, ...NO_INTENT, attempts, http_status: settled ? 404 : statusOf(answer) });
+      report(d, name, 'delete', 'deleted');
+      return true;
+    }
+    return fail(d, name, 'delete', describe(answer), attempts, statusOf(answer));
+  };
+
+  const register = async (d: DeviceRow, want: { seq: number; name: string; pem: string }): Promise<boolean> => {
+    const present = { held: 'present' as const, held_seq: want.seq, held_name: want.name, held_pem: want.pem, ...NO_INTENT };
+    record(d, { intent: 'PUT', intent_seq: want.seq, intent_name: want.name, intent_pem: want.pem });
+    const body = JSON.stringify({ 'client.pem': want.pem, name: want.name, ...(opts.group ? { group: opts.group } : {}) });
+    let taken = false;
+    const { answer, attempts, settled } = await attempt('PUT', null, body, async () => {
+      const h = await lookUp(want.name, want.pem);
+      if ('failed' in h) return 'unknown';
+      if (h.present && !h.ours) taken = true;
+      return h.present ? (h.ours ? 'done' : 'unknown') : 'resend';
+    });
+    if (taken) return fail(d, want.name, 'register', `the API holds ${want.name} with another key; not replaced (the ledger's certificate is seq ${want.seq})`, attempts, 409);
+    if (settled || ok(answer)) {
+      record(d, { ...present, attempts, http_status: settled ? 200 : statusOf(answer) });
+      report(d, want.name, 'register', 'registered');
+      return true;
+    }
+    if (statusOf(answer) === 409) {
+      // The name exists there: done only when it holds this certificate's key, never assumed.
+      const h = await lookUp(want.name, want.pem);
+      if ('failed' in h) return fail(d, want.name, 'register', h.failed, attempts + h.attempts, 409);
+      if (h.present && h.ours) {
+        record(d, { ...present, attempts, http_status: 409 });
+        report(d, want.name, 'register', 'exists');
+        return true;
+      }
+      return fail(d, want.name, 'register', `HTTP 409: the API holds ${want.name} with another key; not replaced (the ledger's certificate is seq ${want.seq})`, attempts, 409);
+    }
+    return fail(d, want.name, 'register', describe(answer), attempts, statusOf(answer));
+  };
+
+  /** A device's steps, strictly in order: settle any step in doubt, leave what is held, reach what is wanted. */
+  const reconcileDevice = async (d: DeviceRow): Promise<void> => {
+    if (d.intent && !(await resolveIntent(d))) return;
+    const want = wanted(d);
+    if (d.held === 'present' && (!want || d.held_seq !== want.seq)) {
+      if (!(await remove(d, d.held_name!))) return;
+    }
+    if (!want) {
+      // Not registered by this state (as far as it knows), but revoked: the API must not hold it.
+      if (d.held === 'unknown') await remove(d, d.best_name ?? d.device_id);
+      return;
+    }
+    if (d.held !== 'present') await register(d, want);
+  };
+
+  let next = 0;
+  let finished = 0;
+  const worker = async (): Promise<void> => {
+    while (next < todo.length) {
+      const d = todo[next++]!;
+      await reconcileDevice(d);
+      opts.onProgress?.(++finished, todo.length);
+    }
+  };
+  // Devices are independent: several at once; one device's steps never overlap.
+  const results = await Promise.allSettled(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, () => worker()));
+  const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+  if (errors.some((e) => e instanceof Killed)) throw new LineSignerError('SYNC', 'sync was stopped; run it again to resume');
+  const refusal = errors.find((e) => e instanceof TokenRefused);
+  if (refusal) throw new LineSignerError('SYNC', (refusal as Error).message);
+  if (errors.length) throw errors[0];
+  return summary;
+}
+
+/** The body as text, at most MAX_BODY_BYTES of it; the rest is never read. */
+async function readCapped(res: Response): Promise<string> {
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value.subarray(0, Math.max(0, MAX_BODY_BYTES - size)));
+      size += value.length;
+      if (size >= MAX_BODY_BYTES) break;
+    }
+  } finally {
+    await reader.cancel().catch(() => undefined);
+  }
+  return Buffer.concat(parts).toString('utf8');
 }

@@ -6,7 +6,9 @@
  * memory at a time. Needs neither the token nor the ledger.
  */
 import { createHash, X509Certificate } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { constants } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { LineSignerError } from '../errors.js';
 import { basename } from 'node:path';
 import { GENESIS_HASH, issuanceHash } from '../ledger/chain.js';
 import { pemDecodeAll } from '../x509/index.js';
@@ -20,38 +22,83 @@ export interface BatchSummary {
   issuances: number;
   revocations: number;
   stationKeySha256: string | null;
+  /** SHA-256 of the station key's SubjectPublicKeyInfo: the key, whatever certificate carries it. */
+  stationSpkiSha256: string | null;
   problems: string[];
 }
 
 export interface VerifyOptions {
   /** SHA-256 of the station key's certificate or of its public key (hex, colons allowed). */
   stationKey?: string | undefined;
+  /** SHA-256 of the factory root's certificate or public key. */
+  factoryRoot?: string | undefined;
   /** Called for each issuance and revocation record, after it checked out (sync uses it). */
-  onRecord?: (line: BatchLine & { type: 'issuance' | 'revocation' }, batch: Manifest) => void;
+  /** `stationKey`: SHA-256 of the signing station key's SubjectPublicKeyInfo, as the batch carries it. */
+  onRecord?: (line: BatchLine & { type: 'issuance' | 'revocation' }, batch: Manifest, stationKey: string | null) => void;
   onProgress?: (records: number) => void;
 }
 
-const normalize = (fp: string): string => fp.replace(/:/g, '').toLowerCase();
+/** A batch line is at most this long (a record holds one certificate). */
+export const MAX_LINE_BYTES = 1 << 20;
 
-/** Splits a file into lines of raw bytes, without holding the file. */
-async function* lines(path: string): AsyncGenerator<Buffer> {
-  let rest = Buffer.alloc(0);
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
-    const data = rest.length ? Buffer.concat([rest, chunk]) : chunk;
-    let at = 0;
-    for (;;) {
-      const lf = data.indexOf(0x0a, at);
-      if (lf === -1) break;
-      yield data.subarray(at, lf + 1);
-      at = lf + 1;
-    }
-    rest = Buffer.from(data.subarray(at));
+/** The one form of the last line: anything else (spaces, key order, escapes, no newline) is a changed batch. */
+const SIGNATURE_LINE = /^\{"type":"signature","cms":"([A-Za-z0-9+/]+={0,2})"\}\n$/;
+
+/** A pin: the SHA-256 of the station key's certificate or public key, 64 hex digits (colons allowed). */
+export function normalizePin(pin: string, what = '--station-key'): string {
+  const hex = pin.replace(/:/g, '').toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(hex)) {
+    throw new LineSignerError('USAGE', `${what}: expected a SHA-256 (64 hex digits, colons allowed)${pin.trim() === '' ? ', got an empty pin' : ''}`);
   }
-  if (rest.length) yield rest;
+  return hex;
+}
+
+/**
+ * Splits a regular file into lines of raw bytes, without holding the file:
+ * each byte is looked at once and copied at most once (no re-joining of
+ * what is held per chunk), and a line longer than MAX_LINE_BYTES ends the
+ * read. A FIFO, a device or a folder is refused before a byte is read.
+ */
+export async function* lines(path: string): AsyncGenerator<Buffer> {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new Error('not a regular file');
+    const buf = Buffer.alloc(1 << 20);
+    let held: Buffer[] = [];
+    let heldBytes = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      const chunk = buf.subarray(0, bytesRead);
+      let at = 0;
+      for (;;) {
+        const lf = chunk.indexOf(0x0a, at);
+        if (lf === -1) break;
+        if (heldBytes + lf + 1 - at > MAX_LINE_BYTES) throw new Error(`a line is longer than ${MAX_LINE_BYTES} bytes`);
+        const piece = chunk.subarray(at, lf + 1);
+        yield held.length ? Buffer.concat([...held, piece]) : Buffer.from(piece);
+        held = [];
+        heldBytes = 0;
+        at = lf + 1;
+      }
+      if (at < chunk.length) {
+        heldBytes += chunk.length - at;
+        if (heldBytes > MAX_LINE_BYTES) throw new Error(`a line is longer than ${MAX_LINE_BYTES} bytes`);
+        held.push(Buffer.from(chunk.subarray(at)));
+      }
+    }
+    if (heldBytes) yield Buffer.concat(held);
+  } finally {
+    await fh.close();
+  }
 }
 
 export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promise<BatchSummary> {
-  const s: BatchSummary = { file, manifest: null, sha256: '', issuances: 0, revocations: 0, stationKeySha256: null, problems: [] };
+  const pin = opts.stationKey !== undefined ? normalizePin(opts.stationKey) : null;
+  const rootPin = opts.factoryRoot !== undefined ? normalizePin(opts.factoryRoot, 'factory root pin') : null;
+  const s: BatchSummary = { file, manifest: null, sha256: '', issuances: 0, revocations: 0, stationKeySha256: null, stationSpkiSha256: null, problems: [] };
   const problem = (p: string): void => {
     if (s.problems.length < 20) s.problems.push(p);
   };
@@ -71,6 +118,25 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
         problem(`line ${n}: data after the signature`);
         continue;
       }
+      // The signature line in its one form; a line that reads as one in any other form is a changed batch.
+      if (raw.includes('"signature"')) {
+        const exact = SIGNATURE_LINE.exec(raw.toString('latin1'));
+        if (exact) {
+          signature = exact[1]!;
+          continue;
+        }
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(raw.toString('utf8'));
+        } catch {
+          parsed = null;
+        }
+        if ((parsed as { type?: unknown } | null)?.type === 'signature') {
+          problem(`line ${n}: the signature line is not exactly {"type":"signature","cms":"<base64>"} and a newline: the batch was changed`);
+          signature = '';
+          continue;
+        }
+      }
       let line: BatchLine;
       try {
         line = JSON.parse(raw.toString('utf8')) as BatchLine;
@@ -82,10 +148,6 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
       if (line === null || typeof line !== 'object') {
         problem(`line ${n}: not a record`);
         content.update(raw);
-        continue;
-      }
-      if (line.type === 'signature') {
-        signature = typeof line.cms === 'string' ? line.cms : '';
         continue;
       }
       content.update(raw);
@@ -107,14 +169,19 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
             localCa = new X509Certificate(line.local_ca);
             const root = new X509Certificate(line.root);
             if (!localCa.checkIssued(root) || !localCa.verify(root.publicKey)) problem('the local-ca does not chain to the factory root in the batch');
+            if (rootPin !== null) {
+              const certSha = createHash('sha256').update(root.raw).digest('hex');
+              const spkiSha = createHash('sha256').update(root.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+              if (rootPin !== certSha && rootPin !== spkiSha) problem(`the factory root is not the pinned one (batch has ${certSha})`);
+            }
             const [der] = pemDecodeAll(line.station, 'CERTIFICATE');
             stationCertDer = der ?? null;
             if (der) {
               const station = new X509Certificate(Buffer.from(der));
               s.stationKeySha256 = createHash('sha256').update(der).digest('hex');
-              if (opts.stationKey) {
-                const pin = normalize(opts.stationKey);
-                const spkiSha = createHash('sha256').update(station.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+              const spkiSha = createHash('sha256').update(station.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+              s.stationSpkiSha256 = spkiSha;
+              if (pin !== null) {
                 if (pin !== s.stationKeySha256 && pin !== spkiSha) problem(`the station key is not the pinned one (batch has ${s.stationKeySha256})`);
               }
             }
@@ -161,14 +228,18 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
               problem(`${where}: the certificate is unreadable`);
             }
           }
-          opts.onRecord?.(line, m);
+          opts.onRecord?.(line, m, s.stationSpkiSha256);
           if (s.issuances % 1000 === 0) opts.onProgress?.(s.issuances);
           break;
         }
         case 'revocation':
           s.revocations++;
           if (line.event_seq < m.first_event_seq || line.event_seq > m.last_event_seq) problem(`revocation ${line.event_seq}: outside the batch's event range`);
-          opts.onRecord?.(line, m);
+          if (typeof line.device_id !== 'string' || line.device_id === '') problem(`revocation ${line.event_seq}: no device id`);
+          if (line.after_seq !== undefined && !(Number.isSafeInteger(line.after_seq) && line.after_seq >= 0 && line.after_seq <= Math.max(m.last_seq, m.first_seq - 1))) {
+            problem(`revocation ${line.event_seq}: after_seq ${String(line.after_seq)} is not an issuance the ledger had`);
+          }
+          opts.onRecord?.(line, m, s.stationSpkiSha256);
           break;
         default:
           problem(`line ${n}: unknown record type`);
@@ -193,7 +264,9 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
   if (m.count > 0 && expectSeq - 1 !== m.last_seq) problem(`the records end at seq ${expectSeq - 1}, the manifest says ${m.last_seq}`);
   if (prevHash !== m.chain_after) problem('the chain hash after the last record is not the manifest\'s');
   if (signature === null) problem('no signature: the batch is truncated');
-  else if (!stationCertDer) problem('no station certificate to check the signature with');
+  else if (signature === '') {
+    // already reported: the signature line is not in its one form
+  } else if (!stationCertDer) problem('no station certificate to check the signature with');
   else {
     const cms = Buffer.from(signature, 'base64');
     // Node's base64 decoder skips what it cannot read: only the canonical text counts.
