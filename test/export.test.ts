@@ -19,6 +19,7 @@ test('export then verify-export passes; batches are named <station>-<number>; no
   const out = cli(['verify-export', ...files, '--station-key', caShow(s.config).station_key.sha256!]);
   t.is(out.status, 0, out.stderr);
   t.regex(out.stdout, /^ok .*000001\.lsbatch: batch 1/m);
+  await s.close(); // the CLI takes the ledger when no serving station owns it
   const none = cli(['export', '--out', stick, '--config', s.configPath]);
   t.regex(none.stdout, /nothing to export/);
 });

@@ -64,13 +64,15 @@ test('after faults and kills, the first clean run makes the API equal the ledger
           const f = await exportNext(s, stick);
           if (f) files.push(f);
         } else if (o.kind === 'revoke') {
-          if (!model.has(ids[o.dev]!)) continue;
+          // Only an issued, not yet revoked device can be revoked.
+          if (!model.get(ids[o.dev]!)) continue;
           revoke(s, ids[o.dev]!);
           model.set(ids[o.dev]!, null);
         } else {
           const id = ids[o.dev]!;
           const known = keys[o.dev];
-          if (known && o.newKey) allowReissue(s, id);
+          // A new key, or a revoked device coming back, needs the operator's re-issue grant.
+          if (known && (o.newKey || model.get(id) === null)) allowReissue(s, id);
           const name = o.name === 0 ? undefined : `${id.slice(0, 8)}-name-${o.name}`;
           const r = await issue(s, id, { ...(known && !o.newKey ? { key: known } : {}), ...(name ? { name } : {}) });
           keys[o.dev] = r.key;

@@ -9,7 +9,7 @@ import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { exportBatch, sync } from '../src/export/index.js';
 import { caShow, stationKeyInit } from '../src/station/index.js';
-import { allowReissue, exportNext, issue, revoke, stationWithBatches } from './helpers/batches.js';
+import { allowReissue, exportNext, issue, revoke, stationWithBatches, forgeRevocation } from './helpers/batches.js';
 import { cliAsync as cli } from './helpers/cli.js';
 import { deviceApi, type DeviceApi } from './helpers/device-api.js';
 import { testStation, uuid, type TestStation } from './helpers/pki.js';
@@ -276,7 +276,7 @@ test('a batch from another station key, revocations and all, sends nothing: not 
   // Somebody else's station, revoking our devices.
   const evil = await testStation();
   t.teardown(() => evil.close());
-  for (const d of devices) revoke(evil, d, 'gone');
+  for (const d of devices) forgeRevocation(evil, d, 'gone');
   const forged = (await exportNext(evil, join(evil.dir, 'stick')))!;
   const before = a.log.length;
   const err = await t.throwsAsync(sync({ files: [forged], api: a.url, tokenFile: tf, statePath: state, stationKey: pin(s), allowGap: true }));

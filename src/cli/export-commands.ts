@@ -1,6 +1,9 @@
 import cliProgress from 'cli-progress';
 import { configPath, loadConfig } from '../config/index.js';
-import { exportBatch, sync, verifyBatches } from '../export/index.js';
+import { resolve } from 'node:path';
+import { exportBatch, sync, verifyBatches, type ExportResult } from '../export/index.js';
+import { callOwner } from '../operator/control.js';
+import { withOwnedLedger } from '../operator/index.js';
 import { printable } from '../text.js';
 
 function bar(label: string): cliProgress.SingleBar | null {
@@ -13,19 +16,30 @@ function bar(label: string): cliProgress.SingleBar | null {
 
 export async function exportCommand(args: { config?: string; out: string; batch?: number }): Promise<void> {
   const config = loadConfig(configPath(args.config));
-  const progress = bar('export');
-  let started = false;
-  const result = await exportBatch(config, {
-    outDir: args.out,
-    batch: args.batch,
-    onProgress: (done, total) => {
-      if (!progress || total < 2000) return;
-      if (!started) progress.start(total, 0);
-      started = true;
-      progress.update(done);
-    },
-  });
-  progress?.stop();
+  const outDir = resolve(args.out);
+  // A serving station owns the ledger: it exports (the batch is recorded by the ledger's one writer).
+  const remote = await callOwner(config.station.ledger, { op: 'export', outDir, batch: args.batch });
+  let result: ExportResult | null;
+  if (remote) result = remote.result as ExportResult | null;
+  else {
+    const progress = bar('export');
+    let started = false;
+    result = await withOwnedLedger(config, 'export', (holder) => process.stderr.write(`waiting for the ledger: it is held by ${holder}\n`), async (ctx) => {
+      const r = await exportBatch(config, {
+        outDir,
+        batch: args.batch,
+        onProgress: (done, total) => {
+          if (!progress || total < 2000) return;
+          if (!started) progress.start(total, 0);
+          started = true;
+          progress.update(done);
+        },
+      });
+      await ctx.checkpoint('export');
+      return r;
+    });
+    progress?.stop();
+  }
   if (!result) {
     process.stdout.write('nothing to export: no issuance or revocation mark since the last batch; no file written\n');
     return;

@@ -170,12 +170,15 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
   await owned.recordEvent({ kind: 'start', message: `line-signer ${opts.command ?? 'serve'} pid ${process.pid}`, operator: opts.operator ?? null });
   await checkpointer.take('start');
   checkpointer.start();
+  let closed = false;
   return {
     station,
     ledger: owned,
     checkpointer,
     warnings,
     async close() {
+      if (closed) return;
+      closed = true;
       try {
         await station.flushEvents();
         await owned.recordEvent({ kind: 'stop' });

@@ -53,3 +53,13 @@ export function revoke(s: TestStation, deviceId: string, reason = 'test revocati
 export async function exportNext(s: TestStation, stick: string): Promise<string | null> {
   return (await exportBatch(s.config, { outDir: stick }))?.path ?? null;
 }
+
+/** A revocation mark written straight into a ledger, as another station's own software could: no check that the device was ever issued there. */
+export function forgeRevocation(s: TestStation, deviceId: string, reason = 'forged'): void {
+  const ledger = new SqliteLedger(s.config.station.ledger, s.config.station.id);
+  try {
+    ledger.appendEvent({ kind: 'revocation', deviceId, message: reason });
+  } finally {
+    ledger.close();
+  }
+}
