@@ -195,6 +195,12 @@ function opensslTime(d: Date): string {
   return `${MONTHS[d.getUTCMonth()]} ${String(d.getUTCDate()).padStart(2, ' ')} ${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())} ${d.getUTCFullYear()} GMT`;
 }
 
+/** A serial as OpenSSL prints the INTEGER's value: whole bytes, upper case, without the 00 that keeps DER positive. */
+function serialValueHex(serial: Uint8Array): string {
+  const value = serial.length > 1 && serial[0] === 0 ? serial.subarray(1) : serial;
+  return Buffer.from(value).toString('hex').toUpperCase();
+}
+
 const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.compare(a, b) === 0;
 
 /** The subject attributes of a certificate's Name, or null when it is not one UTF8String attribute per RDN. */
@@ -217,7 +223,11 @@ function nameAttributes(buf: Uint8Array, nameT: Tlv): Array<{ type: string; valu
  * validity, subject and public key. A certificate that other software
  * cannot read would stop `ledger verify` and every export of its batch, so
  * any difference is INTERNAL and nothing is issued. Raw DER pieces are
- * compared where OpenSSL's view is a formatted string (issuer, subject).
+ * compared where OpenSSL's view is a formatted string (issuer, subject) or
+ * costly: decoding the key again (X509Certificate.publicKey) would double
+ * the gate's cost, and the key block was already checked to be the
+ * canonical encoding of a point on its curve (csr.ts canonicalSpki,
+ * csrPublicKey).
  */
 export function checkAssembled(certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): void {
   let why: string | null;
@@ -232,10 +242,9 @@ export function checkAssembled(certificate: Uint8Array, issuer: IssuerProfile, f
 /** What differs between a certificate as OpenSSL reads it and what was built, or null. Throws when it cannot be read. */
 function differenceFromBuilt(certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): string | null {
   const x = new X509Certificate(Buffer.from(certificate.buffer, certificate.byteOffset, certificate.byteLength));
-  if (x.serialNumber !== Buffer.from(facts.serial).toString('hex').toUpperCase()) return `has serial ${x.serialNumber}, not the one drawn`;
+  if (x.serialNumber !== serialValueHex(facts.serial)) return `has serial ${x.serialNumber}, not the one drawn`;
   if (x.validFrom !== opensslTime(facts.notBefore)) return `has notBefore ${x.validFrom}, not the station's clock`;
   if (x.validTo !== opensslTime(notAfterFor(facts.notBefore, issuer.validityDays))) return `has notAfter ${x.validTo}, not the configured validity`;
-  if (!sameBytes(x.publicKey.export({ type: 'spki', format: 'der' }), facts.spki)) return 'has a public key that differs from the checked one';
 
   const top = readTlv(certificate, 0);
   if (top.end !== certificate.length) return 'has trailing bytes';

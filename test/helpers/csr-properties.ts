@@ -249,6 +249,7 @@ export async function properties(): Promise<{ properties: NamedProperty[]; finis
     ],
     async finish() {
       try {
+        console.log(`  csr station: issued ${run.issued}, refused ${JSON.stringify(Object.fromEntries(run.refused))}`);
         return ledgerProblem(run);
       } finally {
         await station.close();
