@@ -33,7 +33,7 @@ test('property: a mutated CSR gets a typed refusal, or makes a certificate that 
   t.pass();
 });
 
-test('property: a real station answers a mutated CSR with a typed refusal or a certificate OpenSSL parses; the ledger verifies afterwards', async (t) => {
+test('property: a real station answers a mutated CSR with a typed refusal or a certificate that X509Certificate and openssl x509 read; the ledger verifies afterwards', async (t) => {
   const station = await testStation({ policy: 'allow_p384 = true' });
   t.teardown(() => station.close());
   const run: StationRun = { station, issued: 0, refused: new Map() };
@@ -43,7 +43,7 @@ test('property: a real station answers a mutated CSR with a typed refusal or a c
     t.true(r.ok, `${s.name}: ${r.ok ? '' : `${r.code} ${r.message}`}`);
     run.issued++;
   }
-  await fc.assert(stationProperty(run, samples, 10), { numRuns: 250 });
+  await fc.assert(stationProperty(run, samples, 1), { numRuns: 250 });
   t.is(ledgerProblem(run), null);
   t.is(station.ledger.issuedCount(), run.issued);
   t.log(`issued ${run.issued}; refused ${JSON.stringify(Object.fromEntries(run.refused))}`);

@@ -5,7 +5,8 @@
  *
  * Inputs are valid CSRs (makeDeviceCsr and `openssl req`, P-256 and P-384,
  * with and without requested extensions) with one change: a byte, a
- * truncation or a length field; half of them re-signed by the device key
+ * truncation, a length field, or an element added or taken away (lengths
+ * made right again, as the reproduction's NULL was); half of them re-signed by the device key
  * after the change, so that the change reaches the checks behind the
  * signature. Whatever comes in, the answer is a typed refusal or a
  * certificate that OpenSSL reads.
@@ -17,7 +18,7 @@ import { isProtocolCode, LineSignerError, type ProtocolCode } from '../../src/er
 import { OID } from '../../src/oids.js';
 import { checkExtensions, checkKey, checkSubject, type PolicyRules } from '../../src/policy/index.js';
 import { verifyLedger } from '../../src/station/index.js';
-import { name, der, signed } from '../../src/x509/asn1.js';
+import { name, der, signed, tlv } from '../../src/x509/asn1.js';
 import { buildTbs, assembleCertificate, checkAssembled, newSerial, type IssuerProfile } from '../../src/x509/certificate.js';
 import { canonicalSpki, csrPublicKey, parseCsr, verifyCsrSignature, type ParsedCsr } from '../../src/x509/csr.js';
 import { childrenOf, readTlv, type Tlv } from '../../src/x509/der-reader.js';
@@ -54,7 +55,45 @@ export function csrSamples(dir: string): CsrSample[] {
 export type Mutation =
   | { kind: 'byte'; at: number; xor: number }
   | { kind: 'truncate'; length: number }
-  | { kind: 'length'; at: number; value: number };
+  | { kind: 'length'; at: number; value: number }
+  /** An element added to, or taken from, the `node`-th constructed TLV (in preorder), enclosing lengths made right again. */
+  | { kind: 'insert'; node: number; at: number; element: Uint8Array }
+  | { kind: 'remove'; node: number; at: number };
+
+/** Small elements to slip in anywhere: NULL (as in the reproduction), INTEGER, OID, empty SEQUENCE, OCTET STRING, UTF8String, BOOLEAN. */
+const ELEMENTS = ['0500', '020100', '06032a0304', '3000', '0400', '0c0141', '0101ff'].map((h) => new Uint8Array(Buffer.from(h, 'hex')));
+
+interface Node {
+  tag: number;
+  /** Children of a constructed TLV. */
+  children?: Node[];
+  /** The whole TLV of a primitive one. */
+  bytes?: Uint8Array;
+}
+
+function tree(buf: Uint8Array, t: Tlv): Node {
+  if (t.tag & 0x20) return { tag: t.tag, children: childrenOf(buf, t).map((c) => tree(buf, c)) };
+  return { tag: t.tag, bytes: buf.subarray(t.start, t.end) };
+}
+
+function constructedNodes(n: Node, out: Node[] = []): Node[] {
+  if (n.children) {
+    out.push(n);
+    for (const c of n.children) constructedNodes(c, out);
+  }
+  return out;
+}
+
+const encode = (n: Node): Uint8Array => (n.children ? tlv(n.tag, ...n.children.map(encode)) : n.bytes!);
+
+function restructure(bytes: Uint8Array, m: Extract<Mutation, { kind: 'insert' | 'remove' }>): Uint8Array {
+  const root = tree(bytes, readTlv(bytes, 0));
+  const node = constructedNodes(root)[m.node]!;
+  const children = node.children!;
+  if (m.kind === 'insert') children.splice(Math.min(m.at, children.length), 0, { tag: m.element[0]!, bytes: m.element });
+  else children.splice(m.at % Math.max(children.length, 1), 1);
+  return encode(root);
+}
 
 export interface MutatedCsr {
   sample: string;
@@ -77,6 +116,7 @@ export function lengthOffsets(buf: Uint8Array): number[] {
 
 export function mutate(bytes: Uint8Array, m: Mutation): Uint8Array {
   if (m.kind === 'truncate') return bytes.slice(0, m.length);
+  if (m.kind === 'insert' || m.kind === 'remove') return restructure(bytes, m);
   const copy = bytes.slice();
   if (m.kind === 'byte') copy[m.at]! ^= m.xor;
   else copy[m.at] = m.value;
@@ -95,7 +135,13 @@ function resign(infoBytes: Uint8Array, key: KeyObject): Uint8Array {
 
 function mutationOf(target: Uint8Array): fc.Arbitrary<Mutation> {
   const lengths = lengthOffsets(target);
+  const nodes = constructedNodes(tree(target, readTlv(target, 0))).length;
   return fc.oneof(
+    {
+      weight: 1,
+      arbitrary: fc.record({ kind: fc.constant('insert' as const), node: fc.nat(nodes - 1), at: fc.nat(8), element: fc.constantFrom(...ELEMENTS) }),
+    },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('remove' as const), node: fc.nat(nodes - 1), at: fc.nat(8) }) },
     { weight: 3, arbitrary: fc.record({ kind: fc.constant('byte' as const), at: fc.noBias(fc.nat(target.length - 1)), xor: fc.noBias(fc.integer({ min: 1, max: 255 })) }) },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('truncate' as const), length: fc.noBias(fc.nat(target.length - 1)) }) },
     {
