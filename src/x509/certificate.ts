@@ -224,10 +224,9 @@ function nameAttributes(buf: Uint8Array, nameT: Tlv): Array<{ type: string; valu
  * cannot read would stop `ledger verify` and every export of its batch, so
  * any difference is INTERNAL and nothing is issued. Raw DER pieces are
  * compared where OpenSSL's view is a formatted string (issuer, subject) or
- * costly: decoding the key again (X509Certificate.publicKey) would double
- * the gate's cost, and the key block was already checked to be the
- * canonical encoding of a point on its curve (csr.ts canonicalSpki,
- * csrPublicKey).
+ * costly: exporting OpenSSL's key again for comparison would double the
+ * gate's cost, and the key block was already checked to be the canonical
+ * encoding of a point on its curve (csr.ts canonicalSpki, csrPublicKey).
  */
 export function checkAssembled(certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): void {
   let why: string | null;
@@ -245,6 +244,8 @@ function differenceFromBuilt(certificate: Uint8Array, issuer: IssuerProfile, fac
   if (x.serialNumber !== serialValueHex(facts.serial)) return `has serial ${x.serialNumber}, not the one drawn`;
   if (x.validFrom !== opensslTime(facts.notBefore)) return `has notBefore ${x.validFrom}, not the station's clock`;
   if (x.validTo !== opensslTime(notAfterFor(facts.notBefore, issuer.validityDays))) return `has notAfter ${x.validTo}, not the configured validity`;
+  // OpenSSL decoded the key while parsing; a key it could not use would show here.
+  if (x.publicKey.asymmetricKeyType !== 'ec') return 'has a public key that OpenSSL does not read as EC';
 
   const top = readTlv(certificate, 0);
   if (top.end !== certificate.length) return 'has trailing bytes';

@@ -9,6 +9,7 @@ import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { LineSignerError } from '../errors.js';
 import { ECDSA_HASH, OID } from '../oids.js';
+import { der, oid, tlv } from './asn1.js';
 import { childrenOf, content, directoryString, oidText, readTlv, whole, type Tlv } from './der-reader.js';
 
 export interface NameAttribute {
@@ -169,14 +170,16 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
   };
 }
 
-/**
- * The curves a device key may use, with the DER of a canonical
- * SubjectPublicKeyInfo up to the point: SEQUENCE { SEQUENCE { id-ecPublicKey,
- * namedCurve }, BIT STRING with 0 unused bits }.
- */
+/** DER of SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve }, BIT STRING } up to the point, with 0 unused bits. */
+function ecSpkiPrefix(curve: string, pointLength: number): Buffer {
+  const spki = tlv(0x30, tlv(0x30, der(oid(OID.ecPublicKey)), der(oid(curve))), tlv(0x03, new Uint8Array(1 + pointLength)));
+  return Buffer.from(spki.subarray(0, spki.length - pointLength));
+}
+
+/** The curves a device key may use, and the canonical key block of each up to the uncompressed point. */
 const EC_CURVES: Record<string, { crv: string; size: number; spkiPrefix: Buffer }> = {
-  [OID.p256]: { crv: 'P-256', size: 32, spkiPrefix: Buffer.from('3059301306072a8648ce3d020106082a8648ce3d030107034200', 'hex') },
-  [OID.p384]: { crv: 'P-384', size: 48, spkiPrefix: Buffer.from('3076301006072a8648ce3d020106052b81040022036200', 'hex') },
+  [OID.p256]: { crv: 'P-256', size: 32, spkiPrefix: ecSpkiPrefix(OID.p256, 65) },
+  [OID.p384]: { crv: 'P-384', size: 48, spkiPrefix: ecSpkiPrefix(OID.p384, 97) },
 };
 
 function refuseKey(message: string): never {
