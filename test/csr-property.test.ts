@@ -10,6 +10,7 @@ import { LineSignerError } from '../src/errors.js';
 import { parseCsr } from '../src/x509/csr.js';
 import { makeDeviceCsr } from '../src/x509/device-csr.js';
 import {
+  arbitraryBytesProperty,
   checkOffline,
   csrSamples,
   expectTypedRefusal,
@@ -26,6 +27,11 @@ const samples = csrSamples(testPki().dir);
 test('every sample CSR passes the offline checks unchanged (the properties start from valid input)', (t) => {
   for (const s of samples) t.notThrows(() => checkOffline(s.der), s.name);
   t.true(samples.some((s) => parseCsr(s.der).extensions.length > 0), 'some samples ask for extensions');
+});
+
+test('property: arbitrary bytes are BAD_CSR or a parsed CSR, nothing else', (t) => {
+  fc.assert(arbitraryBytesProperty(), { numRuns: 500 });
+  t.pass();
 });
 
 test('property: a mutated CSR gets a typed refusal, or makes a certificate that OpenSSL reads back as built', (t) => {

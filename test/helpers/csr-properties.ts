@@ -212,8 +212,8 @@ export function softwareIssuer(): { profile: IssuerProfile; key: KeyObject } {
 
 /**
  * Parser level: a mutated CSR is refused with one of the codes the checks
- * before issuance give, or accepted; an accepted one makes a certificate
- * that OpenSSL reads back as built.
+ * before issuance give, or accepted; an accepted one has a canonical key
+ * block and makes a certificate that OpenSSL reads back as built.
  */
 export function offlineProperty(samples: readonly CsrSample[]): fc.IProperty<[MutatedCsr]> {
   const issuer = softwareIssuer();
@@ -232,9 +232,23 @@ export function offlineProperty(samples: readonly CsrSample[]): fc.IProperty<[Mu
       spki: canonicalSpki(accepted.csr),
       publicKeyBits: accepted.csr.publicKeyBits,
     };
+    // The profile: the certificate's key is the CSR's, byte for byte; only a canonical key block is accepted.
+    if (!Buffer.from(request.spki).equals(accepted.csr.spki)) throw new Error('accepted a CSR whose key block is not canonical');
     const tbs = buildTbs(issuer.profile, request);
     const certificate = assembleCertificate(tbs, issuer.profile.signatureAlgorithm, new Uint8Array(sign('sha256', tbs, issuer.key)));
     checkAssembled(certificate, issuer.profile, request);
+  });
+}
+
+/** Any bytes at all, whole or inside a valid CSR's outer SEQUENCE: the parser gives BAD_CSR or a parsed CSR, nothing else. */
+export function arbitraryBytesProperty(): fc.IProperty<[Uint8Array]> {
+  const bytes = fc.uint8Array({ maxLength: 600 });
+  return fc.property(fc.oneof(bytes, bytes.map((b) => tlv(0x30, b))), (der) => {
+    try {
+      parseCsr(der);
+    } catch (err) {
+      expectTypedRefusal(err, ['BAD_CSR']);
+    }
   });
 }
 
@@ -280,7 +294,7 @@ export function ledgerProblem(run: StationRun): string | null {
 
 export interface NamedProperty {
   name: string;
-  property: fc.IProperty<[MutatedCsr]> | fc.IAsyncProperty<[MutatedCsr]>;
+  property: fc.IProperty<[MutatedCsr]> | fc.IAsyncProperty<[MutatedCsr]> | fc.IProperty<[Uint8Array]>;
 }
 
 /** What scripts/fuzz runs: the properties and what to check and close afterwards. */
@@ -290,6 +304,7 @@ export async function properties(): Promise<{ properties: NamedProperty[]; finis
   const run: StationRun = { station, issued: 0, refused: new Map() };
   return {
     properties: [
+      { name: 'csr: arbitrary bytes through the parser', property: arbitraryBytesProperty() },
       { name: 'csr: mutated CSR through the offline checks', property: offlineProperty(samples) },
       { name: 'csr: mutated CSR through a real station', property: stationProperty(run, samples, 50) },
     ],
