@@ -72,7 +72,7 @@ function algorithmIdentifier(buf: Uint8Array, t: Tlv | undefined, what: string):
   return { oid: oidText(content(buf, expect(fields[0], TAG.OID, what))), parameters: fields[1] };
 }
 
-function keyParameters(buf: Uint8Array, t: Tlv | undefined): KeyParameters {
+function keyParameters(t: Tlv | undefined): KeyParameters {
   if (!t) return 'absent';
   switch (t.tag) {
     case TAG.NULL:
@@ -162,7 +162,7 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
     spki: whole(buf, spkiT!),
     publicKeyBits,
     keyAlgorithm: keyAlg.oid,
-    keyParameters: keyParameters(buf, keyParamsT),
+    keyParameters: keyParameters(keyParamsT),
     curve,
     subject,
     rdnCount: rdns.length,
