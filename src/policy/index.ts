@@ -39,16 +39,35 @@ function attrName(oid: string): string {
   return ATTRIBUTE_NAMES[oid] ?? oid;
 }
 
-/** Key: EC P-256, and P-384 where the station allows it; nothing else. */
+const EC_POINT_SIZE: Record<string, number> = { [OID.p256]: 32, [OID.p384]: 48 };
+
+/**
+ * Key: EC P-256, and P-384 where the station allows it, named by its curve
+ * OID (no explicit parameters), as an uncompressed point of the curve's
+ * size; nothing else. (Whether the point is on the curve is checked where
+ * the key is imported, x509 csrPublicKey, still before the signature.)
+ */
 export function checkKey(csr: ParsedCsr, rules: PolicyRules): Refusal | null {
   if (csr.keyAlgorithm !== OID.ecPublicKey) {
     const kind = csr.keyAlgorithm === '1.2.840.113549.1.1.1' ? 'RSA' : csr.keyAlgorithm === '1.3.101.112' ? 'Ed25519' : csr.keyAlgorithm;
     return refuse('POLICY_KEY', `key type ${kind} is not allowed; use EC P-256`);
   }
-  if (csr.curve === OID.p256) return null;
-  if (csr.curve === OID.p384 && rules.allowP384) return null;
-  const curve = csr.curve === OID.p384 ? 'P-384' : (csr.curve ?? 'explicit parameters');
-  return refuse('POLICY_KEY', `EC curve ${curve} is not allowed; use P-256${rules.allowP384 ? ' or P-384' : ''}`);
+  const allowed = `use P-256${rules.allowP384 ? ' or P-384' : ''}`;
+  if (csr.keyParameters !== 'namedCurve') {
+    const what = csr.keyParameters === 'explicit' ? 'explicit curve parameters' : csr.keyParameters === 'null' ? 'NULL parameters' : csr.keyParameters === 'absent' ? 'no curve' : 'unknown parameters';
+    return refuse('POLICY_KEY', `EC key with ${what} is not allowed; name the curve: ${allowed}`);
+  }
+  if (csr.curve !== OID.p256 && !(csr.curve === OID.p384 && rules.allowP384)) {
+    return refuse('POLICY_KEY', `EC curve ${csr.curve === OID.p384 ? 'P-384' : csr.curve} is not allowed; ${allowed}`);
+  }
+  const point = csr.publicKeyBits;
+  const size = EC_POINT_SIZE[csr.curve]!;
+  if (point[0] === 0x02 || point[0] === 0x03) return refuse('POLICY_KEY', 'compressed EC points are not allowed; send the uncompressed point (04 || X || Y)');
+  if (point[0] === 0x06 || point[0] === 0x07) return refuse('POLICY_KEY', 'hybrid EC points are not allowed; send the uncompressed point (04 || X || Y)');
+  if (point[0] !== 0x04 || point.length !== 1 + 2 * size) {
+    return refuse('POLICY_KEY', `the EC point is not an uncompressed point of ${1 + 2 * size} bytes (04 || X || Y)`);
+  }
+  return null;
 }
 
 export function deviceIdMatcher(pattern: string): (cn: string) => boolean {

@@ -22,6 +22,8 @@ import type { Signer } from '../token/signer.js';
 import {
   assembleCertificate,
   buildTbs,
+  canonicalSpki,
+  checkAssembled,
   checkIssuedSignature,
   csrDer,
   csrPublicKey,
@@ -190,16 +192,19 @@ export class Station {
       refuseIf(checkIssuance(this.issuanceFacts(deviceId, publicKeySha256, now, req), this.rules));
 
       const serial = newSerial();
-      const tbs = buildTbs(this.ca.profile, {
+      const request = {
         serial,
         notBefore: now,
         subject: subject.subject,
-        spki: csr.spki,
+        spki: canonicalSpki(csr),
         publicKeyBits: csr.publicKeyBits,
-      });
+      };
+      const tbs = buildTbs(this.ca.profile, request);
       const signature = await this.sign(createHash(this.ca.profile.hash).update(tbs).digest());
       checkIssuedSignature(tbs, this.ca.profile.hash, signature, this.caKey);
       const certificate = assembleCertificate(tbs, this.ca.profile.signatureAlgorithm, signature);
+      // An independent parser must read back what was built, or nothing is issued.
+      checkAssembled(certificate, this.ca.profile, request);
 
       // Other requests ran while the token signed. Look again, at the ledger
       // and at the commits still on their way to it, and hand this one to the

@@ -4,12 +4,13 @@
  * identifiers, the extension shapes) are prepared once per local-ca; the
  * per-certificate work is a handful of asn1js values and two hashes.
  */
-import { createHash, randomBytes, verify, type KeyObject } from 'node:crypto';
+import { createHash, randomBytes, verify, X509Certificate, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { LineSignerError } from '../errors.js';
 import { OID } from '../oids.js';
 import { serialText } from '../serial.js';
 import { der, oid, seq, tlv } from './asn1.js';
+import { childrenOf, content, oidText, readTlv, whole, type Tlv } from './der-reader.js';
 
 /** What every certificate signed by one local-ca shares. */
 export interface IssuerProfile {
@@ -28,7 +29,7 @@ export interface CertificateRequestFacts {
   notBefore: Date;
   /** Attribute (type OID, value) in the order they stand in the checked CSR. */
   subject: ReadonlyArray<{ type: string; value: string }>;
-  /** SubjectPublicKeyInfo copied byte for byte from the CSR. */
+  /** SubjectPublicKeyInfo: the CSR's, which equals its canonical encoding (x509 canonicalSpki). */
   spki: Uint8Array;
   /** subjectPublicKey bits, for the subjectKeyIdentifier. */
   publicKeyBits: Uint8Array;
@@ -184,4 +185,81 @@ export function checkIssuedSignature(tbs: Uint8Array, hash: string, signature: U
   if (!ok) {
     throw new LineSignerError('TOKEN_UNAVAILABLE', 'the token returned a signature that does not verify with the local-ca key; nothing issued');
   }
+}
+
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+const two = (n: number): string => String(n).padStart(2, '0');
+
+/** A time as OpenSSL's ASN1_TIME_print (and so X509Certificate's validFrom) writes it: "Nov  3 06:33:27 2026 GMT". */
+function opensslTime(d: Date): string {
+  return `${MONTHS[d.getUTCMonth()]} ${String(d.getUTCDate()).padStart(2, ' ')} ${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())} ${d.getUTCFullYear()} GMT`;
+}
+
+/** A serial as OpenSSL prints the INTEGER's value: whole bytes, upper case, without the 00 that keeps DER positive. */
+function serialValueHex(serial: Uint8Array): string {
+  const value = serial.length > 1 && serial[0] === 0 ? serial.subarray(1) : serial;
+  return Buffer.from(value).toString('hex').toUpperCase();
+}
+
+const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.compare(a, b) === 0;
+
+/** The subject attributes of a certificate's Name, or null when it is not one UTF8String attribute per RDN. */
+function nameAttributes(buf: Uint8Array, nameT: Tlv): Array<{ type: string; value: string }> | null {
+  const out: Array<{ type: string; value: string }> = [];
+  for (const rdn of childrenOf(buf, nameT)) {
+    const atvs = childrenOf(buf, rdn);
+    if (rdn.tag !== 0x31 || atvs.length !== 1 || atvs[0]!.tag !== 0x30) return null;
+    const [typeT, valueT, ...rest] = childrenOf(buf, atvs[0]!);
+    if (rest.length || typeT?.tag !== 0x06 || valueT?.tag !== 0x0c) return null;
+    out.push({ type: oidText(content(buf, typeT)), value: Buffer.from(content(buf, valueT)).toString('utf8') });
+  }
+  return out;
+}
+
+/**
+ * The last gate before a certificate is committed: OpenSSL (Node's
+ * X509Certificate), a parser that shares no code with the builder, reads
+ * it back, and what it reads must be what was built: serial, issuer,
+ * validity, subject and public key. A certificate that other software
+ * cannot read would stop `ledger verify` and every export of its batch, so
+ * any difference is INTERNAL and nothing is issued. Raw DER pieces are
+ * compared where OpenSSL's view is a formatted string (issuer, subject) or
+ * costly: exporting OpenSSL's key again for comparison would double the
+ * gate's cost, and the key block was already checked to be the canonical
+ * encoding of a point on its curve (csr.ts canonicalSpki, csrPublicKey).
+ */
+export function checkAssembled(certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): void {
+  let why: string | null;
+  try {
+    why = differenceFromBuilt(certificate, issuer, facts);
+  } catch (err) {
+    why = `cannot be read back (${(err as Error).message})`;
+  }
+  if (why) throw new LineSignerError('INTERNAL', `the assembled certificate ${why}; nothing issued`);
+}
+
+/** What differs between a certificate as OpenSSL reads it and what was built, or null. Throws when it cannot be read. */
+function differenceFromBuilt(certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): string | null {
+  const x = new X509Certificate(Buffer.from(certificate.buffer, certificate.byteOffset, certificate.byteLength));
+  if (x.serialNumber !== serialValueHex(facts.serial)) return `has serial ${x.serialNumber}, not the one drawn`;
+  if (x.validFrom !== opensslTime(facts.notBefore)) return `has notBefore ${x.validFrom}, not the station's clock`;
+  if (x.validTo !== opensslTime(notAfterFor(facts.notBefore, issuer.validityDays))) return `has notAfter ${x.validTo}, not the configured validity`;
+  // OpenSSL decoded the key while parsing; a key it could not use would show here.
+  if (x.publicKey.asymmetricKeyType !== 'ec') return 'has a public key that OpenSSL does not read as EC';
+
+  const top = readTlv(certificate, 0);
+  if (top.end !== certificate.length) return 'has trailing bytes';
+  const fields = childrenOf(certificate, childrenOf(certificate, top)[0]!);
+  // tbsCertificate: [0] version, serial, signature, issuer, validity, subject, subjectPublicKeyInfo, [3] extensions
+  const [, serialT, , issuerT, , subjectT, spkiT] = fields;
+  if (fields.length !== 8 || !serialT || !issuerT || !subjectT || !spkiT) return 'does not have the fields of a v3 TBSCertificate';
+  if (!sameBytes(content(certificate, serialT), facts.serial)) return 'has a serial field that differs from the one drawn';
+  if (!sameBytes(whole(certificate, issuerT), issuer.issuerName)) return "has an issuer that is not the local-ca's subject";
+  if (!sameBytes(whole(certificate, spkiT), facts.spki)) return 'has a key block that differs from the checked one';
+  const subject = nameAttributes(certificate, subjectT);
+  const wanted = facts.subject;
+  if (!subject || subject.length !== wanted.length || subject.some((a, i) => a.type !== wanted[i]!.type || a.value !== wanted[i]!.value)) {
+    return 'has a subject that differs from the checked one';
+  }
+  return null;
 }

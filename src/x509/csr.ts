@@ -9,6 +9,7 @@ import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { LineSignerError } from '../errors.js';
 import { ECDSA_HASH, OID } from '../oids.js';
+import { der, oid, tlv } from './asn1.js';
 import { childrenOf, content, directoryString, oidText, readTlv, whole, type Tlv } from './der-reader.js';
 
 export interface NameAttribute {
@@ -33,12 +34,16 @@ export interface ParsedCsr {
   /** certificationRequestInfo, the bytes the signature covers. */
   info: Uint8Array;
   signatureAlgorithm: string;
+  /** The signature's AlgorithmIdentifier carries parameters (ECDSA must not). */
+  signatureHasParameters: boolean;
   signature: Uint8Array;
   /** SubjectPublicKeyInfo exactly as it stands in the CSR. */
   spki: Uint8Array;
   /** subjectPublicKey BIT STRING contents (the key bits). */
   publicKeyBits: Uint8Array;
   keyAlgorithm: string;
+  /** What the key's AlgorithmIdentifier carries as parameters. */
+  keyParameters: KeyParameters;
   /** namedCurve OID for EC keys, else null. */
   curve: string | null;
   subject: NameAttribute[];
@@ -46,7 +51,10 @@ export interface ParsedCsr {
   extensions: RequestedExtension[];
 }
 
-const TAG = { INTEGER: 0x02, BIT_STRING: 0x03, OCTET_STRING: 0x04, OID: 0x06, BOOLEAN: 0x01, SEQUENCE: 0x30, SET: 0x31, ATTRIBUTES: 0xa0 } as const;
+/** absent, NULL, an OID (namedCurve), a SEQUENCE (explicit EC parameters) or anything else. */
+export type KeyParameters = 'absent' | 'null' | 'namedCurve' | 'explicit' | 'other';
+
+const TAG = { INTEGER: 0x02, BIT_STRING: 0x03, OCTET_STRING: 0x04, OID: 0x06, BOOLEAN: 0x01, NULL: 0x05, SEQUENCE: 0x30, SET: 0x31, ATTRIBUTES: 0xa0 } as const;
 
 function bad(message: string): never {
   throw new LineSignerError('BAD_CSR', message);
@@ -55,6 +63,35 @@ function bad(message: string): never {
 function expect(t: Tlv | undefined, tag: number, what: string): Tlv {
   if (!t || t.tag !== tag) bad(`${what} is missing or of the wrong type`);
   return t;
+}
+
+/** AlgorithmIdentifier ::= SEQUENCE { algorithm OID, parameters ANY OPTIONAL }: one or two fields, no more. */
+function algorithmIdentifier(buf: Uint8Array, t: Tlv | undefined, what: string): { oid: string; parameters: Tlv | undefined } {
+  const fields = childrenOf(buf, expect(t, TAG.SEQUENCE, what));
+  if (fields.length > 2) bad(`${what} has ${fields.length} fields; an AlgorithmIdentifier has at most 2`);
+  return { oid: oidText(content(buf, expect(fields[0], TAG.OID, what))), parameters: fields[1] };
+}
+
+function keyParameters(t: Tlv | undefined): KeyParameters {
+  if (!t) return 'absent';
+  switch (t.tag) {
+    case TAG.NULL:
+      if (t.end !== t.contentStart) bad('public key parameters: a NULL with contents');
+      return 'null';
+    case TAG.OID:
+      return 'namedCurve';
+    case TAG.SEQUENCE:
+      return 'explicit';
+    default:
+      return 'other';
+  }
+}
+
+/** A BOOLEAN's value: one content byte. */
+function flag(buf: Uint8Array, t: Tlv): boolean {
+  const c = content(buf, t);
+  if (c.length !== 1) bad('a BOOLEAN must have one content byte');
+  return c[0] !== 0;
 }
 
 /** A BIT STRING's bits, which must be whole bytes here (keys and signatures). */
@@ -90,40 +127,42 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
   // Public key
   const [keyAlgT, keyBitsT, ...spkiExtra] = childrenOf(buf, expect(spkiT, TAG.SEQUENCE, 'subjectPublicKeyInfo'));
   if (spkiExtra.length) bad('subjectPublicKeyInfo must have 2 fields');
-  const [keyOidT, keyParamsT] = childrenOf(buf, expect(keyAlgT, TAG.SEQUENCE, 'public key algorithm'));
-  const keyAlgorithm = oidText(content(buf, expect(keyOidT, TAG.OID, 'public key algorithm')));
+  const keyAlg = algorithmIdentifier(buf, keyAlgT, 'public key algorithm');
+  const keyParamsT = keyAlg.parameters;
   const curve = keyParamsT?.tag === TAG.OID ? oidText(content(buf, keyParamsT)) : null;
   const publicKeyBits = bitStringBytes(buf, expect(keyBitsT, TAG.BIT_STRING, 'subjectPublicKey'), 'subjectPublicKey');
 
   // Attributes: only extensionRequest matters; the rest is never copied.
   const extensions: RequestedExtension[] = [];
   for (const attr of childrenOf(buf, expect(attrsT, TAG.ATTRIBUTES, 'attributes [0]'))) {
-    const [typeT, valuesT] = childrenOf(buf, expect(attr, TAG.SEQUENCE, 'attribute'));
+    const [typeT, valuesT, ...attrExtra] = childrenOf(buf, expect(attr, TAG.SEQUENCE, 'attribute'));
+    if (attrExtra.length || !valuesT) bad('an attribute must be (type, values)');
     if (oidText(content(buf, expect(typeT, TAG.OID, 'attribute type'))) !== OID.extensionRequest) continue;
     for (const exts of childrenOf(buf, expect(valuesT, TAG.SET, 'extensionRequest values'))) {
       for (const extT of childrenOf(buf, expect(exts, TAG.SEQUENCE, 'extensions'))) {
         const parts = childrenOf(buf, expect(extT, TAG.SEQUENCE, 'extension'));
         const oid = oidText(content(buf, expect(parts[0], TAG.OID, 'extension id')));
         if (parts.length < 2 || parts.length > 3) bad(`extension ${oid} is malformed`);
-        const critical = parts.length === 3 && expect(parts[1], TAG.BOOLEAN, `extension ${oid} critical`) && content(buf, parts[1]!)[0] !== 0;
+        const critical = parts.length === 3 && flag(buf, expect(parts[1], TAG.BOOLEAN, `extension ${oid} critical`));
         const value = content(buf, expect(parts[parts.length - 1], TAG.OCTET_STRING, `extension ${oid} value`));
         extensions.push({ oid, critical, value, asksForCa: requestsCa(oid, value) });
       }
     }
   }
 
-  const [sigAlgOidT] = childrenOf(buf, expect(algT, TAG.SEQUENCE, 'signatureAlgorithm'));
-  const signatureAlgorithm = oidText(content(buf, expect(sigAlgOidT, TAG.OID, 'signature algorithm')));
+  const sigAlg = algorithmIdentifier(buf, algT, 'signatureAlgorithm');
   const signature = bitStringBytes(buf, expect(sigT, TAG.BIT_STRING, 'signature'), 'signature');
 
   return {
     der: buf,
     info: whole(buf, infoT!),
-    signatureAlgorithm,
+    signatureAlgorithm: sigAlg.oid,
+    signatureHasParameters: sigAlg.parameters !== undefined,
     signature,
     spki: whole(buf, spkiT!),
     publicKeyBits,
-    keyAlgorithm,
+    keyAlgorithm: keyAlg.oid,
+    keyParameters: keyParameters(keyParamsT),
     curve,
     subject,
     rdnCount: rdns.length,
@@ -131,28 +170,52 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
   };
 }
 
-const JWK_CURVES: Record<string, { crv: string; size: number }> = {
-  [OID.p256]: { crv: 'P-256', size: 32 },
-  [OID.p384]: { crv: 'P-384', size: 48 },
+/** DER of SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve }, BIT STRING } up to the point, with 0 unused bits. */
+function ecSpkiPrefix(curve: string, pointLength: number): Buffer {
+  const spki = tlv(0x30, tlv(0x30, der(oid(OID.ecPublicKey)), der(oid(curve))), tlv(0x03, new Uint8Array(1 + pointLength)));
+  return Buffer.from(spki.subarray(0, spki.length - pointLength));
+}
+
+/** The curves a device key may use, and the canonical key block of each up to the uncompressed point. */
+const EC_CURVES: Record<string, { crv: string; size: number; spkiPrefix: Buffer }> = {
+  [OID.p256]: { crv: 'P-256', size: 32, spkiPrefix: ecSpkiPrefix(OID.p256, 65) },
+  [OID.p384]: { crv: 'P-384', size: 48, spkiPrefix: ecSpkiPrefix(OID.p384, 97) },
 };
 
+function refuseKey(message: string): never {
+  throw new LineSignerError('POLICY_KEY', message);
+}
+
 /**
- * The CSR's public key for node:crypto; an invalid point is a key policy
- * matter. An uncompressed point goes in as JWK: OpenSSL 3's DER decoder
- * costs twice as much, and JWK import checks the point is on the curve too.
+ * The one encoding of a device key that the station accepts and puts in a
+ * certificate, rebuilt from the curve and the point: the CSR's key block
+ * must equal it byte for byte, so nothing of the CSR's own shaping (extra
+ * parameters, other point forms) can reach a certificate.
+ */
+export function canonicalSpki(csr: ParsedCsr): Uint8Array {
+  const curve = csr.keyAlgorithm === OID.ecPublicKey && csr.keyParameters === 'namedCurve' && csr.curve ? EC_CURVES[csr.curve] : undefined;
+  if (!curve) refuseKey('the public key is not an EC key on a named curve the station knows (P-256, P-384)');
+  const point = csr.publicKeyBits;
+  if (point.length !== 1 + 2 * curve.size || point[0] !== 0x04) refuseKey(`the public key is not an uncompressed ${curve.crv} point`);
+  const spki = Buffer.concat([curve.spkiPrefix, point]);
+  if (!spki.equals(csr.spki)) refuseKey('the public key is not in its canonical encoding');
+  return spki;
+}
+
+/**
+ * The CSR's public key for node:crypto, from its canonical encoding only.
+ * The point goes in as JWK: OpenSSL 3's DER decoder costs twice as much,
+ * and JWK import refuses a point that is not on the curve.
  */
 export function csrPublicKey(csr: ParsedCsr): KeyObject {
-  const curve = csr.curve ? JWK_CURVES[csr.curve] : undefined;
-  const point = csr.publicKeyBits;
+  const spki = canonicalSpki(csr);
+  const curve = EC_CURVES[csr.curve!]!;
+  const x = Buffer.from(spki.buffer, spki.byteOffset + curve.spkiPrefix.length + 1, curve.size).toString('base64url');
+  const y = Buffer.from(spki.buffer, spki.byteOffset + curve.spkiPrefix.length + 1 + curve.size, curve.size).toString('base64url');
   try {
-    if (curve && point.length === 1 + 2 * curve.size && point[0] === 0x04) {
-      const x = Buffer.from(point.buffer, point.byteOffset + 1, curve.size).toString('base64url');
-      const y = Buffer.from(point.buffer, point.byteOffset + 1 + curve.size, curve.size).toString('base64url');
-      return createPublicKey({ key: { kty: 'EC', crv: curve.crv, x, y }, format: 'jwk' });
-    }
-    return createPublicKey({ key: Buffer.from(csr.spki), format: 'der', type: 'spki' });
+    return createPublicKey({ key: { kty: 'EC', crv: curve.crv, x, y }, format: 'jwk' });
   } catch (err) {
-    throw new LineSignerError('POLICY_KEY', `the public key is not a valid EC point: ${(err as Error).message}`);
+    refuseKey(`the public key is not a point on ${curve.crv}: ${(err as Error).message}`);
   }
 }
 
@@ -160,6 +223,8 @@ export function csrPublicKey(csr: ParsedCsr): KeyObject {
 export function verifyCsrSignature(csr: ParsedCsr, key: KeyObject): void {
   const hash = ECDSA_HASH[csr.signatureAlgorithm];
   if (!hash) throw new LineSignerError('BAD_SIGNATURE', `signature algorithm ${csr.signatureAlgorithm} is not ECDSA with SHA-2`);
+  // RFC 5758 section 3.2: ECDSA AlgorithmIdentifiers have no parameters.
+  if (csr.signatureHasParameters) throw new LineSignerError('BAD_SIGNATURE', `signature algorithm ${csr.signatureAlgorithm} must have no parameters`);
   let ok = false;
   try {
     ok = verify(hash, csr.info, key, csr.signature);

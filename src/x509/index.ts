@@ -1,8 +1,9 @@
-export { parseCsr, csrPublicKey, verifyCsrSignature, type ParsedCsr, type NameAttribute } from './csr.js';
+export { parseCsr, canonicalSpki, csrPublicKey, verifyCsrSignature, type ParsedCsr, type NameAttribute, type KeyParameters } from './csr.js';
 export {
   buildTbs,
   assembleCertificate,
   checkIssuedSignature,
+  checkAssembled,
   newSerial,
   serialHex,
   notAfterFor,

@@ -1,0 +1,175 @@
+/**
+ * One canonical device key: SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve },
+ * BIT STRING 04 || X || Y }. Every other shaping of an EC key, each in a CSR
+ * whose signature verifies with the key it carries, is refused with the
+ * profile's code and leaves nothing in the ledger. The first case is the
+ * one that reached a certificate OpenSSL cannot read.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { createHash, generateKeyPairSync, sign, X509Certificate, type KeyObject } from 'node:crypto';
+import Database from 'better-sqlite3';
+import type { ProtocolCode } from '../src/errors.js';
+import { OID } from '../src/oids.js';
+import { der, name, signed, tlv } from '../src/x509/asn1.js';
+import { deviceSubject } from '../src/x509/device-csr.js';
+import { verifyLedger } from '../src/station/index.js';
+import { FACTORY, openssl, testStation, uuid, type TestStation } from './helpers/pki.js';
+
+const NULL = new Uint8Array([0x05, 0x00]);
+const oidDer = (dotted: string): Uint8Array => {
+  const [first, second, ...rest] = dotted.split('.').map(Number);
+  const arcs = [first! * 40 + second!, ...rest];
+  const bytes: number[] = [];
+  for (const arc of arcs) {
+    const chunk = [arc & 0x7f];
+    for (let v = arc >> 7; v > 0; v >>= 7) chunk.unshift((v & 0x7f) | 0x80);
+    bytes.push(...chunk);
+  }
+  return tlv(0x06, new Uint8Array(bytes));
+};
+const EC_KEY = oidDer(OID.ecPublicKey);
+
+interface DeviceKey {
+  key: KeyObject;
+  curveOid: Uint8Array;
+  /** 04 || X || Y */
+  point: Uint8Array;
+}
+
+function deviceKey(curve: 'P-256' | 'P-384' = 'P-256'): DeviceKey {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: curve });
+  const jwk = publicKey.export({ format: 'jwk' });
+  const point = Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, 'base64url'), Buffer.from(jwk.y!, 'base64url')]);
+  return { key: privateKey, curveOid: oidDer(curve === 'P-256' ? OID.p256 : OID.p384), point };
+}
+
+const spki = (algorithm: Uint8Array[], bitString: Uint8Array, ...extra: Uint8Array[]): Uint8Array =>
+  tlv(0x30, tlv(0x30, ...algorithm), tlv(0x03, bitString), ...extra);
+const bitsOf = (point: Uint8Array, unused = 0): Uint8Array => new Uint8Array([unused, ...point]);
+
+/** A CSR for a new production device with this key block, signed by the device key (or with a broken signature). */
+function csrWith(keyBlock: Uint8Array, key: KeyObject, opts: { breakSignature?: boolean; signatureParameters?: boolean } = {}): Uint8Array {
+  const info = tlv(
+    0x30,
+    new Uint8Array([0x02, 0x01, 0x00]),
+    der(name(deviceSubject({ deviceId: uuid(), factory: FACTORY, production: true }))),
+    keyBlock,
+    new Uint8Array([0xa0, 0x00]),
+  );
+  const signature = new Uint8Array(sign('sha256', info, key));
+  if (opts.breakSignature) signature[signature.length - 1]! ^= 1;
+  if (!opts.signatureParameters) return signed(info, OID.ecdsaSha256, signature);
+  return tlv(0x30, info, tlv(0x30, oidDer(OID.ecdsaSha256), NULL), tlv(0x03, new Uint8Array([0]), signature));
+}
+
+const canonical = (k: DeviceKey): Uint8Array => spki([EC_KEY, k.curveOid], bitsOf(k.point));
+
+function compressed(k: DeviceKey): Uint8Array {
+  const size = (k.point.length - 1) / 2;
+  return new Uint8Array([0x02 | (k.point[k.point.length - 1]! & 1), ...k.point.subarray(1, 1 + size)]);
+}
+
+function withExplicitParameters(k: DeviceKey): Uint8Array {
+  const pem = k.key.export({ type: 'sec1', format: 'pem' }) as string;
+  return new Uint8Array(openssl(['ec', '-param_enc', 'explicit', '-pubout', '-outform', 'DER'], pem));
+}
+
+let station: Promise<TestStation>;
+test.before(() => {
+  station = testStation({ policy: 'allow_p384 = true' });
+});
+test.after.always(async () => (await station).close());
+
+async function expectRefusal(t: ExecutionContext, csr: Uint8Array, code: ProtocolCode, message: RegExp): Promise<void> {
+  const s = await station;
+  const before = s.ledger.issuedCount();
+  const r = await s.station.handle({ csr, link: 'test' });
+  if (r.ok) return void t.fail(`expected ${code}, got a certificate`);
+  t.is(r.code, code, r.message);
+  t.regex(r.message, message);
+  t.is(s.ledger.issuedCount(), before, 'nothing issued');
+  const db = new Database(s.config.station.ledger, { readonly: true });
+  try {
+    const ev = db
+      .prepare("SELECT code, message FROM events WHERE kind = 'rejection' AND csr_sha256 = ? ORDER BY seq DESC LIMIT 1")
+      .get(createHash('sha256').update(csr).digest('hex')) as { code: string; message: string } | undefined;
+    t.deepEqual(ev, { code, message: r.message }, 'rejection recorded');
+  } finally {
+    db.close();
+  }
+}
+
+test.serial('control: the canonical P-256 and P-384 key blocks are signed, and the certificate carries them byte for byte', async (t) => {
+  const s = await station;
+  for (const curve of ['P-256', 'P-384'] as const) {
+    const k = deviceKey(curve);
+    const r = await s.station.handle({ csr: csrWith(canonical(k), k.key), link: 'test' });
+    if (!r.ok) return void t.fail(`${curve}: ${r.code} ${r.message}`);
+    t.deepEqual(new Uint8Array(new X509Certificate(r.certificatePem).publicKey.export({ type: 'spki', format: 'der' })), canonical(k));
+  }
+});
+
+test.serial('the reproduction: a NULL after the curve OID is BAD_CSR, signature valid or not', async (t) => {
+  const k = deviceKey();
+  const block = spki([EC_KEY, k.curveOid, NULL], bitsOf(k.point));
+  await expectRefusal(t, csrWith(block, k.key), 'BAD_CSR', /public key algorithm has 3 fields/);
+  await expectRefusal(t, csrWith(block, k.key, { breakSignature: true }), 'BAD_CSR', /public key algorithm has 3 fields/);
+  const k384 = deviceKey('P-384');
+  await expectRefusal(t, csrWith(spki([EC_KEY, k384.curveOid, NULL], bitsOf(k384.point)), k384.key), 'BAD_CSR', /at most 2/);
+});
+
+test.serial('explicit curve parameters, NULL parameters and no parameters are POLICY_KEY, before the signature', async (t) => {
+  const k = deviceKey();
+  const explicit = withExplicitParameters(k);
+  t.true(explicit.length > 200, 'openssl wrote explicit parameters');
+  for (const breakSignature of [false, true]) {
+    await expectRefusal(t, csrWith(explicit, k.key, { breakSignature }), 'POLICY_KEY', /explicit curve parameters/);
+    await expectRefusal(t, csrWith(spki([EC_KEY, NULL], bitsOf(k.point)), k.key, { breakSignature }), 'POLICY_KEY', /NULL parameters/);
+    await expectRefusal(t, csrWith(spki([EC_KEY], bitsOf(k.point)), k.key, { breakSignature }), 'POLICY_KEY', /no curve/);
+  }
+});
+
+test.serial('compressed, hybrid (06/07) and wrong-length points are POLICY_KEY, before the signature', async (t) => {
+  for (const curve of ['P-256', 'P-384'] as const) {
+    const k = deviceKey(curve);
+    const hybrid = new Uint8Array([0x06 | (k.point[k.point.length - 1]! & 1), ...k.point.subarray(1)]);
+    for (const breakSignature of [false, true]) {
+      await expectRefusal(t, csrWith(spki([EC_KEY, k.curveOid], bitsOf(compressed(k))), k.key, { breakSignature }), 'POLICY_KEY', /compressed/);
+      await expectRefusal(t, csrWith(spki([EC_KEY, k.curveOid], bitsOf(hybrid)), k.key, { breakSignature }), 'POLICY_KEY', /hybrid/);
+      await expectRefusal(t, csrWith(spki([EC_KEY, k.curveOid], bitsOf(new Uint8Array([...k.point, 0]))), k.key, { breakSignature }), 'POLICY_KEY', /uncompressed point of/);
+    }
+  }
+  // A P-384 point under the P-256 OID.
+  const k384 = deviceKey('P-384');
+  await expectRefusal(t, csrWith(spki([EC_KEY, deviceKey().curveOid], bitsOf(k384.point)), k384.key), 'POLICY_KEY', /uncompressed point of 65 bytes/);
+});
+
+test.serial('a point not on the curve is POLICY_KEY', async (t) => {
+  const k = deviceKey();
+  const off = k.point.slice();
+  off[off.length - 1]! ^= 1;
+  await expectRefusal(t, csrWith(spki([EC_KEY, k.curveOid], bitsOf(off)), k.key), 'POLICY_KEY', /not a point on P-256/);
+});
+
+test.serial('an extra element after the key bits, unused bits in the key BIT STRING, and trailing bytes are BAD_CSR', async (t) => {
+  const k = deviceKey();
+  await expectRefusal(t, csrWith(spki([EC_KEY, k.curveOid], bitsOf(k.point), NULL), k.key), 'BAD_CSR', /subjectPublicKeyInfo must have 2 fields/);
+  await expectRefusal(t, csrWith(spki([EC_KEY, k.curveOid], bitsOf(k.point, 1)), k.key), 'BAD_CSR', /unused bits/);
+  await expectRefusal(t, csrWith(spki([EC_KEY, k.curveOid], bitsOf(k.point, 1)), k.key, { breakSignature: true }), 'BAD_CSR', /unused bits/);
+  // Bytes after the key block inside certificationRequestInfo's SEQUENCE would be a fifth field.
+  const block = canonical(k);
+  const padded = new Uint8Array([...block, 0x05, 0x00]);
+  await expectRefusal(t, csrWith(padded, k.key), 'BAD_CSR', /certificationRequestInfo must have 4 fields/);
+});
+
+test.serial('an ECDSA signature algorithm with parameters is BAD_SIGNATURE', async (t) => {
+  const k = deviceKey();
+  await expectRefusal(t, csrWith(canonical(k), k.key, { signatureParameters: true }), 'BAD_SIGNATURE', /must have no parameters/);
+});
+
+test.serial('after all of these the ledger verifies: only the controls are in it', async (t) => {
+  const s = await station;
+  const { checked, problem } = verifyLedger(s.config);
+  t.is(problem, null);
+  t.is(checked, 2);
+});
