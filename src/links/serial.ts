@@ -7,8 +7,8 @@
  * is tcdrain() on libuv's thread pool, which a wedged USB device holds
  * forever (four of them stall every file read and signature).
  */
-import { existsSync } from 'node:fs';
-import { readdir, readlink, realpath } from 'node:fs/promises';
+import { existsSync, type BigIntStats } from 'node:fs';
+import { readFile, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import { SerialPort } from 'serialport';
 import { printable } from '../text.js';
 import { J1LineSplitter } from './j1/line-splitter.js';
@@ -197,15 +197,34 @@ export async function openProblem(err: Error, path: string): Promise<string> {
   return printable(m);
 }
 
-/** The first process with the device open, from /proc/<pid>/fd; null when none is visible. */
+/**
+ * Who holds the device: the owner of a lock on it in /proc/locks (serialport,
+ * minicom and flock(1) lock the port), else the first other process with it
+ * open in /proc/<pid>/fd. Null when none is visible.
+ */
 export async function holderOf(path: string): Promise<number | null> {
   let target: string;
+  let st: BigIntStats;
   try {
     target = await realpath(path);
+    st = await stat(target, { bigint: true });
   } catch {
     return null;
   }
-  const pids = (await readdir('/proc').catch(() => [] as string[])).filter((d) => /^\d+$/.test(d)).map(Number).sort((a, b) => a - b);
+  const major = ((st.dev >> 8n) & 0xfffn) | ((st.dev >> 32n) & ~0xfffn);
+  const minor = (st.dev & 0xffn) | ((st.dev >> 12n) & ~0xffn);
+  const locks = await readFile('/proc/locks', 'utf8').catch(() => '');
+  for (const row of locks.split('\n')) {
+    const fields = row.trim().split(/\s+/);
+    const at = fields.findIndex((f) => /^[0-9a-f]+:[0-9a-f]+:\d+$/.test(f));
+    if (at < 1) continue;
+    const [maj, min, ino] = fields[at]!.split(':') as [string, string, string];
+    if (BigInt(`0x${maj}`) === major && BigInt(`0x${min}`) === minor && BigInt(ino) === st.ino) return Number(fields[at - 1]);
+  }
+  const pids = (await readdir('/proc').catch(() => [] as string[]))
+    .filter((d) => /^\d+$/.test(d) && Number(d) !== process.pid)
+    .map(Number)
+    .sort((a, b) => a - b);
   for (const pid of pids) {
     const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
     for (const fd of fds) {
