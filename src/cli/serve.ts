@@ -70,6 +70,7 @@ export async function jigCommand(args: { serial: string; count: number; out?: st
   const tty = process.stderr.isTTY && !args.json;
   let done = 0;
   let summary: JigSummary;
+  const t0 = Date.now();
   try {
     summary = await runJig({
       serial: path,
@@ -87,8 +88,9 @@ export async function jigCommand(args: { serial: string; count: number; out?: st
     if (!(err instanceof JigStopped)) throw err;
     const s = err.summary;
     const tally = s ? `${s.provisioned} provisioned, ${s.failed} failed` : 'no station answered HELLO';
-    if (args.json) process.stdout.write(JSON.stringify({ ...s, stopped: err.message, done, count: args.count }) + '\n');
-    else process.stdout.write(`jig: stopped after ${done} of ${args.count} devices (${tally}): ${printable(err.message)}\n`);
+    const seconds = ((Date.now() - t0) / 1000).toFixed(1);
+    if (args.json) process.stdout.write(JSON.stringify({ ...s, stopped: err.message, done, count: args.count, seconds: Number(seconds) }) + '\n');
+    else process.stdout.write(`jig: stopped after ${done} of ${args.count} devices (${tally}) in ${seconds} s: ${printable(err.message)}\n`);
     throw err;
   }
   if (tty) process.stderr.write('\n');
