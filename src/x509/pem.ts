@@ -22,18 +22,26 @@ function pemBlocks(text: string): Array<{ label: string; der: Uint8Array }> {
   let body: string[] = [];
   for (const raw of text.split('\n')) {
     const line = raw.trim();
-    const begin = dashedLabel(line, 'BEGIN');
-    if (begin !== null) {
-      label = begin;
-      body = [];
-    } else if (label !== null && dashedLabel(line, 'END') === label) {
-      const b64 = body.join('');
-      if (b64.length % 4 === 0 && BASE64_TEXT.test(b64)) out.push({ label, der: new Uint8Array(Buffer.from(b64, 'base64')) });
-      label = null;
-    } else if (label !== null) body.push(line.replace(/[ \t\r]/g, ''));
+    if (line.charCodeAt(0) === DASH) {
+      const begin = dashedLabel(line, 'BEGIN');
+      if (begin !== null) {
+        label = begin;
+        body = [];
+        continue;
+      }
+      if (label !== null && dashedLabel(line, 'END') === label) {
+        const b64 = body.join('').replace(/[ \t\r]+/g, '');
+        if (b64.length % 4 === 0 && BASE64_TEXT.test(b64)) out.push({ label, der: new Uint8Array(Buffer.from(b64, 'base64')) });
+        label = null;
+        continue;
+      }
+    }
+    if (label !== null && line !== '') body.push(line);
   }
   return out;
 }
+
+const DASH = 0x2d;
 
 /** `-----BEGIN LABEL-----` → LABEL (A-Z, 0-9, single spaces inside), else null. */
 function dashedLabel(line: string, word: 'BEGIN' | 'END'): string | null {
