@@ -11,9 +11,12 @@ import { closeSync, constants, openSync, realpathSync, rmSync, writeSync } from 
 import { SerialLink } from '../src/links/index.js';
 import { openProblem } from '../src/links/serial.js';
 import type { LinkEvent } from '../src/links/types.js';
+import { MAX_QUEUED } from '../src/links/j1/session.js';
+import type { Signer } from '../src/token/signer.js';
+import { makeDeviceCsr } from '../src/x509/index.js';
 import { BIN } from './helpers/cli.js';
 import { frame, TestJig } from './helpers/jig.js';
-import { testStation, type TestStation } from './helpers/pki.js';
+import { FACTORY, testStation, uuid, type TestStation } from './helpers/pki.js';
 import { ptyPair, type PtyPair } from './helpers/pty.js';
 import { waitFor } from './helpers/served.js';
 
@@ -141,6 +144,44 @@ test('serve stops on SIGTERM even while a jig on one of its links has stopped re
   child.kill('SIGTERM');
   const code = await Promise.race([exited, sleep(4000).then(() => 'still running')]);
   t.is(code, 0, out);
+});
+
+test('a jig flooding SIGN faster than the station answers: at most MAX_QUEUED + 1 requests held, the rest left in the port; then all answered once, in order', async (t) => {
+  // The token is stuck until the gate opens; every request is the same CSR, so all but the first are replays.
+  let open: () => void = () => undefined;
+  const gate = new Promise<void>((r) => (open = r));
+  const gated = (inner: Signer): Signer => ({ ...inner, publicKeySpki: () => inner.publicKeySpki(), publicKey: () => inner.publicKey(), hash: inner.hash, signatureAlgorithm: inner.signatureAlgorithm, sign: (d) => gate.then(() => inner.sign(d)) });
+  const s = await testStation({}, { wrapSigner: gated });
+  t.teardown(() => s.close());
+  const pty = await ptyPair(s.dir, 'flood');
+  t.teardown(() => pty.kill());
+  const link = new SerialLink(s.station, { path: pty.station, baud: 115200, idleTimeoutMs: 10_000, reopenMs: 100 });
+  t.teardown(() => link.stop());
+  await link.start();
+  await waitFor(() => link.status.state === 'open');
+  const jig = await TestJig.open(pty.jig);
+  t.teardown(() => jig.close());
+  const csr = Buffer.from(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der);
+  // 200 requests, about 80 KiB: what socat's relay can hold while the station reads none of it.
+  // (socat relays both ways in one thread, so a larger flood into a station that has stopped
+  // reading would also hold up the replies: the write deadline then resets the link.)
+  const n = 200;
+  await jig.send(Array.from({ length: n }, (_, i) => frame('SIGN', `f${i}`, csr)).join(''));
+  await sleep(500);
+  t.log(`with the token stuck: ${link.pending} requests held by the session`);
+  t.true(link.pending >= 1 && link.pending <= MAX_QUEUED + 1, `pending ${link.pending}`);
+  open();
+  let first: string | null = null;
+  for (let i = 0; i < n; i++) {
+    const r = await jig.reply(20_000);
+    t.is(r.id, `f${i}`);
+    if (r.type !== 'CERT') t.fail(`${r.id}: ${r.type} ${r.code ?? ''} ${r.message ?? ''}`);
+    first ??= r.body!.toString();
+    if (r.body!.toString() !== first) t.fail(`${r.id}: another certificate`);
+  }
+  t.is(s.ledger.issuedCount(), 1);
+  t.is(await jig.nextLine(200), null, 'one reply each');
+  t.is(link.status.state, 'open', 'no reset on the way');
 });
 
 /** A process holding the port with an exclusive flock, as a second serialport user (or minicom) would. */
