@@ -15,8 +15,15 @@ import { J1LineSplitter } from './j1/line-splitter.js';
 import { J1Session } from './j1/session.js';
 import { LinkReporter, type Link, type LinkObserver, type StationPort } from './types.js';
 
-/** A reply the port has not taken by then is abandoned and the port reopened. */
+/**
+ * A reply the port has not taken by then is abandoned and the port
+ * reopened: 5 s, plus the time the reply and a full 4 KiB kernel buffer
+ * ahead of it take on the wire at a slow baud rate.
+ */
 export const WRITE_DEADLINE_MS = 5000;
+export function writeDeadlineMs(bytes: number, baud: number): number {
+  return WRITE_DEADLINE_MS + Math.ceil(((bytes + 4096) * 10 * 1000) / baud);
+}
 /** stop(): time given to requests in flight, then to closing the port; together under 2 s. */
 export const STOP_DRAIN_MS = 1200;
 export const CLOSE_DEADLINE_MS = 500;
@@ -129,6 +136,7 @@ export class SerialLink implements Link {
    * A reply that fails is lost; the jig resends and retries are safe.
    */
   private writeTo(port: SerialPort, text: string): Promise<void> {
+    const deadline = writeDeadlineMs(text.length, this.opts.baud);
     return new Promise((resolve) => {
       if (!port.isOpen) return resolve();
       const finish = (): void => {
@@ -138,8 +146,8 @@ export class SerialLink implements Link {
       };
       const timer = setTimeout(() => {
         finish();
-        this.lost(port, `reply not taken within ${WRITE_DEADLINE_MS / 1000} s (jig not reading)`);
-      }, WRITE_DEADLINE_MS);
+        this.lost(port, `reply not taken within ${(deadline / 1000).toFixed(1)} s (jig not reading)`);
+      }, deadline);
       port.once('close', finish);
       port.write(text, 'latin1', finish);
     });
