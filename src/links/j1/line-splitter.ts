@@ -32,6 +32,8 @@ export class J1LineSplitter extends Transform {
   private matched = 0;
   /** The last line ended with CR: an LF right after it is the rest of a CRLF. */
   private afterCr = false;
+  /** Where next() last found LF and CR in the current chunk: -1 none left, -2 not looked yet. */
+  private found: [number, number] = [-2, -2];
   private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly idleMs = 10_000) {
@@ -40,6 +42,7 @@ export class J1LineSplitter extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
     this.armIdle();
+    this.found = [-2, -2];
     let start = 0;
     if (this.afterCr && chunk.length > 0) {
       this.afterCr = false;
@@ -76,10 +79,22 @@ export class J1LineSplitter extends Transform {
       else if (++this.matched === FRAME_START.length) this.kind = 'frame';
     }
     if (this.kind === 'undecided') return -1;
-    const lf = chunk.indexOf(LF, i);
+    const lf = this.next(chunk, LF, i);
     if (this.kind === 'frame') return lf;
-    const cr = chunk.indexOf(CR, i);
+    const cr = this.next(chunk, CR, i);
     return cr === -1 || (lf !== -1 && lf < cr) ? lf : cr;
+  }
+
+  /**
+   * The next `byte` in chunk at or after `from`, remembered per chunk so
+   * that a chunk of many short lines without a CR is not searched to its
+   * end once per line (quadratic on hostile input).
+   */
+  private next(chunk: Buffer, byte: number, from: number): number {
+    const slot = byte === LF ? 0 : 1;
+    const known = this.found[slot]!;
+    if (known === -1 || known >= from) return known;
+    return (this.found[slot] = chunk.indexOf(byte, from));
   }
 
   private collect(piece: Buffer): void {
@@ -94,7 +109,7 @@ export class J1LineSplitter extends Transform {
   private finishLine(end: LineEnd): void {
     if (this.discarding) this.push({ tooLarge: true } satisfies LineEvent);
     else {
-      let line = Buffer.concat(this.parts);
+      let line = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts);
       line = line.subarray(0, line.length - 1); // the LF or CR
       if (end === 'lf' && line.length > 0 && line[line.length - 1] === CR) line = line.subarray(0, line.length - 1);
       this.push({ line: line.toString('latin1'), end } satisfies LineEvent);
