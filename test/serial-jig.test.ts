@@ -51,5 +51,6 @@ test('the station goes away mid-run: the jig stops at once and says how many dev
   // A certificate issued whose reply the cable lost is one the jig did not count.
   t.true(link.status.issued === done || link.status.issued === done + 1, `issued ${link.status.issued}, jig counted ${done}`);
   t.regex(r.stderr, new RegExp(`^${done}/500 ok [0-9a-f-]{36}$`, 'm'), 'progress as n/N');
-  t.true(seconds < 3, `the jig noticed after ${seconds.toFixed(2)} s`);
+  // "the link is gone", not "no reply to SIGN": it did not sit out its SIGN time-outs (3 x 10 s).
+  t.true(seconds < 20, `the jig noticed after ${seconds.toFixed(2)} s`);
 });
