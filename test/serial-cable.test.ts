@@ -126,6 +126,19 @@ test('a jig that stops reading blocks only its own link: the others answer, its 
   );
 });
 
+test('stop() while a reply is stuck in a port nobody reads: done within 2 s, the stuck reply abandoned', async (t) => {
+  const x = await rig(1);
+  t.teardown(() => x.close());
+  const fd = await neverReadingJig(x.ptys[0]!.jig, 400);
+  t.teardown(() => closeSync(fd));
+  await sleep(700);
+  t.true(x.links[0]!.pending > 0, 'a reply is stuck');
+  t.is(x.links[0]!.status.state, 'open', 'before the write deadline');
+  const took = await finishesWithin(x.links[0]!.stop(), 2000);
+  t.log(`stop() with a reply stuck took ${took.toFixed(0)} ms`);
+  t.is(x.links[0]!.status.state, 'stopped');
+});
+
 test('serve stops on SIGTERM even while a jig on one of its links has stopped reading', async (t) => {
   const s = await testStation();
   await s.close(); // the serve process opens the station itself
