@@ -50,13 +50,14 @@ async function split(chunks: Array<string | Buffer>, idleMs = 10_000, waitMs = 0
 }
 
 test('lines: CR before LF dropped, lines split across chunks, the 16384-byte limit counts the LF and a CR', async (t) => {
-  t.deepEqual(await split(['ab\r\ncd', 'e\n']), [{ line: 'ab' }, { line: 'cde' }]);
+  t.deepEqual(await split(['J1 ab\r\nJ1 cd', 'e\n']), [{ line: 'J1 ab', end: 'lf' }, { line: 'J1 cde', end: 'lf' }]);
   const exact = 'x'.repeat(MAX_LINE - 1) + '\n';
-  t.deepEqual(await split([exact]), [{ line: 'x'.repeat(MAX_LINE - 1) }]);
-  const withCr = 'x'.repeat(MAX_LINE - 1) + '\r\n';
+  t.deepEqual(await split([exact]), [{ line: 'x'.repeat(MAX_LINE - 1), end: 'lf' }]);
+  // A frame line ends only at LF, so its CR counts towards the limit.
+  const withCr = 'J1 ' + 'x'.repeat(MAX_LINE - 4) + '\r\n';
   t.deepEqual(await split([withCr]), [{ tooLarge: true }]);
   const over = 'y'.repeat(MAX_LINE) + '\n';
-  t.deepEqual(await split([over.slice(0, 5000), over.slice(5000), 'next\n']), [{ tooLarge: true }, { line: 'next' }]);
+  t.deepEqual(await split([over.slice(0, 5000), over.slice(5000), 'next\n']), [{ tooLarge: true }, { line: 'next', end: 'lf' }]);
 });
 
 test('lines: an unfinished line is dropped after the idle time, silently', async (t) => {
@@ -64,5 +65,19 @@ test('lines: an unfinished line is dropped after the idle time, silently', async
   t.is(events.length, 1);
   t.true('idle' in events[0]!);
   const after = await split(['half', 'rest\n'], 1000);
-  t.deepEqual(after, [{ line: 'halfrest' }]);
+  t.deepEqual(after, [{ line: 'halfrest', end: 'lf' }]);
+});
+
+test('lines: outside frames CR, LF and CRLF each end a line, even split across chunks; a CR inside a frame line stays in it', async (t) => {
+  t.deepEqual(await split(['one\rtwo\nthree\r', '\nfour\r', 'five\n']), [
+    { line: 'one', end: 'cr' },
+    { line: 'two', end: 'lf' },
+    { line: 'three', end: 'cr' },
+    { line: 'four', end: 'cr' },
+    { line: 'five', end: 'lf' },
+  ]);
+  t.deepEqual(await split(['J', '1', ' PING\rx - 0\r', '\n']), [{ line: 'J1 PING\rx - 0', end: 'lf' }]);
+  t.deepEqual(await split(['J1\rJ1 x\n']), [{ line: 'J1', end: 'cr' }, { line: 'J1 x', end: 'lf' }]);
+  // Only the byte right after a CR is part of its CRLF.
+  t.deepEqual(await split(['a\r\n\nb\n']), [{ line: 'a', end: 'cr' }, { line: '', end: 'lf' }, { line: 'b', end: 'lf' }]);
 });

@@ -10,8 +10,8 @@ import { LineSignerError } from '../src/errors.js';
 import type { Signer } from '../src/token/signer.js';
 import { makeDeviceCsr, pemDecodeAll, pemEncode } from '../src/x509/index.js';
 import { frame } from './helpers/jig.js';
-import { FACTORY, opensslCsr, testPki, uuid } from './helpers/pki.js';
-import { served, type Served } from './helpers/served.js';
+import { FACTORY, openssl, opensslCsr, testPki, uuid } from './helpers/pki.js';
+import { served, waitFor, type Served } from './helpers/served.js';
 
 const csrFor = (deviceId = uuid()) => makeDeviceCsr({ deviceId, factory: FACTORY, production: true });
 
@@ -152,28 +152,97 @@ test.serial('SIGN refusals over J1: BAD_CSR, BAD_SIGNATURE, POLICY_KEY, POLICY_S
   await expectErr(Buffer.from(csrFor(id).der), 'DUPLICATE_DEVICE');
 });
 
+/**
+ * A PEM-mode answer as raw lines (each with its ending), up to `OK` or
+ * `ERROR`; `text` is the PEM with LF endings, `eol` the one ending every line had.
+ */
+async function pemReply(x: Served): Promise<{ text: string; last: string; eol: string }> {
+  const lines: string[] = [];
+  for (;;) {
+    const line = await x.jig.nextLine();
+    if (line === null) throw new Error(`no PEM-mode answer after ${JSON.stringify(lines)}`);
+    lines.push(line);
+    if (/^(OK|ERROR) /.test(line)) break;
+  }
+  const endings = new Set(lines.map((l) => (l.endsWith('\r') ? '\r\n' : '\n')));
+  if (endings.size !== 1) throw new Error(`mixed line endings: ${JSON.stringify(lines)}`);
+  const bare = lines.map((l) => l.replace(/\r$/, ''));
+  return { text: bare.slice(0, -1).map((l) => l + '\n').join(''), last: bare.at(-1)!, eol: [...endings][0]! };
+}
+
+/** The serial as `openssl x509 -serial` prints it, lowercase. */
+function opensslSerial(certPem: string): string {
+  return openssl(['x509', '-noout', '-serial'], certPem).toString().trim().replace(/^serial=/, '').toLowerCase();
+}
+
 test.serial('PEM mode: a block gets the chain and OK <serial>; a refusal one ERROR line; retries are safe across modes', async (t) => {
   const x = await main;
   const csr = csrFor();
   const pem = pemEncode(csr.der, 'CERTIFICATE REQUEST');
   await x.jig.send(pem.replace(/\n/g, '\r\n'));
-  const a = await x.jig.pemAnswer();
-  t.regex(a.last, /^OK [0-9a-f]+$/);
-  t.false(a.last.slice(3).startsWith('0'));
+  const a = await pemReply(x);
+  t.is(a.eol, '\r\n', 'CRLF after a CRLF BEGIN line');
+  t.regex(a.last, /^OK (?:[0-9a-f]{2})+$/);
   const serial = a.last.slice(3);
+  t.is(serial, opensslSerial(a.text));
   const cert = new X509Certificate(a.text);
-  t.is(BigInt('0x' + cert.serialNumber).toString(16), serial);
+  t.is(BigInt('0x' + cert.serialNumber), BigInt('0x' + serial));
   // The same CSR through J1 gets the same certificate.
   const j1 = await x.jig.request('SIGN', 'm1', Buffer.from(csr.der));
   t.is(j1.body!.toString(), a.text);
-  // And again through PEM mode.
+  // And again through PEM mode, with LF endings this time.
   await x.jig.send(pem);
-  t.is((await x.jig.pemAnswer()).text, a.text);
+  const again = await pemReply(x);
+  t.is(again.text, a.text);
+  t.is(again.eol, '\n', 'LF after an LF BEGIN line');
   // A refusal.
   await x.jig.send(pemEncode(opensslCsr(x.s.dir, { subject: `/CN=NOT-A-UUID/OU=${FACTORY}/businessCategory=production` }).csr, 'CERTIFICATE REQUEST'));
-  const refused = await x.jig.pemAnswer();
+  const refused = await pemReply(x);
   t.regex(refused.last, /^ERROR POLICY_SUBJECT /);
   t.is(refused.text, '');
+});
+
+test.serial('PEM mode as picocom sends it: CR line ends, an indented paste, blanks after BEGIN; the answer comes with CRLF', async (t) => {
+  const x = await main;
+  const pem = pemEncode(csrFor().der, 'CERTIFICATE REQUEST').trimEnd().split('\n');
+  // Enter gives CR; the paste is indented with spaces and tabs and has trailing blanks.
+  const typed = pem.map((l, i) => (i === 0 ? `${l}   \t` : `  \t${l} `)).join('\r') + '\r';
+  await x.jig.send('\r'); // a bare Enter first
+  for (let i = 0; i < typed.length; i += 7) await x.jig.send(typed.slice(i, i + 7)); // bytes as a slow paste brings them
+  const a = await pemReply(x);
+  t.is(a.eol, '\r\n');
+  t.regex(a.last, /^OK (?:[0-9a-f]{2})+$/);
+  t.is(pemDecodeAll(a.text, 'CERTIFICATE').length, 2, 'device certificate then local-ca');
+  t.is(a.last.slice(3), opensslSerial(a.text));
+  t.is(await x.jig.nextLine(200), null, 'one answer');
+});
+
+test.serial('PEM mode: the older NEW CERTIFICATE REQUEST header; a J1 SIGN then a PEM block of the same CSR get the same certificate', async (t) => {
+  const x = await main;
+  const csr = csrFor();
+  const j1 = await x.jig.request('SIGN', 'n1', Buffer.from(csr.der));
+  t.is(j1.type, 'CERT');
+  await x.jig.send(pemEncode(csr.der, 'NEW CERTIFICATE REQUEST'));
+  const a = await pemReply(x);
+  t.regex(a.last, /^OK /);
+  t.is(a.text, j1.body!.toString());
+  t.is(a.eol, '\n');
+  // A NEW header does not end at a plain END line: the labels must match.
+  const other = pemEncode(csrFor().der, 'NEW CERTIFICATE REQUEST').replace('END NEW CERTIFICATE', 'END CERTIFICATE');
+  await x.jig.send(other);
+  t.is(await x.jig.nextLine(300), null, 'no END for this block yet');
+  t.is((await x.jig.request('PING', 'n2', null)).type, 'PONG', 'a J1 line abandons it');
+});
+
+test.serial('PEM mode: a block dropped at the idle timeout is counted as noise', async (t) => {
+  const x = await main;
+  const noise = x.link.status.noise;
+  const pem = pemEncode(csrFor().der, 'CERTIFICATE REQUEST').split('\n');
+  await x.jig.send(pem.slice(0, 4).join('\r') + '\r');
+  await waitFor(() => x.link.status.noise > noise, 3000);
+  t.is(x.link.status.noise, noise + 1);
+  t.is(await x.jig.nextLine(100), null, 'silently');
+  t.is((await x.jig.request('PING', 'idle-after', null)).type, 'PONG');
 });
 
 test.serial('PEM mode: a J1 line abandons an open block and is handled as a frame; so does the idle timeout', async (t) => {

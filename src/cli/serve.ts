@@ -1,11 +1,12 @@
 import { configPath, loadConfig } from '../config/index.js';
 import { LinkRunner, parseSerialFlag, planLinks, serialLinks, type Link, type LinkEvent } from '../links/index.js';
-import { runJig } from '../jig/provision.js';
+import { JigStopped, runJig, type JigSummary } from '../jig/provision.js';
 import { openStation } from '../station/index.js';
 import { jsonView, liveView, type View } from './live-view.js';
 import { LineSignerError } from '../errors.js';
 import { operatorName } from '../operator/index.js';
 import { serveControl } from './owner.js';
+import { printable } from '../text.js';
 
 export interface ServeArgs {
   config?: string | undefined;
@@ -66,25 +67,44 @@ async function extraLinks(...a: Parameters<typeof serialLinks>): Promise<Link[]>
   return out;
 }
 
+/**
+ * The reference jig on the command line: progress as `n/N` on stderr, the
+ * summary on stdout; a run cut short still says how many devices it did.
+ */
 export async function jigCommand(args: { serial: string; count: number; out?: string | undefined; json?: boolean | undefined }): Promise<void> {
   const { path, baud } = parseSerialFlag(args.serial);
   const tty = process.stderr.isTTY && !args.json;
-  const summary = await runJig({
-    serial: path,
-    baud,
-    count: args.count,
-    out: args.out,
-    onDevice: (n, deviceId, ok, detail) => {
-      if (tty) process.stderr.write(`\r${n}/${args.count} ${ok ? 'ok ' : 'FAIL'} ${deviceId} ${ok ? '' : detail}`.padEnd(100));
-      else if (!ok) process.stderr.write(`device ${n} ${deviceId}: ${detail}\n`);
-    },
-  });
+  let done = 0;
+  let summary: JigSummary;
+  const t0 = Date.now();
+  try {
+    summary = await runJig({
+      serial: path,
+      baud,
+      count: args.count,
+      out: args.out,
+      onDevice: (n, deviceId, ok, detail) => {
+        done = n;
+        const row = `${n}/${args.count} ${ok ? 'ok' : 'FAIL'} ${deviceId}${ok ? '' : ` ${printable(detail)}`}`;
+        process.stderr.write(tty ? `\r${row.padEnd(100)}` : `${row}\n`);
+      },
+    });
+  } catch (err) {
+    if (tty && done > 0) process.stderr.write('\n');
+    if (!(err instanceof JigStopped)) throw err;
+    const s = err.summary;
+    const tally = s ? `${s.provisioned} provisioned, ${s.failed} failed` : 'no station answered HELLO';
+    const seconds = ((Date.now() - t0) / 1000).toFixed(1);
+    if (args.json) process.stdout.write(JSON.stringify({ ...s, stopped: err.message, done, count: args.count, seconds: Number(seconds) }) + '\n');
+    else process.stdout.write(`jig: stopped after ${done} of ${args.count} devices (${tally}) in ${seconds} s: ${printable(err.message)}\n`);
+    throw err;
+  }
   if (tty) process.stderr.write('\n');
   if (args.json) process.stdout.write(JSON.stringify(summary) + '\n');
   else {
     const failures = Object.entries(summary.failures).map(([c, n]) => `${c} ${n}`).join(', ');
     process.stdout.write(
-      `jig: station ${summary.station} (${summary.factory}): ${summary.provisioned} provisioned, ${summary.failed} failed` +
+      `jig: station ${printable(summary.station)} (${printable(summary.factory)}): ${summary.provisioned} provisioned, ${summary.failed} failed` +
         `${failures ? ` (${failures})` : ''} in ${summary.seconds.toFixed(1)} s; every certificate checked against the factory root\n`,
     );
   }

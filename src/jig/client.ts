@@ -1,6 +1,8 @@
 /**
  * A J1 client on a serial port, as jig firmware would be: one request at a
- * time, each reply matched by ID, a resend on BAD_CRC, a time-out.
+ * time, each reply matched by ID, a resend on BAD_CRC, a time-out. A port
+ * that closes or errors (the cable pulled, the pty gone) fails the request
+ * waiting at once instead of at its time-out.
  */
 import { SerialPort } from 'serialport';
 import { decodeReply, encodeFrame, type Frame, type ReplyType } from '../links/j1/frame.js';
@@ -10,8 +12,17 @@ import { LineSignerError } from '../errors.js';
 export class J1Client {
   private nextId = 1;
   private waiting: { id: string; resolve: (f: Frame & { type: ReplyType }) => void; reject: (e: Error) => void } | null = null;
+  private gone: string | null = null;
 
   private constructor(private readonly port: SerialPort) {
+    const lose = (why: string): void => {
+      this.gone ??= why;
+      const w = this.waiting;
+      this.waiting = null;
+      w?.reject(new LineSignerError('INTERNAL', `the link is gone: ${this.gone}`));
+    };
+    port.on('close', () => lose('port closed'));
+    port.on('error', (err) => lose(err.message));
     const splitter = new J1LineSplitter(60_000);
     port.on('data', (chunk: Buffer) => splitter.write(chunk));
     splitter.on('data', (ev: LineEvent) => {
@@ -42,6 +53,7 @@ export class J1Client {
     const line = encodeFrame(type, id, body);
     for (let attempt = 1; ; attempt++) {
       const reply = await new Promise<(Frame & { type: ReplyType }) | null>((resolve, reject) => {
+        if (this.gone) return reject(new LineSignerError('INTERNAL', `the link is gone: ${this.gone}`));
         const timer = setTimeout(() => {
           this.waiting = null;
           resolve(null);
@@ -52,14 +64,17 @@ export class J1Client {
             clearTimeout(timer);
             resolve(f);
           },
-          reject,
+          reject: (e) => {
+            clearTimeout(timer);
+            reject(e);
+          },
         };
         this.port.write(line, 'latin1');
       });
       const crcError = reply?.type === 'ERR' && Buffer.from(reply.body ?? new Uint8Array()).toString().startsWith('BAD_CRC ');
       if (reply && !crcError) return reply;
       if (attempt >= tries) {
-        throw new LineSignerError('INTERNAL', reply ? 'the station kept answering BAD_CRC' : `no reply to ${type} within ${timeoutMs} ms`);
+        throw new LineSignerError('INTERNAL', reply ? 'the station kept answering BAD_CRC' : `no reply to ${type} in ${tries} tries of ${timeoutMs} ms`);
       }
     }
   }

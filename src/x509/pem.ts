@@ -7,29 +7,67 @@ export function pemEncode(der: Uint8Array, label: string): string {
   return `-----BEGIN ${label}-----\n${body}-----END ${label}-----\n`;
 }
 
-const BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----\r?\n([\s\S]*?)-----END \1-----/g;
+/** Padded standard base64 (whitespace already removed); a plain character class, no backtracking. */
+const BASE64_TEXT = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/**
+ * Every well-formed PEM block in the text, in order, with its label. One
+ * pass over the lines (each line trimmed, so CRLF and indented pastes
+ * read): a client sends this text, so parsing must stay linear in its size.
+ * A BEGIN line inside an unfinished block starts the block afresh.
+ */
+function pemBlocks(text: string): Array<{ label: string; der: Uint8Array }> {
+  const out: Array<{ label: string; der: Uint8Array }> = [];
+  let label: string | null = null;
+  let body: string[] = [];
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line.charCodeAt(0) === DASH) {
+      const begin = dashedLabel(line, 'BEGIN');
+      if (begin !== null) {
+        label = begin;
+        body = [];
+        continue;
+      }
+      if (label !== null && dashedLabel(line, 'END') === label) {
+        const b64 = body.join('').replace(/[ \t\r]+/g, '');
+        if (b64.length % 4 === 0 && BASE64_TEXT.test(b64)) out.push({ label, der: new Uint8Array(Buffer.from(b64, 'base64')) });
+        label = null;
+        continue;
+      }
+    }
+    if (label !== null && line !== '') body.push(line);
+  }
+  return out;
+}
+
+const DASH = 0x2d;
+
+/** `-----BEGIN LABEL-----` → LABEL (A-Z, 0-9, single spaces inside), else null. */
+function dashedLabel(line: string, word: 'BEGIN' | 'END'): string | null {
+  const head = `-----${word} `;
+  if (!line.startsWith(head) || !line.endsWith('-----') || line.length < head.length + 6) return null;
+  const label = line.slice(head.length, line.length - 5);
+  return /^[A-Z0-9]+(?: [A-Z0-9]+)*$/.test(label) ? label : null;
+}
 
 /** Every PEM block with the given label, in order. */
 export function pemDecodeAll(text: string, label: string): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  for (const m of text.matchAll(BLOCK)) {
-    if (m[1] !== label) continue;
-    const b64 = m[2]!.replace(/\s+/g, '');
-    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64) || b64.length % 4 !== 0) continue;
-    out.push(new Uint8Array(Buffer.from(b64, 'base64')));
-  }
-  return out;
+  return pemBlocks(text)
+    .filter((b) => b.label === label)
+    .map((b) => b.der);
 }
 
 export function looksLikePem(bytes: Uint8Array): boolean {
   return Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, 64)).toString('latin1').includes('-----BEGIN ');
 }
 
-/** A CSR as DER, from DER or PEM bytes. */
+const CSR_LABELS = ['CERTIFICATE REQUEST', 'NEW CERTIFICATE REQUEST'];
+
+/** A CSR as DER, from DER or PEM bytes (`CERTIFICATE REQUEST` or the older `NEW CERTIFICATE REQUEST`). */
 export function csrDer(bytes: Uint8Array): Uint8Array {
   if (!looksLikePem(bytes)) return bytes;
-  const text = Buffer.from(bytes).toString('utf8');
-  const [der] = [...pemDecodeAll(text, 'CERTIFICATE REQUEST'), ...pemDecodeAll(text, 'NEW CERTIFICATE REQUEST')];
-  if (!der) throw new LineSignerError('BAD_CSR', 'no readable CERTIFICATE REQUEST block in the PEM text');
-  return der;
+  const block = pemBlocks(Buffer.from(bytes).toString('utf8')).find((b) => CSR_LABELS.includes(b.label));
+  if (!block) throw new LineSignerError('BAD_CSR', 'no readable CERTIFICATE REQUEST block in the PEM text');
+  return block.der;
 }
