@@ -156,6 +156,15 @@ export function caImport(config: StationConfig, file: string, opts: ImportOption
     const key = token.findKey(config.token.key_label);
     if (!key) throw new LineSignerError('CA', `the token has no key "${config.token.key_label}"; run \`line-signer ca init\` first`);
     checked = checkLocalCa(der, { tokenSpki: key.spki, rootDer, factory: config.station.factory, now: new Date() });
+  } catch (err) {
+    if (err instanceof LineSignerError && /not a CA certificate|basicConstraints|keyUsage/.test(err.message)) {
+      throw new LineSignerError(
+        'CA',
+        `${err.message}. The signer dropped the CSR's CA extensions: \`openssl x509 -req\` keeps none without -extfile ` +
+          '(the recipe is in README, "Production station"); `fioctl keys ca sign` keeps them. Sign the same CSR again',
+      );
+    }
+    throw err;
   } finally {
     token.close();
   }
@@ -266,13 +275,14 @@ export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {})
     matches_token_key: null,
   };
   let stationCertSpki: Uint8Array | null = null;
+  let stationCertProblem: string | null = null;
   try {
     const der = readCertificateFile(config.ca.station_certificate, 'station key certificate');
     stationKey.sha256 = sha256Hex(der);
     stationCertSpki = spkiOfCertificate(der);
     stationKey.public_key_sha256 = sha256Hex(stationCertSpki);
   } catch (err) {
-    problems.push(`station key certificate: ${(err as Error).message}; run \`line-signer station-key init\``);
+    stationCertProblem = `station key certificate: ${(err as Error).message}; run \`line-signer station-key init\``;
   }
   let tokenSpki: Uint8Array | null = null;
   try {
@@ -310,6 +320,7 @@ export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {})
   }
   if (token.found && !token.key_found) problems.push(`key "${config.token.key_label}" not in the token; run \`line-signer ca init\``);
   if (token.found && !stationKey.key_found) problems.push(`station key "${config.token.station_key_label}" not in the token; run \`line-signer station-key init\``);
+  if (stationCertProblem) problems.push(stationCertProblem);
   if (stationKey.matches_token_key === false) problems.push(`station key certificate ${config.ca.station_certificate} is not for the token's station key`);
   let localCa: CaShow['local_ca'];
   try {
