@@ -54,8 +54,8 @@ export function readPrivateFile(path: string, key: string, code: ErrorCode): str
   if ((mode & 0o007) !== 0 || !groupOk) {
     throw new LineSignerError(
       code,
-      `${key}: ${path} is readable by others or by a group other than this user's own (mode ${mode.toString(8)}); ` +
-        "chmod 600 it, or make it 0640 with the group of the user that reads it (root:line-signer for the service)",
+      `${key}: ${path} is readable by group or others (mode ${mode.toString(8)}), and the group is not the reading user's own; ` +
+        'chmod 600 it, or make it 0640 in the own group of the one user that reads it (root:line-signer for the service)',
     );
   }
   try {
