@@ -131,7 +131,10 @@ asRoot('README "Production station": install, token, ca init, the factory signs,
       seen.push('setup'); // packages, npm ci and the build: this checkout is built already
     } else if (step === 'scripts/install') {
       ok(step, CHECKOUT);
-      ok(step, CHECKOUT); // idempotent
+      const pin = readFileSync(join(dirs.etc, 'pin'), 'utf8');
+      t.regex(pin, /^[0-9a-f]{16}\n$/);
+      ok(step, CHECKOUT); // idempotent: what exists is kept
+      t.is(readFileSync(join(dirs.etc, 'pin'), 'utf8'), pin);
       seen.push('install');
       const service = idOf('line-signer');
       t.regex(spawnSync('id', ['-nG', 'line-signer'], { encoding: 'utf8' }).stdout, /\bsofthsm\b.*\bdialout\b|\bdialout\b.*\bsofthsm\b/);

@@ -316,7 +316,14 @@ export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {})
     }
   } catch (err) {
     token.error = (err as Error).message;
-    problems.push(`token not found: ${token.error}; make it with \`line-signer ca init-token\` (SoftHSM2) or the HSM vendor's tool, or fix [token] in ${config.path}`);
+    // SoftHSM2 makes a token's folder 0700 for whoever made it: root's token is invisible to the service user.
+    const rootsToken =
+      /softhsm/i.test(config.token.module) && process.getuid?.() !== 0
+        ? `; a SoftHSM2 token made by root is invisible to ${userInfo().username}: chown -R ${userInfo().username} its folder in the token directory`
+        : '';
+    problems.push(
+      `token not found: ${token.error}; make it with \`line-signer ca init-token\` (SoftHSM2) or the HSM vendor's tool, or fix [token] in ${config.path}${rootsToken}`,
+    );
   }
   if (token.found && !token.key_found) problems.push(`key "${config.token.key_label}" not in the token; run \`line-signer ca init\``);
   if (token.found && !stationKey.key_found) problems.push(`station key "${config.token.station_key_label}" not in the token; run \`line-signer station-key init\``);
