@@ -130,6 +130,11 @@ asRoot('root on an installed station acts as the service user for ca, ledger, ex
   const csrPath = join(s.state, 'local-ca.csr');
   ok(['ca', 'init', '--csr-out', csrPath]);
   const signed = signCaCsrWithOpenssl(readFileSync(csrPath, 'utf8'), s.root, s.factoryRoot);
+  // A certificate only root can read (in /root, say): the message says who could not read it.
+  chmodSync(signed, 0o600);
+  const unreadable = lineSigner(['ca', 'import', signed], s.env);
+  t.is(unreadable.status, 1);
+  t.regex(unreadable.stderr, /ERROR CA cannot read .*: EACCES as line-signer; put it where that user can read it/);
   chmodSync(signed, 0o644);
   ok(['ca', 'import', signed]);
   ok(['ledger', 'verify']);
