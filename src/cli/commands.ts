@@ -134,7 +134,7 @@ function writeCsr(pem: string, out: string | undefined, what: string): void {
 
 function showText(s: ReturnType<typeof caShow>): string {
   const pin =
-    s.pin.state === 'not tried' ? `from ${s.pin.source}, not tried (--check-pin logs in once)` : `${s.pin.state.toUpperCase()}${s.pin.error ? ` (${s.pin.error})` : ''}`;
+    s.pin.state === 'not tried' ? `from ${s.pin.source}, ${s.pin.error ?? 'not tried (--check-pin logs in once)'}` : `${s.pin.state.toUpperCase()}${s.pin.error ? ` (${s.pin.error})` : ''}`;
   const lines = [
     `config:      ${s.config}`,
     `token:       "${s.token.label}" ${s.token.found ? 'found' : `NOT FOUND${s.token.error ? ` (${s.token.error})` : ''}`}`,

@@ -294,9 +294,13 @@ export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {})
       const stationSpki = t.findPublicKey(config.token.station_key_label);
       stationKey.key_found = stationSpki !== null;
       if (stationSpki && stationCertSpki) stationKey.matches_token_key = sameBytes(stationSpki, stationCertSpki);
-      if (t.pinState().locked) {
+      const flags = t.pinState();
+      if (flags.locked) {
         pin.state = 'locked';
         problems.push('PIN locked: the token refuses every login until its SO unlocks the user PIN');
+      } else if (opts.checkPin && pinValue !== null && flags.finalTry) {
+        // One more wrong PIN locks the token: a check is not worth that.
+        pin.error = 'not tried: the token says the next wrong PIN locks it; make sure of the PIN first';
       } else if (opts.checkPin && pinValue !== null) {
         try {
           t.login(pinValue);

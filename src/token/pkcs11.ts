@@ -188,13 +188,11 @@ export class Pkcs11Token {
   }
 
   /** The token's flags that tell about its PIN, read without logging in. */
-  pinState(): { userPinInitialized: boolean; locked: boolean; finalTry: boolean; countLow: boolean } {
+  pinState(): { locked: boolean; finalTry: boolean } {
     const flags = this.p11.C_GetTokenInfo(this.findSlot()).flags;
     return {
-      userPinInitialized: (flags & pkcs11js.CKF_USER_PIN_INITIALIZED) !== 0,
       locked: (flags & pkcs11js.CKF_USER_PIN_LOCKED) !== 0,
       finalTry: (flags & pkcs11js.CKF_USER_PIN_FINAL_TRY) !== 0,
-      countLow: (flags & pkcs11js.CKF_USER_PIN_COUNT_LOW) !== 0,
     };
   }
 
