@@ -6,12 +6,14 @@
  * service user. Needs root; it may leave the system user `line-signer`.
  */
 import test from 'ava';
+import fc from 'fast-check';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EXIT_TOKEN_PIN } from '../src/errors.js';
+import { readPrivateFile } from '../src/files.js';
 import { BIN } from './helpers/cli.js';
 import { FACTORY, makeOpensslRoot, PIN, signCaCsrWithOpenssl, testStation } from './helpers/pki.js';
 
@@ -290,4 +292,31 @@ test('a config that cannot be read names the path tried and how to choose anothe
   t.regex(byDefault.stderr, /--config PATH or LINE_SIGNER_CONFIG=PATH/);
   const fromEnv = run({ LINE_SIGNER_CONFIG: '/nowhere/station.toml' });
   t.regex(fromEnv.stderr, /cannot read config \/nowhere\/station\.toml \(ENOENT; the path in LINE_SIGNER_CONFIG\).*--config PATH/);
+});
+
+asRoot('property: a secret file is read exactly when no one but its owner and the own group of the one reading user can read it', (t) => {
+  // As root here: group root (gid 0) has no other member, dialout is shared.
+  const dir = mkdtempSync(join(tmpdir(), 'line-signer-modes-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'secret');
+  writeFileSync(file, 'secret');
+  const dialout = Number(spawnSync('getent', ['group', 'dialout'], { encoding: 'utf8' }).stdout.split(':')[2]);
+  fc.assert(
+    fc.property(fc.integer({ min: 0o400, max: 0o777 }), fc.boolean(), (mode, ownGroup) => {
+      chownSync(file, 0, ownGroup ? 0 : dialout);
+      chmodSync(file, mode);
+      const groupBits = mode & 0o070;
+      const expected = (mode & 0o007) === 0 && (groupBits === 0 || (ownGroup && (mode & 0o030) === 0));
+      let read: boolean;
+      try {
+        read = readPrivateFile(file, 'test.file', 'TOKEN_PIN') === 'secret';
+      } catch (err) {
+        if (!/is readable by group or others/.test((err as Error).message)) throw err;
+        read = false;
+      }
+      return read === expected;
+    }),
+    { numRuns: 300 },
+  );
+  t.pass();
 });
