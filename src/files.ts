@@ -38,8 +38,10 @@ export function renameIntoPlace(tmp: string, path: string): void {
 }
 
 /**
- * A secret's file (a PIN, an API token): refused when group or others can
- * read it. `key` names it in messages; the content never enters one.
+ * A secret's file (a PIN, an API token): refused when others can read it,
+ * or a group other than the reading user's own private group (so
+ * root:line-signer 0640 is fine for the service user, and root can still
+ * edit it). `key` names it in messages; the content never enters one.
  */
 export function readPrivateFile(path: string, key: string, code: ErrorCode): string {
   let st: { mode: number; gid: number };
