@@ -1,9 +1,13 @@
 import test from 'ava';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
 import { join } from 'node:path';
-import { caImport, caInit, caShow, openToken } from '../src/station/index.js';
-import { LineSignerError } from '../src/errors.js';
+import { caCsr, caImport, caInit, caInitToken, caShow, openToken } from '../src/station/index.js';
+import { EXIT_TOKEN_PIN, LineSignerError } from '../src/errors.js';
+import { BIN, cli } from './helpers/cli.js';
 import { FACTORY, makeOpensslRoot, openssl, signCaCsrWithOpenssl, stationConfig, testPki } from './helpers/pki.js';
 
 const CA_EXT = 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n';
@@ -77,4 +81,218 @@ test('import refuses a certificate for another key, a non-CA, one without keyCer
   t.regex(err!.message, /OU is "acme-factory", but station.factory is "other-factory"/);
   // And the right one imports.
   t.notThrows(() => caImport(s.config, good));
+});
+
+/** A station config file with some lines changed. */
+function variant(configPath: string, name: string, edit: (text: string) => string): string {
+  const path = join(configPath, '..', name);
+  writeFileSync(path, edit(readFileSync(configPath, 'utf8')));
+  return path;
+}
+
+/** A station whose local-ca is made, signed by the test root and imported. */
+async function installedStation(): Promise<ReturnType<typeof stationConfig> & { caPem: string }> {
+  const p = testPki();
+  const s = stationConfig();
+  const csr = await caInit(s.config);
+  const caPem = signCaCsrWithOpenssl(csr, s.dir, { key: p.rootKey, pem: p.rootPem });
+  caImport(s.config, caPem);
+  return { ...s, caPem };
+}
+
+const SPY = '/usr/lib/x86_64-linux-gnu/pkcs11-spy.so';
+
+test('ca show finds the token and the keys without logging in, so a wrong PIN spends no try; --check-pin spends exactly one', async (t) => {
+  const s = await installedStation();
+  const wrongPin = join(s.dir, 'wrong-pin');
+  writeFileSync(wrongPin, '99999999', { mode: 0o600 });
+  // OpenSC's pkcs11-spy sits between line-signer and SoftHSM2 and logs every PKCS#11 call.
+  const cfg = variant(s.configPath, 'spy.toml', (x) =>
+    x.replace(/module = .*\n/, `module = "${SPY}"\n`).replace(/pin_file = .*\n/, `pin_file = "${wrongPin}"\n`),
+  );
+  const show = (args: string[]): { status: number | null; json: ReturnType<typeof caShow>; calls: string } => {
+    const log = join(s.dir, `spy-${randomUUID()}.log`);
+    const r = cli(['ca', 'show', '--json', '--config', cfg, ...args], {
+      env: { PKCS11SPY: '/usr/lib/softhsm/libsofthsm2.so', PKCS11SPY_OUTPUT: log },
+    });
+    return { status: r.status, json: JSON.parse(r.stdout), calls: readFileSync(log, 'utf8') };
+  };
+  const quiet = show([]);
+  t.true(quiet.json.token.found);
+  t.true(quiet.json.token.key_found);
+  t.true(quiet.json.station_key.key_found);
+  t.true('sha256' in quiet.json.local_ca && quiet.json.local_ca.matches_token_key === true);
+  t.is(quiet.json.pin.state, 'not tried');
+  t.is(quiet.status, 0);
+  t.regex(quiet.calls, /C_FindObjects/);
+  t.notRegex(quiet.calls, /C_Login/);
+
+  const checked = show(['--check-pin']);
+  t.is(checked.json.pin.state, 'refused');
+  t.regex(checked.json.problems.join('\n'), /PIN refused: the token refused the PIN \(CKR_PIN_INCORRECT\)/);
+  t.is(checked.status, EXIT_TOKEN_PIN);
+  t.is(checked.calls.match(/C_Login/g)?.length, 1);
+  t.false(JSON.stringify(checked.json).includes('99999999'));
+});
+
+test('ca show tells a missing PIN from a missing token, and exits non-zero when the token, a key or the local-ca is missing or does not match', async (t) => {
+  const s = await installedStation();
+  const run = (configPath: string, args: string[] = []): { status: number | null; json: ReturnType<typeof caShow>; text: string } => {
+    const j = cli(['ca', 'show', '--json', '--config', configPath, ...args]);
+    const text = cli(['ca', 'show', '--config', configPath, ...args]).stdout;
+    return { status: j.status, json: JSON.parse(j.stdout), text };
+  };
+  const ready = run(s.configPath, ['--check-pin']);
+  t.is(ready.status, 0, ready.text);
+  t.true(ready.json.ready);
+  t.is(ready.json.pin.state, 'accepted');
+  t.regex(ready.text, /ready:\s+yes/);
+
+  const noPin = run(variant(s.configPath, 'nopin.toml', (x) => x.replace(/pin_file = .*\n/, `pin_file = "${join(s.dir, 'absent-pin')}"\n`)));
+  t.is(noPin.status, EXIT_TOKEN_PIN);
+  t.is(noPin.json.pin.state, 'missing');
+  t.true(noPin.json.token.found && noPin.json.token.key_found, 'the token and its key are still found');
+  t.regex(noPin.text, /PIN:\s+MISSING \(token\.pin_file: cannot read .*absent-pin \(ENOENT\)\)/);
+  t.regex(noPin.text, /token:\s+"test-token" found/);
+
+  const noToken = run(variant(s.configPath, 'notoken.toml', (x) => x.replace(/token_label = .*\n/, 'token_label = "no-such-token"\n')));
+  t.is(noToken.status, 1);
+  t.false(noToken.json.token.found);
+  t.regex(noToken.json.problems.join('\n'), /token not found: no token labelled "no-such-token".*ca init-token/);
+
+  const noKey = run(variant(s.configPath, 'nokey.toml', (x) => x.replace(/key_label = .*\n/, 'key_label = "no-such-key"\n')));
+  t.is(noKey.status, 1);
+  t.false(noKey.json.token.key_found);
+  t.regex(noKey.json.problems.join('\n'), /key "no-such-key" not in the token; run `line-signer ca init`/);
+
+  const noCa = run(variant(s.configPath, 'noca.toml', (x) => x.replace(/certificate = "local-ca.pem"/, 'certificate = "absent.pem"')));
+  t.is(noCa.status, 1);
+  t.regex(noCa.json.problems.join('\n'), /local-ca missing: no local-ca certificate at .*absent\.pem/);
+
+  // Another station's local-ca: for another key.
+  const other = await installedStation();
+  const foreign = join(s.dir, 'foreign-ca.pem');
+  copyFileSync(other.caPem, foreign);
+  const mismatch = run(variant(s.configPath, 'mismatch.toml', (x) => x.replace(/certificate = "local-ca.pem"/, `certificate = "${foreign}"`)));
+  t.is(mismatch.status, 1);
+  t.true('sha256' in mismatch.json.local_ca && mismatch.json.local_ca.matches_token_key === false);
+  t.regex(mismatch.text, /token key:\s+DOES NOT MATCH/);
+  t.regex(mismatch.json.problems.join('\n'), /local-ca: local-ca certificate is for another key/);
+});
+
+test('ca csr writes the CSR again from the key in the token, with the owner as now configured; ca init points to it', async (t) => {
+  const s = stationConfig();
+  const first = await caInit(s.config);
+  const again = await t.throwsAsync(caInit(s.config), { instanceOf: LineSignerError });
+  t.regex(again!.message, /run `line-signer ca csr`/);
+  const fixed = loadConfig(variant(s.configPath, 'fixed.toml', (x) => x.replace(/owner = .*\n/, 'owner = "fio-corrected"\n')));
+  const csr = await caCsr(fixed);
+  const text = openssl(['req', '-noout', '-text', '-verify'], csr).toString();
+  t.regex(text, new RegExp(`Subject: CN = fio-corrected, OU = ${FACTORY}`));
+  t.regex(text, /CA:TRUE, pathlen:0/);
+  const pub = (pem: string): string => openssl(['req', '-noout', '-pubkey'], pem).toString();
+  t.is(pub(csr), pub(first));
+  // And the new CSR, signed, imports.
+  const p = testPki();
+  t.notThrows(() => caImport(fixed, signCaCsrWithOpenssl(csr, s.dir, { key: p.rootKey, pem: p.rootPem })));
+
+  const fresh = stationConfig();
+  const none = await t.throwsAsync(caCsr(fresh.config), { instanceOf: LineSignerError });
+  t.regex(none!.message, /has no key .*run `line-signer ca init`/);
+});
+
+test('ca import refuses to replace an installed local-ca without --replace, and records the replacement', async (t) => {
+  const p = testPki();
+  const s = stationConfig();
+  const csr = await caInit(s.config);
+  const root = { key: p.rootKey, pem: p.rootPem };
+  const first = signCaCsrWithOpenssl(csr, s.dir, root);
+  const second = signCaCsrWithOpenssl(csr, s.dir, root);
+  caImport(s.config, first);
+  t.notThrows(() => caImport(s.config, first), 'the same certificate again is no replacement');
+  const err = t.throws(() => caImport(s.config, second), { instanceOf: LineSignerError });
+  t.regex(err!.message, /a local-ca is installed already at .*local-ca\.pem .*Give --replace/);
+  t.is(readFileSync(s.config.ca.certificate, 'utf8'), readFileSync(first, 'utf8').replace(/\r?\n?$/, '\n'));
+  const cliRefusal = cli(['ca', 'import', second, '--config', s.configPath]);
+  t.is(cliRefusal.status, 1);
+  t.regex(cliRefusal.stderr, /^ERROR CA a local-ca is installed already/);
+  const replaced = cli(['ca', 'import', second, '--replace', '--config', s.configPath]);
+  t.is(replaced.status, 0, replaced.stderr);
+  const firstSha = openssl(['x509', '-noout', '-fingerprint', '-sha256', '-in', first]).toString().split('=')[1]!.trim().replace(/:/g, '').toLowerCase();
+  const db = new Database(s.config.station.ledger, { readonly: true });
+  t.teardown(() => db.close());
+  const messages = db.prepare<[], { message: string }>("SELECT message FROM events WHERE kind = 'ca_import' ORDER BY seq").all().map((r) => r.message);
+  t.is(messages.length, 3);
+  t.regex(messages[2]!, new RegExp(`replaces local-ca ${firstSha}`));
+});
+
+test('ca import warns when the local-ca outlives its root', async (t) => {
+  const s = stationConfig();
+  const csr = await caInit(s.config);
+  const key = join(s.dir, 'short-root.key');
+  const pem = join(s.dir, 'short-root.pem');
+  openssl([
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', pem,
+    '-days', '30', '-subj', `/CN=Short-CA/OU=${FACTORY}`, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  const cfg = loadConfig(variant(s.configPath, 'short.toml', (x) => x.replace(/^root = .*$/m, `root = "${pem}"`)));
+  const sign = (days: number): string => {
+    const csrPath = join(s.dir, `short-${days}.csr`);
+    const ext = join(s.dir, 'short.ext');
+    const out = join(s.dir, `short-${days}.pem`);
+    writeFileSync(csrPath, csr);
+    writeFileSync(ext, 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n');
+    openssl(['x509', '-req', '-in', csrPath, '-CA', pem, '-CAkey', key, '-set_serial', `0x${randomUUID().replace(/-/g, '')}`, '-days', String(days), '-extfile', ext, '-out', out]);
+    return out;
+  };
+  const inside: string[] = [];
+  caImport(cfg, sign(10), { warn: (m) => inside.push(m) });
+  t.deepEqual(inside, []);
+  const warnings: string[] = [];
+  caImport(cfg, sign(365), { replace: true, warn: (m) => warnings.push(m) });
+  t.is(warnings.length, 1);
+  t.regex(warnings[0]!, /the local-ca is valid to .* after its factory root \(valid to .*\); devices will stop chaining when the root expires/);
+});
+
+test('ca init-token makes a token in-process: the user PIN works, and a second one with the label is refused', (t) => {
+  const s = stationConfig();
+  const cfg = loadConfig(variant(s.configPath, 'newtoken.toml', (x) => x.replace(/token_label = .*\n/, `token_label = "fresh-${process.pid}"\n`)));
+  const made = caInitToken(cfg);
+  t.true(made.generated);
+  t.regex(made.soPin, /^[0-9a-f]{16}$/);
+  const token = openToken(cfg); // logs in with the config's PIN
+  t.teardown(() => token.close());
+  t.truthy(token.generateKey('k'));
+  const again = t.throws(() => caInitToken(cfg), { instanceOf: LineSignerError });
+  t.regex(again!.message, /a token labelled "fresh-\d+" exists already/);
+  // An SO PIN file must be private, as the PIN file is.
+  const soPin = join(s.dir, 'so-pin');
+  writeFileSync(soPin, '1234567890', { mode: 0o644 });
+  const cfg2 = loadConfig(variant(s.configPath, 'newtoken2.toml', (x) => x.replace(/token_label = .*\n/, `token_label = "fresh2-${process.pid}"\n`)));
+  t.throws(() => caInitToken(cfg2, soPin), { message: /--so-pin-file: .* is readable by group or others/ });
+  chmodSync(soPin, 0o600);
+  t.deepEqual(caInitToken(cfg2, soPin), { soPin: '1234567890', generated: false });
+});
+
+test('ca demo puts no PIN on any command line', (t) => {
+  const s = stationConfig();
+  const dev = join(s.dir, 'demo');
+  mkdirSync(join(dev, 'station-config'), { recursive: true });
+  copyFileSync(new URL('../../station-config/station.toml', import.meta.url), join(dev, 'station-config', 'station.toml'));
+  // A softhsm2-util in front of the real one that writes down how it was called.
+  const shims = join(dev, 'shims');
+  mkdirSync(shims);
+  const calls = join(dev, 'calls.log');
+  writeFileSync(join(shims, 'softhsm2-util'), `#!/bin/sh\necho "$@" >> ${calls}\nexec /usr/bin/softhsm2-util "$@"\n`, { mode: 0o755 });
+  const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${shims}:${process.env.PATH}` };
+  delete env.SOFTHSM2_CONF; // the demo's own token folder
+  const r = spawnSync(process.execPath, [BIN, 'ca', 'demo', '--config', join(dev, 'station-config', 'station.toml')], { env, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /created SoftHSM2 token "line-signer"/);
+  const pin = readFileSync(join(dev, '.station-dev', 'pin'), 'utf8').trim();
+  t.false(existsSync(calls) && readFileSync(calls, 'utf8').includes(pin), 'the PIN went to softhsm2-util on its command line');
+  t.false(r.stdout.includes(pin) || r.stderr.includes(pin));
+  // The token it made takes that PIN.
+  const show = spawnSync(process.execPath, [BIN, 'ca', 'show', '--check-pin', '--config', join(dev, 'station-config', 'station.toml')], { env, encoding: 'utf8' });
+  t.is(show.status, 0, show.stdout + show.stderr);
 });

@@ -5,12 +5,12 @@
 import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { configPath, loadConfig, type StationConfig } from '../config/index.js';
-import { LineSignerError } from '../errors.js';
+import { EXIT_TOKEN_PIN, LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
 import { LedgerLock } from '../ledger/index.js';
 import { callOwner } from '../operator/control.js';
 import type { SignResult } from '../station/index.js';
-import { caDemo, caImport, caInit, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
+import { caCsr, caDemo, caImport, caInit, caInitToken, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
 import { printJson } from './output.js';
 import { allowReissueCommand, backupCommand, revokeCommand } from './operator-commands.js';
 
@@ -35,25 +35,52 @@ function readInput(path: string): Uint8Array {
 export function caCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
   return y
     .command(
+      'init-token',
+      'make the token (SoftHSM2, or any module with a free slot) with the user PIN from the config; no PIN on a command line',
+      (a) => a.option('so-pin-file', { type: 'string', describe: 'read the SO PIN from this private file (default: a random one, printed once)' }),
+      (args) => {
+        const cfg = config(args);
+        const r = caInitToken(cfg, args['so-pin-file']);
+        process.stdout.write(`token "${cfg.token.token_label}" made in ${cfg.token.module}; its user PIN is the one from the config\n`);
+        if (r.generated) {
+          process.stdout.write(`SO PIN (resets the user PIN; shown this once, keep it offline): ${r.soPin}\n`);
+        }
+        process.stdout.write('next: line-signer ca init --csr-out FILE\n');
+      },
+    )
+    .command(
       'init',
       'make the local-ca key inside the token and write its CSR',
       (a) => a.option('csr-out', { type: 'string', describe: 'write the CSR here (default: stdout)' }),
       async (args) => {
         const pem = await caInit(config(args));
-        if (args['csr-out']) {
-          writeFileAtomic(args['csr-out'], pem);
-          process.stderr.write(`local-ca key made in the token; CSR written to ${args['csr-out']}\n`);
-        } else process.stdout.write(pem);
+        writeCsr(pem, args['csr-out'], 'local-ca key made in the token');
+      },
+    )
+    .command(
+      'csr',
+      "write the local-ca CSR again from the key in the token, with the config's current owner and factory",
+      (a) => a.option('csr-out', { type: 'string', describe: 'write the CSR here (default: stdout)' }),
+      async (args) => {
+        const pem = await caCsr(config(args));
+        writeCsr(pem, args['csr-out'], 'CSR made again from the local-ca key in the token');
       },
     )
     .command(
       'import <file>',
       'check a signed local-ca certificate against the profile and install it',
-      (a) => a.positional('file', { type: 'string', demandOption: true }),
+      (a) =>
+        a
+          .positional('file', { type: 'string', demandOption: true })
+          .option('replace', { type: 'boolean', default: false, describe: 'replace an installed local-ca (recorded in the ledger)' }),
       (args) => {
         const cfg = config(args);
-        const cert = caImport(cfg, args.file);
+        const cert = caImport(cfg, args.file, {
+          replace: args.replace,
+          warn: (m) => process.stderr.write(`WARNING ${m}\n`),
+        });
         process.stdout.write(`installed local-ca ${cert.subject.replace(/\n/g, ', ')} (valid to ${cert.validTo}) at ${cfg.ca.certificate}\n`);
+        process.stdout.write('next: line-signer ca show, then start the service (systemctl enable --now line-signer)\n');
       },
     )
     .command(
@@ -72,31 +99,54 @@ export function caCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
     )
     .command(
       'show',
-      'show the local-ca and whether the token and key are present',
-      (a) => a.option('json', { type: 'boolean', default: false }),
+      'show the local-ca and whether the token, the PIN and the keys are there and match; exits 1 (77 for the PIN alone) when not',
+      (a) =>
+        a
+          .option('json', { type: 'boolean', default: false })
+          .option('check-pin', { type: 'boolean', default: false, describe: 'log in once to tell an accepted PIN from a refused one (a wrong PIN spends a try)' }),
       (args) => {
-        const s = caShow(config(args));
-        if (args.json) return printJson(s);
-        const lines = [
-          `config:     ${s.config}`,
-          `token:      "${s.token.label}" ${s.token.found ? 'found' : `NOT FOUND${s.token.error ? ` (${s.token.error})` : ''}`}`,
-          `key:        "${s.token.key_label}" ${s.token.key_found ? 'found' : 'NOT FOUND'}`,
-          `station key: "${s.station_key.label}" ${s.station_key.key_found ? 'found' : 'NOT FOUND'}; certificate sha256 ${s.station_key.sha256 ?? '(none: run station-key init)'}`,
-        ];
-        if ('error' in s.local_ca) lines.push(`local-ca:   ${s.local_ca.error}`);
-        else {
-          lines.push(
-            `local-ca:   ${s.local_ca.subject}`,
-            `issuer:     ${s.local_ca.issuer}`,
-            `sha256:     ${s.local_ca.sha256}`,
-            `valid:      ${s.local_ca.not_before} to ${s.local_ca.not_after}`,
-            `token key:  ${s.local_ca.matches_token_key === null ? 'unknown' : s.local_ca.matches_token_key ? 'matches' : 'DOES NOT MATCH'}`,
-          );
+        const s = caShow(config(args), { checkPin: args['check-pin'] });
+        if (args.json) printJson(s);
+        else process.stdout.write(showText(s));
+        if (!s.ready) {
+          const pinOnly = s.problems.every((p) => p.startsWith('PIN '));
+          process.exitCode = pinOnly ? EXIT_TOKEN_PIN : 1;
         }
-        process.stdout.write(lines.join('\n') + '\n');
       },
     )
-    .demandCommand(1, 'ca needs a command: init, import, demo or show');
+    .demandCommand(1, 'ca needs a command: init-token, init, csr, import, demo or show');
+}
+
+function writeCsr(pem: string, out: string | undefined, what: string): void {
+  if (out) {
+    writeFileAtomic(out, pem);
+    process.stderr.write(`${what}; CSR written to ${out}\nnext: the factory root's holder signs it (fioctl keys ca sign, or the OpenSSL recipe in the README), then line-signer ca import FILE\n`);
+  } else process.stdout.write(pem);
+}
+
+function showText(s: ReturnType<typeof caShow>): string {
+  const pin =
+    s.pin.state === 'not tried' ? `from ${s.pin.source}, ${s.pin.error ?? 'not tried (--check-pin logs in once)'}` : `${s.pin.state.toUpperCase()}${s.pin.error ? ` (${s.pin.error})` : ''}`;
+  const lines = [
+    `config:      ${s.config}`,
+    `token:       "${s.token.label}" ${s.token.found ? 'found' : `NOT FOUND${s.token.error ? ` (${s.token.error})` : ''}`}`,
+    `PIN:         ${s.pin.state === 'accepted' ? `accepted (from ${s.pin.source})` : pin}`,
+    `key:         "${s.token.key_label}" ${s.token.found ? (s.token.key_found ? 'found' : 'MISSING') : 'unknown (no token)'}`,
+    `station key: "${s.station_key.label}" ${s.token.found ? (s.station_key.key_found ? 'found' : 'MISSING') : 'unknown (no token)'}; certificate sha256 ${s.station_key.sha256 ?? '(none: run station-key init)'}`,
+  ];
+  if ('error' in s.local_ca) lines.push(`local-ca:    MISSING (${s.local_ca.error})`);
+  else {
+    lines.push(
+      `local-ca:    ${s.local_ca.subject}`,
+      `issuer:      ${s.local_ca.issuer}`,
+      `sha256:      ${s.local_ca.sha256}`,
+      `valid:       ${s.local_ca.not_before} to ${s.local_ca.not_after}`,
+      `token key:   ${s.local_ca.matches_token_key === null ? 'unknown' : s.local_ca.matches_token_key ? 'matches' : 'DOES NOT MATCH'}`,
+    );
+  }
+  lines.push(s.ready ? 'ready:       yes' : `ready:       NO`);
+  for (const p of s.problems) lines.push(`  problem: ${p}`);
+  return lines.join('\n') + '\n';
 }
 
 export async function signCommand(args: GlobalArgs & { csr: string; out?: string | undefined }): Promise<void> {

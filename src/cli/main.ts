@@ -2,6 +2,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { caCommands, ledgerCommands, signCommand, statusCommand, type GlobalArgs } from './commands.js';
 import { fail } from './output.js';
+import { actAsStationUser, STATION_COMMANDS } from './privileges.js';
 import { jigCommand, serveCommand } from './serve.js';
 import { exportCommand, syncCommand, verifyExportCommand } from './export-commands.js';
 import { stationKeyCommands } from './commands.js';
@@ -14,7 +15,10 @@ const cli = yargs(hideBin(process.argv))
     global: true,
     describe: 'station config (default: $LINE_SIGNER_CONFIG, else station-config/station.toml)',
   })
-  .command('ca', 'the local-ca: init, import, demo, show', (y) => caCommands(y as never))
+  .middleware((argv) => {
+    if (STATION_COMMANDS.has(String(argv._[0]))) actAsStationUser(argv.config, (line) => process.stderr.write(`${line}\n`));
+  })
+  .command('ca', 'the local-ca: init-token, init, csr, import, demo, show', (y) => caCommands(y as never))
   .command(
     'sign <csr>',
     'sign one device CSR (PEM or DER; - for stdin) and print the chain',

@@ -123,7 +123,18 @@ export function loadConfig(path: string): StationConfig {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new LineSignerError('CONFIG', `cannot read config ${path}: ${(err as Error).message}`);
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    const env = process.env.LINE_SIGNER_CONFIG;
+    const from =
+      env !== undefined && resolve(env) === resolve(path)
+        ? 'the path in LINE_SIGNER_CONFIG'
+        : resolve(path) === resolve(DEFAULT_CONFIG_PATH)
+          ? `the default, relative to the current folder ${process.cwd()}`
+          : 'the path given';
+    throw new LineSignerError(
+      'CONFIG',
+      `cannot read config ${path} (${code}; ${from}); choose the station's config with --config PATH or LINE_SIGNER_CONFIG=PATH (an installed station's is /etc/line-signer/station.toml)`,
+    );
   }
   return parseConfig(text, path);
 }

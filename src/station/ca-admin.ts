@@ -3,11 +3,12 @@
  * certificate the factory root's holder signed, show what is installed,
  * and (development only) make a whole throwaway PKI.
  */
-import { execFileSync } from 'node:child_process';
 import { createPrivateKey, randomBytes, X509Certificate } from 'node:crypto';
+import { userInfo } from 'node:os';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { readPin, type StationConfig } from '../config/index.js';
+import { readPrivateFile } from '../files.js';
 import { LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
 import { SqliteLedger } from '../ledger/index.js';
@@ -22,16 +23,71 @@ import {
   signCaCsrWithRoot,
   makeSelfSignedCertificate,
 } from '../x509/index.js';
-import type { Pkcs11Token } from '../token/index.js';
+import { Pkcs11Token } from '../token/index.js';
 import { openToken, readCertificateFile } from './open.js';
+
+/**
+ * The token for an admin command, logged in. "No token" gets the next step
+ * added: making one is `ca init-token` (SoftHSM2) or the HSM vendor's tool.
+ */
+function openAdminToken(config: StationConfig): Pkcs11Token {
+  try {
+    return openToken(config);
+  } catch (err) {
+    if (err instanceof LineSignerError && /^no token labelled/.test(err.message)) {
+      throw new LineSignerError(
+        err.code,
+        `${err.message}; make it with \`line-signer ca init-token\` (SoftHSM2) or the HSM vendor's tool, or fix token.token_label in ${config.path}`,
+      );
+    }
+    throw err;
+  }
+}
+
+/** `ca init-token`: a new token on a free slot, its user PIN from the config's PIN source. Returns the SO PIN used. */
+export function caInitToken(config: StationConfig, soPinFile?: string): { soPin: string; generated: boolean } {
+  const pin = readPin(config.token);
+  const generated = soPinFile === undefined;
+  const soPin = generated ? randomBytes(8).toString('hex') : readPrivateFile(soPinFile, '--so-pin-file', 'TOKEN_PIN').replace(/\r?\n$/, '');
+  if (soPin === '') throw new LineSignerError('TOKEN_PIN', `--so-pin-file: ${soPinFile} is empty`);
+  Pkcs11Token.initToken({
+    module: config.token.module,
+    tokenLabel: config.token.token_label,
+    pin,
+    soPin,
+    softhsm2Conf: config.token.softhsm2_conf,
+  });
+  return { soPin, generated };
+}
 
 /** `ca init`: the local-ca key, made inside the token, and its CSR (PEM); the station key too when missing. */
 export async function caInit(config: StationConfig): Promise<string> {
-  const token = openToken(config);
+  const token = openAdminToken(config);
   try {
+    if (token.findKey(config.token.key_label)) {
+      throw new LineSignerError(
+        'CA',
+        `the token already holds a key labelled "${config.token.key_label}"; refusing to make another. ` +
+          'To write its CSR again (lost, or owner/factory corrected in the config), run `line-signer ca csr`',
+      );
+    }
     token.generateKey(config.token.key_label);
     const csr = await makeCaCsr(token.signer(config.token.key_label), config.ca.owner, config.station.factory);
     await ensureStationKey(token, config);
+    return pemEncode(csr, 'CERTIFICATE REQUEST');
+  } finally {
+    token.close();
+  }
+}
+
+/** `ca csr`: the local-ca CSR again, from the key already in the token, with the config's current owner and factory. */
+export async function caCsr(config: StationConfig): Promise<string> {
+  const token = openAdminToken(config);
+  try {
+    if (!token.findKey(config.token.key_label)) {
+      throw new LineSignerError('CA', `the token has no key "${config.token.key_label}"; run \`line-signer ca init\` to make it and its CSR`);
+    }
+    const csr = await makeCaCsr(token.signer(config.token.key_label), config.ca.owner, config.station.factory);
     return pemEncode(csr, 'CERTIFICATE REQUEST');
   } finally {
     token.close();
@@ -63,7 +119,7 @@ async function ensureStationKey(token: Pkcs11Token, config: StationConfig): Prom
 
 /** `station-key init`: the export-signing key for a station whose local-ca exists already. */
 export async function stationKeyInit(config: StationConfig): Promise<{ made: string[]; sha256: string }> {
-  const token = openToken(config);
+  const token = openAdminToken(config);
   try {
     if (token.findKey(config.token.station_key_label) && existsSync(config.ca.station_certificate)) {
       throw new LineSignerError('CA', `the station key "${config.token.station_key_label}" and its certificate exist already`);
@@ -75,38 +131,92 @@ export async function stationKeyInit(config: StationConfig): Promise<{ made: str
   }
 }
 
+export interface ImportOptions {
+  /** Replace an installed local-ca that differs from this one (the replacement is recorded in the ledger). */
+  replace?: boolean;
+  /** Told what is allowed but worth a look (a local-ca that outlives its root). */
+  warn?: (message: string) => void;
+}
+
 /** `ca import`: checks a local-ca certificate against the profile and installs it. */
-export function caImport(config: StationConfig, file: string): X509Certificate {
+export function caImport(config: StationConfig, file: string, opts: ImportOptions = {}): X509Certificate {
   let bytes: Buffer;
   try {
     bytes = readFileSync(file);
   } catch (err) {
-    throw new LineSignerError('CA', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    const as = code === 'EACCES' && process.getuid?.() !== 0 ? ` as ${userInfo().username}; put it where that user can read it` : '';
+    throw new LineSignerError('CA', `cannot read ${file}: ${code}${as}`);
   }
   const der = certificateDer(new Uint8Array(bytes), file);
   const rootDer = readCertificateFile(config.ca.root, 'factory root');
-  const token = openToken(config);
+  const token = openAdminToken(config);
   let checked: X509Certificate;
   try {
     const key = token.findKey(config.token.key_label);
     if (!key) throw new LineSignerError('CA', `the token has no key "${config.token.key_label}"; run \`line-signer ca init\` first`);
     checked = checkLocalCa(der, { tokenSpki: key.spki, rootDer, factory: config.station.factory, now: new Date() });
+  } catch (err) {
+    if (err instanceof LineSignerError && /not a CA certificate|basicConstraints|keyUsage/.test(err.message)) {
+      throw new LineSignerError(
+        'CA',
+        `${err.message}. The signer dropped the CSR's CA extensions: \`openssl x509 -req\` keeps none without -extfile ` +
+          '(the recipe is in README, "Production station"); `fioctl keys ca sign` keeps them. Sign the same CSR again',
+      );
+    }
+    throw err;
   } finally {
     token.close();
   }
+  const installed = installedLocalCa(config.ca.certificate);
+  const sha = sha256Hex(der);
+  if (installed && installed.sha256 !== sha && !opts.replace) {
+    throw new LineSignerError(
+      'CA',
+      `a local-ca is installed already at ${config.ca.certificate} (${installed.subject}, sha256 ${installed.sha256}, valid to ${installed.validTo}); ` +
+        'devices signed under it chain to it. Give --replace to replace it (recorded in the ledger)',
+    );
+  }
+  const root = new X509Certificate(Buffer.from(rootDer));
+  if (Date.parse(checked.validTo) > Date.parse(root.validTo)) {
+    opts.warn?.(
+      `the local-ca is valid to ${checked.validTo}, after its factory root (valid to ${root.validTo}); ` +
+        'devices will stop chaining when the root expires, so plan its renewal before then',
+    );
+  }
   writeFileAtomic(config.ca.certificate, pemEncode(der, 'CERTIFICATE'));
+  const subject = checked.subject.replace(/\n/g, ',');
+  const replaced = installed && installed.sha256 !== sha ? `; replaces local-ca ${installed.sha256} ${installed.subject}` : '';
   const ledger = new SqliteLedger(config.station.ledger, config.station.id);
   try {
-    ledger.appendEvent({ kind: 'ca_import', message: `local-ca ${sha256Hex(der)} ${checked.subject.replace(/\n/g, ',')}` });
+    ledger.appendEvent({ kind: 'ca_import', message: `local-ca ${sha} ${subject}${replaced}` });
   } finally {
     ledger.close();
   }
   return checked;
 }
 
+/** The installed local-ca's identity, or null when there is none (an unreadable file counts as one to replace). */
+function installedLocalCa(path: string): { sha256: string; subject: string; validTo: string } | null {
+  if (!existsSync(path)) return null;
+  try {
+    const der = readCertificateFile(path, 'local-ca certificate');
+    const x = new X509Certificate(Buffer.from(der));
+    return { sha256: sha256Hex(der), subject: x.subject.replace(/\n/g, ','), validTo: x.validTo };
+  } catch {
+    return { sha256: 'unreadable', subject: 'an unreadable file', validTo: 'unknown' };
+  }
+}
+
 export interface CaShow {
   config: string;
-  station_key: { label: string; key_found: boolean; certificate: string; sha256: string | null; public_key_sha256: string | null };
+  /** Everything a serving station needs is there and matches. */
+  ready: boolean;
+  /** What is missing or wrong, each with its next step; empty when ready. */
+  problems: string[];
+  /** `missing`: no PIN to give; `not tried`: present, no login made; `accepted`/`refused`: one login made (--check-pin). */
+  pin: { source: string; state: 'missing' | 'not tried' | 'accepted' | 'refused' | 'locked'; error?: string };
+  station_key: { label: string; key_found: boolean; certificate: string; sha256: string | null; public_key_sha256: string | null; matches_token_key: boolean | null };
   token: { module: string; label: string; found: boolean; key_label: string; key_found: boolean; error?: string };
   local_ca:
     | {
@@ -117,12 +227,26 @@ export interface CaShow {
         not_before: string;
         not_after: string;
         matches_token_key: boolean | null;
+        /** Why the installed local-ca would not be used (another key, another root, expired), or null. */
+        problem: string | null;
       }
     | { path: string; error: string };
 }
 
-/** `ca show`: what is installed, and whether the token and its key are there. */
-export function caShow(config: StationConfig): CaShow {
+function spkiOfCertificate(der: Uint8Array): Uint8Array {
+  return new Uint8Array(new X509Certificate(Buffer.from(der)).publicKey.export({ type: 'spki', format: 'der' }));
+}
+
+const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
+
+/**
+ * `ca show`: what is installed, and whether the token and its keys are there
+ * and match. The keys are found as public objects, without logging in, so
+ * showing spends no PIN try; `checkPin` makes exactly one login to tell an
+ * accepted PIN from a refused one.
+ */
+export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {}): CaShow {
+  const problems: string[] = [];
   const token: CaShow['token'] = {
     module: config.token.module,
     label: config.token.token_label,
@@ -130,40 +254,98 @@ export function caShow(config: StationConfig): CaShow {
     key_label: config.token.key_label,
     key_found: false,
   };
-  let tokenSpki: Uint8Array | null = null;
+  const pin: CaShow['pin'] = {
+    source: config.token.pin_file !== undefined ? `file ${config.token.pin_file}` : `environment variable ${config.token.pin_env}`,
+    state: 'not tried',
+  };
+  let pinValue: string | null = null;
+  try {
+    pinValue = readPin(config.token);
+  } catch (err) {
+    pin.state = 'missing';
+    pin.error = (err as Error).message;
+    problems.push(`PIN missing: ${pin.error}`);
+  }
   const stationKey: CaShow['station_key'] = {
     label: config.token.station_key_label,
     key_found: false,
     certificate: config.ca.station_certificate,
     sha256: null,
     public_key_sha256: null,
+    matches_token_key: null,
   };
+  let stationCertSpki: Uint8Array | null = null;
+  let stationCertProblem: string | null = null;
   try {
     const der = readCertificateFile(config.ca.station_certificate, 'station key certificate');
     stationKey.sha256 = sha256Hex(der);
-    stationKey.public_key_sha256 = sha256Hex(new Uint8Array(new X509Certificate(Buffer.from(der)).publicKey.export({ type: 'spki', format: 'der' })));
-  } catch {
-    /* not made yet */
+    stationCertSpki = spkiOfCertificate(der);
+    stationKey.public_key_sha256 = sha256Hex(stationCertSpki);
+  } catch (err) {
+    stationCertProblem = `station key certificate: ${(err as Error).message}; run \`line-signer station-key init\``;
   }
+  let tokenSpki: Uint8Array | null = null;
   try {
-    const t = openToken(config);
+    const t = Pkcs11Token.openPublic({ module: config.token.module, tokenLabel: config.token.token_label, softhsm2Conf: config.token.softhsm2_conf });
     token.found = true;
     try {
-      const key = t.findKey(config.token.key_label);
-      token.key_found = key !== null;
-      tokenSpki = key?.spki ?? null;
-      stationKey.key_found = t.findKey(config.token.station_key_label) !== null;
+      tokenSpki = t.findPublicKey(config.token.key_label);
+      token.key_found = tokenSpki !== null;
+      const stationSpki = t.findPublicKey(config.token.station_key_label);
+      stationKey.key_found = stationSpki !== null;
+      if (stationSpki && stationCertSpki) stationKey.matches_token_key = sameBytes(stationSpki, stationCertSpki);
+      const flags = t.pinState();
+      if (flags.locked) {
+        pin.state = 'locked';
+        problems.push('PIN locked: the token refuses every login until its SO unlocks the user PIN');
+      } else if (opts.checkPin && pinValue !== null && flags.finalTry) {
+        // One more wrong PIN locks the token: a check is not worth that.
+        pin.error = 'not tried: the token says the next wrong PIN locks it; make sure of the PIN first';
+      } else if (opts.checkPin && pinValue !== null) {
+        try {
+          t.login(pinValue);
+          pin.state = 'accepted';
+          for (const label of [config.token.key_label, config.token.station_key_label]) {
+            if (t.findPublicKey(label) && !t.hasPrivateKey(label)) problems.push(`key "${label}": the token has its public half only`);
+          }
+        } catch (err) {
+          if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_PIN') throw err;
+          pin.state = 'refused';
+          pin.error = err.message;
+          problems.push(`PIN refused: ${err.message}; put the right PIN in the ${pin.source}`);
+        }
+      }
     } finally {
       t.close();
     }
   } catch (err) {
     token.error = (err as Error).message;
+    // SoftHSM2 makes a token's folder 0700 for whoever made it: root's token is invisible to the service user.
+    const rootsToken =
+      /softhsm/i.test(config.token.module) && process.getuid?.() !== 0
+        ? `; a SoftHSM2 token made by root is invisible to ${userInfo().username}: chown -R ${userInfo().username} its folder in the token directory`
+        : '';
+    problems.push(
+      `token not found: ${token.error}; make it with \`line-signer ca init-token\` (SoftHSM2) or the HSM vendor's tool, or fix [token] in ${config.path}${rootsToken}`,
+    );
   }
+  if (token.found && !token.key_found) problems.push(`key "${config.token.key_label}" not in the token; run \`line-signer ca init\``);
+  if (token.found && !stationKey.key_found) problems.push(`station key "${config.token.station_key_label}" not in the token; run \`line-signer station-key init\``);
+  if (stationCertProblem) problems.push(stationCertProblem);
+  if (stationKey.matches_token_key === false) problems.push(`station key certificate ${config.ca.station_certificate} is not for the token's station key`);
   let localCa: CaShow['local_ca'];
   try {
     const der = readCertificateFile(config.ca.certificate, 'local-ca certificate');
     const x = new X509Certificate(Buffer.from(der));
-    const spki = new Uint8Array(x.publicKey.export({ type: 'spki', format: 'der' }));
+    let problem: string | null = null;
+    if (tokenSpki) {
+      try {
+        checkLocalCa(der, { tokenSpki, rootDer: readCertificateFile(config.ca.root, 'factory root'), factory: config.station.factory, now: new Date() });
+      } catch (err) {
+        problem = (err as Error).message;
+        problems.push(`local-ca: ${problem}`);
+      }
+    }
     localCa = {
       path: config.ca.certificate,
       subject: x.subject.replace(/\n/g, ', '),
@@ -171,12 +353,14 @@ export function caShow(config: StationConfig): CaShow {
       sha256: sha256Hex(der),
       not_before: new Date(x.validFrom).toISOString(),
       not_after: new Date(x.validTo).toISOString(),
-      matches_token_key: tokenSpki ? Buffer.compare(Buffer.from(spki), Buffer.from(tokenSpki)) === 0 : null,
+      matches_token_key: tokenSpki ? sameBytes(spkiOfCertificate(der), tokenSpki) : null,
+      problem,
     };
   } catch (err) {
     localCa = { path: config.ca.certificate, error: (err as Error).message };
+    problems.push(`local-ca missing: ${localCa.error}`);
   }
-  return { config: config.path, station_key: stationKey, token, local_ca: localCa };
+  return { config: config.path, ready: problems.length === 0, problems, pin, station_key: stationKey, token, local_ca: localCa };
 }
 
 // ---- development: `ca demo` ---------------------------------------------
@@ -211,16 +395,17 @@ export async function caDemo(config: StationConfig): Promise<DemoReport> {
     created.push(`PIN file ${config.token.pin_file}`);
   }
   const pin = readPin(config.token);
-  const env = { ...process.env, SOFTHSM2_CONF: conf };
-  const slots = execFileSync('softhsm2-util', ['--show-slots'], { env, encoding: 'utf8' });
-  const hasToken = slots.split('\n').some((l) => l.replace(/\s+/g, ' ').trim() === `Label: ${config.token.token_label}`);
+  const devToken = { module: config.token.module, tokenLabel: config.token.token_label, softhsm2Conf: conf };
+  let hasToken = true;
+  try {
+    Pkcs11Token.openPublic(devToken).close();
+  } catch (err) {
+    if (!(err instanceof LineSignerError && /^no token labelled/.test(err.message))) throw err;
+    hasToken = false;
+  }
   if (!hasToken) {
-    const soPin = randomBytes(8).toString('hex');
-    execFileSync(
-      'softhsm2-util',
-      ['--init-token', '--free', '--label', config.token.token_label, '--so-pin', soPin, '--pin', pin],
-      { env, stdio: 'ignore' },
-    );
+    // The SO PIN is not kept: a development token is made again, not unlocked.
+    Pkcs11Token.initToken({ ...devToken, pin, soPin: randomBytes(8).toString('hex') });
     created.push(`SoftHSM2 token "${config.token.token_label}"`);
   }
 

@@ -114,6 +114,125 @@ export class Pkcs11Token {
     return token;
   }
 
+  /**
+   * Initialises a token on a free slot, in this process, so that no PIN is
+   * ever on a command line: C_InitToken with the SO PIN, then C_Login as SO
+   * and C_InitPIN with the user PIN. Refuses when a token with this label
+   * exists already. The files SoftHSM2 writes belong to whoever runs this.
+   */
+  static initToken(opts: TokenOptions & { soPin: string }): void {
+    if (opts.softhsm2Conf !== undefined && process.env.SOFTHSM2_CONF === undefined) {
+      process.env.SOFTHSM2_CONF = opts.softhsm2Conf;
+    }
+    const p11 = loadModule(opts.module);
+    let free: Handle | undefined;
+    let slots: Handle[];
+    try {
+      slots = p11.C_GetSlotList(true);
+    } catch (err) {
+      throw tokenError('C_GetSlotList', err);
+    }
+    for (const slot of slots) {
+      const info = p11.C_GetTokenInfo(slot);
+      if ((info.flags & pkcs11js.CKF_TOKEN_INITIALIZED) === 0) free ??= slot;
+      else if (info.label.trim() === opts.tokenLabel) {
+        throw new LineSignerError('CA', `a token labelled "${opts.tokenLabel}" exists already in ${opts.module}; refusing to make another`);
+      }
+    }
+    if (free === undefined) {
+      throw new LineSignerError('TOKEN_UNAVAILABLE', `${opts.module} has no free slot to initialise a token in`);
+    }
+    try {
+      p11.C_InitToken(free, opts.soPin, opts.tokenLabel.padEnd(32, ' '));
+    } catch (err) {
+      throw tokenError('C_InitToken', err);
+    }
+    // SoftHSM2 moves a new token to a slot of its own: find it by its label.
+    const token = new Pkcs11Token(opts);
+    let session: Handle;
+    try {
+      session = p11.C_OpenSession(token.findSlot(), pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    } catch (err) {
+      throw err instanceof LineSignerError ? err : tokenError('C_OpenSession', err);
+    }
+    try {
+      p11.C_Login(session, pkcs11js.CKU_SO, opts.soPin);
+      p11.C_InitPIN(session, opts.pin);
+      p11.C_Logout(session);
+    } catch (err) {
+      throw tokenError('C_InitPIN', err);
+    } finally {
+      try {
+        p11.C_CloseSession(session);
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
+  /**
+   * Opens a read-only session without logging in: the public objects (the
+   * public keys) are visible, the private ones are not, and no PIN try is
+   * spent. `login()` may follow.
+   */
+  static openPublic(opts: Omit<TokenOptions, 'pin'>): Pkcs11Token {
+    if (opts.softhsm2Conf !== undefined && process.env.SOFTHSM2_CONF === undefined) {
+      process.env.SOFTHSM2_CONF = opts.softhsm2Conf;
+    }
+    const token = new Pkcs11Token({ ...opts, pin: '' });
+    try {
+      token.session = token.p11.C_OpenSession(token.findSlot(), pkcs11js.CKF_SERIAL_SESSION);
+    } catch (err) {
+      throw err instanceof LineSignerError ? err : tokenError('C_OpenSession', err);
+    }
+    return token;
+  }
+
+  /** The token's flags that tell about its PIN, read without logging in. */
+  pinState(): { locked: boolean; finalTry: boolean } {
+    const flags = this.p11.C_GetTokenInfo(this.findSlot()).flags;
+    return {
+      locked: (flags & pkcs11js.CKF_USER_PIN_LOCKED) !== 0,
+      finalTry: (flags & pkcs11js.CKF_USER_PIN_FINAL_TRY) !== 0,
+    };
+  }
+
+  /** Logs the open session in with `pin`: one PIN try. TOKEN_PIN when refused. */
+  login(pin: string): void {
+    try {
+      this.p11.C_Login(this.s, pkcs11js.CKU_USER, pin);
+    } catch (err) {
+      if (ckr(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw tokenError('C_Login', err);
+    }
+  }
+
+  /** The public key labelled `label` (SubjectPublicKeyInfo DER), visible without login; null when absent. */
+  findPublicKey(label: string): Uint8Array | null {
+    let pub: Handle | null;
+    try {
+      pub = this.findObject(pkcs11js.CKO_PUBLIC_KEY, label);
+    } catch (err) {
+      if (err instanceof LineSignerError) throw err;
+      throw tokenError('C_FindObjects', err);
+    }
+    if (!pub) return null;
+    const [params, point] = this.p11.C_GetAttributeValue(this.s, pub, [
+      { type: pkcs11js.CKA_EC_PARAMS },
+      { type: pkcs11js.CKA_EC_POINT },
+    ]);
+    return spkiFromEcPoint(point!.value as Buffer, params!.value as Buffer);
+  }
+
+  /** Whether the private key labelled `label` is there; needs a logged-in session. */
+  hasPrivateKey(label: string): boolean {
+    try {
+      return this.findObject(pkcs11js.CKO_PRIVATE_KEY, label) !== null;
+    } catch (err) {
+      if (err instanceof LineSignerError) throw err;
+      throw tokenError('C_FindObjects', err);
+    }
+  }
+
   private findSlot(): Handle {
     let slots: Handle[];
     try {
