@@ -6,7 +6,7 @@
  */
 import test from 'ava';
 import Database from 'better-sqlite3';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { HttpLink } from '../src/links/http.js';
 import type { StationPort } from '../src/links/types.js';
 import type { Unhealthy } from '../src/station/types.js';
@@ -203,19 +203,48 @@ test('a connection that sends nothing is answered 408 once the headers are 5 s l
   t.true(ms >= 4_500 && ms < 9_000, `closed after ${ms} ms`);
 });
 
-test('past 64 open connections a new one is closed at once; once they go, requests are served again', async (t) => {
+test('64 connections that have not sent a request: a new client still gets in, the oldest of them makes room', async (t) => {
   const { s } = await shared;
   const link = new HttpLink(s.station, { listen: '127.0.0.1:0', sota: s.config.sota });
   await link.start();
   t.teardown(() => link.stop());
-  const held = await Promise.all(Array.from({ length: 64 }, () => openSocket(link.port)));
+  const held: Socket[] = [];
+  for (let i = 0; i < 64; i++) held.push(await openSocket(link.port));
+  t.teardown(() => held.forEach((socket) => socket.destroy()));
+  const closed = held.map((socket) => new Promise<boolean>((resolve) => socket.once('close', () => resolve(true))));
   await new Promise((r) => setTimeout(r, 100)); // the server has accepted them all
-  const over = await rawExchange(link.port, 'POST /sign HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}');
+  await provisions(t, link.port);
+  t.true(await Promise.race([closed[0]!, new Promise<boolean>((r) => setTimeout(() => r(false), 1_000))]), 'the oldest was closed');
+  const stillOpen = await Promise.all(closed.slice(1).map((c) => Promise.race([c, Promise.resolve(false)])));
+  t.deepEqual(stillOpen, Array(63).fill(false), 'the other 63 are still open');
+});
+
+test('64 whole requests being answered: a 65th connection is closed at once, and the 64 are answered', async (t) => {
+  const { s } = await shared;
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  let waiting = 0;
+  const port: StationPort = {
+    handle: async (req) => {
+      waiting++;
+      await gate;
+      return s.station.handle(req);
+    },
+    hello: () => s.station.hello(),
+    rootPem: s.station.rootPem,
+    recordRefusal: (...a) => s.station.recordRefusal(...a),
+    health: () => null,
+  };
+  const link = new HttpLink(port, { listen: '127.0.0.1:0', sota: s.config.sota });
+  await link.start();
+  t.teardown(() => link.stop());
+  const answers = Array.from({ length: 64 }, () => send(link.port, 'POST', '{"csr": "x"}'));
+  await waitFor(() => waiting === 64);
+  const over = await rawExchange(link.port, 'POST /sign HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n{"csr": "x"}');
   t.is(over.answer, '', 'closed without an answer');
   t.true(over.ms < 1_000, `closed after ${over.ms} ms`);
-  for (const socket of held) socket.destroy();
-  await new Promise((r) => setTimeout(r, 100));
-  await provisions(t, link.port);
+  open();
+  for (const res of await Promise.all(answers)) t.is(JSON.parse(res.text).code, 'BAD_CSR');
 });
 
 test('an address that is not on this machine: start() resolves with the link waiting, and stop() ends the retries', async (t) => {

@@ -24,7 +24,7 @@ export const HTTP_LIMITS = {
   maxBody: 64 * 1024,
   /** Request line and headers, bytes (431 TOO_LARGE). */
   maxHeaderBytes: 8 * 1024,
-  /** Open connections; past it a new connection is closed at once. */
+  /** Open connections; past it the oldest one still sending its request is closed, or the new one when none is. */
   maxConnections: 64,
   /** From connecting to the end of the headers (408). */
   headersTimeoutMs: 5_000,
@@ -66,8 +66,10 @@ export class HttpLink implements Link {
   private readonly reporter: LinkReporter;
   private server: Server | null = null;
   private inFlight = new Set<Promise<void>>();
-  /** Sockets whose request the link is answering: the idle timeout spares them. */
-  private readonly answering = new WeakSet<Socket>();
+  /** The request each socket is being answered for: the idle timeout spares these sockets. */
+  private readonly answering = new WeakMap<Socket, IncomingMessage>();
+  /** Open connections, oldest first. */
+  private readonly open = new Set<Socket>();
   private retry: NodeJS.Timeout | null = null;
   private attempt: Promise<void> | null = null;
   private stopping = false;
@@ -144,7 +146,7 @@ export class HttpLink implements Link {
       },
       (req, res) => {
         const socket = req.socket;
-        this.answering.add(socket);
+        this.answering.set(socket, req);
         const work = this.serve(req, res)
           .catch(() => {
             if (!res.headersSent) this.reply(res, 500, { code: 'INTERNAL', message: 'internal error' });
@@ -156,7 +158,7 @@ export class HttpLink implements Link {
         this.inFlight.add(work);
       },
     );
-    server.maxConnections = HTTP_LIMITS.maxConnections;
+    server.on('connection', (socket: Socket) => this.admit(socket));
     server.setTimeout(HTTP_LIMITS.idleTimeoutMs, (socket: Socket) => {
       if (!this.answering.has(socket)) socket.destroy();
     });
@@ -164,20 +166,47 @@ export class HttpLink implements Link {
     return server;
   }
 
+  /**
+   * Holds open connections to the cap. When full, the oldest connection that
+   * has not yet sent a whole request (headers and body) makes room: a slow
+   * client loses to a prompt one. When every connection is a whole request
+   * being answered, the new one is closed at once.
+   */
+  private admit(socket: Socket): void {
+    this.open.add(socket);
+    socket.once('close', () => this.open.delete(socket));
+    if (this.open.size <= HTTP_LIMITS.maxConnections) return;
+    for (const old of this.open) {
+      if (old !== socket && !this.answering.get(old)?.complete) {
+        this.open.delete(old);
+        old.destroy();
+        return;
+      }
+    }
+    this.open.delete(socket);
+    socket.destroy();
+  }
+
   /** What Node's HTTP parser refused before a request existed: too slow, too big, not HTTP. */
   private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy();
+    if (err.code === 'ECONNRESET') return void socket.destroy();
     const [status, code, message]: [number, ProtocolCode, string] =
       err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? [408, 'BAD_FRAME', `the request did not arrive in time (headers ${HTTP_LIMITS.headersTimeoutMs / 1000} s, whole request ${HTTP_LIMITS.requestTimeoutMs / 1000} s)`]
         : err.code === 'HPE_HEADER_OVERFLOW'
           ? [431, 'TOO_LARGE', `headers over ${HTTP_LIMITS.maxHeaderBytes} bytes`]
-          : [400, 'BAD_FRAME', 'not an HTTP/1.1 request'];
-    const text = JSON.stringify({ code, message });
-    socket.end(
-      `HTTP/1.1 ${status} ${status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
-        `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
-    );
+          : err.code === 'HPE_INVALID_EOF_STATE'
+            ? [400, 'BAD_FRAME', 'the request ended before it was complete']
+            : [400, 'BAD_FRAME', 'not an HTTP/1.1 request'];
+    // A client that hung up mid-request reads no answer.
+    if (!socket.writable || err.code === 'HPE_INVALID_EOF_STATE') socket.destroy();
+    else {
+      const text = JSON.stringify({ code, message });
+      socket.end(
+        `HTTP/1.1 ${status} ${status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
+          `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
+      );
+    }
     this.reporter.refused(code, message);
     void this.station.recordRefusal(this.reporter.status.name, code, message).catch(() => undefined);
   }
