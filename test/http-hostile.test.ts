@@ -6,6 +6,7 @@
  */
 import test from 'ava';
 import Database from 'better-sqlite3';
+import { request } from 'node:http';
 import { createServer, type Socket } from 'node:net';
 import { HttpLink } from '../src/links/http.js';
 import type { StationPort } from '../src/links/types.js';
@@ -279,4 +280,20 @@ test('a port held by another program: the link waits, then listens and serves on
   t.is(link.port, port);
   await provisions(t, port);
   t.deepEqual(states, [`waiting address in use (127.0.0.1:${port})`, `listening 127.0.0.1:${port}`]);
+});
+
+test('a chunked body that keeps coming past 64 KiB is answered 413 at once, not when the request times out', async (t) => {
+  const { link } = await shared;
+  const t0 = Date.now();
+  const res = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port: link.port, path: '/sign', method: 'POST', agent: false }, (r) => {
+      let text = '';
+      r.on('data', (d) => (text += d));
+      r.on('end', () => resolve({ status: r.statusCode!, text }));
+    });
+    req.on('error', reject);
+    req.write(`{"csr": "${'A'.repeat(70_000)}`); // chunked, never ended
+  });
+  t.regex(refusal(t, res as Res, 413, 'TOO_LARGE'), /body over 65536 bytes/);
+  t.true(Date.now() - t0 < 3_000, `answered after ${Date.now() - t0} ms`);
 });

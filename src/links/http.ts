@@ -396,18 +396,18 @@ function parseOverrides(value: unknown): Overrides {
   return out;
 }
 
-/** The whole body, or null when it grows past MAX_BODY (the rest is drained). */
+/** The whole body, or null as soon as it grows past MAX_BODY (the rest is drained while the answer goes out). */
 function readBody(req: IncomingMessage): Promise<Buffer | null> {
   return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
+    let parts: Buffer[] = [];
     let size = 0;
-    let over = false;
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
-      if (size > MAX_BODY) over = true;
-      else parts.push(chunk);
+      if (size <= MAX_BODY) return void parts.push(chunk);
+      parts = [];
+      resolve(null);
     });
-    req.on('end', () => resolve(over ? null : Buffer.concat(parts)));
+    req.on('end', () => resolve(size > MAX_BODY ? null : Buffer.concat(parts)));
     req.on('error', reject);
     // A client that stalls is cut off by the server's request timeout; settle then.
     req.on('close', () => {
