@@ -86,36 +86,47 @@ test('200 slowloris connections while four serial links provision: PING p99 unde
     await s.close();
   });
 
-  const attacker = spawn(process.execPath, ['-e', SLOWLORIS, String(http.port), String(FLOOD_S), String(ATTACKERS)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let report = '';
-  attacker.stdout.on('data', (d) => (report += d));
-  const attackOver = new Promise<void>((resolve) => attacker.once('exit', () => resolve()));
-  t.teardown(() => void attacker.kill());
-
-  let flooding = true;
-  void attackOver.then(() => (flooding = false));
+  let provisioningOn = true;
   const provisioning = jigs.slice(1).map(async (jig, l) => {
-    for (let i = 0; flooding; i++) {
+    for (let i = 0; provisioningOn; i++) {
       const r = await jig.request('SIGN', `s${l}-${i}`, Buffer.from(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der), 30_000);
       if (r.type !== 'CERT') throw new Error(`${r.code} ${r.message}`);
     }
   });
+  /** PING round trips on the fifth link, one every 20 ms, until `until` says stop; sorted. */
+  const pings = async (until: () => boolean): Promise<number[]> => {
+    const rtts: number[] = [];
+    for (let i = 0; !until() && i < 1_000; i++) {
+      const t0 = performance.now();
+      const r = await jigs[0]!.request('PING', `p${i}`, null);
+      rtts.push(performance.now() - t0);
+      t.is(r.type, 'PONG');
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    return rtts.sort((a, b) => a - b);
+  };
+  const describe = (rtts: number[]): string =>
+    `${rtts.length} PINGs: p50 ${rtts[rtts.length >> 1]!.toFixed(1)} ms, p99 ${rtts[Math.floor(rtts.length * 0.99)]!.toFixed(1)} ms, worst ${rtts.at(-1)!.toFixed(1)} ms`;
+
+  // The same measure without the flood first: says how loaded the machine itself is.
+  const quietEnd = Date.now() + 5_000;
+  t.log(`provisioning, no flood: ${describe(await pings(() => Date.now() > quietEnd))}`);
+
+  const attacker = spawn(process.execPath, ['-e', SLOWLORIS, String(http.port), String(FLOOD_S), String(ATTACKERS)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let report = '';
+  attacker.stdout.on('data', (d) => (report += d));
+  let flooding = true;
+  const attackOver = new Promise<void>((resolve) => attacker.once('exit', () => resolve())).then(() => (flooding = false));
+  t.teardown(() => void attacker.kill());
   await new Promise((r) => setTimeout(r, 2_000)); // the flood has filled the link's connections
   const during = await send(http.port, 'POST', ptreeJson(deviceFields().fields));
-  const rtts: number[] = [];
-  for (let i = 0; flooding && i < 1_000; i++) {
-    const t0 = performance.now();
-    const r = await jigs[0]!.request('PING', `p${i}`, null);
-    rtts.push(performance.now() - t0);
-    t.is(r.type, 'PONG');
-    await new Promise((res) => setTimeout(res, 20));
-  }
+  const rtts = await pings(() => !flooding);
   await attackOver;
+  provisioningOn = false;
   await Promise.all(provisioning);
 
-  rtts.sort((a, b) => a - b);
   const p99 = rtts[Math.floor(rtts.length * 0.99)]!;
-  t.log(`${rtts.length} PINGs during the flood: p50 ${rtts[rtts.length >> 1]!.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, worst ${rtts.at(-1)!.toFixed(1)} ms`);
+  t.log(`provisioning and the flood: ${describe(rtts)}`);
   t.true(rtts.length >= 200, `${rtts.length} PINGs`);
   t.true(p99 < 20, `PING p99 ${p99.toFixed(1)} ms`);
 
@@ -123,7 +134,6 @@ test('200 slowloris connections while four serial links provision: PING p99 unde
   t.log(`attacker: ${JSON.stringify(seen)}; HTTP link refused ${http.status.refused}`);
   t.true(seen.connections > 3 * ATTACKERS, 'the attacker kept coming back');
   t.true(seen.cutShort > ATTACKERS, 'past the cap, slow connections were closed to make room');
-  t.true(http.status.refused >= seen.timedOut, 'requests that timed out were recorded');
   t.is(during.status, 201, `a prompt client got in during the flood: ${during.text}`);
   t.true(links.slice(1).every((l) => l.status.issued > 3), 'the four links really were provisioning');
 
