@@ -65,7 +65,7 @@ export function parseListen(listen: string): { host: string; port: number } {
 export class HttpLink implements Link {
   private readonly reporter: LinkReporter;
   private server: Server | null = null;
-  private inFlight = new Set<Promise<void>>();
+  private readonly inFlight = new Set<Promise<void>>();
   /** The request each socket is being answered for: the idle timeout spares these sockets. */
   private readonly answering = new WeakMap<Socket, IncomingMessage>();
   /** Open connections, oldest first. */
@@ -322,8 +322,8 @@ function badFrame(message: string): never {
 
 /**
  * The body lmp-device-register sends: a JSON object whose values are
- * strings, plus `overrides` (section → key → TOML literal). JSON.parse
- * makes own properties only (even one named `__proto__`); they are read
+ * strings, plus `overrides` (section → key → TOML literal). Every JSON
+ * object becomes a null-prototype one as it is parsed, and fields are read
  * with Object.entries into Maps, so no name a client picks reaches a prototype.
  */
 function parseSignBody(bytes: Buffer): SignBody {
@@ -335,7 +335,7 @@ function parseSignBody(bytes: Buffer): SignBody {
   }
   let parsed: unknown;
   try {
-    parsed = JSON.parse(text);
+    parsed = JSON.parse(text, (_key, value: unknown) => (isJsonObject(value) ? Object.assign(Object.create(null) as object, value) : value));
   } catch {
     badFrame('the body is not a JSON object');
   }
