@@ -113,15 +113,20 @@ test('override literals: quoted strings, a string of one space, "" to unset, and
   t.is(toml.import!.tls_cacert_path, '/var/sota/root.crt');
 });
 
-test('a hostile hardware-id goes in as a plain string; a hostile override is refused 400: neither adds a section', async (t) => {
+test('a hostile hardware-id goes in as a plain string (or is refused when it holds a line break); a hostile override is refused 400: neither adds a section', async (t) => {
   const { link } = await station;
-  const hostile = 'x"\n[evil]\nowned = "yes';
+  const hostile = 'x" [evil] owned = "yes';
   const { body } = deviceBody({}, { 'hardware-id': hostile });
   const res = await send(link.port, 'POST', body);
   t.is(res.status, 201, res.text);
   const toml = parseToml(JSON.parse(res.text)['sota.toml']) as Record<string, Record<string, unknown>>;
   t.false('evil' in toml);
   t.is(toml.provision!.primary_ecu_hardware_id, hostile);
+  // A line break is a control character: not text a station takes (src/text.ts).
+  const broken = await send(link.port, 'POST', deviceBody({}, { 'hardware-id': 'x"\n[evil]\nowned = "yes' }).body);
+  t.is(broken.status, 400, broken.text);
+  t.is(JSON.parse(broken.text).code, 'BAD_FRAME');
+  t.regex(JSON.parse(broken.text).message, /hardware-id.*control character/);
 
   for (const value of ['"main"\n[evil]\nowned = true', '"main" extra = 1', 'not toml', '"a"\nb = 1']) {
     const bad = await send(link.port, 'POST', deviceBody({ pacman: { tags: value } }).body);

@@ -4,15 +4,41 @@
  * HEAD to the URL first (any status below 500 passes), then one POST of
  * pretty-printed JSON whose values are all strings; 201 with a flat JSON
  * object of strings is success, and each key becomes a file.
+ *
+ * Whatever a client sends, the link holds its ground: a cap on connections,
+ * timeouts on headers, body and idle sockets, a cap on the body, and a
+ * body parser that keeps client names out of every object's prototype and
+ * lets only plain text (src/text.ts) through.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { asLineSignerError, LineSignerError, type ProtocolCode } from '../errors.js';
-import { sotaToml } from './sota-toml.js';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { LineSignerError, type ProtocolCode } from '../errors.js';
+import { quote, textProblem, TEXT_LIMITS } from '../text.js';
+import { checkOverrideName, sotaToml, type Overrides } from './sota-toml.js';
 import { LinkReporter, type Link, type LinkObserver, type StationPort } from './types.js';
 
-export const MAX_BODY = 64 * 1024;
-const REQUEST_TIMEOUT_MS = 10_000;
+/** The link's limits; README "Hostile input" lists them with what a client gets past each. */
+export const HTTP_LIMITS = {
+  /** Request body, bytes (413 TOO_LARGE). */
+  maxBody: 64 * 1024,
+  /** Request line and headers, bytes (431 TOO_LARGE). */
+  maxHeaderBytes: 8 * 1024,
+  /** Open connections; past it the oldest one still sending its request is closed, or the new one when none is. */
+  maxConnections: 64,
+  /** From connecting to the end of the headers (408). */
+  headersTimeoutMs: 5_000,
+  /** From connecting to the end of the body (408). */
+  requestTimeoutMs: 10_000,
+  /** A socket with no traffic and no request being answered is closed. */
+  idleTimeoutMs: 30_000,
+  /** Every answer says `connection: close`; this bounds a client that keeps it open anyway. */
+  keepAliveTimeoutMs: 1_000,
+  /** Retrying a listen address that is not there yet: first wait, doubling up to the last. */
+  listenRetryMs: [500, 10_000],
+} as const;
+
+export const MAX_BODY = HTTP_LIMITS.maxBody;
 
 export interface HttpLinkOptions {
   /** HOST:PORT, [v6]:PORT, or PORT alone for 127.0.0.1. */
@@ -39,7 +65,14 @@ export function parseListen(listen: string): { host: string; port: number } {
 export class HttpLink implements Link {
   private readonly reporter: LinkReporter;
   private server: Server | null = null;
-  private inFlight = new Set<Promise<void>>();
+  private readonly inFlight = new Set<Promise<void>>();
+  /** The request each socket is being answered for: the idle timeout spares these sockets. */
+  private readonly answering = new WeakMap<Socket, IncomingMessage>();
+  /** Open connections, oldest first. */
+  private readonly open = new Set<Socket>();
+  private retry: NodeJS.Timeout | null = null;
+  private attempt: Promise<void> | null = null;
+  private stopping = false;
 
   constructor(
     private readonly station: StationPort,
@@ -58,28 +91,124 @@ export class HttpLink implements Link {
     return (this.server?.address() as AddressInfo | null)?.port ?? 0;
   }
 
+  /**
+   * Listens, or, when the address cannot be had yet (the USB Ethernet
+   * address not up, the port held by another program), reports 'waiting'
+   * and tries again with back-off: a link that cannot start never ends the station.
+   */
   async start(): Promise<void> {
     if (!this.opts.sota) {
       throw new LineSignerError('CONFIG', 'sota: the HTTP link needs a [sota] table (gateway, ostree) for the sota.toml it hands out');
     }
     const { host, port } = parseListen(this.opts.listen);
-    const server = createServer(
-      { requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: 500 },
-      (req, res) => {
-        const work = this.serve(req, res).catch(() => {
-          if (!res.headersSent) this.reply(res, 500, { code: 'INTERNAL', message: 'internal error' });
-        });
-        this.inFlight.add(work);
-        void work.finally(() => this.inFlight.delete(work));
+    this.stopping = false;
+    await this.tryListen(host, port, HTTP_LIMITS.listenRetryMs[0]);
+  }
+
+  private tryListen(host: string, port: number, waitMs: number): Promise<void> {
+    const server = this.makeServer();
+    const attempt = new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    }).then(
+      () => {
+        if (this.stopping) return void server.close();
+        server.on('error', (err) => this.reporter.state('error', err.message));
+        this.server = server;
+        this.reporter.state('listening', `${host}:${this.port}`);
+      },
+      (err: NodeJS.ErrnoException) => {
+        if (this.stopping) return;
+        this.reporter.state('waiting', listenProblem(err, host, port));
+        this.retry = setTimeout(() => {
+          this.retry = null;
+          void this.tryListen(host, port, Math.min(waitMs * 2, HTTP_LIMITS.listenRetryMs[1]));
+        }, waitMs);
       },
     );
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => resolve());
+    this.attempt = attempt;
+    return attempt;
+  }
+
+  private makeServer(): Server {
+    const server = createServer(
+      {
+        requestTimeout: HTTP_LIMITS.requestTimeoutMs,
+        headersTimeout: HTTP_LIMITS.headersTimeoutMs,
+        keepAliveTimeout: HTTP_LIMITS.keepAliveTimeoutMs,
+        maxHeaderSize: HTTP_LIMITS.maxHeaderBytes,
+        connectionsCheckingInterval: 500,
+        // A request without Host still gets the link's own JSON answer.
+        requireHostHeader: false,
+      },
+      (req, res) => {
+        const socket = req.socket;
+        this.answering.set(socket, req);
+        const work = this.serve(req, res)
+          .catch(() => {
+            if (!res.headersSent) this.reply(res, 500, { code: 'INTERNAL', message: 'internal error' });
+          })
+          .finally(() => {
+            this.answering.delete(socket);
+            this.inFlight.delete(work);
+          });
+        this.inFlight.add(work);
+      },
+    );
+    server.on('connection', (socket: Socket) => this.admit(socket));
+    server.setTimeout(HTTP_LIMITS.idleTimeoutMs, (socket: Socket) => {
+      if (!this.answering.has(socket)) socket.destroy();
     });
-    server.on('error', (err) => this.reporter.state('error', err.message));
-    this.server = server;
-    this.reporter.state('listening', `${host}:${this.port}`);
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket));
+    return server;
+  }
+
+  /**
+   * Holds open connections to the cap. When full, the oldest connection that
+   * has not yet sent a whole request (headers and body) makes room: a slow
+   * client loses to a prompt one. When every connection is a whole request
+   * being answered, the new one is closed at once.
+   */
+  private admit(socket: Socket): void {
+    this.open.add(socket);
+    socket.once('close', () => this.open.delete(socket));
+    if (this.open.size <= HTTP_LIMITS.maxConnections) return;
+    for (const old of this.open) {
+      if (old !== socket && !this.answering.get(old)?.complete) {
+        this.open.delete(old);
+        old.destroy();
+        return;
+      }
+    }
+    this.open.delete(socket);
+    socket.destroy();
+  }
+
+  /** What Node's HTTP parser refused before a request existed: too slow, too big, not HTTP. */
+  private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    if (err.code === 'ECONNRESET') return void socket.destroy();
+    const [status, code, message]: [number, ProtocolCode, string] =
+      err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'BAD_FRAME', `the request did not arrive in time (headers ${HTTP_LIMITS.headersTimeoutMs / 1000} s, whole request ${HTTP_LIMITS.requestTimeoutMs / 1000} s)`]
+        : err.code === 'HPE_HEADER_OVERFLOW'
+          ? [431, 'TOO_LARGE', `headers over ${HTTP_LIMITS.maxHeaderBytes} bytes`]
+          : err.code === 'HPE_INVALID_EOF_STATE'
+            ? [400, 'BAD_FRAME', 'the request ended before it was complete']
+            : [400, 'BAD_FRAME', 'not an HTTP/1.1 request'];
+    // A client that hung up mid-request reads no answer.
+    if (!socket.writable || err.code === 'HPE_INVALID_EOF_STATE') socket.destroy();
+    else {
+      const text = JSON.stringify({ code, message });
+      socket.end(
+        `HTTP/1.1 ${status} ${status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
+          `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
+      );
+    }
+    this.reporter.refused(code, message);
+    void this.station.recordRefusal(this.reporter.status.name, code, message).catch(() => undefined);
   }
 
   private reply(res: ServerResponse, status: number, body?: unknown): void {
@@ -88,58 +217,45 @@ export class HttpLink implements Link {
     res.end(text);
   }
 
-  private async refuse(res: ServerResponse, code: ProtocolCode, message: string, record = true): Promise<void> {
+  private async refuse(res: ServerResponse, status: number | undefined, code: ProtocolCode, message: string): Promise<void> {
     this.reporter.refused(code, message);
-    if (record) await this.station.recordRefusal(this.reporter.status.name, code, message);
-    this.reply(res, STATUS[code] ?? 400, { code, message });
+    await this.station.recordRefusal(this.reporter.status.name, code, message);
+    this.reply(res, status ?? STATUS[code] ?? 400, { code, message });
   }
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
-    if (path !== '/sign') return this.reply(res, 404, { code: 'BAD_FRAME', message: 'no such endpoint; POST /sign' });
+    if (path !== '/sign') return this.refuse(res, 404, 'BAD_FRAME', 'no such endpoint; POST /sign');
     // lmp-device-register checks the endpoint with a bare HEAD before it posts.
-    if (req.method === 'HEAD') return this.reply(res, 200);
-    if (req.method !== 'POST') return this.reply(res, 405, { code: 'BAD_FRAME', message: 'POST /sign' });
+    if (req.method === 'HEAD') {
+      const unhealthy = this.station.health();
+      if (unhealthy) return this.reply(res, 503, { code: unhealthy.code, message: unhealthy.message });
+      return this.reply(res, 200);
+    }
+    if (req.method !== 'POST') return this.refuse(res, 405, 'BAD_FRAME', 'POST /sign');
 
+    const tooLarge = `body over ${MAX_BODY} bytes`;
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > MAX_BODY) {
       req.resume();
-      return this.refuse(res, 'TOO_LARGE', `body over ${MAX_BODY} bytes`);
+      return this.refuse(res, undefined, 'TOO_LARGE', tooLarge);
     }
-    const body = await readBody(req);
-    if (body === null) return this.refuse(res, 'TOO_LARGE', `body over ${MAX_BODY} bytes`);
+    const bytes = await readBody(req);
+    if (bytes === null) return this.refuse(res, undefined, 'TOO_LARGE', tooLarge);
 
-    let fields: Record<string, unknown>;
-    try {
-      const parsed = JSON.parse(body.toString('utf8')) as unknown;
-      if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object');
-      fields = parsed as Record<string, unknown>;
-    } catch {
-      return this.refuse(res, 'BAD_FRAME', 'the body is not a JSON object');
-    }
-    const str = (k: string): string | undefined => (typeof fields[k] === 'string' ? (fields[k] as string) : undefined);
-    for (const [k, v] of Object.entries(fields)) {
-      if (k !== 'overrides' && typeof v !== 'string') return this.refuse(res, 'BAD_FRAME', `${k} must be a string`);
-    }
-    if (fields.group !== undefined && fields.group !== '') {
-      return this.refuse(res, 'POLICY_EXTENSION', 'the station does not assign device groups (this link has no authentication)');
-    }
-    const csr = str('csr');
-    if (!csr) return this.refuse(res, 'BAD_CSR', 'csr is missing');
-    const overrides = fields.overrides ?? {};
-    if (!isOverrides(overrides)) return this.refuse(res, 'BAD_FRAME', 'overrides must map sections to objects of strings');
-    const hardwareId = str('hardware-id') ?? '';
-
-    // sota.toml is built before signing, so a hostile override costs no certificate.
+    let body: SignBody;
     let toml: string;
     try {
+      body = parseSignBody(bytes);
+      // sota.toml is built before signing, so a hostile override costs no certificate.
       const sota = this.opts.sota!; // start() refuses to listen without it
-      toml = sotaToml({ ...sota, hardwareId, sotaConfigDir: str('sota-config-dir') || '/var/sota', overrides });
+      toml = sotaToml({ ...sota, hardwareId: body.hardwareId ?? '', sotaConfigDir: body.sotaConfigDir, overrides: body.overrides });
     } catch (err) {
-      return this.refuse(res, 'BAD_FRAME', asLineSignerError(err).message);
+      if (!(err instanceof LineSignerError) || err.code === 'INTERNAL') throw err;
+      return this.refuse(res, undefined, err.code as ProtocolCode, err.message);
     }
 
-    const r = await this.station.handle({ csr: Buffer.from(csr, 'utf8'), link: this.reporter.status.name, hardwareId });
+    const r = await this.station.handle({ csr: Buffer.from(body.csr, 'utf8'), link: this.reporter.status.name, hardwareId: body.hardwareId, name: body.name });
     this.reporter.result(r);
     if (!r.ok) return this.reply(res, STATUS[r.code] ?? 400, { code: r.code, message: r.message });
     this.reply(res, 201, {
@@ -151,36 +267,147 @@ export class HttpLink implements Link {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = null;
+    await this.attempt;
     const server = this.server;
-    if (!server) return;
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    server.closeIdleConnections();
-    await Promise.all([...this.inFlight]);
-    server.closeAllConnections();
-    await closed;
+    this.server = null;
+    if (server) {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      await Promise.all([...this.inFlight]);
+      server.closeAllConnections();
+      await closed;
+    }
     this.reporter.state('stopped');
   }
 }
 
-function isOverrides(v: unknown): v is Record<string, Record<string, string>> {
-  if (!v || typeof v !== 'object' || Array.isArray(v)) return false;
-  return Object.values(v).every(
-    (section) => section && typeof section === 'object' && !Array.isArray(section) && Object.values(section).every((x) => typeof x === 'string'),
-  );
+function listenProblem(err: NodeJS.ErrnoException, host: string, port: number): string {
+  switch (err.code) {
+    case 'EADDRNOTAVAIL':
+      return `address not available (${host})`;
+    case 'EADDRINUSE':
+      return `address in use (${host}:${port})`;
+    case 'EACCES':
+      return `permission denied (${host}:${port})`;
+    default:
+      return `${err.code ?? err.message} (${host}:${port})`;
+  }
 }
 
-/** The whole body, or null when it grows past MAX_BODY (the rest is drained). */
+/** What the link takes from a request body: each field checked, nothing read through inheritance. */
+interface SignBody {
+  csr: string;
+  hardwareId: string | undefined;
+  name: string | undefined;
+  sotaConfigDir: string;
+  overrides: Overrides;
+}
+
+/** Caps for the fields the stock client sends; any other string field gets TEXT_LIMITS.field. */
+const FIELD_LIMITS: ReadonlyMap<string, number> = new Map([
+  ['hardware-id', TEXT_LIMITS.hardwareId],
+  ['name', TEXT_LIMITS.name],
+  ['sota-config-dir', TEXT_LIMITS.sotaConfigDir],
+]);
+
+/** PEM is printable ASCII in lines. */
+const PEM_TEXT = /^[\x20-\x7e\r\n\t]*$/;
+
+function badFrame(message: string): never {
+  throw new LineSignerError('BAD_FRAME', message);
+}
+
+/**
+ * The body lmp-device-register sends: a JSON object whose values are
+ * strings, plus `overrides` (section → key → TOML literal). Every JSON
+ * object becomes a null-prototype one as it is parsed, and fields are read
+ * with Object.entries into Maps, so no name a client picks reaches a prototype.
+ */
+function parseSignBody(bytes: Buffer): SignBody {
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    badFrame('the body is not UTF-8 text');
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text, (_key, value: unknown) => (isJsonObject(value) ? Object.assign(Object.create(null) as object, value) : value));
+  } catch {
+    badFrame('the body is not a JSON object');
+  }
+  if (!isJsonObject(parsed)) badFrame('the body is not a JSON object');
+
+  const fields = new Map<string, string>();
+  let overrides: Overrides = new Map();
+  for (const [key, value] of Object.entries(parsed)) {
+    const keyProblem = textProblem(key, TEXT_LIMITS.field);
+    if (keyProblem) badFrame(`a field name ${keyProblem}: ${quote(key)}`);
+    if (key === 'overrides') {
+      overrides = parseOverrides(value);
+      continue;
+    }
+    if (typeof value !== 'string') badFrame(`${quote(key)} must be a string`);
+    if (key === 'csr') {
+      if (!PEM_TEXT.test(value)) badFrame('"csr" is not PEM text (printable ASCII lines)');
+    } else {
+      const why = textProblem(value, FIELD_LIMITS.get(key) ?? TEXT_LIMITS.field);
+      if (why) badFrame(`${quote(key)} ${why}`);
+    }
+    fields.set(key, value);
+  }
+  const group = fields.get('group');
+  if (group) throw new LineSignerError('POLICY_EXTENSION', 'the station does not assign device groups (this link has no authentication)');
+  const csr = fields.get('csr');
+  if (!csr) throw new LineSignerError('BAD_CSR', 'csr is missing');
+  return {
+    csr,
+    hardwareId: fields.get('hardware-id') || undefined,
+    name: fields.get('name') || undefined,
+    sotaConfigDir: fields.get('sota-config-dir') || '/var/sota',
+    overrides,
+  };
+}
+
+function isJsonObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function parseOverrides(value: unknown): Overrides {
+  const shape = 'overrides must map sections to objects of strings';
+  if (!isJsonObject(value)) badFrame(shape);
+  const out = new Map<string, Map<string, string>>();
+  for (const [section, values] of Object.entries(value)) {
+    checkOverrideName('overrides: section', section);
+    if (!isJsonObject(values)) badFrame(shape);
+    const table = new Map<string, string>();
+    for (const [key, literal] of Object.entries(values)) {
+      checkOverrideName(`overrides.${section}: key`, key);
+      if (typeof literal !== 'string') badFrame(shape);
+      const why = textProblem(literal, TEXT_LIMITS.override);
+      if (why) badFrame(`overrides.${section}.${key} ${why}`);
+      table.set(key, literal);
+    }
+    out.set(section, table);
+  }
+  return out;
+}
+
+/** The whole body, or null as soon as it grows past MAX_BODY (the rest is drained while the answer goes out). */
 function readBody(req: IncomingMessage): Promise<Buffer | null> {
   return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
+    let parts: Buffer[] = [];
     let size = 0;
-    let over = false;
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
-      if (size > MAX_BODY) over = true;
-      else parts.push(chunk);
+      if (size <= MAX_BODY) return void parts.push(chunk);
+      parts = [];
+      resolve(null);
     });
-    req.on('end', () => resolve(over ? null : Buffer.concat(parts)));
+    req.on('end', () => resolve(size > MAX_BODY ? null : Buffer.concat(parts)));
     req.on('error', reject);
     // A client that stalls is cut off by the server's request timeout; settle then.
     req.on('close', () => {

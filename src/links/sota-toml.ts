@@ -3,16 +3,55 @@
  * registration reference makes it, but through a TOML serializer: every
  * value a device sends is parsed as exactly one TOML value and written back,
  * so no hardware-id, name or override can add a section or a key of its own.
+ *
+ * Client names never become paths into built-in objects: overrides arrive
+ * as Maps, tables are null-prototype objects, and `__proto__`,
+ * `constructor` and `prototype` are refused as section or key names.
  */
 import { parse, stringify } from 'smol-toml';
 import { LineSignerError } from '../errors.js';
+import { quote, textProblem, TEXT_LIMITS } from '../text.js';
 
+/** A TOML table as smol-toml reads and writes it; never with a prototype. */
 type Table = Record<string, unknown>;
 
+/** section → key → TOML literal as text ("" = leave unset). */
+export type Overrides = ReadonlyMap<string, ReadonlyMap<string, string>>;
+
 const BARE = /^[A-Za-z0-9_-]{1,64}$/;
+/** Plain TOML keys that name built-ins in JavaScript: no sota.toml uses them. */
+const RESERVED = new Set(['__proto__', 'constructor', 'prototype']);
 
 function badOverride(message: string): never {
   throw new LineSignerError('BAD_FRAME', message);
+}
+
+function table(entries: Record<string, unknown>): Table {
+  return Object.assign(Object.create(null) as Table, entries);
+}
+
+/** A section or key name an override may use, or a refusal naming it. */
+export function checkOverrideName(what: string, name: string): string {
+  if (!BARE.test(name)) badOverride(`${what} ${quote(name)} is not a plain TOML key`);
+  if (RESERVED.has(name)) badOverride(`${what} ${quote(name)} is reserved`);
+  return name;
+}
+
+/** Strings, numbers, booleans, dates and arrays of them: a value, never a table. */
+function valueProblem(v: unknown): string | null {
+  if (typeof v === 'string') {
+    const why = textProblem(v, TEXT_LIMITS.override);
+    return why && `holds a string that ${why}`;
+  }
+  if (typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean' || v instanceof Date) return null;
+  if (Array.isArray(v)) {
+    for (const item of v) {
+      const why = valueProblem(item);
+      if (why) return why;
+    }
+    return null;
+  }
+  return 'is a table, not a value';
 }
 
 /** One TOML value from its text, or a refusal: `"main"` → main, `7` → 7. */
@@ -21,10 +60,12 @@ export function parseTomlValue(text: string, where: string): unknown {
   try {
     doc = parse(`v = ${text}`) as Table;
   } catch {
-    badOverride(`${where}: ${JSON.stringify(text)} is not a TOML value`);
+    badOverride(`${where}: ${quote(text)} is not a TOML value`);
   }
   const keys = Object.keys(doc);
-  if (keys.length !== 1 || keys[0] !== 'v') badOverride(`${where}: ${JSON.stringify(text)} is more than one TOML value`);
+  if (keys.length !== 1 || keys[0] !== 'v') badOverride(`${where}: ${quote(text)} is more than one TOML value`);
+  const why = valueProblem(doc.v);
+  if (why) badOverride(`${where}: ${quote(text)} ${why}`);
   return doc.v;
 }
 
@@ -33,28 +74,30 @@ export interface SotaRequest {
   ostree: string;
   hardwareId: string;
   sotaConfigDir: string;
-  /** section → key → TOML literal as text ("" = leave unset). */
-  overrides: Record<string, Record<string, string>>;
+  overrides: Overrides;
 }
 
 export function sotaToml(r: SotaRequest): string {
   const dir = r.sotaConfigDir.replace(/\/+$/, '');
-  const doc: Record<string, Table> = {
-    tls: { server: r.gateway, ca_source: 'file', pkey_source: 'file', cert_source: 'file' },
-    provision: { server: r.gateway, primary_ecu_hardware_id: r.hardwareId },
-    uptane: { repo_server: `${r.gateway}/repo`, key_source: 'file' },
-    pacman: { type: 'ostree+compose_apps', ostree_server: r.ostree, compose_apps_root: `${dir}/compose-apps` },
-    storage: { type: 'sqlite', path: `${dir}/` },
-    import: { tls_cacert_path: `${dir}/root.crt`, tls_pkey_path: `${dir}/pkey.pem`, tls_clientcert_path: `${dir}/client.pem` },
-  };
-  for (const [section, values] of Object.entries(r.overrides)) {
-    if (!BARE.test(section)) badOverride(`overrides: section name ${JSON.stringify(section)} is not a plain TOML key`);
-    const table = (doc[section] ??= {});
-    for (const [key, text] of Object.entries(values)) {
-      if (!BARE.test(key)) badOverride(`overrides.${section}: key ${JSON.stringify(key)} is not a plain TOML key`);
-      if (text === '') delete table[key];
-      else table[key] = parseTomlValue(text, `overrides.${section}.${key}`);
+  const doc = new Map<string, Table>([
+    ['tls', table({ server: r.gateway, ca_source: 'file', pkey_source: 'file', cert_source: 'file' })],
+    ['provision', table({ server: r.gateway, primary_ecu_hardware_id: r.hardwareId })],
+    ['uptane', table({ repo_server: `${r.gateway}/repo`, key_source: 'file' })],
+    ['pacman', table({ type: 'ostree+compose_apps', ostree_server: r.ostree, compose_apps_root: `${dir}/compose-apps` })],
+    ['storage', table({ type: 'sqlite', path: `${dir}/` })],
+    ['import', table({ tls_cacert_path: `${dir}/root.crt`, tls_pkey_path: `${dir}/pkey.pem`, tls_clientcert_path: `${dir}/client.pem` })],
+  ]);
+  for (const [section, values] of r.overrides) {
+    checkOverrideName('overrides: section', section);
+    let target = doc.get(section);
+    if (!target) doc.set(section, (target = table({})));
+    for (const [key, text] of values) {
+      checkOverrideName(`overrides.${section}: key`, key);
+      if (text === '') delete target[key];
+      else target[key] = parseTomlValue(text, `overrides.${section}.${key}`);
     }
   }
-  return stringify(doc) + '\n';
+  const root = table({});
+  for (const [section, values] of doc) root[section] = values;
+  return stringify(root) + '\n';
 }
