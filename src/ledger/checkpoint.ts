@@ -114,3 +114,17 @@ export async function takeCheckpoint(
   await store(checkpointLabel(kept.ledgerId), encodeTokenCheckpoint(kept));
   return kept;
 }
+
+/** The same, for a short-lived command that signs synchronously (ca import): nothing else runs meanwhile. */
+export function takeCheckpointSync(
+  ledger: Pick<CheckpointWriter, 'prepareCheckpoint'> & { recordCheckpoint(c: Checkpoint): TokenCheckpoint },
+  sign: (digest: Uint8Array) => Uint8Array,
+  store: (label: string, value: Uint8Array) => void,
+  reason: string,
+): TokenCheckpoint | null {
+  const prepared = ledger.prepareCheckpoint(reason, true);
+  if (!prepared) return null;
+  const kept = ledger.recordCheckpoint({ ...prepared.unsigned, signature: sign(prepared.digest) });
+  store(checkpointLabel(kept.ledgerId), encodeTokenCheckpoint(kept));
+  return kept;
+}

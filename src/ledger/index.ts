@@ -15,7 +15,7 @@ import { MIGRATIONS } from './schema.js';
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
 export { LedgerLock } from './lock.js';
-export { checkpointLabel, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
+export { checkpointLabel, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
 export interface NewIssuance {
   serial: string;

@@ -11,7 +11,7 @@ import { readPin, type StationConfig } from '../config/index.js';
 import { readPrivateFile } from '../files.js';
 import { LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
-import { SqliteLedger } from '../ledger/index.js';
+import { LedgerLock, SqliteLedger, takeCheckpointSync } from '../ledger/index.js';
 import {
   certificateDer,
   checkLocalCa,
@@ -150,13 +150,22 @@ export function caImport(config: StationConfig, file: string, opts: ImportOption
   }
   const der = certificateDer(new Uint8Array(bytes), file);
   const rootDer = readCertificateFile(config.ca.root, 'factory root');
+  // The import is recorded in the ledger: this process must own it (a serving station has loaded the old local-ca anyway).
+  const lock = LedgerLock.tryAcquire(config.station.ledger, 'ca import');
+  if (!lock) {
+    LedgerLock.acquire(config.station.ledger, 'ca import'); // throws LEDGER_BUSY naming the holder
+  }
   const token = openAdminToken(config);
   let checked: X509Certificate;
   try {
     const key = token.findKey(config.token.key_label);
     if (!key) throw new LineSignerError('CA', `the token has no key "${config.token.key_label}"; run \`line-signer ca init\` first`);
     checked = checkLocalCa(der, { tokenSpki: key.spki, rootDer, factory: config.station.factory, now: new Date() });
+    const risk = token.keyLeakRisk(config.token.key_label);
+    if (risk && config.station.production) throw new LineSignerError('CA', `${risk}; a production station signs only with a key that cannot leave the token: make it with \`line-signer ca init\``);
   } catch (err) {
+    token.close();
+    lock?.release();
     if (err instanceof LineSignerError && /not a CA certificate|basicConstraints|keyUsage/.test(err.message)) {
       throw new LineSignerError(
         'CA',
@@ -165,9 +174,16 @@ export function caImport(config: StationConfig, file: string, opts: ImportOption
       );
     }
     throw err;
+  }
+  try {
+    return installLocalCa(config, der, rootDer, checked, opts, token);
   } finally {
     token.close();
+    lock?.release();
   }
+}
+
+function installLocalCa(config: StationConfig, der: Uint8Array, rootDer: Uint8Array, checked: X509Certificate, opts: ImportOptions, token: Pkcs11Token): X509Certificate {
   const installed = installedLocalCa(config.ca.certificate);
   const sha = sha256Hex(der);
   if (installed && installed.sha256 !== sha && !opts.replace) {
@@ -190,6 +206,10 @@ export function caImport(config: StationConfig, file: string, opts: ImportOption
   const ledger = new SqliteLedger(config.station.ledger, config.station.id);
   try {
     ledger.appendEvent({ kind: 'ca_import', message: `local-ca ${sha} ${subject}${replaced}` });
+    // Signed at once, like every write to the ledger, when the station key exists (ca init makes it).
+    if (token.findKey(config.token.station_key_label)) {
+      takeCheckpointSync(ledger, (d) => token.signNow(config.token.station_key_label, d), (l, v) => token.writeData(l, v), 'ca import');
+    }
   } finally {
     ledger.close();
   }

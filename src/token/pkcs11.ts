@@ -501,6 +501,18 @@ export class Pkcs11Token {
     return blocking ? this.p11.C_Sign(s, Buffer.from(digest), out) : this.p11.C_SignAsync(s, Buffer.from(digest), out);
   }
 
+  /** A DER ECDSA signature by the key labelled `label`, made now on this thread (short-lived commands only). */
+  signNow(label: string, digest: Uint8Array): Uint8Array {
+    const key = this.findKey(label);
+    if (!key) throw new LineSignerError('TOKEN_UNAVAILABLE', `token "${this.opts.tokenLabel}" has no key labelled "${label}"`);
+    try {
+      this.p11.C_SignInit(this.s, { mechanism: pkcs11js.CKM_ECDSA }, key.privateKey);
+      return rawEcdsaToDer(this.p11.C_Sign(this.s, Buffer.from(digest), Buffer.alloc(key.curve === 'P-256' ? 64 : 96)));
+    } catch (err) {
+      throw tokenError('C_Sign', err);
+    }
+  }
+
   /**
    * Closes this session. No C_Logout: login state belongs to the process,
    * so a logout here would log out a signing worker's session too; the
