@@ -7,18 +7,9 @@ import { BIN } from './helpers/cli.js';
 import { testStation } from './helpers/pki.js';
 import { waitFor } from './helpers/served.js';
 
-const hasTmux = ((): boolean => {
-  try {
-    execFileSync('tmux', ['-V'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-
 const shellQuote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
-(hasTmux ? test : test.skip)('serve on an 80-column terminal: every row fits, states carry reasons, a refusal shows its detail, a hostile file name stays escaped', async (t) => {
+test('serve on an 80-column terminal: every row fits, states carry reasons, a refusal shows its detail, a hostile file name stays escaped', async (t) => {
   const s = await testStation();
   await s.close(); // the serve process opens the station itself
   const stick = join(s.dir, 'stick');

@@ -12,6 +12,7 @@ import { callOwner } from '../operator/control.js';
 import type { SignResult } from '../station/index.js';
 import { caCsr, caDemo, caImport, caInit, caInitToken, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
 import { printJson } from './output.js';
+import { checkClientText, TEXT_LIMITS } from '../text.js';
 import { allowReissueCommand, backupCommand, revokeCommand } from './operator-commands.js';
 
 export interface GlobalArgs {
@@ -149,11 +150,13 @@ function showText(s: ReturnType<typeof caShow>): string {
   return lines.join('\n') + '\n';
 }
 
-export async function signCommand(args: GlobalArgs & { csr: string; out?: string | undefined }): Promise<void> {
+export async function signCommand(args: GlobalArgs & { csr: string; out?: string | undefined; 'hardware-id'?: string; name?: string }): Promise<void> {
   const cfg = config(args);
   const csr = readInput(args.csr);
+  const hardwareId = args['hardware-id'] === undefined ? undefined : checkClientText('--hardware-id', args['hardware-id'], TEXT_LIMITS.hardwareId);
+  const name = args.name === undefined ? undefined : checkClientText('--name', args.name, TEXT_LIMITS.name);
   // A serving station owns the ledger: it signs. Else this process takes the ledger for the one CSR.
-  const remote = await callOwner(cfg.station.ledger, { op: 'sign', csr: Buffer.from(csr).toString('base64') });
+  const remote = await callOwner(cfg.station.ledger, { op: 'sign', csr: Buffer.from(csr).toString('base64'), hardwareId, name });
   let result: SignResult;
   if (remote) result = remote.result as SignResult;
   else {
@@ -161,7 +164,7 @@ export async function signCommand(args: GlobalArgs & { csr: string; out?: string
     try {
       const open = await openStation(cfg, { lock: 'held', command: 'sign' });
       try {
-        result = await open.station.handle({ csr, link: 'cli' });
+        result = await open.station.handle({ csr, link: 'cli', hardwareId, name });
       } finally {
         await open.close();
       }

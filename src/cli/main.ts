@@ -22,8 +22,13 @@ const cli = yargs(hideBin(process.argv))
   .command(
     'sign <csr>',
     'sign one device CSR (PEM or DER; - for stdin) and print the chain',
-    (y) => y.positional('csr', { type: 'string', demandOption: true }).option('out', { type: 'string', describe: 'write the chain here' }),
-    (args) => signCommand(args as GlobalArgs & { csr: string; out?: string }),
+    (y) =>
+      y
+        .positional('csr', { type: 'string', demandOption: true })
+        .option('out', { type: 'string', describe: 'write the chain here' })
+        .option('hardware-id', { type: 'string', describe: "the board's hardware id (checked against the open work order's)" })
+        .option('name', { type: 'string', describe: "the device's name for the device cloud (default: its id)" }),
+    (args) => signCommand(args as never),
   )
   .command('ledger', 'the ledger: verify, allow-reissue, revoke, backup', (y) => ledgerCommands(y as never))
   .command('order', 'work orders: open, close, list', (y) => orderCommands(y as never))

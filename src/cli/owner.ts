@@ -11,10 +11,11 @@ import { SqliteLedger } from '../ledger/index.js';
 import { ControlServer } from '../operator/control.js';
 import { perform, type OperatorRequest } from '../operator/index.js';
 import type { OpenStation } from '../station/index.js';
+import { checkClientText, TEXT_LIMITS } from '../text.js';
 
 export type OwnerRequest =
   | OperatorRequest
-  | { op: 'sign'; csr: string }
+  | { op: 'sign'; csr: string; hardwareId?: string | undefined; name?: string | undefined }
   | { op: 'export'; outDir: string; batch?: number | undefined }
   | { op: 'health' };
 
@@ -30,7 +31,12 @@ export function ownerRequest(raw: unknown): OwnerRequest {
   const op = str(r.op, 'op');
   switch (op) {
     case 'sign':
-      return { op, csr: str(r.csr, 'csr') };
+      return {
+        op,
+        csr: str(r.csr, 'csr'),
+        hardwareId: r.hardwareId === undefined ? undefined : checkClientText('hardwareId', str(r.hardwareId, 'hardwareId'), TEXT_LIMITS.hardwareId),
+        name: r.name === undefined ? undefined : checkClientText('name', str(r.name, 'name'), TEXT_LIMITS.name),
+      };
     case 'export':
       return { op, outDir: str(r.outDir, 'outDir'), batch: typeof r.batch === 'number' ? r.batch : undefined };
     case 'health':
@@ -62,7 +68,7 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
     const req = ownerRequest(raw);
     switch (req.op) {
       case 'sign':
-        return open.station.handle({ csr: new Uint8Array(Buffer.from(req.csr, 'base64')), link: 'cli' });
+        return open.station.handle({ csr: new Uint8Array(Buffer.from(req.csr, 'base64')), link: 'cli', hardwareId: req.hardwareId, name: req.name });
       case 'export': {
         const r = await exportBatch(config, { outDir: req.outDir, batch: req.batch });
         await open.checkpointer.take('export');

@@ -1,0 +1,219 @@
+/**
+ * Production control: work orders and caps, rework and revocation that
+ * hold, a clock that cannot brick the line, and who did what. Each refusal
+ * is tried through `line-signer sign` (the CLI, with the station's clock
+ * set by faketime where the clock matters) and through a J1 link, and each
+ * asserts its code, that nothing was issued, and the events with their
+ * operators.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { SqliteLedger, type LogRow } from '../src/ledger/index.js';
+import { serveControl } from '../src/cli/owner.js';
+import { makeDeviceCsr } from '../src/x509/index.js';
+import { BIN, cli, cliAsync } from './helpers/cli.js';
+import { served, type Served } from './helpers/served.js';
+import { FACTORY, testStation, uuid, type StationOptions, type TestStation } from './helpers/pki.js';
+
+const newKey = (): KeyObject => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+const csrFor = (deviceId: string, key?: KeyObject): Uint8Array => makeDeviceCsr({ deviceId, factory: FACTORY, production: true }, key).der;
+
+function logRows(configPath: string, ...flags: string[]): LogRow[] {
+  const r = cli(['log', '--config', configPath, '--json', ...flags]);
+  return r.stdout.trim() ? r.stdout.trim().split('\n').map((l) => JSON.parse(l) as LogRow) : [];
+}
+
+function issuedCount(s: { config: TestStation['config'] }): number {
+  const l = new SqliteLedger(s.config.station.ledger, s.config.station.id, { readonly: true });
+  try {
+    return l.issuedCount();
+  } finally {
+    l.close();
+  }
+}
+
+/** `line-signer sign` on a CSR file, optionally with the station's clock moved by faketime. */
+function signCli(s: { configPath: string; dir: string }, csr: Uint8Array, opts: { fake?: string; flags?: string[] } = {}): { status: number | null; stderr: string } {
+  const file = join(s.dir, `${uuid()}.csr`);
+  writeFileSync(file, csr);
+  const args = [BIN, 'sign', file, '--config', s.configPath, ...(opts.flags ?? [])];
+  const r = opts.fake
+    ? spawnSync('faketime', [opts.fake, process.execPath, ...args], { encoding: 'utf8', timeout: 60_000 })
+    : spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stderr: r.stderr };
+}
+
+/** A CLI command with the clock moved. */
+function cliAt(fake: string, args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync('faketime', [fake, process.execPath, BIN, ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function expectCliRefusal(t: ExecutionContext, r: { status: number | null; stderr: string }, code: string, message?: RegExp): void {
+  t.is(r.status, 2, r.stderr);
+  t.regex(r.stderr, new RegExp(`^ERROR ${code} `, 'm'));
+  if (message) t.regex(r.stderr, message);
+}
+
+/** A station served on a J1 link in this process, with its control channel so that the CLI's operator commands reach it. */
+async function servedWithControl(opts: StationOptions = {}, clock?: () => Date): Promise<Served> {
+  const sv = await served(opts, clock ? { clock } : {});
+  const control = await serveControl(sv.s.config, sv.s);
+  const close = sv.close.bind(sv);
+  sv.close = async () => {
+    await control.close();
+    await close();
+  };
+  return sv;
+}
+
+test('a work order of 50 with a jig sending 80 CSRs yields exactly 50 certificates and 30 QUOTA_EXCEEDED; log --order lists the 50 with the operator', async (t) => {
+  const sv = await servedWithControl({ policy: 'require_order = true' });
+  t.teardown(() => sv.close());
+  const open = await cliAsync(['order', 'open', 'WO-50', '--quantity', '50', '--config', sv.s.configPath, '--operator', 'olga']);
+  t.is(open.status, 0, open.stderr);
+  const codes: Record<string, number> = {};
+  for (let i = 0; i < 80; i++) {
+    const r = await sv.jig.request('SIGN', `d${i}`, Buffer.from(csrFor(uuid())));
+    const k = r.type === 'CERT' ? 'CERT' : r.code!;
+    codes[k] = (codes[k] ?? 0) + 1;
+    if (r.type === 'ERR') t.regex(r.message!, /work order WO-50 is used up \(50 of 50\)/);
+  }
+  t.deepEqual(codes, { CERT: 50, QUOTA_EXCEEDED: 30 });
+  t.is(issuedCount(sv.s), 50);
+  const rows = logRows(sv.s.configPath, '--order', 'WO-50');
+  const issued = rows.filter((r) => r.type === 'issuance');
+  t.is(issued.length, 50);
+  t.true(issued.every((r) => r.operator === 'olga' && r.work_order === 'WO-50'));
+  t.true(rows.some((r) => r.kind === 'order_open' && r.operator === 'olga'));
+  const list = await cliAsync(['order', 'list', '--config', sv.s.configPath]);
+  t.regex(list.stdout, /WO-50: 50 of 50; opened .* by olga; open, used up/);
+  // HEAD /sign's health says so too: the stock client stops before making a key.
+  t.is(sv.s.station.health()?.code, 'QUOTA_EXCEEDED');
+  const next = await cliAsync(['order', 'open', 'WO-51', '--quantity', '1', '--config', sv.s.configPath, '--operator', 'olga']);
+  t.is(next.status, 0, next.stderr);
+  t.is(sv.s.station.health(), null);
+  t.is((await sv.jig.request('SIGN', 'after', Buffer.from(csrFor(uuid())))).type, 'CERT');
+});
+
+test('the order refusals through line-signer sign: no open order under require_order, order used up, another hardware id, the rate cap', async (t) => {
+  const s = await testStation({ policy: 'require_order = true\nmax_per_minute = 3' });
+  await s.close();
+  expectCliRefusal(t, signCli(s, csrFor(uuid())), 'QUOTA_EXCEEDED', /no open work order/);
+  t.is(cli(['order', 'open', 'WO-7', '--quantity', '2', '--hardware-id', 'imx8mm', '--config', s.configPath, '--operator', 'pat']).status, 0);
+  expectCliRefusal(t, signCli(s, csrFor(uuid()), { flags: ['--hardware-id', 'rpi4'] }), 'POLICY_SUBJECT', /hardware id "rpi4" is not work order WO-7's/);
+  t.is(signCli(s, csrFor(uuid()), { flags: ['--hardware-id', 'imx8mm'] }).status, 0);
+  t.is(signCli(s, csrFor(uuid())).status, 0);
+  expectCliRefusal(t, signCli(s, csrFor(uuid())), 'QUOTA_EXCEEDED', /WO-7 is used up/);
+  t.is(cli(['order', 'open', 'WO-8', '--quantity', '10', '--config', s.configPath, '--operator', 'pat']).status, 0);
+  t.is(signCli(s, csrFor(uuid())).status, 0);
+  expectCliRefusal(t, signCli(s, csrFor(uuid())), 'QUOTA_EXCEEDED', /more than 3 certificates in the last minute/);
+  t.is(issuedCount(s), 3);
+  const rows = logRows(s.configPath);
+  t.deepEqual(
+    rows.filter((r) => r.kind === 'rejection').map((r) => r.code),
+    ['QUOTA_EXCEEDED', 'POLICY_SUBJECT', 'QUOTA_EXCEEDED', 'QUOTA_EXCEEDED'],
+  );
+  t.true(rows.filter((r) => r.kind === 'order_open').every((r) => r.operator === 'pat'));
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+});
+
+test('revoked and reworked devices through J1: revoked gets DUPLICATE_DEVICE until a grant; the old key is refused after a re-issue', async (t) => {
+  const sv = await servedWithControl();
+  t.teardown(() => sv.close());
+  const id = uuid();
+  const k1 = newKey();
+  const first = csrFor(id, k1);
+  t.is((await sv.jig.request('SIGN', 'a', Buffer.from(first))).type, 'CERT');
+  t.is((await cliAsync(['ledger', 'revoke', id, '--reason', 'scrapped', '--config', sv.s.configPath, '--operator', 'rita'])).status, 0);
+  const before = issuedCount(sv.s);
+  for (const csr of [first, csrFor(id, k1), csrFor(id, newKey())]) {
+    const r = await sv.jig.request('SIGN', 'b', Buffer.from(csr));
+    t.is(r.code, 'DUPLICATE_DEVICE');
+    t.regex(r.message!, /revoked|scrapped/);
+  }
+  t.is(issuedCount(sv.s), before, 'nothing issued to a revoked device');
+  t.is((await cliAsync(['ledger', 'allow-reissue', id, '--reason', 'repaired', '--config', sv.s.configPath, '--operator', 'sam'])).status, 0);
+  const k2 = newKey();
+  const second = await sv.jig.request('SIGN', 'c', Buffer.from(csrFor(id, k2)));
+  t.is(second.type, 'CERT');
+  // The grant is used up, and the old key is no longer accepted.
+  const old = await sv.jig.request('SIGN', 'd', Buffer.from(csrFor(id, k1)));
+  t.is(old.code, 'DUPLICATE_DEVICE');
+  t.regex(old.message!, /another key; if the board was reworked: line-signer ledger allow-reissue/);
+  t.is((await sv.jig.request('SIGN', 'e', Buffer.from(first))).code, 'DUPLICATE_DEVICE', 'the old certificate is not handed out again');
+  // Both certificates stay, linked.
+  const l = new SqliteLedger(sv.s.config.station.ledger, sv.s.config.station.id, { readonly: true });
+  const rows = l.issuancesOf(id);
+  l.close();
+  t.is(rows.length, 2);
+  t.is(rows[1]!.supersedes, rows[0]!.seq);
+  const log = logRows(sv.s.configPath, '--device', id);
+  t.true(log.some((r) => r.kind === 'revocation' && r.operator === 'rita'));
+  t.true(log.some((r) => r.kind === 'reissue_granted' && r.operator === 'sam'));
+  t.true(log.some((r) => r.kind === 'rejection' && r.code === 'DUPLICATE_DEVICE'));
+});
+
+test('revocation and re-issue through line-signer sign; revoke takes a serial and refuses what the ledger never issued', async (t) => {
+  const s = await testStation();
+  await s.close();
+  const id = uuid();
+  const k1 = newKey();
+  t.is(signCli(s, csrFor(id, k1)).status, 0);
+  const l = new SqliteLedger(s.config.station.ledger, s.config.station.id, { readonly: true });
+  const serial = l.issuancesOf(id)[0]!.serial;
+  l.close();
+  const unknown = cli(['ledger', 'revoke', 'deadbeef', '--reason', 'typo', '--config', s.configPath]);
+  t.is(unknown.status, 64);
+  const bySerial = cli(['ledger', 'revoke', serial.toUpperCase(), '--reason', 'returned', '--config', s.configPath, '--operator', 'ute']);
+  t.is(bySerial.status, 0, bySerial.stderr);
+  t.regex(bySerial.stdout, new RegExp(`device ${id} revoked`));
+  expectCliRefusal(t, signCli(s, csrFor(id, newKey())), 'DUPLICATE_DEVICE', /revoked \("returned"\)|revoked \(returned\)/);
+  t.is(cli(['ledger', 'allow-reissue', id, '--reason', 'back', '--config', s.configPath]).status, 0);
+  t.is(signCli(s, csrFor(id, newKey())).status, 0);
+  expectCliRefusal(t, signCli(s, csrFor(id, k1)), 'DUPLICATE_DEVICE', /another key/);
+  t.is(issuedCount(s), 2);
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+});
+
+test('the clock through line-signer sign (faketime): behind and far ahead are CLOCK, and clock confirm gets the line going in both directions', async (t) => {
+  const s = await testStation();
+  await s.close();
+  // A wrong RTC a year ahead issues once...
+  const ahead = signCli(s, csrFor(uuid()), { fake: '+365 days' });
+  t.is(ahead.status, 0, ahead.stderr);
+  // ...then with the clock put right, every request is CLOCK: behind the last issuance.
+  expectCliRefusal(t, signCli(s, csrFor(uuid())), 'CLOCK', /behind the last issuance.*clock confirm/);
+  const confirm = cli(['clock', 'confirm', '--reason', 'RTC reset after a power cut; checked against a phone', '--config', s.configPath, '--operator', 'vic']);
+  t.is(confirm.status, 0, confirm.stderr);
+  t.is(signCli(s, csrFor(uuid())).status, 0);
+  // Idle for 40 days (or a clock run far ahead): more than clock_gap_days ahead.
+  expectCliRefusal(t, signCli(s, csrFor(uuid()), { fake: '+40 days' }), 'CLOCK', /more than 30 days ahead/);
+  t.is(cliAt('+40 days', ['clock', 'confirm', '--reason', 'back from the summer shutdown', '--config', s.configPath, '--operator', 'vic']).status, 0);
+  t.is(signCli(s, csrFor(uuid()), { fake: '+40 days' }).status, 0);
+  const rows = logRows(s.configPath);
+  t.is(rows.filter((r) => r.kind === 'clock_confirm' && r.operator === 'vic').length, 2);
+  t.is(rows.filter((r) => r.kind === 'rejection' && r.code === 'CLOCK').length, 2);
+  t.is(issuedCount(s), 3);
+});
+
+test('the clock through a J1 link: behind, far ahead, and clock confirm', async (t) => {
+  let now = new Date(Date.now() + 365 * 86_400_000);
+  const sv = await servedWithControl({}, () => now);
+  t.teardown(() => sv.close());
+  t.is((await sv.jig.request('SIGN', 'a', Buffer.from(csrFor(uuid())))).type, 'CERT');
+  now = new Date();
+  const behind = await sv.jig.request('SIGN', 'b', Buffer.from(csrFor(uuid())));
+  t.is(behind.code, 'CLOCK');
+  t.is(sv.s.station.health()?.code, 'CLOCK');
+  // The serving station's operator confirms its clock (the confirmation's time is the real one here).
+  t.is((await cliAsync(['clock', 'confirm', '--reason', 'checked', '--config', sv.s.configPath, '--operator', 'wes'])).status, 0);
+  t.is((await sv.jig.request('SIGN', 'c', Buffer.from(csrFor(uuid())))).type, 'CERT');
+  now = new Date(Date.now() + 40 * 86_400_000);
+  const ahead = await sv.jig.request('SIGN', 'd', Buffer.from(csrFor(uuid())));
+  t.is(ahead.code, 'CLOCK');
+  t.regex(ahead.message!, /more than 30 days ahead/);
+});
