@@ -12,7 +12,7 @@ import { callOwner } from '../operator/control.js';
 import type { SignResult } from '../station/index.js';
 import { caCsr, caDemo, caImport, caInit, caInitToken, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
 import { printJson } from './output.js';
-import { checkClientText, TEXT_LIMITS } from '../text.js';
+import { checkClientText, printable, TEXT_LIMITS } from '../text.js';
 import { allowReissueCommand, backupCommand, revokeCommand } from './operator-commands.js';
 
 export interface GlobalArgs {
@@ -245,18 +245,32 @@ export function stationKeyCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
     .demandCommand(1, 'station-key needs a command: init');
 }
 
-export function statusCommand(args: GlobalArgs & { json: boolean }): void {
-  const s = stationStatus(config(args));
-  if (args.json) return printJson(s);
+export async function statusCommand(args: GlobalArgs & { json: boolean }): Promise<void> {
+  const cfg = config(args);
+  const s = stationStatus(cfg);
+  // The serving station knows what the file cannot say: is the token working right now?
+  const live = (await callOwner(cfg.station.ledger, { op: 'health' }, 5000).catch(() => undefined))?.result as
+    | { health: { code: string; message: string } | null; checkpoint: string | null; pid: number }
+    | undefined;
+  if (live?.health?.code === 'TOKEN_UNAVAILABLE') s.warnings.push(`TOKEN_UNAVAILABLE: ${live.health.message}`);
+  if (live?.checkpoint) s.warnings.push(`checkpoints are failing: ${live.checkpoint}`);
+  const serving = live ? `serving (pid ${live.pid})` : 'not serving';
+  if (args.json) return printJson({ ...s, serving: live ? { pid: live.pid, health: live.health } : null });
   const rejected = Object.entries(s.rejected).map(([c, n]) => `${c} ${n}`).join(', ') || 'none';
+  const today = Object.entries(s.today).map(([l, n]) => `${l} ${n}`).join(', ') || 'none';
+  const o = s.order;
   process.stdout.write(
     [
-      `station:   ${s.station}`,
-      `issued:    ${s.issued}`,
-      `rejected:  ${rejected}`,
-      `replays:   ${s.replays}`,
-      `last:      ${s.last_issuance ? `${s.last_issuance.device_id} serial ${s.last_issuance.serial} at ${s.last_issuance.issued_at} via ${s.last_issuance.link}` : 'none'}`,
-      `local-ca:  ${s.local_ca_expires ? `expires ${s.local_ca_expires} (${s.local_ca_days_left} days)` : 'not installed'}`,
-    ].join('\n') + '\n',
+        `station:   ${s.station}, ${serving}`,
+        `order:     ${o ? `${o.id} ${o.issued} of ${o.quantity} (${o.left} left)${o.hardwareId ? `, hardware id ${o.hardwareId}` : ''}, opened by ${o.operator}` : 'none open'}`,
+        `issued:    ${s.issued}; today: ${today}`,
+        `rejected:  ${rejected}`,
+        `replays:   ${s.replays}`,
+        `last:      ${s.last_issuance ? `${s.last_issuance.device_id} serial ${s.last_issuance.serial} at ${s.last_issuance.issued_at} via ${s.last_issuance.link}` : 'none'}`,
+        `local-ca:  ${s.local_ca_expires ? `expires ${s.local_ca_expires} (${s.local_ca_days_left} days)` : 'not installed'}`,
+    ]
+      .map(printable)
+      .join('\n') + '\n',
   );
+  for (const w of s.warnings) process.stdout.write(`WARNING ${printable(w)}\n`);
 }

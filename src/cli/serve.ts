@@ -2,7 +2,11 @@ import { configPath, loadConfig } from '../config/index.js';
 import { LinkRunner, parseSerialFlag, planLinks, serialLinks, type Link, type LinkEvent } from '../links/index.js';
 import { JigStopped, runJig, type JigSummary } from '../jig/provision.js';
 import { openStation } from '../station/index.js';
-import { jsonView, liveView, type View } from './live-view.js';
+import { jsonView, liveView, type Banner, type View } from './live-view.js';
+import { SqliteLedger } from '../ledger/index.js';
+import { localCaValidity, stationWarnings } from '../station/audit.js';
+import type { StationConfig } from '../config/index.js';
+import type { OpenStation } from '../station/index.js';
 import { LineSignerError } from '../errors.js';
 import { operatorName } from '../operator/index.js';
 import { serveControl } from './owner.js';
@@ -31,7 +35,7 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   const runner = new LinkRunner(links);
   view =
     process.stdout.isTTY && !args.json
-      ? liveView(`line-signer serve: station ${config.station.id}, factory ${config.station.factory}`, () => links.map((l) => l.status))
+      ? liveView(`line-signer serve: station ${config.station.id}, factory ${config.station.factory}`, () => links.map((l) => l.status), stationBanner(config, open))
       : jsonView();
   const control = await serveControl(config, open);
   await runner.start();
@@ -109,4 +113,26 @@ export async function jigCommand(args: { serial: string; count: number; out?: st
     );
   }
   if (summary.failed > 0) process.exit(1);
+}
+
+/**
+ * The live view's banner: the open work order's progress, and what needs a
+ * look (the clock, the token, the local-ca's expiry, the ledger's disk).
+ * Read at most every 2 s: the screen redraws twice a second.
+ */
+function stationBanner(config: StationConfig, open: OpenStation): () => Banner {
+  const ledger = new SqliteLedger(config.station.ledger, config.station.id, { readonly: true });
+  const ca = localCaValidity(config);
+  let cached: { at: number; banner: Banner } | null = null;
+  return () => {
+    if (cached && Date.now() - cached.at < 2000) return cached.banner;
+    const now = new Date();
+    const warnings = stationWarnings(config, ledger, now, ca?.notBefore ?? null, ca?.notAfter ?? null);
+    const health = open.station.health();
+    if (health && health.code !== 'CLOCK') warnings.unshift(`${health.code}: ${health.message}`);
+    if (open.checkpointer.failure) warnings.push(`checkpoints are failing: ${open.checkpointer.failure}`);
+    const order = ledger.stationContext(now).order;
+    cached = { at: Date.now(), banner: { warnings, order: order ? { id: order.id, issued: order.issued, quantity: order.quantity } : null } };
+    return cached.banner;
+  };
 }

@@ -454,6 +454,7 @@ export class SqliteLedger implements Ledger {
       issuanceHashesAfter: db.prepare<[number, number], { entry_hash: string }>('SELECT entry_hash FROM issuances WHERE seq > ? AND seq <= ? ORDER BY seq'),
       eventHashesAfter: db.prepare<[number, number], { entry_hash: string }>('SELECT entry_hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq'),
       allBatches: db.prepare<[], BatchRow>('SELECT * FROM batches ORDER BY number'),
+      perLink: db.prepare<[string], { link: string; n: number }>('SELECT link, count(*) AS n FROM issuances WHERE issued_at >= ? GROUP BY link ORDER BY link'),
       log: db.prepare<[Record<string, string | null>], LogRow>(
         `SELECT * FROM (
            SELECT 'issuance' AS type, i.issued_at AS at, i.seq, i.device_id AS device, i.name, i.serial, i.link, i.work_order AS work_order,
@@ -502,10 +503,11 @@ export class SqliteLedger implements Ledger {
         `INSERT INTO batches (number, first_seq, last_seq, first_event_seq, last_event_seq, created_at, previous_sha256, signature, file_sha256)
          VALUES (@number, @first_seq, @last_seq, @first_event_seq, @last_event_seq, @created_at, @previous_sha256, @signature, @file_sha256)`,
       ),
+      // An event stands for `count` identical refusals or replays (a flood coalesced).
       rejected: db.prepare<[], { code: string; n: number }>(
-        "SELECT code, count(*) AS n FROM events WHERE kind = 'rejection' GROUP BY code ORDER BY code",
+        "SELECT code, sum(count) AS n FROM events WHERE kind = 'rejection' GROUP BY code ORDER BY code",
       ),
-      replays: db.prepare<[], { n: number }>("SELECT count(*) AS n FROM events WHERE kind = 'replay'"),
+      replays: db.prepare<[], { n: number }>("SELECT coalesce(sum(count), 0) AS n FROM events WHERE kind = 'replay'"),
     };
     // Read the chain's tail inside the write transaction, so two processes
     // sharing a ledger file still build one chain.
@@ -776,6 +778,13 @@ export class SqliteLedger implements Ledger {
     for (const r of this.q.log.iterate(params)) yield r;
   }
 
+  /** Issuances since `since` (ISO time), per link. */
+  issuedPerLinkSince(since: string): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const r of this.q.perLink.all(since)) out[r.link] = r.n;
+    return out;
+  }
+
   allBatches(): Batch[] {
     return this.q.allBatches.all().map(toBatch);
   }
@@ -953,6 +962,7 @@ export class SqliteLedger implements Ledger {
   stats(): LedgerStats {
     const rejectedByCode: Record<string, number> = {};
     for (const r of this.q.rejected.all()) rejectedByCode[r.code] = r.n;
+
     const last = this.q.lastIssuance.get();
     return {
       issued: this.issuedCount(),

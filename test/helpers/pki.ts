@@ -121,6 +121,7 @@ export function signCaCsrWithOpenssl(
   dir: string,
   root: { key: string; pem: string },
   extensions = 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n',
+  days = 3650,
 ): string {
   const csrPath = join(dir, `ca-${randomUUID()}.csr`);
   const extPath = `${csrPath}.ext`;
@@ -129,7 +130,7 @@ export function signCaCsrWithOpenssl(
   writeFileSync(extPath, `[v3]\n${extensions}subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n`);
   openssl([
     'x509', '-req', '-in', csrPath, '-CA', root.pem, '-CAkey', root.key, '-set_serial', `0x${randomUUID().replace(/-/g, '')}`,
-    '-days', '3650', '-extfile', extPath, '-extensions', 'v3', '-out', out,
+    '-days', String(days), '-extfile', extPath, '-extensions', 'v3', '-out', out,
   ]);
   return out;
 }
