@@ -208,6 +208,10 @@ asRoot('README "Production station": install, token, ca init, the factory signs,
       seen.push('service');
     } else if (step.startsWith('journalctl')) {
       seen.push('journal');
+    } else if (step.startsWith('line-signer order open')) {
+      // As root, through the serving service's control channel, as the service user.
+      t.regex(ok(step), /opened work order WO-0001: 0 of 500/);
+      seen.push('order');
     } else if (step.startsWith('line-signer jig')) {
       ok(step);
       seen.push('jig');
@@ -223,7 +227,7 @@ asRoot('README "Production station": install, token, ca init, the factory signs,
       t.fail(`a README step this test does not know: ${step}`);
     }
   }
-  t.deepEqual(seen, ['setup', 'install', 'token', 'init', 'fioctl', 'openssl', 'import', 'show', 'service', 'journal', 'jig', 'status']);
+  t.deepEqual(seen, ['setup', 'install', 'token', 'init', 'fioctl', 'openssl', 'import', 'show', 'service', 'journal', 'order', 'jig', 'status']);
 
   // The service stops cleanly, and nothing the commands made as root belongs to root.
   const stopped = new Promise<number | null>((resolve) => serve!.once('exit', resolve));

@@ -12,7 +12,7 @@ import { passwdEntryByUid } from '../files.js';
 import { LineSignerError } from '../errors.js';
 
 /** The commands that open the station's token, ledger or files. */
-export const STATION_COMMANDS: ReadonlySet<string> = new Set(['ca', 'ledger', 'order', 'export', 'station-key', 'sign', 'status', 'serve']);
+export const STATION_COMMANDS: ReadonlySet<string> = new Set(['ca', 'ledger', 'order', 'clock', 'log', 'export', 'station-key', 'sign', 'status', 'serve']);
 
 /**
  * Switches this process to the owner of the ledger's folder when it runs

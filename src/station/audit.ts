@@ -1,6 +1,6 @@
 /** What the PKI owner and the technician ask of a station: what has it done, and what needs a look. */
 import { X509Certificate } from 'node:crypto';
-import { statfsSync } from 'node:fs';
+import { existsSync, statfsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { SqliteLedger, type OpenOrder } from '../ledger/index.js';
@@ -59,7 +59,8 @@ export function localCaValidity(config: StationConfig): { notBefore: Date; notAf
 
 export function stationStatus(config: StationConfig, now = new Date()): StationStatus {
   const ca = localCaValidity(config);
-  const ledger = new SqliteLedger(config.station.ledger, config.station.id, { readonly: true });
+  // Read-only on a ledger that exists; a new station's status makes its (empty) ledger, as serve would.
+  const ledger = new SqliteLedger(config.station.ledger, config.station.id, { readonly: existsSync(config.station.ledger) });
   try {
     const s = ledger.stats();
     const last = s.lastIssuance;
