@@ -27,6 +27,11 @@ export class WorkerRpc {
     return this.pending.size === 0 && this.dead === null;
   }
 
+  /** Calls waiting for their answer. */
+  get waiting(): number {
+    return this.pending.size;
+  }
+
   start(): Worker {
     const worker = new Worker(this.url, { workerData: this.workerData });
     worker.on('message', (reply: RpcReply) => {

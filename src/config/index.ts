@@ -32,6 +32,8 @@ const tokenSchema = z
     station_key_label: label.default('station-key'),
     pin_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name').optional(),
     pin_file: z.string().min(1).optional(),
+    /** Sessions that sign in parallel (a real HSM signs 10 to 40 times a second per session). */
+    sessions: z.number().int().min(1).max(16).default(1),
     /** Development only: SOFTHSM2_CONF for SoftHSM2, set before C_Initialize. */
     softhsm2_conf: z.string().min(1).optional(),
   })

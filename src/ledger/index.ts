@@ -123,6 +123,13 @@ export interface LogRow {
   supersedes: number | null;
 }
 
+export type GroupWrite =
+  | { op: 'issuance'; entry: NewIssuance; guard?: CommitGuard | undefined }
+  | { op: 'event'; event: NewEvent }
+  | { op: 'checkpoint'; checkpoint: Checkpoint };
+
+export type GroupResult = { ok: true; result: unknown } | { ok: false; error: LineSignerError };
+
 export interface ChainProblem {
   table: 'issuances' | 'events';
   seq: number;
@@ -835,13 +842,47 @@ export class SqliteLedger implements Ledger {
     try {
       return this.insertIssuance(entry, guard);
     } catch (err) {
-      if (err instanceof LineSignerError) throw err;
-      const full = (err as { code?: string }).code === 'SQLITE_FULL';
-      throw new LineSignerError(
-        'INTERNAL',
-        full ? `the ledger's disk is full (${this.db.name}): nothing issued; free space there and the station goes on by itself` : `ledger commit failed, nothing issued: ${(err as Error).message}`,
-        { cause: err },
-      );
+      throw this.commitError(err);
+    }
+  }
+
+  private commitError(err: unknown): LineSignerError {
+    if (err instanceof LineSignerError) return err;
+    const full = (err as { code?: string }).code === 'SQLITE_FULL';
+    return new LineSignerError(
+      'INTERNAL',
+      full ? `the ledger's disk is full (${this.db.name}): nothing issued; free space there and the station goes on by itself` : `ledger commit failed, nothing issued: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+
+  /**
+   * Group commit: every write ready at the same moment in one transaction,
+   * one disk flush. Each write runs in a savepoint of its own, so one that
+   * its re-checks refuse takes nothing else with it; none is durable, and
+   * none is answered, before the group's commit is.
+   */
+  commitGroup(writes: readonly GroupWrite[]): GroupResult[] {
+    const run = (w: GroupWrite): unknown => {
+      if (w.op === 'issuance') return this.insertIssuance(w.entry, w.guard);
+      if (w.op === 'event') return this.insertEvent(w.event);
+      return this.recordCheckpoint(w.checkpoint);
+    };
+    try {
+      return this.db
+        .transaction(() =>
+          writes.map((w): GroupResult => {
+            try {
+              return { ok: true, result: run(w) };
+            } catch (err) {
+              return { ok: false, error: this.commitError(err) };
+            }
+          }),
+        )
+        .immediate();
+    } catch (err) {
+      const e = this.commitError(err);
+      return writes.map(() => ({ ok: false, error: e }));
     }
   }
 

@@ -1,13 +1,15 @@
 /**
  * Runs in a worker thread: the ledger's only writing connection while a
  * station serves. A durable commit (WAL, synchronous FULL) waits on the
- * disk for about half a millisecond; here that wait does not hold up the
- * thread that parses, checks and answers requests.
+ * disk; here that wait does not hold up the thread that parses, checks
+ * and answers requests. Writes that arrive while one group is being
+ * committed go into the next group together: one transaction, one flush
+ * (SqliteLedger.commitGroup), and each reply leaves only after the commit
+ * that holds its row is durable.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { asLineSignerError } from '../errors.js';
 import type { RpcReply } from '../worker-rpc.js';
-import { SqliteLedger, type Checkpoint, type CommitGuard, type NewEvent, type NewIssuance } from './index.js';
+import { SqliteLedger, type Checkpoint, type CommitGuard, type GroupWrite, type NewEvent, type NewIssuance } from './index.js';
 
 export type WriterRequest =
   | { id: number; op: 'issuance'; entry: NewIssuance; guard?: CommitGuard }
@@ -15,21 +17,38 @@ export type WriterRequest =
   | { id: number; op: 'checkpoint'; checkpoint: Checkpoint }
   | { id: number; op: 'close' };
 
-
 const { path, stationId } = workerData as { path: string; stationId: string };
 const ledger = new SqliteLedger(path, stationId);
+let queue: Array<WriterRequest & GroupWrite> = [];
+let scheduled = false;
+let closing: WriterRequest | null = null;
+
+function flush(): void {
+  scheduled = false;
+  const group = queue;
+  queue = [];
+  if (group.length) {
+    const results = ledger.commitGroup(group);
+    group.forEach((req, i) => {
+      const r = results[i]!;
+      parentPort!.postMessage(
+        (r.ok ? { id: req.id, result: r.result } : { id: req.id, error: { code: r.error.code, message: r.error.message } }) satisfies RpcReply,
+      );
+    });
+  }
+  if (closing && queue.length === 0) {
+    ledger.close();
+    parentPort!.postMessage({ id: closing.id, result: undefined } satisfies RpcReply);
+    parentPort!.close();
+  }
+}
 
 parentPort!.on('message', (req: WriterRequest) => {
-  try {
-    let result: unknown;
-    if (req.op === 'issuance') result = ledger.appendIssuance(req.entry, req.guard);
-    else if (req.op === 'event') ledger.appendEvent(req.event);
-    else if (req.op === 'checkpoint') result = ledger.recordCheckpoint(req.checkpoint);
-    else ledger.close();
-    parentPort!.postMessage({ id: req.id, result } satisfies RpcReply);
-    if (req.op === 'close') parentPort!.close();
-  } catch (err) {
-    const e = asLineSignerError(err);
-    parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message } } satisfies RpcReply);
+  if (req.op === 'close') closing = req;
+  else queue.push(req);
+  // Messages already waiting are delivered before this runs: they join the group.
+  if (!scheduled) {
+    scheduled = true;
+    setImmediate(flush);
   }
 });

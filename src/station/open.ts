@@ -85,6 +85,8 @@ export interface OpenOptions {
   command?: string;
   /** Who started it, recorded on the start event. */
   operator?: string;
+  /** Tests and the benchmark: each token session held this long per signature, as a real HSM's is. */
+  slowSessionMs?: number;
 }
 
 /** The newest checkpoint the token keeps for `ledgerId`, or null. */
@@ -151,9 +153,11 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
   }
   const key = { spki: nearby.publicKeySpki(), curve: nearby.hash === 'sha256' ? ('P-256' as const) : ('P-384' as const) };
   const workerSigner = new WorkerSigner(
-    { ...tokenOptions, keyLabel: config.token.key_label, stationKeyLabel: config.token.station_key_label },
+    { ...tokenOptions, keyLabel: config.token.key_label, stationKeyLabel: config.token.station_key_label, slowSessionMs: opts.slowSessionMs },
     key,
-    nearby,
+    // A deliberately slow token has no fast path on this thread.
+    opts.slowSessionMs ? undefined : nearby,
+    config.token.sessions,
   );
   const signer = opts.wrapSigner ? opts.wrapSigner(workerSigner) : workerSigner;
   const station = new Station({

@@ -18,6 +18,8 @@ export interface TokenOptions {
   pin: string;
   /** Development: SoftHSM2's config file, which it reads at C_Initialize. */
   softhsm2Conf?: string | undefined;
+  /** This session may start the module afresh after a token fault (process-wide: one signing worker of a process). */
+  mayReinitialize?: boolean | undefined;
 }
 
 // C_Initialize may run once per process and module.
@@ -273,6 +275,10 @@ export class Pkcs11Token {
       }
     }
     this.session = session;
+  }
+
+  get mayReinitialize(): boolean {
+    return this.opts.mayReinitialize ?? false;
   }
 
   /**
@@ -580,7 +586,7 @@ export class TokenSigner implements Signer {
     // A session or device fault: one fresh session, one more try. The
     // signing worker (blocking) may also start the module afresh, at most
     // every 2 s: a token that went away and came back needs it.
-    const reinit = this.blocking && Date.now() - this.reinitAt > 2000;
+    const reinit = this.blocking && this.token.mayReinitialize && Date.now() - this.reinitAt > 2000;
     try {
       if (reinit) {
         this.reinitAt = Date.now();

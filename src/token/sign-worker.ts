@@ -15,6 +15,13 @@ export interface SignWorkerData extends TokenOptions {
   keyLabel: string;
   /** The station key's label, for checkpoint signatures. */
   stationKeyLabel?: string | undefined;
+  /** This session may start the module afresh after a token fault (only one session of a process does). */
+  mayReinitialize?: boolean | undefined;
+  /**
+   * Tests and the benchmark: hold this session for so many ms per signature,
+   * as a session of a real HSM is held while it signs (10 to 40 a second).
+   */
+  slowSessionMs?: number | undefined;
 }
 
 export type SignWorkerRequest =
@@ -37,7 +44,7 @@ function signer(label: string): TokenSigner {
     return s;
   } catch (err) {
     // A token that went away and came back: start the module afresh (at most every 2 s) and look again.
-    if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE' || !token || Date.now() - reinitAt < 2000) throw err;
+    if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE' || !token || !data.mayReinitialize || Date.now() - reinitAt < 2000) throw err;
     reinitAt = Date.now();
     token.reinitialize();
     signers.clear();
@@ -50,6 +57,7 @@ function signer(label: string): TokenSigner {
 async function run(req: SignWorkerRequest): Promise<unknown> {
   switch (req.op) {
     case undefined:
+      if (data.slowSessionMs) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, data.slowSessionMs);
       return signer(data.keyLabel).sign(req.digest);
     case 'station-sign':
       if (!data.stationKeyLabel) throw new LineSignerError('TOKEN_UNAVAILABLE', 'no station key configured');

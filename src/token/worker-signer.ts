@@ -1,7 +1,9 @@
 /**
- * A Signer whose signatures are made in a worker thread that owns its own
+ * A Signer whose signatures are made in worker threads that each own a
  * session (see sign-worker.ts), so that under load C_SignInit and C_Sign
- * never run on the thread that serves links. A lone signature, with
+ * never run on the thread that serves links. With `sessions` > 1, each
+ * signature goes to the least busy session: a real HSM signs in parallel
+ * on several sessions, 10 to 40 times a second each. A lone signature, with
  * nothing else in flight (the `alone` hint), goes through `nearby` instead when one is given:
  * this thread's own session, signing on libuv's pool, which spares it two
  * thread hops. A worker that dies fails the signs in flight with
@@ -18,7 +20,7 @@ export class WorkerSigner implements Signer {
   readonly hash: 'sha256' | 'sha384';
   readonly signatureAlgorithm: string;
   private readonly key: KeyObject;
-  private readonly rpc: WorkerRpc;
+  private readonly rpcs: WorkerRpc[];
   private nearbyBusy = false;
   private nearbyBroken = false;
   /** A refused PIN sticks: the worker is never asked to log in again until an operator restarts the station. */
@@ -28,14 +30,32 @@ export class WorkerSigner implements Signer {
     data: SignWorkerData,
     private readonly info: Pick<KeyInfo, 'spki' | 'curve'>,
     private readonly nearby?: Signer,
+    sessions = 1,
   ) {
     ({ hash: this.hash, signatureAlgorithm: this.signatureAlgorithm, key: this.key } = signerIdentity(info));
-    this.rpc = new WorkerRpc(
-      new URL('./sign-worker.js', import.meta.url),
-      data,
-      (why) => new LineSignerError('TOKEN_UNAVAILABLE', `token signer stopped: ${why}`),
-      true,
+    this.rpcs = Array.from(
+      { length: Math.max(1, sessions) },
+      (_, i) =>
+        new WorkerRpc(
+          new URL('./sign-worker.js', import.meta.url),
+          // Only the first session may start the module afresh after a token fault (it is process-wide).
+          { ...data, mayReinitialize: i === 0 },
+          (why) => new LineSignerError('TOKEN_UNAVAILABLE', `token signer stopped: ${why}`),
+          true,
+        ),
     );
+  }
+
+  /** The first session: checkpoints and token objects go there, in order. */
+  private get rpc(): WorkerRpc {
+    return this.rpcs[0]!;
+  }
+
+  /** The session with the fewest signatures waiting. */
+  private leastBusy(): WorkerRpc {
+    let best = this.rpcs[0]!;
+    for (const r of this.rpcs) if (r.waiting < best.waiting) best = r;
+    return best;
   }
 
   publicKeySpki(): Uint8Array {
@@ -47,7 +67,7 @@ export class WorkerSigner implements Signer {
   }
 
   sign(digest: Uint8Array, hint?: { alone?: boolean }): Promise<Uint8Array> {
-    if (hint?.alone && this.nearby && !this.nearbyBroken && !this.nearbyBusy && this.rpc.idle) {
+    if (hint?.alone && this.nearby && !this.nearbyBroken && !this.nearbyBusy && this.rpcs.every((r) => r.idle)) {
       this.nearbyBusy = true;
       return this.nearby.sign(digest).then(
         (sig) => {
@@ -62,7 +82,7 @@ export class WorkerSigner implements Signer {
         },
       );
     }
-    return this.call<Uint8Array>({ digest });
+    return this.call<Uint8Array>({ digest }, this.leastBusy());
   }
 
   /** A signature by the station key (ledger checkpoints), made in the worker. */
@@ -75,10 +95,10 @@ export class WorkerSigner implements Signer {
     return this.call<void>({ op: 'store', label, value });
   }
 
-  private async call<T>(msg: Record<string, unknown>): Promise<T> {
+  private async call<T>(msg: Record<string, unknown>, rpc: WorkerRpc = this.rpc): Promise<T> {
     if (this.pinRefused) throw this.pinRefused;
     try {
-      return await this.rpc.call<T>(msg);
+      return await rpc.call<T>(msg);
     } catch (err) {
       if (err instanceof LineSignerError && err.code === 'TOKEN_PIN') {
         this.pinRefused = new LineSignerError('TOKEN_PIN', `${err.message}; the station will not try again until it is restarted`);
@@ -87,7 +107,7 @@ export class WorkerSigner implements Signer {
     }
   }
 
-  close(): Promise<void> {
-    return this.rpc.stop();
+  async close(): Promise<void> {
+    await Promise.all(this.rpcs.map((r) => r.stop()));
   }
 }
