@@ -15,7 +15,7 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { loadConfig, readPin } from '../src/config/index.js';
-import { openStation, openToken } from '../src/station/index.js';
+import { caShow, openStation, openToken } from '../src/station/index.js';
 import { WorkerSigner } from '../src/token/index.js';
 import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
 import { benchStation, fmt, percentile, pool } from './bench-lib.js';
@@ -83,6 +83,35 @@ let pipelineRate = 0;
   say('(b) pipeline certificates/s, 8 requests in flight', fmt(pipelineRate));
   say('    of which issued and committed, one durable commit each', fmt(open.ledger.issuedCount()));
   await open.close();
+}
+
+// A slow token, as a real HSM's sessions are (50 ms a signature each): 1 session against 4, side by side.
+{
+  const rate = async (sessions: number): Promise<number> => {
+    const path = join(dir, `station-s${sessions}.toml`);
+    writeFileSync(
+      path,
+      readFileSync(join(dir, 'station.toml'), 'utf8')
+        .replace('ledger = "ledger.db"', `ledger = "ledger-s${sessions}.db"`)
+        .replace(/^\[token\]$/m, `[token]\nsessions = ${sessions}`),
+    );
+    const open = await openStation(loadConfig(path), { slowSessionMs: 50 });
+    const M = quick ? 40 : 120;
+    const csrs = Array.from({ length: M + 8 }, device);
+    let i = 0;
+    const handle = async (): Promise<void> => {
+      const r = await open.station.handle({ csr: csrs[i++]!, link: 'bench' });
+      if (!r.ok) throw new Error(`bench: ${r.message}`);
+    };
+    await pool(8, 8, handle);
+    const seconds = await pool(M, 8, handle);
+    await open.close();
+    return M / seconds;
+  };
+  const one = await rate(1);
+  const four = await rate(4);
+  say('slow token (50 ms/signature/session): certs/s with 1 / 4 sessions', `${fmt(one, 1)} / ${fmt(four, 1)}`);
+  say('    4 sessions / 1 session', `${fmt(four / one, 2)}x`);
 }
 
 // (c) openssl x509 -req through the PKCS#11 engine, one process a certificate
@@ -208,8 +237,13 @@ init = 0
   writeFileSync(bigConfigPath, readFileSync(join(dir, 'station.toml'), 'utf8').replace('ledger = "ledger.db"', 'ledger = "ledger-big.db"'));
   const big = { dir, configPath: bigConfigPath, config: loadConfig(bigConfigPath) };
   const open = await openStation(big.config);
+  const rss = (): number => {
+    (globalThis as { gc?: () => void }).gc?.();
+    return process.memoryUsage().rss / 1e6;
+  };
+  let rssAt1k = 0;
   for (let done = 0; done < K; ) {
-    const chunk = Array.from({ length: Math.min(2000, K - done) }, () =>
+    const chunk = Array.from({ length: Math.min(done === 0 ? 1000 : 2000, K - done) }, () =>
       makeDeviceCsr({ deviceId: randomUUID(), factory: big.config.station.factory, production: true }).der,
     );
     let i = 0;
@@ -218,7 +252,10 @@ init = 0
       if (!r.ok) throw new Error(`bench: ${r.message}`);
     });
     done += chunk.length;
+    if (done === 1000) rssAt1k = rss();
   }
+  const rssAtK = rss();
+  say(`station RSS after 1,000 / ${fmt(K)} issuances (MB)`, `${fmt(rssAt1k)} / ${fmt(rssAtK)} (+${fmt(rssAtK - rssAt1k)})`);
   await open.close();
   const stick = join(big.dir, 'stick');
   const run = (args: string[]): { seconds: number; rssMb: number; out: string } => {
@@ -232,7 +269,7 @@ init = 0
   const exp = run(['export', '--out', stick, '--config', big.configPath]);
   say(`export of ${fmt(K)} issuances: records/s, peak memory`, `${fmt(K / exp.seconds)}/s, ${fmt(exp.rssMb)} MB`);
   const file = /\n {2}(\/\S+\.lsbatch)\n/.exec(exp.out)![1]!;
-  const ver = run(['verify-export', file]);
+  const ver = run(['verify-export', file, '--station-key', caShow(big.config).station_key.sha256!]);
   say(`verify-export of ${fmt(K)} issuances: records/s, peak memory`, `${fmt(K / ver.seconds)}/s, ${fmt(ver.rssMb)} MB`);
   say('    batch file size', `${fmt(statSync(file).size / 1e6, 1)} MB`);
 }

@@ -75,6 +75,8 @@ export interface StationOptions {
   extra?: string;
   /** The ledger's path (default: ledger.db in the station's folder). */
   ledger?: string;
+  /** Extra lines for the [token] table. */
+  token?: string;
 }
 
 let stations = 0;
@@ -99,6 +101,7 @@ module = "${SOFTHSM_MODULE}"
 token_label = "${TOKEN_LABEL}"
 key_label = "ca-${n}-${randomUUID().slice(0, 8)}"
 pin_file = "${p.pinFile}"
+${opts.token ?? ''}
 
 [ca]
 certificate = "local-ca.pem"
