@@ -9,7 +9,7 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { HttpLink } from '../src/links/http.js';
 import { SerialLink } from '../src/links/index.js';
-import type { Signer } from '../src/token/signer.js';
+import { slowToken } from './helpers/load.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { deviceFields, ptreeJson, send, SOTA } from './helpers/http.js';
 import { TestJig } from './helpers/jig.js';
@@ -17,21 +17,6 @@ import { FACTORY, testStation, uuid } from './helpers/pki.js';
 import { ptyPair } from './helpers/pty.js';
 import { waitFor } from './helpers/served.js';
 
-/** A real HSM signs one at a time, tens a second: the links provision at the pace a line does. */
-function slowToken(inner: Signer): Signer {
-  let tail: Promise<unknown> = Promise.resolve();
-  return {
-    hash: inner.hash,
-    signatureAlgorithm: inner.signatureAlgorithm,
-    publicKeySpki: () => inner.publicKeySpki(),
-    publicKey: () => inner.publicKey(),
-    sign(digest) {
-      const run = tail.then(() => new Promise((r) => setTimeout(r, 20))).then(() => inner.sign(digest));
-      tail = run.catch(() => undefined);
-      return run;
-    },
-  };
-}
 
 const ATTACKERS = 200;
 const FLOOD_S = 16;
@@ -70,7 +55,7 @@ setTimeout(() => {
 `;
 
 test('200 slowloris connections while four serial links provision: PING p99 under 20 ms; a valid POST gets 201 during and after', async (t) => {
-  const s = await testStation({ extra: SOTA }, { wrapSigner: slowToken });
+  const s = await testStation({ extra: SOTA }, { wrapSigner: slowToken(20) });
   const http = new HttpLink(s.station, { listen: '127.0.0.1:0', sota: s.config.sota });
   await http.start();
   const ptys = await Promise.all(Array.from({ length: 5 }, (_, i) => ptyPair(s.dir, `p${i}`)));

@@ -4,19 +4,13 @@
  * quarter second a backtracking regular expression took. Loose bound; the
  * figures are logged.
  */
+import { HOSTILE_PEM } from './helpers/load.js';
 import test from 'ava';
 import { csrDer } from '../src/x509/pem.js';
 
-const HOSTILE: Record<string, string> = {
-  'BEGIN lines, no END': '-----BEGIN CERTIFICATE REQUEST-----\n'.repeat(1820),
-  'blocks with mismatched END': '-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUESX-----\n'.repeat(780),
-  'BEGIN then blanks': '-----BEGIN CERTIFICATE REQUEST-----\n' + ' \t\n'.repeat(21_800),
-  'BEGIN without line ends': '-----BEGIN '.repeat(5950),
-  'many labels': Array.from({ length: 2200 }, (_, i) => `-----BEGIN A${i}-----\n`).join(''),
-};
 
 test('a hostile 64 KiB PEM body costs well under 10 ms (median of 21)', (t) => {
-  for (const [name, text] of Object.entries(HOSTILE)) {
+  for (const [name, text] of Object.entries(HOSTILE_PEM)) {
     const bytes = Buffer.from(text);
     t.true(bytes.length <= 65536 && bytes.length > 45_000, name);
     const times: number[] = [];

@@ -2,6 +2,7 @@
  * PEM text as clients send it (PEM mode, HTTP, the spool): however it is
  * laid out, the CSR comes back; hostile text gets BAD_CSR, nothing else.
  */
+import { HOSTILE_PEM } from './helpers/load.js';
 import test from 'ava';
 import fc from 'fast-check';
 import { LineSignerError } from '../src/errors.js';
@@ -39,17 +40,9 @@ test('pemDecodeAll keeps the order of blocks and skips broken ones', (t) => {
   t.deepEqual(pemDecodeAll(text.replace('-----END CERTIFICATE-----\n', ''), 'CERTIFICATE'), [b], 'a BEGIN inside an open block starts afresh');
 });
 
-/** 64 KiB bodies built to make a backtracking parser crawl. */
-const HOSTILE: Record<string, string> = {
-  'BEGIN lines, no END': '-----BEGIN CERTIFICATE REQUEST-----\n'.repeat(1820),
-  'blocks with mismatched END': '-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUESX-----\n'.repeat(780),
-  'BEGIN then blanks': '-----BEGIN CERTIFICATE REQUEST-----\n' + ' \t\n'.repeat(21_800),
-  'BEGIN without line ends': '-----BEGIN '.repeat(5950),
-  'many labels': Array.from({ length: 2200 }, (_, i) => `-----BEGIN A${i}-----\n`).join(''),
-};
 
 test('hostile PEM bodies get BAD_CSR and nothing else', (t) => {
-  for (const [name, text] of Object.entries(HOSTILE)) {
+  for (const [name, text] of Object.entries(HOSTILE_PEM)) {
     const e = t.throws(() => csrDer(Buffer.from(text)), { instanceOf: LineSignerError }, name);
     t.is(e?.code, 'BAD_CSR', name);
   }

@@ -6,12 +6,12 @@
 import test from 'ava';
 import { rmSync } from 'node:fs';
 import { SerialLink } from '../src/links/index.js';
-import type { Signer } from '../src/token/signer.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { TestJig } from './helpers/jig.js';
 import { FACTORY, testStation, uuid, type TestStation } from './helpers/pki.js';
 import { ptyPair, type PtyPair } from './helpers/pty.js';
 import { waitFor } from './helpers/served.js';
+import { slowToken } from './helpers/load.js';
 
 interface Links {
   s: TestStation;
@@ -67,21 +67,7 @@ test('eight links at once, 200 devices each: 1,600 distinct certificates, all in
 
 test('with a token made slow (50 ms a signature), PINGs on the other links are answered within 20 ms', async (t) => {
   // A real HSM signs one at a time: the slow signer queues, as a token session does.
-  const slow = (inner: Signer): Signer => {
-    let tail: Promise<unknown> = Promise.resolve();
-    return {
-      hash: inner.hash,
-      signatureAlgorithm: inner.signatureAlgorithm,
-      publicKeySpki: () => inner.publicKeySpki(),
-      publicKey: () => inner.publicKey(),
-      sign(digest) {
-        const run = tail.then(() => new Promise((r) => setTimeout(r, 50))).then(() => inner.sign(digest));
-        tail = run.catch(() => undefined);
-        return run;
-      },
-    };
-  };
-  const x = await links(4, await testStation({}, { wrapSigner: slow }));
+  const x = await links(4, await testStation({}, { wrapSigner: slowToken(50) }));
   t.teardown(() => x.close());
   let signing = true;
   const signers = x.jigs.slice(1).map(async (jig, l) => {
