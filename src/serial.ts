@@ -11,9 +11,9 @@ export function serialText(hex: string): string {
   return digits.length % 2 ? `0${digits}` : digits;
 }
 
-/** The comparable form: lowercase, no colons, no leading zeros ("0" for zero). */
+/** The comparable form: lowercase, no colons, no leading zeros ("0" for zero); `serial=` (openssl's output) and `0x` are allowed before it. */
 export function serialKey(text: string): string {
-  const t = text.replace(/:/g, '').toLowerCase().replace(/^0+/, '');
+  const t = text.trim().replace(/^serial=/i, '').replace(/^0x/i, '').replace(/:/g, '').toLowerCase().replace(/^0+/, '');
   return t === '' ? '0' : t;
 }
 

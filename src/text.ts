@@ -62,3 +62,14 @@ export function quote(value: string, max = 80): string {
 export function printable(value: string): string {
   return quote(value, Number.MAX_SAFE_INTEGER).slice(1, -1).replace(/\\"/g, '"').replace(/\\\\/g, '\\');
 }
+
+/**
+ * A device's name is text, and also a path segment of the device API
+ * (`/ota/devices/<name>/`): "." and ".." would be resolved away, so they
+ * are refused with the other text rules.
+ */
+export function checkDeviceName(field: string, value: string): string {
+  checkClientText(field, value, TEXT_LIMITS.name);
+  if (/^(?:\.|%2e){1,2}$/i.test(value)) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} cannot be a device name: it is a path segment of the device API`);
+  return value;
+}

@@ -91,6 +91,12 @@ test.serial('the token goes away: TOKEN_UNAVAILABLE, PING still answered, signin
   const ping = await sv.jig.request('PING', 'p1', null);
   t.is(ping.type, 'PONG');
   t.is(sv.s.station.health()?.code, 'TOKEN_UNAVAILABLE');
+  // Keep asking for 3 s while it is gone: the station's attempts to start the token afresh fail meanwhile.
+  for (let i = 0; i < 12; i++) {
+    const r = await sv.jig.request('SIGN', `w${i}`, Buffer.from(csr()));
+    t.is(r.code, 'TOKEN_UNAVAILABLE');
+    await new Promise((res) => setTimeout(res, 250));
+  }
   renameSync(`${tokens}.away`, tokens);
   restored = true;
   let back = null;

@@ -168,6 +168,7 @@ test('HEAD /sign answers 503 with the station-wide reason when the station is un
     rootPem: s.station.rootPem,
     recordRefusal: (...a) => s.station.recordRefusal(...a),
     health: () => unhealthy,
+    checkHealth: async () => unhealthy,
   };
   const wrapped = new HttpLink(port, { listen: '127.0.0.1:0', sota: s.config.sota });
   await wrapped.start();
@@ -235,6 +236,7 @@ test('64 whole requests being answered: a 65th connection is closed at once, and
     rootPem: s.station.rootPem,
     recordRefusal: (...a) => s.station.recordRefusal(...a),
     health: () => null,
+    checkHealth: async () => null,
   };
   const link = new HttpLink(port, { listen: '127.0.0.1:0', sota: s.config.sota });
   await link.start();

@@ -31,6 +31,7 @@ function stubStation(gate?: () => Promise<void>): StationPort {
     rootPem: 'ROOT\n',
     recordRefusal: async () => undefined,
     health: () => null,
+    checkHealth: async () => null,
   };
 }
 

@@ -13,7 +13,8 @@ import type { SignResult } from '../station/index.js';
 import { caCsr, caDemo, caImport, caInit, caInitToken, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
 import { printJson } from './output.js';
 import { checkClientText, printable, TEXT_LIMITS } from '../text.js';
-import { allowReissueCommand, backupCommand, revokeCommand } from './operator-commands.js';
+import { operatorName } from '../operator/index.js';
+import { acceptCommand, allowReissueCommand, backupCommand, revokeCommand } from './operator-commands.js';
 
 export interface GlobalArgs {
   config?: string | undefined;
@@ -73,11 +74,13 @@ export function caCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
       (a) =>
         a
           .positional('file', { type: 'string', demandOption: true })
-          .option('replace', { type: 'boolean', default: false, describe: 'replace an installed local-ca (recorded in the ledger)' }),
+          .option('replace', { type: 'boolean', default: false, describe: 'replace an installed local-ca (recorded in the ledger)' })
+          .option('operator', { type: 'string', describe: 'who, for the audit trail (default: [station] operator, else the login name)' }),
       (args) => {
         const cfg = config(args);
         const cert = caImport(cfg, args.file, {
           replace: args.replace,
+          operator: operatorName(cfg, args.operator),
           warn: (m) => process.stderr.write(`WARNING ${m}\n`),
         });
         process.stdout.write(`installed local-ca ${cert.subject.replace(/\n/g, ', ')} (valid to ${cert.validTo}) at ${cfg.ca.certificate}\n`);
@@ -189,9 +192,9 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
       (a) =>
         a
           .option('ledger', { type: 'string', describe: 'check this copy (a backup) instead of the configured ledger' })
-          .option('no-token', { type: 'boolean', describe: 'check without the token (no PIN here): weaker, and says so' }),
+          .option('without-token', { type: 'boolean', describe: 'check without the token (no PIN here): weaker, and says so' }),
       (args) => {
-        const r = verifyLedger(config(args), { file: args.ledger, noToken: args['no-token'] });
+        const r = verifyLedger(config(args), { file: args.ledger, noToken: args['without-token'] });
         for (const n of r.notes) process.stdout.write(`note: ${n}\n`);
         for (const p of r.problems) process.stderr.write(`ERROR LEDGER ${p.table} ${p.table === 'checkpoints' ? 'n' : 'seq'} ${p.seq}: ${p.reason}\n`);
         if (r.problems.length) {
@@ -222,12 +225,21 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
       (args) => revokeCommand(args),
     )
     .command(
+      'accept',
+      "make this ledger file the station's, when ledger verify says the token checkpointed another (a restored backup, a replaced disk): recorded and signed",
+      (a) =>
+        a
+          .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' })
+          .option('operator', { type: 'string', describe: 'who (default: [station] operator, else the login name)' }),
+      (args) => acceptCommand(args),
+    )
+    .command(
       'backup <dest>',
       'a consistent copy of the ledger, taken while the station serves',
       (a) => a.positional('dest', { type: 'string', demandOption: true }).option('operator', { type: 'string', describe: 'who' }),
       (args) => backupCommand(args),
     )
-    .demandCommand(1, 'ledger needs a command: verify, allow-reissue, revoke or backup');
+    .demandCommand(1, 'ledger needs a command: verify, allow-reissue, revoke, backup or accept');
 }
 
 export function stationKeyCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {

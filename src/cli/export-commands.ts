@@ -3,7 +3,7 @@ import { configPath, loadConfig } from '../config/index.js';
 import { resolve } from 'node:path';
 import { exportBatch, sync, verifyBatches, type ExportResult } from '../export/index.js';
 import { callOwner } from '../operator/control.js';
-import { withOwnedLedger } from '../operator/index.js';
+import { operatorName, withOwnedLedger } from '../operator/index.js';
 import { printable } from '../text.js';
 
 function bar(label: string): cliProgress.SingleBar | null {
@@ -14,11 +14,12 @@ function bar(label: string): cliProgress.SingleBar | null {
   );
 }
 
-export async function exportCommand(args: { config?: string; out: string; batch?: number }): Promise<void> {
+export async function exportCommand(args: { config?: string; out: string; batch?: number; operator?: string }): Promise<void> {
   const config = loadConfig(configPath(args.config));
   const outDir = resolve(args.out);
+  const operator = operatorName(config, args.operator);
   // A serving station owns the ledger: it exports (the batch is recorded by the ledger's one writer).
-  const remote = await callOwner(config.station.ledger, { op: 'export', outDir, batch: args.batch });
+  const remote = await callOwner(config.station.ledger, { op: 'export', outDir, batch: args.batch, operator });
   let result: ExportResult | null;
   if (remote) result = remote.result as ExportResult | null;
   else {
@@ -28,6 +29,7 @@ export async function exportCommand(args: { config?: string; out: string; batch?
       const r = await exportBatch(config, {
         outDir,
         batch: args.batch,
+        operator,
         onProgress: (done, total) => {
           if (!progress || total < 2000) return;
           if (!started) progress.start(total, 0);

@@ -53,7 +53,8 @@ const cli = yargs(hideBin(process.argv))
     (y) =>
       y
         .option('out', { type: 'string', default: '.', describe: 'folder to write the batch into (the USB stick)' })
-        .option('batch', { type: 'number', describe: 'write this earlier batch again, byte for byte' }),
+        .option('batch', { type: 'number', describe: 'write this earlier batch again, byte for byte' })
+        .option('operator', { type: 'string', describe: 'who exports, for the audit trail (default: [station] operator, else the login name)' }),
     (args) => exportCommand(args as never),
   )
   .command(
@@ -124,6 +125,12 @@ const cli = yargs(hideBin(process.argv))
     process.stderr.write(`ERROR USAGE ${msg}\n`);
     process.exit(64);
   });
+
+// `line-signer log | head`: a reader that goes away is not an error.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  throw err;
+});
 
 try {
   await cli.parseAsync();

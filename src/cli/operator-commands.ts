@@ -9,7 +9,7 @@ import { LineSignerError } from '../errors.js';
 import { SqliteLedger, type Order } from '../ledger/index.js';
 import { operate, operatorName, orderSummary } from '../operator/index.js';
 import { serialText } from '../serial.js';
-import { checkClientText, printable } from '../text.js';
+import { checkClientText, printable, quote } from '../text.js';
 import { config, type GlobalArgs } from './commands.js';
 import { printJson } from './output.js';
 
@@ -100,6 +100,12 @@ export async function revokeCommand(args: WithOperator & { device: string; reaso
   process.stdout.write(`device ${r.device} revoked: it gets no certificate until a re-issue is allowed; the next export carries the mark\n`);
 }
 
+export async function acceptCommand(args: WithOperator & { reason: string }): Promise<void> {
+  const cfg = config(args);
+  const r = await operate<{ ledgerId: string; issuanceSeq: number; eventSeq: number }>(cfg, { op: 'accept', reason: checkClientText('--reason', args.reason), operator: operatorName(cfg, args.operator) }, waiting);
+  process.stdout.write(`ledger ${r.ledgerId} (issuance seq ${r.issuanceSeq}, event seq ${r.eventSeq}) is now station ${cfg.station.id}'s ledger; the token's checkpoint says so\n`);
+}
+
 export async function backupCommand(args: WithOperator & { dest: string }): Promise<void> {
   const cfg = config(args);
   const r = await operate<{ dest: string; bytes: number; ms: number }>(cfg, { op: 'backup', dest: args.dest, operator: operatorName(cfg, args.operator) }, waiting);
@@ -131,7 +137,7 @@ export function logCommand(args: GlobalArgs & { since?: string; until?: string; 
       const who = row.operator ? ` by ${row.operator}` : '';
       const line =
         row.type === 'issuance'
-          ? `${row.at} issued  seq ${row.seq} ${row.device}${row.name && row.name !== row.device ? ` (${row.name})` : ''} serial ${row.serial} via ${row.link}${row.work_order ? ` order ${row.work_order}` : ''}${row.supersedes ? ` supersedes seq ${row.supersedes}` : ''}${who}`
+          ? `${row.at} issued  seq ${row.seq} ${row.device}${row.name && row.name !== row.device ? ` name ${quote(row.name)}` : ''} serial ${row.serial} via ${row.link}${row.work_order ? ` order ${row.work_order}` : ''}${row.supersedes ? ` supersedes seq ${row.supersedes}` : ''}${who}`
           : `${row.at} ${row.kind}${row.code ? ` ${row.code}` : ''}${row.count > 1 ? ` x${row.count}` : ''}${row.device ? ` ${row.device}` : ''}${row.link ? ` via ${row.link}` : ''}${who}${row.message ? `: ${row.message}` : ''}`;
       process.stdout.write(printable(line) + '\n');
     }

@@ -16,7 +16,7 @@ import { checkClientText, TEXT_LIMITS } from '../text.js';
 export type OwnerRequest =
   | OperatorRequest
   | { op: 'sign'; csr: string; hardwareId?: string | undefined; name?: string | undefined }
-  | { op: 'export'; outDir: string; batch?: number | undefined }
+  | { op: 'export'; outDir: string; batch?: number | undefined; operator?: string | undefined }
   | { op: 'health' };
 
 const str = (v: unknown, what: string): string => {
@@ -38,7 +38,7 @@ export function ownerRequest(raw: unknown): OwnerRequest {
         name: r.name === undefined ? undefined : checkClientText('name', str(r.name, 'name'), TEXT_LIMITS.name),
       };
     case 'export':
-      return { op, outDir: str(r.outDir, 'outDir'), batch: typeof r.batch === 'number' ? r.batch : undefined };
+      return { op, outDir: str(r.outDir, 'outDir'), batch: typeof r.batch === 'number' ? r.batch : undefined, operator: r.operator === undefined ? undefined : checkClientText('operator', str(r.operator, 'operator'), 64) };
     case 'health':
       return { op };
     case 'allow-reissue':
@@ -55,6 +55,8 @@ export function ownerRequest(raw: unknown): OwnerRequest {
       return { op, reason: str(r.reason, 'reason'), operator: str(r.operator, 'operator') };
     case 'backup':
       return { op, dest: str(r.dest, 'dest'), operator: str(r.operator, 'operator') };
+    case 'accept':
+      throw new LineSignerError('USAGE', 'ledger accept is for a stopped station: a serving station has accepted its ledger at start');
     default:
       throw new LineSignerError('USAGE', `control request: unknown op ${JSON.stringify(op.slice(0, 32))}`);
   }
@@ -70,12 +72,12 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
       case 'sign':
         return open.station.handle({ csr: new Uint8Array(Buffer.from(req.csr, 'base64')), link: 'cli', hardwareId: req.hardwareId, name: req.name });
       case 'export': {
-        const r = await exportBatch(config, { outDir: req.outDir, batch: req.batch });
+        const r = await exportBatch(config, { outDir: req.outDir, batch: req.batch, operator: req.operator });
         await open.checkpointer.take('export');
         return r;
       }
       case 'health':
-        return { health: open.station.health(), checkpoint: open.checkpointer.failure, pid: process.pid };
+        return { health: await open.station.checkHealth(), checkpoint: open.checkpointer.failure, pid: process.pid };
       default:
         return perform(ctx, req);
     }

@@ -11,7 +11,7 @@ import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
 import { GENESIS_HASH, SqliteLedger, type Batch } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
-import { certificateDer, pemEncode } from '../x509/index.js';
+import { certificateDer, certificateKeyMismatch, pemEncode } from '../x509/index.js';
 import { signDetached } from './cms.js';
 import { batchFileName, FORMAT, type CertificatesLine, type IssuanceLine, type Manifest, type RevocationLine } from './format.js';
 
@@ -20,6 +20,8 @@ export interface ExportOptions {
   /** Write this earlier batch again instead of a new one. */
   batch?: number | undefined;
   onProgress?: ((done: number, total: number) => void) | undefined;
+  /** Who exports, recorded on the export event. */
+  operator?: string | undefined;
 }
 
 export interface ExportResult {
@@ -195,6 +197,8 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
     let signature: Uint8Array = new Uint8Array();
     try {
       const signer = token.signer(config.token.station_key_label);
+      const mismatch = certificateKeyMismatch(stationCert, signer.publicKeySpki(), `the station certificate ${config.ca.station_certificate}`);
+      if (mismatch) throw new LineSignerError('EXPORT', `${mismatch}: a batch signed now would verify against no pin; restore the file (or run \`line-signer station-key init\` on a station without one)`);
       const sha = await writeBatchFile(path, async (sink) => {
         const c = writeContent(sink, ledger, config, b, opts.onProgress);
         counts = c;
@@ -205,7 +209,7 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
         // so of two exports at once exactly one records batch N and only its
         // file ever appears; disk and ledger agree.
         try {
-          ledger.recordBatch({ ...b, signature, fileSha256 });
+          ledger.recordBatch({ ...b, signature, fileSha256 }, opts.operator);
         } catch (err) {
           const taken = /UNIQUE|PRIMARY KEY/i.test((err as Error).message);
           throw new LineSignerError('EXPORT', taken

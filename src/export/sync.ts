@@ -383,6 +383,10 @@ async function reconcile(
       await sleep(openAt - Date.now(), opts.signal);
       checkRunning();
     }
+    // "." and ".." are resolved away by any URL parser (encoded or not): such a name cannot be a path segment, and no request is sent for it.
+    if (name !== null && /^(?:\.|%2e){1,2}$/i.test(name)) {
+      return { status: 400, body: `not sent: the device name ${JSON.stringify(name)} cannot be a path segment of the device API`, location: null, retryAfter: null };
+    }
     const url = name === null ? `${base}/ota/devices/` : `${base}/ota/devices/${encodeURIComponent(name)}/`;
     const signal = opts.signal ? AbortSignal.any([opts.signal, AbortSignal.timeout(timeoutMs)]) : AbortSignal.timeout(timeoutMs);
     try {

@@ -35,6 +35,8 @@ export interface Checkpoint extends Heads {
 
 /** What the token keeps: enough to find and check the newest checkpoint in a file. */
 export interface TokenCheckpoint extends Heads {
+  /** The station it belongs to: the token object is found by it (not by anything the file says). */
+  stationId: string;
   ledgerId: string;
   n: number;
   at: string;
@@ -79,15 +81,24 @@ export function encodeTokenCheckpoint(c: TokenCheckpoint): Buffer {
 export function decodeTokenCheckpoint(bytes: Uint8Array): TokenCheckpoint | null {
   try {
     const c = JSON.parse(Buffer.from(bytes).toString('utf8')) as TokenCheckpoint;
-    return typeof c.n === 'number' && typeof c.ledgerId === 'string' ? c : null;
+    return typeof c.n === 'number' && typeof c.ledgerId === 'string' && typeof c.stationId === 'string' ? c : null;
   } catch {
     return null;
   }
 }
 
-/** The label of the token object that keeps a ledger's newest checkpoint. */
-export function checkpointLabel(ledgerId: string): string {
-  return `line-signer checkpoint ${ledgerId}`;
+/**
+ * The label of the token object that keeps a station's newest checkpoint.
+ * By station id, from the configuration, never by anything the ledger file
+ * says of itself: a file whose ledger id was changed is still compared.
+ */
+export function checkpointLabel(stationId: string): string {
+  return `line-signer checkpoint ${stationId}`;
+}
+
+/** A checkpoint taken by a process that then lets the ledger go: nothing may follow it until the next owner starts. */
+export function closesLedger(reason: string): boolean {
+  return reason === 'stop' || reason.startsWith('closing ');
 }
 
 export interface CheckpointWriter {
@@ -111,7 +122,7 @@ export async function takeCheckpoint(
   if (!prepared) return null;
   const signature = await sign(prepared.digest);
   const kept = await ledger.recordCheckpoint({ ...prepared.unsigned, signature });
-  await store(checkpointLabel(kept.ledgerId), encodeTokenCheckpoint(kept));
+  await store(checkpointLabel(kept.stationId), encodeTokenCheckpoint(kept));
   return kept;
 }
 
@@ -125,6 +136,49 @@ export function takeCheckpointSync(
   const prepared = ledger.prepareCheckpoint(reason, true);
   if (!prepared) return null;
   const kept = ledger.recordCheckpoint({ ...prepared.unsigned, signature: sign(prepared.digest) });
-  store(checkpointLabel(kept.ledgerId), encodeTokenCheckpoint(kept));
+  store(checkpointLabel(kept.stationId), encodeTokenCheckpoint(kept));
   return kept;
+}
+
+/** The newest checkpoint the token keeps for station `stationId`, or null. */
+export function tokenCheckpoint(readData: (label: string) => Buffer[], stationId: string): TokenCheckpoint | null {
+  let newest: TokenCheckpoint | null = null;
+  for (const v of readData(checkpointLabel(stationId))) {
+    const c = decodeTokenCheckpoint(v);
+    if (c && c.stationId === stationId && (!newest || c.n > newest.n)) newest = c;
+  }
+  return newest;
+}
+
+export interface LedgerFacts {
+  ledgerId(): string;
+  heads(): Heads;
+  checkAgainstToken(tc: TokenCheckpoint): string | null;
+  lastCheckpoint(): { n: number } | undefined;
+}
+
+/**
+ * Before a process writes a ledger: is this file the one the token last
+ * checkpointed for this station, holding at least what that checkpoint
+ * says, and nothing added since a clean close? Null when it is; else why
+ * not, with the way forward. Every owner runs it (serve, sign, the
+ * operator commands, export, ca import), so none writes over a rolled-back
+ * or forged file and signs it anew.
+ */
+export function ledgerTokenProblem(ledger: LedgerFacts, kept: TokenCheckpoint | null, stationId: string, path: string): string | null {
+  const fix = `; \`line-signer ledger verify\` lists what differs, and \`line-signer ledger accept --reason R\` makes this file the station's ledger if it should be`;
+  if (!kept) {
+    const n = ledger.lastCheckpoint()?.n ?? 0;
+    return n > 0 ? `${path} has ${n} signed checkpoints, but the token keeps none for station ${stationId}: the token object was removed, or this is another token${fix}` : null;
+  }
+  if (kept.ledgerId !== ledger.ledgerId()) {
+    return `${path} (ledger id ${ledger.ledgerId()}) is not the ledger the token last checkpointed for station ${stationId} (ledger id ${kept.ledgerId}, checkpoint ${kept.n}, ${kept.at})${fix}`;
+  }
+  const behind = ledger.checkAgainstToken(kept);
+  if (behind) return `${path}: ${behind}${fix}`;
+  const h = ledger.heads();
+  if (closesLedger(kept.reason) && (h.issuanceSeq > kept.issuanceSeq || h.eventSeq > kept.eventSeq)) {
+    return `${path}: rows were added after the station's last clean close (checkpoint ${kept.n}, ${kept.at}, ${kept.reason}), outside line-signer${fix}`;
+  }
+  return null;
 }

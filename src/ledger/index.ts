@@ -14,8 +14,8 @@ import { MIGRATIONS } from './schema.js';
 
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
-export { LedgerLock } from './lock.js';
-export { checkpointLabel, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
+export { LedgerLock, realLedgerPath } from './lock.js';
+export { checkpointLabel, closesLedger, ledgerTokenProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
 export interface NewIssuance {
   serial: string;
@@ -61,7 +61,8 @@ export type EventKind =
   | 'order_open'
   | 'order_close'
   | 'clock_confirm'
-  | 'backup';
+  | 'backup'
+  | 'ledger_accept';
 
 export interface NewEvent {
   kind: EventKind;
@@ -429,11 +430,11 @@ export class SqliteLedger implements Ledger {
                 (SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1) AS last`,
       ),
       count: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances'),
-      stationContext: db.prepare<[{ since: string }], { order_json: string | null; n: number | null; minute: number; last: string | null; confirmed: string | null; confirmed_seq: string | null }>(
+      stationContext: db.prepare<[{ since: string; now: string }], { order_json: string | null; n: number | null; minute: number; last: string | null; confirmed: string | null; confirmed_seq: string | null }>(
         `SELECT (SELECT json_object('id', id, 'quantity', quantity, 'issued', issued, 'hardwareId', hardware_id, 'operator', operator, 'openedAt', opened_at)
                    FROM orders WHERE closed_at IS NULL) AS order_json,
                 (SELECT max(seq) FROM issuances) AS n,
-                (SELECT count(*) FROM issuances WHERE issued_at > @since) AS minute,
+                (SELECT count(*) FROM issuances WHERE issued_at > @since AND issued_at <= @now) AS minute,
                 (SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1) AS last,
                 (SELECT value FROM settings WHERE key = 'clock_confirmed_at') AS confirmed,
                 (SELECT value FROM settings WHERE key = 'clock_confirmed_after_seq') AS confirmed_seq`,
@@ -450,7 +451,8 @@ export class SqliteLedger implements Ledger {
       setting: db.prepare<[string], { value: string }>('SELECT value FROM settings WHERE key = ?'),
       setSetting: db.prepare<[string, string]>('INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)'),
       newestOfDevice: db.prepare<[string], { seq: number; public_key_sha256: string }>('SELECT seq, public_key_sha256 FROM issuances WHERE device_id = ? ORDER BY seq DESC LIMIT 1'),
-      minuteCount: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM issuances WHERE issued_at > ?'),
+      // A row stamped in the future (a clock that was wrong) is not "in the last minute".
+      minuteCount: db.prepare<[string, string], { n: number }>('SELECT count(*) AS n FROM issuances WHERE issued_at > ? AND issued_at <= ?'),
       lastCheckpoint: db.prepare<[], CheckpointRow>('SELECT * FROM checkpoints ORDER BY n DESC LIMIT 1'),
       allCheckpoints: db.prepare<[], CheckpointRow>('SELECT * FROM checkpoints ORDER BY n'),
       checkpointN: db.prepare<[number], CheckpointRow>('SELECT * FROM checkpoints WHERE n = ?'),
@@ -461,7 +463,7 @@ export class SqliteLedger implements Ledger {
       issuanceHashesAfter: db.prepare<[number, number], { entry_hash: string }>('SELECT entry_hash FROM issuances WHERE seq > ? AND seq <= ? ORDER BY seq'),
       eventHashesAfter: db.prepare<[number, number], { entry_hash: string }>('SELECT entry_hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq'),
       allBatches: db.prepare<[], BatchRow>('SELECT * FROM batches ORDER BY number'),
-      perLink: db.prepare<[string], { link: string; n: number }>('SELECT link, count(*) AS n FROM issuances WHERE issued_at >= ? GROUP BY link ORDER BY link'),
+      perLink: db.prepare<[string, string], { link: string; n: number }>('SELECT link, count(*) AS n FROM issuances WHERE issued_at >= ? AND issued_at < ? GROUP BY link ORDER BY link'),
       log: db.prepare<[Record<string, string | null>], LogRow>(
         `SELECT * FROM (
            SELECT 'issuance' AS type, i.issued_at AS at, i.seq, i.device_id AS device, i.name, i.serial, i.link, i.work_order AS work_order,
@@ -491,6 +493,7 @@ export class SqliteLedger implements Ledger {
          VALUES (@v, @seq, @at, @kind, @code, @message, @csr_sha256, @device_id, @link, @station_id, @count, @operator, @entry_hash)`,
       ),
       deleteGrant: db.prepare<[string]>('DELETE FROM reissue_grants WHERE device_id = ?'),
+      grantOf: db.prepare<[string], { device_id: string }>('SELECT device_id FROM reissue_grants WHERE device_id = ?'),
       insertGrant: db.prepare<[string, string, string]>(
         'INSERT OR REPLACE INTO reissue_grants (device_id, granted_at, reason) VALUES (?, ?, ?)',
       ),
@@ -607,7 +610,7 @@ export class SqliteLedger implements Ledger {
     }
     if (guard.maxPerMinute !== undefined) {
       const since = new Date(Date.parse(entry.issuedAt) - 60_000).toISOString();
-      if (this.q.minuteCount.get(since)!.n >= guard.maxPerMinute) refuse('QUOTA_EXCEEDED', `more than ${guard.maxPerMinute} certificates in a minute`);
+      if (this.q.minuteCount.get(since, entry.issuedAt)!.n >= guard.maxPerMinute) refuse('QUOTA_EXCEEDED', `more than ${guard.maxPerMinute} certificates in a minute`);
     }
     if (entry.workOrder) {
       const o = this.q.orderById.get(entry.workOrder);
@@ -616,6 +619,10 @@ export class SqliteLedger implements Ledger {
     } else if (guard.requireOrder) refuse('QUOTA_EXCEEDED', 'no open work order');
     const newest = this.q.newestOfDevice.get(entry.deviceId);
     const revoked = this.q.revokedRow.get(entry.deviceId) !== undefined;
+    const granted = this.q.grantOf.get(entry.deviceId) !== undefined;
+    if (!revoked && granted && newest && newest.public_key_sha256 === entry.publicKeySha256) {
+      refuse('DUPLICATE_DEVICE', `a re-issue for a new key is pending for device ${entry.deviceId}: its old key is refused`);
+    }
     if (revoked || (newest && newest.public_key_sha256 !== entry.publicKeySha256)) {
       if (this.q.deleteGrant.run(entry.deviceId).changes !== 1) {
         refuse('DUPLICATE_DEVICE', revoked ? `device ${entry.deviceId} is revoked` : `device ${entry.deviceId} already has a certificate for another key`);
@@ -626,7 +633,7 @@ export class SqliteLedger implements Ledger {
   }
 
   stationContext(now: Date): StationContext {
-    const r = this.q.stationContext.get({ since: new Date(now.getTime() - 60_000).toISOString() })!;
+    const r = this.q.stationContext.get({ since: new Date(now.getTime() - 60_000).toISOString(), now: now.toISOString() })!;
     const confirmedAfter = r.confirmed_seq === null ? -1 : Number(r.confirmed_seq);
     return {
       order: r.order_json ? (JSON.parse(r.order_json) as OpenOrder) : undefined,
@@ -749,7 +756,7 @@ export class SqliteLedger implements Ledger {
     });
     const ledgerId = this.ledgerId();
     const { n, at, reason, issuanceSeq, issuanceHash, eventSeq, eventHash } = c;
-    return { ledgerId, n, at, reason, issuanceSeq, issuanceHash, eventSeq, eventHash, statement: sha256(checkpointStatement(ledgerId, c)) };
+    return { stationId: this.stationId, ledgerId, n, at, reason, issuanceSeq, issuanceHash, eventSeq, eventHash, statement: sha256(checkpointStatement(ledgerId, c)) };
   }
 
   /**
@@ -785,10 +792,10 @@ export class SqliteLedger implements Ledger {
     for (const r of this.q.log.iterate(params)) yield r;
   }
 
-  /** Issuances since `since` (ISO time), per link. */
-  issuedPerLinkSince(since: string): Record<string, number> {
+  /** Issuances from `since` up to `until` (ISO times), per link. */
+  issuedPerLink(since: string, until: string): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const r of this.q.perLink.all(since)) out[r.link] = r.n;
+    for (const r of this.q.perLink.all(since, until)) out[r.link] = r.n;
     return out;
   }
 
@@ -964,7 +971,7 @@ export class SqliteLedger implements Ledger {
     return r ? toBatch(r) : undefined;
   }
 
-  recordBatch(b: Batch): void {
+  recordBatch(b: Batch, operator?: string | undefined): void {
     this.q.insertBatch.run({
       number: b.number,
       first_seq: b.firstSeq,
@@ -976,7 +983,7 @@ export class SqliteLedger implements Ledger {
       signature: Buffer.from(b.signature),
       file_sha256: b.fileSha256,
     });
-    this.appendEvent({ kind: 'export', message: `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}` });
+    this.appendEvent({ kind: 'export', message: `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}`, operator: operator ?? null });
   }
 
   /**

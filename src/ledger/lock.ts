@@ -9,7 +9,8 @@
  * lock itself, waiting while another command holds it.
  */
 import Database from 'better-sqlite3';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, realpathSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { userInfo } from 'node:os';
 import { LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
@@ -21,8 +22,25 @@ export interface LockHolder {
   since: string;
 }
 
-export const lockPath = (ledger: string): string => `${ledger}.lock`;
-export const ownerPath = (ledger: string): string => `${ledger}.owner`;
+/**
+ * The ledger's real path: the lock, the owner file and the control socket
+ * are named after the file itself, so that a second name for it (a
+ * symlink, another folder's link) finds the same lock.
+ */
+export function realLedgerPath(ledger: string): string {
+  try {
+    return realpathSync(ledger);
+  } catch {
+    try {
+      return join(realpathSync(dirname(ledger)), basename(ledger));
+    } catch {
+      return ledger;
+    }
+  }
+}
+
+export const lockPath = (ledger: string): string => `${realLedgerPath(ledger)}.lock`;
+export const ownerPath = (ledger: string): string => `${realLedgerPath(ledger)}.owner`;
 
 function holderText(ledger: string): string {
   try {

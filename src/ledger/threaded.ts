@@ -53,6 +53,14 @@ export class ThreadedLedger implements Ledger {
     return this.reader.ledgerId();
   }
 
+  heads(): ReturnType<SqliteLedger['heads']> {
+    return this.reader.heads();
+  }
+
+  lastCheckpoint(): ReturnType<SqliteLedger['lastCheckpoint']> {
+    return this.reader.lastCheckpoint();
+  }
+
   /** The next checkpoint to sign (reads on this thread). */
   prepareCheckpoint(reason: string, always = true): ReturnType<SqliteLedger['prepareCheckpoint']> {
     return this.reader.prepareCheckpoint(reason, always);

@@ -228,7 +228,7 @@ export class HttpLink implements Link {
     if (path !== '/sign') return this.refuse(res, 404, 'BAD_FRAME', 'no such endpoint; POST /sign');
     // lmp-device-register checks the endpoint with a bare HEAD before it posts.
     if (req.method === 'HEAD') {
-      const unhealthy = this.station.health();
+      const unhealthy = await this.station.checkHealth();
       if (unhealthy) return this.reply(res, 503, { code: unhealthy.code, message: unhealthy.message });
       return this.reply(res, 200);
     }

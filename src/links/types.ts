@@ -10,6 +10,8 @@ export interface StationPort {
   recordRefusal(link: string, code: ProtocolCode, message: string): Promise<void>;
   /** Null when the station would issue now; else the station-wide reason it would not. */
   health(): Unhealthy | null;
+  /** The same, after asking the token whether it still signs when it has not for a while (HEAD /sign). */
+  checkHealth(): Promise<Unhealthy | null>;
 }
 
 export type LinkKind = 'serial' | 'http' | 'spool';

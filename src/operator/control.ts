@@ -8,8 +8,9 @@
 import { chmodSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { asLineSignerError, LineSignerError, type ErrorCode } from '../errors.js';
+import { realLedgerPath } from '../ledger/lock.js';
 
-export const socketPath = (ledger: string): string => `${ledger}.sock`;
+export const socketPath = (ledger: string): string => `${realLedgerPath(ledger)}.sock`;
 
 const MAX_REQUEST = 256 * 1024;
 

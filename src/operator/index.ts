@@ -8,11 +8,12 @@
  * writer, and each action is an event with its operator in the hash chain,
  * followed by a signed checkpoint.
  */
+import { existsSync, lstatSync, statSync } from 'node:fs';
 import { userInfo } from 'node:os';
-import { isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { LedgerLock, SqliteLedger, takeCheckpoint, type Order } from '../ledger/index.js';
+import { LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
 import { checkClientText } from '../text.js';
@@ -25,7 +26,8 @@ export type OperatorRequest =
   | { op: 'order-open'; id: string; quantity: number; hardwareId: string | null; operator: string }
   | { op: 'order-close'; id: string; operator: string }
   | { op: 'clock-confirm'; reason: string; operator: string }
-  | { op: 'backup'; dest: string; operator: string };
+  | { op: 'backup'; dest: string; operator: string }
+  | { op: 'accept'; reason: string; operator: string };
 
 /** What an action needs from the process that performs it. */
 export interface OperatorContext {
@@ -72,14 +74,37 @@ export async function perform(ctx: OperatorContext, req: OperatorRequest): Promi
       result = { at: new Date().toISOString() };
       break;
     case 'backup': {
+      checkBackupDestination(req.dest);
       ledger.appendEvent({ kind: 'backup', message: `backup to ${req.dest}`, operator: req.operator });
       // The copy then holds a signed checkpoint covering everything before it started.
       await ctx.checkpoint('backup');
       return backupLedger(ctx.config.station.ledger, req.dest);
     }
+    case 'accept': {
+      const h = ledger.heads();
+      ledger.appendEvent({
+        kind: 'ledger_accept',
+        message: `ledger ${ledger.ledgerId()} accepted as station ${ctx.config.station.id}'s, at issuance seq ${h.issuanceSeq} and event seq ${h.eventSeq}: ${req.reason}`,
+        operator: req.operator,
+      });
+      result = { ledgerId: ledger.ledgerId(), ...h };
+      break;
+    }
   }
   await ctx.checkpoint('operator');
   return result;
+}
+
+/** A backup never overwrites anything, nor writes through a symlink, nor lands in a folder that is not there. */
+function checkBackupDestination(dest: string): void {
+  try {
+    lstatSync(dest);
+    throw new LineSignerError('USAGE', `${dest} exists; a backup never overwrites a file`);
+  } catch (err) {
+    if (err instanceof LineSignerError) throw err;
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new LineSignerError('USAGE', `${dest}: ${(err as Error).message}`);
+  }
+  if (!existsSync(dirname(dest)) || !statSync(dirname(dest)).isDirectory()) throw new LineSignerError('USAGE', `${dirname(dest)} is not a folder`);
 }
 
 /**
@@ -104,22 +129,25 @@ export async function withOwnedLedger<T>(
   const lock = await LedgerLock.wait(config.station.ledger, command, 60_000, onWait);
   try {
     const ledger = new SqliteLedger(config.station.ledger, config.station.id);
+    // One login per operator action: the token vouches for the file before anything is written, and signs after.
     let token: Pkcs11Token | null = null;
     try {
+      const t = Pkcs11Token.open({ module: config.token.module, tokenLabel: config.token.token_label, pin: readPin(config.token), softhsm2Conf: config.token.softhsm2_conf });
+      token = t;
+      if (command !== 'accept') {
+        const problem = ledgerTokenProblem(ledger, tokenCheckpoint((l) => t.readData(l), config.station.id), config.station.id, config.station.ledger);
+        if (problem) throw new LineSignerError('LEDGER', `nothing written: ${problem}`);
+      }
+      const signer = t.signer(config.token.station_key_label);
       const ctx: OperatorContext = {
         config,
         ledger,
-        async checkpoint(reason) {
-          // One login per operator action, and only when there is something to sign.
-          token ??= Pkcs11Token.open({ module: config.token.module, tokenLabel: config.token.token_label, pin: readPin(config.token), softhsm2Conf: config.token.softhsm2_conf });
-          const t = token;
-          const signer = t.signer(config.token.station_key_label);
-          return takeCheckpoint(ledger, (d) => signer.sign(d), (l, v) => t.writeData(l, v), reason);
-        },
+        // This process lets the ledger go right after: its checkpoints close it.
+        checkpoint: (reason) => takeCheckpoint(ledger, (d) => signer.sign(d), (l, v) => t.writeData(l, v), `closing ${reason}`),
       };
       return await work(ctx);
     } finally {
-      (token as Pkcs11Token | null)?.close();
+      token?.close();
       ledger.close();
     }
   } finally {

@@ -184,6 +184,9 @@ export function checkClock(f: StationFacts, rules: PolicyRules): Refusal | null 
 
 /** Station-wide reasons to refuse every request now: limits, the work order, the clock. */
 export function checkStation(f: StationFacts, rules: PolicyRules): Refusal | null {
+  // The clock first: with a wrong clock the counts that depend on it say nothing.
+  const clock = checkClock(f, rules);
+  if (clock) return clock;
   if (f.order && f.order.issued >= f.order.quantity) {
     return refuse('QUOTA_EXCEEDED', `work order ${f.order.id} is used up (${f.order.issued} of ${f.order.quantity}); an operator opens the next: line-signer order open ORDER --quantity N`);
   }
@@ -196,7 +199,7 @@ export function checkStation(f: StationFacts, rules: PolicyRules): Refusal | nul
   if (rules.maxPerMinute !== undefined && f.issuedLastMinute >= rules.maxPerMinute) {
     return refuse('QUOTA_EXCEEDED', `more than ${rules.maxPerMinute} certificates in the last minute ([policy] max_per_minute): a runaway jig? wait, or raise the limit`);
   }
-  return checkClock(f, rules);
+  return null;
 }
 
 /** The checks that need the ledger, in order: the order's hardware id, the device, then the station-wide ones. */
@@ -208,6 +211,12 @@ export function checkIssuance(f: IssuanceFacts, rules: PolicyRules): Refusal | n
     return refuse(
       'DUPLICATE_DEVICE',
       `device ${f.deviceId} was revoked (${clip(f.revoked.reason)}); if it may come back: line-signer ledger allow-reissue ${f.deviceId} --reason ...`,
+    );
+  }
+  if (!f.revoked && f.reissueAllowed && f.currentKey === f.publicKeySha256) {
+    return refuse(
+      'DUPLICATE_DEVICE',
+      `a re-issue for a new key is pending for device ${f.deviceId}: its old key is refused (the reworked board sends a CSR for its new key)`,
     );
   }
   if (f.currentKey !== undefined && f.currentKey !== f.publicKeySha256 && !f.reissueAllowed) {

@@ -65,11 +65,11 @@ export function stationStatus(config: StationConfig, now = new Date()): StationS
     const s = ledger.stats();
     const last = s.lastIssuance;
     const order = ledger.stationContext(now).order;
-    const midnight = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate())).toISOString();
+    const midnight = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
     return {
       station: config.station.id,
       issued: s.issued,
-      today: ledger.issuedPerLinkSince(midnight),
+      today: ledger.issuedPerLink(new Date(midnight).toISOString(), new Date(midnight + 86_400_000).toISOString()),
       rejected: s.rejectedByCode,
       replays: s.replays,
       order: order ? { ...order, left: Math.max(0, order.quantity - order.issued) } : null,

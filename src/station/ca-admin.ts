@@ -11,7 +11,7 @@ import { readPin, type StationConfig } from '../config/index.js';
 import { readPrivateFile } from '../files.js';
 import { LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
-import { LedgerLock, SqliteLedger, takeCheckpointSync } from '../ledger/index.js';
+import { LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpointSync, tokenCheckpoint } from '../ledger/index.js';
 import {
   certificateDer,
   checkLocalCa,
@@ -136,6 +136,8 @@ export interface ImportOptions {
   replace?: boolean;
   /** Told what is allowed but worth a look (a local-ca that outlives its root). */
   warn?: (message: string) => void;
+  /** Who imports, recorded on the event. */
+  operator?: string;
 }
 
 /** `ca import`: checks a local-ca certificate against the profile and installs it. */
@@ -200,15 +202,18 @@ function installLocalCa(config: StationConfig, der: Uint8Array, rootDer: Uint8Ar
         'devices will stop chaining when the root expires, so plan its renewal before then',
     );
   }
-  writeFileAtomic(config.ca.certificate, pemEncode(der, 'CERTIFICATE'));
   const subject = checked.subject.replace(/\n/g, ',');
   const replaced = installed && installed.sha256 !== sha ? `; replaces local-ca ${installed.sha256} ${installed.subject}` : '';
   const ledger = new SqliteLedger(config.station.ledger, config.station.id);
   try {
-    ledger.appendEvent({ kind: 'ca_import', message: `local-ca ${sha} ${subject}${replaced}` });
+    // The import is recorded in the ledger: the token must vouch for the file before it is written to.
+    const problem = ledgerTokenProblem(ledger, tokenCheckpoint((l) => token.readData(l), config.station.id), config.station.id, config.station.ledger);
+    if (problem) throw new LineSignerError('LEDGER', `nothing installed: ${problem}`);
+    writeFileAtomic(config.ca.certificate, pemEncode(der, 'CERTIFICATE'));
+    ledger.appendEvent({ kind: 'ca_import', message: `local-ca ${sha} ${subject}${replaced}`, operator: opts.operator ?? null });
     // Signed at once, like every write to the ledger, when the station key exists (ca init makes it).
     if (token.findKey(config.token.station_key_label)) {
-      takeCheckpointSync(ledger, (d) => token.signNow(config.token.station_key_label, d), (l, v) => token.writeData(l, v), 'ca import');
+      takeCheckpointSync(ledger, (d) => token.signNow(config.token.station_key_label, d), (l, v) => token.writeData(l, v), 'closing ca import');
     }
   } finally {
     ledger.close();
@@ -327,6 +332,11 @@ export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {})
           pin.state = 'accepted';
           for (const label of [config.token.key_label, config.token.station_key_label]) {
             if (t.findPublicKey(label) && !t.hasPrivateKey(label)) problems.push(`key "${label}": the token has its public half only`);
+            else if (t.hasPrivateKey(label)) {
+              // Logged in now: the private key's protection can be read too.
+              const risk = t.keyLeakRisk(label);
+              if (risk) problems.push(`${risk}${config.station.production ? '; a production station refuses to serve with it: make the key with `line-signer ca init`' : ''}`);
+            }
           }
         } catch (err) {
           if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_PIN') throw err;

@@ -8,11 +8,11 @@ import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { checkpointLabel, decodeTokenCheckpoint, LedgerLock, ThreadedLedger, type TokenCheckpoint } from '../ledger/index.js';
+import { ledgerTokenProblem, LedgerLock, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
 import { Checkpointer } from './checkpointer.js';
 import { Pkcs11Token, WorkerSigner } from '../token/index.js';
 import type { Signer } from '../token/signer.js';
-import { certificateDer, checkLocalCa, issuerProfile, pemEncode, sha256Hex } from '../x509/index.js';
+import { certificateDer, certificateKeyMismatch, checkLocalCa, issuerProfile, pemEncode, sha256Hex } from '../x509/index.js';
 import { Station, type LocalCa } from './station.js';
 import type { PolicyRules } from '../policy/index.js';
 
@@ -89,15 +89,6 @@ export interface OpenOptions {
   slowSessionMs?: number;
 }
 
-/** The newest checkpoint the token keeps for `ledgerId`, or null. */
-export function tokenCheckpoint(readData: (label: string) => Buffer[], ledgerId: string): TokenCheckpoint | null {
-  let newest: TokenCheckpoint | null = null;
-  for (const v of readData(checkpointLabel(ledgerId))) {
-    const c = decodeTokenCheckpoint(v);
-    if (c && c.ledgerId === ledgerId && (!newest || c.n > newest.n)) newest = c;
-  }
-  return newest;
-}
 
 /**
  * The main thread checks the token, its key and the local-ca, then signs
@@ -133,7 +124,8 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     // Validity in time is checked per request (CLOCK), so a wrong clock gets
     // the jigs a CLOCK answer instead of a station that will not start.
     checkLocalCa(caDer, { tokenSpki: nearby.publicKeySpki(), rootDer, factory: config.station.factory });
-    if (!token.findKey(config.token.station_key_label)) {
+    const stationKey = token.findKey(config.token.station_key_label);
+    if (!stationKey) {
       throw new LineSignerError('CA', `the token has no station key "${config.token.station_key_label}" (it signs exports and the ledger's checkpoints); run \`line-signer station-key init\``);
     }
     for (const label of [config.token.key_label, config.token.station_key_label]) {
@@ -142,10 +134,12 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
       if (config.station.production) throw new LineSignerError('CA', `${risk}; a production station signs only with keys that cannot leave the token`);
       warnings.push(`${risk} (accepted only because this is not a production station)`);
     }
+    const mismatch = certificateKeyMismatch(readCertificateFile(config.ca.station_certificate, 'station key certificate'), stationKey.spki, `the station certificate ${config.ca.station_certificate}`);
+    if (mismatch) throw new LineSignerError('CA', `${mismatch}: exports would verify against no pin; restore the file`);
     ledger = new ThreadedLedger(config.station.ledger, config.station.id);
-    const kept = tokenCheckpoint((l) => token.readData(l), ledger.ledgerId());
-    const behind = kept && ledger.checkAgainstToken(kept);
-    if (behind) throw new LineSignerError('LEDGER', `${config.station.ledger}: ${behind}; not serving. \`line-signer ledger verify\` lists what differs`);
+    const kept = tokenCheckpoint((l) => token.readData(l), config.station.id);
+    const problem = opts.lock === 'none' ? null : ledgerTokenProblem(ledger, kept, config.station.id, config.station.ledger);
+    if (problem) throw new LineSignerError('LEDGER', `not serving: ${problem}`);
   } catch (err) {
     if (ledger) await ledger.close();
     token.close();

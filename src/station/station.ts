@@ -38,7 +38,7 @@ import {
 } from '../x509/index.js';
 import type { Issued, SignRequest, SignResult, StationHello, Unhealthy } from './types.js';
 import { EventCoalescer } from './coalesce.js';
-import { quote } from '../text.js';
+import { checkClientText, checkDeviceName, quote, TEXT_LIMITS } from '../text.js';
 
 export const MAX_FRAME = 16384;
 
@@ -81,6 +81,8 @@ export class Station {
   private readonly inFlightByOrder = new Map<string, number>();
   /** The token failed its last signature: HEAD /sign says so until a signature succeeds again. */
   private tokenDown: { message: string; probedAt: number } | null = null;
+  /** When the token last signed (a request or a probe). */
+  private tokenCheckedAt = 0;
   /** Requests inside handle() now. */
   private active = 0;
   /** Refusals and replays: identical ones within a second become one event with a count. */
@@ -118,6 +120,28 @@ export class Station {
     return checkStation(this.stationFacts(this.clock()), this.rules);
   }
 
+  /**
+   * The health as a probe should report it: when the token has not signed
+   * for a while, a throwaway signature (bounded by 2 s) says first whether
+   * it still can, so that a pulled token shows before a device posts.
+   */
+  async checkHealth(): Promise<Unhealthy | null> {
+    if (Date.now() - this.tokenCheckedAt > 1000) {
+      this.tokenCheckedAt = Date.now();
+      const probe = this.signer.sign(new Uint8Array(this.ca.profile.hash === 'sha256' ? 32 : 48)).then(
+        () => {
+          this.tokenDown = null;
+        },
+        (err: unknown) => {
+          const e = asLineSignerError(err);
+          this.tokenDown = { message: e.message, probedAt: Date.now() };
+        },
+      );
+      await Promise.race([probe, new Promise((r) => setTimeout(r, 2000).unref())]);
+    }
+    return this.health();
+  }
+
   /** While the token is down, a throwaway signature every 2 s tells when it is back, even with no request coming. */
   private probeToken(): void {
     const down = this.tokenDown;
@@ -136,6 +160,7 @@ export class Station {
     try {
       const signature = await this.signer.sign(digest, this.alone);
       this.tokenDown = null;
+      this.tokenCheckedAt = Date.now();
       return signature;
     } catch (err) {
       const e = asLineSignerError(err);
@@ -173,6 +198,9 @@ export class Station {
     let csrSha256: string | null = null;
     let deviceId: string | null = null;
     try {
+      // What the client said about itself is text, checked again whichever link it came by.
+      if (req.name !== undefined) checkDeviceName('name', req.name);
+      if (req.hardwareId !== undefined) checkClientText('hardware-id', req.hardwareId, TEXT_LIMITS.hardwareId);
       const der = csrDer(req.csr);
       csrSha256 = sha256(der);
 

@@ -20,14 +20,17 @@ import {
   eventHash,
   GENESIS_HASH,
   issuanceHash,
+  ledgerTokenProblem,
   splitHashes,
   SqliteLedger,
+  tokenCheckpoint,
   type Checkpoint,
   type TokenCheckpoint,
 } from '../ledger/index.js';
 import { serialKey } from '../serial.js';
 import type { Pkcs11Token } from '../token/index.js';
-import { openToken, readCertificateFile, tokenCheckpoint } from './open.js';
+import { openToken, readCertificateFile } from './open.js';
+import { resolve } from 'node:path';
 
 export interface LedgerProblem {
   table: 'issuances' | 'events' | 'checkpoints' | 'batches' | 'token';
@@ -72,7 +75,7 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
     try {
       token = openToken(config);
     } catch (err) {
-      throw new LineSignerError((err as LineSignerError).code ?? 'TOKEN_UNAVAILABLE', `${(err as Error).message}; the token holds the station key and the newest checkpoint (--no-token checks without it)`);
+      throw new LineSignerError((err as LineSignerError).code ?? 'TOKEN_UNAVAILABLE', `${(err as Error).message}; the token holds the station key and the newest checkpoint (--without-token checks without it)`);
     }
     try {
       const key = token.findKey(config.token.station_key_label);
@@ -82,13 +85,8 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
         if (!cache.has(label)) cache.set(label, token.readData(label));
         return cache.get(label)!;
       };
-      // Read the checkpoint objects now, before the file.
-      const probe = new SqliteLedger(opts.file ?? config.station.ledger, config.station.id, { readonly: true });
-      try {
-        kept = tokenCheckpoint(tokenRead, probe.ledgerId());
-      } finally {
-        probe.close();
-      }
+      // Read the checkpoint object now, before the file.
+      kept = tokenCheckpoint(tokenRead, config.station.id);
     } finally {
       token.close();
     }
@@ -205,19 +203,20 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       if (!said) problem('batches', b.number, 'no export event records it');
       else if (said !== `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}`) problem('batches', b.number, 'differs from its export event (range or file hash changed)');
       prevBatch = b;
+      exports.delete(b.number);
     }
+    for (const n of exports.keys()) problem('batches', n, 'the chain records its export, but its row in the batches table is gone');
 
     // The token's newest checkpoint against this file.
-    if (kept) {
-      const behind = ledger.checkAgainstToken(kept);
-      if (behind && opts.file && (last?.n ?? 0) < kept.n) {
+    if (tokenRead) {
+      const copy = opts.file !== undefined && resolve(opts.file) !== resolve(config.station.ledger);
+      const behind = kept && kept.ledgerId === ledgerId ? ledger.checkAgainstToken(kept) : null;
+      if (copy && kept && kept.ledgerId === ledgerId && behind && (last?.n ?? 0) < kept.n) {
         notes.push(`this copy ends at checkpoint ${last?.n ?? 0}; the token's newest is ${kept.n} (${kept.at}): the station went on after the copy, as it does after a backup`);
-      } else if (behind) problem('token', kept.n, behind);
-      else if (kept.reason === 'stop' && !opts.file && (ledger.heads().issuanceSeq > kept.issuanceSeq || ledger.heads().eventSeq > kept.eventSeq)) {
-        problem('token', kept.n, `rows were added after the station's last clean stop (checkpoint ${kept.n}, ${kept.at}), outside line-signer`);
+      } else {
+        const why = ledgerTokenProblem(ledger, kept, config.station.id, opts.file ?? config.station.ledger);
+        if (why) problem('token', kept?.n ?? 0, why);
       }
-    } else if (tokenRead && nCheckpoints > 0 && !opts.file) {
-      problem('token', 0, `the token keeps no checkpoint for this ledger (id ${ledgerId}), though the ledger has ${nCheckpoints}: the token object was removed, or this is another token`);
     }
     const heads = ledger.heads();
     const uncovered = { i: heads.issuanceSeq - lastI, e: heads.eventSeq - lastE };

@@ -289,17 +289,23 @@ export class Pkcs11Token {
    */
   reinitialize(): void {
     this.session = null;
+    Pkcs11Token.reinitializeModule(this.opts.module);
+    this.openSession();
+  }
+
+  /** C_Finalize, then C_Initialize, for the whole process (see reinitialize). */
+  static reinitializeModule(module: string): void {
+    const p11 = loadModule(module);
     try {
-      this.p11.C_Finalize();
+      p11.C_Finalize();
     } catch {
       /* not initialised, or already gone */
     }
     try {
-      this.p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+      p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
     } catch (err) {
       if (ckr(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw tokenError('C_Initialize', err);
     }
-    this.openSession();
   }
 
   /** Drops the session and opens a new one (after a token or session fault). */
@@ -579,9 +585,9 @@ export class TokenSigner implements Signer {
       return rawEcdsaToDer(await this.token.signRaw(this.info, digest, this.blocking));
     } catch (err) {
       const code = ckr(err);
-      if (err instanceof LineSignerError || (code !== undefined && !SESSION_CODES.has(code))) {
-        throw err instanceof LineSignerError ? err : tokenError('C_Sign', err);
-      }
+      // A session that could not even be opened (TOKEN_UNAVAILABLE) is a fault to recover from too; a refused PIN is not.
+      const recoverable = err instanceof LineSignerError ? err.code === 'TOKEN_UNAVAILABLE' : code !== undefined && SESSION_CODES.has(code);
+      if (!recoverable) throw err instanceof LineSignerError ? err : tokenError('C_Sign', err);
     }
     // A session or device fault: one fresh session, one more try. The
     // signing worker (blocking) may also start the module afresh, at most

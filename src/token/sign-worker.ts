@@ -34,23 +34,27 @@ let token: Pkcs11Token | null = null;
 const signers = new Map<string, TokenSigner>();
 let reinitAt = 0;
 
+function make(label: string): TokenSigner {
+  token ??= Pkcs11Token.open(data);
+  const s = token.signer(label, true);
+  signers.set(label, s);
+  return s;
+}
+
 function signer(label: string): TokenSigner {
   const made = signers.get(label);
   if (made) return made;
   try {
-    token ??= Pkcs11Token.open(data);
-    const s = token.signer(label, true);
-    signers.set(label, s);
-    return s;
+    return make(label);
   } catch (err) {
     // A token that went away and came back: start the module afresh (at most every 2 s) and look again.
-    if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE' || !token || !data.mayReinitialize || Date.now() - reinitAt < 2000) throw err;
+    if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE' || !data.mayReinitialize || Date.now() - reinitAt < 2000) throw err;
     reinitAt = Date.now();
-    token.reinitialize();
+    token?.close();
+    token = null;
     signers.clear();
-    const s = token.signer(label, true);
-    signers.set(label, s);
-    return s;
+    Pkcs11Token.reinitializeModule(data.module);
+    return make(label);
   }
 }
 
@@ -63,8 +67,8 @@ async function run(req: SignWorkerRequest): Promise<unknown> {
       if (!data.stationKeyLabel) throw new LineSignerError('TOKEN_UNAVAILABLE', 'no station key configured');
       return signer(data.stationKeyLabel).sign(req.digest);
     case 'store':
-      token ??= Pkcs11Token.open(data);
-      token.writeData(req.label, req.value);
+      signer(data.stationKeyLabel ?? data.keyLabel); // the session, recovered if need be
+      token!.writeData(req.label, req.value);
       return null;
   }
 }

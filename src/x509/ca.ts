@@ -297,3 +297,18 @@ export async function makeSelfSignedCertificate(signer: Signer, cn: string, ou: 
   const signature = await signer.sign(createHash(signer.hash).update(tbs).digest());
   return signed(tbs, signer.signatureAlgorithm, signature);
 }
+
+/**
+ * Null when the certificate file is for this public key (SPKI DER), else why
+ * not: a station certificate swapped for another key's would make every
+ * export unverifiable against the pin.
+ */
+export function certificateKeyMismatch(certificateDer: Uint8Array, spki: Uint8Array, what: string): string | null {
+  let key: Uint8Array;
+  try {
+    key = new Uint8Array(new X509Certificate(Buffer.from(certificateDer)).publicKey.export({ type: 'spki', format: 'der' }));
+  } catch (err) {
+    return `${what} is not readable (${(err as Error).message})`;
+  }
+  return Buffer.compare(Buffer.from(key), Buffer.from(spki)) === 0 ? null : `${what} is for another key than the token's`;
+}

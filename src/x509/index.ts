@@ -19,6 +19,7 @@ export {
   makeThrowawayRoot,
   signCaCsrWithRoot,
   makeSelfSignedCertificate,
+  certificateKeyMismatch,
   type SoftwareRoot,
 } from './ca.js';
 export { pemEncode, pemDecodeAll, csrDer, looksLikePem } from './pem.js';

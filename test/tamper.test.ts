@@ -1,0 +1,129 @@
+/**
+ * What someone with the ledger file (and not the token) might try, and what
+ * catches it: a changed ledger id, an older copy written to by an operator
+ * command, rows added after a clean stop, a second name for the file, the
+ * batches table, a swapped station certificate.
+ */
+import test from 'ava';
+import { copyFileSync, mkdirSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { loadConfig } from '../src/config/index.js';
+import { eventHash, SqliteLedger, type LedgerEvent } from '../src/ledger/index.js';
+import { openStation, verifyLedger } from '../src/station/index.js';
+import { makeDeviceCsr } from '../src/x509/index.js';
+import { cli, cliAsync } from './helpers/cli.js';
+import { FACTORY, makeOpensslRoot, testStation, uuid } from './helpers/pki.js';
+import { stationWithBatches } from './helpers/batches.js';
+
+const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
+
+async function stopped(n: number): Promise<{ configPath: string; dir: string; ledger: string; stick: string }> {
+  const s = await testStation();
+  for (let i = 0; i < n; i++) await s.station.handle({ csr: csr(), link: 't' });
+  await s.close();
+  return { configPath: s.configPath, dir: s.dir, ledger: s.config.station.ledger, stick: join(s.dir, 'stick') };
+}
+
+function sql(ledger: string, text: string): void {
+  const db = new Database(ledger);
+  try {
+    db.exec(text);
+  } finally {
+    db.close();
+  }
+}
+
+test('a ledger whose id was changed, rows and checkpoints deleted, is caught; serve refuses it until an operator accepts it', async (t) => {
+  const s = await stopped(6);
+  sql(s.ledger, "DELETE FROM issuances WHERE seq > 3; DELETE FROM checkpoints; UPDATE settings SET value = '00000000000000000000000000000001' WHERE key = 'ledger_id'");
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 1);
+  t.regex(v.stderr, /is not the ledger the token last checkpointed for station/);
+  const serve = cli(['serve', '--config', s.configPath, '--spool', s.stick, '--json']);
+  t.not(serve.status, 0);
+  t.regex(serve.stderr, /ERROR LEDGER not serving: .*ledger accept/);
+  const order = cli(['order', 'open', 'WO-1', '--quantity', '1', '--config', s.configPath]);
+  t.not(order.status, 0);
+  t.regex(order.stderr, /ERROR LEDGER nothing written/);
+  const accept = cli(['ledger', 'accept', '--reason', 'restored from the offsite copy after a disk failure', '--config', s.configPath, '--operator', 'ana']);
+  t.is(accept.status, 0, accept.stderr);
+  const after = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(after.status, 0, after.stderr);
+  const log = cli(['log', '--config', s.configPath, '--json']).stdout.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; operator: string });
+  t.true(log.some((r) => r.kind === 'ledger_accept' && r.operator === 'ana'));
+});
+
+test('an older copy put back: operator commands and export write nothing to it', async (t) => {
+  const s = await stopped(2);
+  const old = join(s.dir, 'old.db');
+  copyFileSync(s.ledger, old);
+  const open = await openStation(loadConfig(s.configPath));
+  await open.station.handle({ csr: csr(), link: 't' });
+  await open.close();
+  copyFileSync(old, s.ledger);
+  for (const args of [['order', 'open', 'WO-2', '--quantity', '3'], ['export', '--out', s.stick], ['clock', 'confirm', '--reason', 'x']]) {
+    const r = cli([...args, '--config', s.configPath]);
+    t.not(r.status, 0, args.join(' '));
+    t.regex(r.stderr, /ERROR LEDGER nothing written: .*not in this ledger/, args.join(' '));
+  }
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 1, 'still caught: nothing laundered it');
+});
+
+test('rows added after a clean stop: verify fails and serve refuses, so no start signs them', async (t) => {
+  const s = await stopped(2);
+  const db = new Database(s.ledger);
+  const last = db.prepare('SELECT * FROM events ORDER BY seq DESC LIMIT 1').get() as Record<string, unknown>;
+  const e = { v: 2, seq: (last.seq as number) + 1, at: new Date().toISOString(), kind: 'clock_confirm', code: null, message: 'forged', csrSha256: null, deviceId: null, link: null, stationId: last.station_id as string, count: 1, operator: 'nobody' };
+  db.prepare('INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash) VALUES (2, ?, ?, ?, NULL, ?, NULL, NULL, NULL, ?, 1, ?, ?)').run(
+    e.seq, e.at, e.kind, e.message, e.stationId, e.operator, eventHash(last.entry_hash as string, e as unknown as LedgerEvent),
+  );
+  db.close();
+  t.regex(cli(['ledger', 'verify', '--config', s.configPath]).stderr, /rows were added after the station's last clean close/);
+  const serve = cli(['serve', '--config', s.configPath, '--spool', s.stick, '--json']);
+  t.not(serve.status, 0);
+  t.regex(serve.stderr, /rows were added after the station's last clean close/);
+});
+
+test('a second name for the ledger file finds the same lock', async (t) => {
+  const s = await stopped(0);
+  const other = join(s.dir, 'other');
+  mkdirSync(other);
+  symlinkSync(s.ledger, join(other, 'ledger.db'));
+  const config2 = join(s.dir, 'station2.toml');
+  writeFileSync(config2, readFileSync(s.configPath, 'utf8').replace('ledger = "ledger.db"', 'ledger = "other/ledger.db"'));
+  const first = await openStation(loadConfig(s.configPath));
+  t.teardown(() => first.close());
+  const second = await cliAsync(['serve', '--config', config2, '--spool', s.stick, '--json']);
+  t.not(second.status, 0);
+  t.regex(second.stderr, /ERROR LEDGER_BUSY/);
+});
+
+test('the batches table: a deleted newest batch row is caught', async (t) => {
+  const { s } = await stationWithBatches([1, 1]);
+  await s.close();
+  sql(s.config.station.ledger, 'DELETE FROM batches WHERE number = 2');
+  const r = verifyLedger(loadConfig(s.configPath));
+  t.true(r.problems.some((p) => p.table === 'batches' && p.seq === 2 && /row in the batches table is gone/.test(p.reason)), JSON.stringify(r.problems));
+});
+
+test('a swapped station certificate: serve and export refuse rather than sign batches no pin verifies', async (t) => {
+  const s = await stopped(1);
+  const cfg = loadConfig(s.configPath);
+  const other = makeOpensslRoot(s.dir, 'not-the-station-key', 'line-signer station x', FACTORY);
+  copyFileSync(other.pem, cfg.ca.station_certificate);
+  const serve = cli(['serve', '--config', s.configPath, '--spool', s.stick, '--json']);
+  t.not(serve.status, 0);
+  t.regex(serve.stderr, /station certificate .* is for another key than the token's/);
+  const exp = cli(['export', '--out', s.stick, '--config', s.configPath]);
+  t.not(exp.status, 0);
+  t.regex(exp.stderr, /for another key than the token's/);
+  t.is(new SqliteLedger(cfg.station.ledger, cfg.station.id, { readonly: true }).lastBatch(), undefined, 'no batch recorded');
+});
+
+test('ledger verify --without-token checks what it can and says what it leaves out', async (t) => {
+  const s = await stopped(2);
+  const r = cli(['ledger', 'verify', '--without-token', '--config', s.configPath]);
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /note: checked without the token/);
+});
