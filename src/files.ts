@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, writeSync, mkdirSync } from 'node:fs';
+import { accessSync, closeSync, constants, fsyncSync, lstatSync, openSync, readFileSync, renameSync, statSync, writeFileSync, writeSync, mkdirSync } from 'node:fs';
 import { LineSignerError, type ErrorCode } from './errors.js';
 import { dirname, basename, join } from 'node:path';
 import { userInfo } from 'node:os';
@@ -9,6 +9,66 @@ import { userInfo } from 'node:os';
  * then the folder flushed so the rename itself is durable.
  */
 export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): void {
+  try {
+    writeFileAtomicOrThrow(path, data, mode);
+  } catch (err) {
+    if (err instanceof LineSignerError) throw err;
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new LineSignerError('USAGE', `cannot write ${path} (${code})${whyNotWritable(path) ? `: ${whyNotWritable(path)}` : ''}`);
+  }
+}
+
+/**
+ * Why this process cannot write `path` (or make it in its folder): the
+ * user, the owner and mode that stand in the way, or a read-only mount,
+ * with what to do. Null when nothing visible stands in the way.
+ */
+export function whyNotWritable(path: string): string | null {
+  const me = currentUserName();
+  for (const p of [path, dirname(path)]) {
+    try {
+      accessSync(p, constants.W_OK);
+      return null;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') continue;
+      if (code === 'EROFS') return `${p} is on a read-only file system; mount it read-write`;
+      let st;
+      try {
+        st = statSync(p);
+      } catch {
+        return `${p} is not reachable by ${me}`;
+      }
+      const owner = passwdEntryByUid(st.uid)?.name ?? `uid ${st.uid}`;
+      return `${p} is not writable by ${me} (owner ${owner}, mode ${(st.mode & 0o7777).toString(8)}); chown it to ${me} (on an installed station, scripts/install again fixes the state folder)`;
+    }
+  }
+  return `${dirname(path)} does not exist`;
+}
+
+function currentUserName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return `uid ${process.getuid?.() ?? '?'}`;
+  }
+}
+
+function writeFileAtomicOrThrow(path: string, data: string | Uint8Array, mode: number): void {
+  // Something that is not a plain file (/dev/null, /dev/stdout, a FIFO, a
+  // symlink to one) is written to, never renamed over: a rename would put a
+  // regular file in a device's place.
+  let existing: ReturnType<typeof lstatSync> | undefined;
+  try {
+    existing = lstatSync(path);
+  } catch {
+    existing = undefined;
+  }
+  if (existing && !existing.isFile()) {
+    if (existing.isDirectory()) throw new LineSignerError('USAGE', `${path} is a folder; give a file name`);
+    writeFileSync(path, data);
+    return;
+  }
   const dir = dirname(path);
   mkdirSync(dir, { recursive: true });
   const tmp = join(dir, `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);

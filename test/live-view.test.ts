@@ -109,3 +109,13 @@ test('the JSON view carries client text escaped: no control character, no lone s
   }
   t.is(JSON.parse(lines[0]!).message, 'CN \\u001b[2J\\u001b[31mowned\\ud800 \\u009b6n');
 });
+
+test('two ports whose names differ only where they are shortened each get their full name on a line', (t) => {
+  const port = (name: string): LinkStatus => ({ name, kind: 'serial', state: 'open', reason: null, issued: 0, refused: 0, noise: 0, lastIssued: null, lastRefusal: null });
+  const a = 'serial:/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0';
+  const b = 'serial:/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BJ-if00-port0';
+  const lines = renderLiveView([port(a), port(b)], 80, { title: 't', now: Date.now(), rate: 0 });
+  const text = lines.join('\n');
+  t.true(text.includes('A50285BI-if00-port0') && text.includes('A50285BJ-if00-port0'), text);
+  for (const l of lines) t.true(l.length <= 80);
+});

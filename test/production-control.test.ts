@@ -4,7 +4,9 @@
  * is tried through `line-signer sign` (the CLI, with the station's clock
  * set by faketime where the clock matters) and through a J1 link, and each
  * asserts its code, that nothing was issued, and the events with their
- * operators.
+ * operators. The tests with a station served in this process run serially,
+ * before the others: those run the CLI synchronously, which would hold this
+ * process's event loop (and so that station) meanwhile.
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
@@ -70,7 +72,7 @@ async function servedWithControl(opts: StationOptions = {}, clock?: () => Date):
   return sv;
 }
 
-test('a work order of 50 with a jig sending 80 CSRs yields exactly 50 certificates and 30 QUOTA_EXCEEDED; log --order lists the 50 with the operator', async (t) => {
+test.serial('a work order of 50 with a jig sending 80 CSRs yields exactly 50 certificates and 30 QUOTA_EXCEEDED; log --order lists the 50 with the operator', async (t) => {
   const sv = await servedWithControl({ policy: 'require_order = true' });
   t.teardown(() => sv.close());
   const open = await cliAsync(['order', 'open', 'WO-50', '--quantity', '50', '--config', sv.s.configPath, '--operator', 'olga']);
@@ -121,7 +123,7 @@ test('the order refusals through line-signer sign: no open order under require_o
   t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
 });
 
-test('revoked and reworked devices through J1: revoked gets DUPLICATE_DEVICE until a grant; the old key is refused after a re-issue', async (t) => {
+test.serial('revoked and reworked devices through J1: revoked gets DUPLICATE_DEVICE until a grant; the old key is refused after a re-issue', async (t) => {
   const sv = await servedWithControl();
   t.teardown(() => sv.close());
   const id = uuid();
@@ -200,7 +202,7 @@ test('the clock through line-signer sign (faketime): behind and far ahead are CL
   t.is(issuedCount(s), 3);
 });
 
-test('the clock through a J1 link: behind, far ahead, and clock confirm', async (t) => {
+test.serial('the clock through a J1 link: behind, far ahead, and clock confirm', async (t) => {
   let now = new Date(Date.now() + 365 * 86_400_000);
   const sv = await servedWithControl({}, () => now);
   t.teardown(() => sv.close());
@@ -216,4 +218,52 @@ test('the clock through a J1 link: behind, far ahead, and clock confirm', async 
   const ahead = await sv.jig.request('SIGN', 'd', Buffer.from(csrFor(uuid())));
   t.is(ahead.code, 'CLOCK');
   t.regex(ahead.message!, /more than 30 days ahead/);
+});
+
+test('a clock set 20 days ahead once, with max_per_minute: put right and confirmed, the line goes on (future rows are not "the last minute")', async (t) => {
+  const s = await testStation({ policy: 'max_per_minute = 3' });
+  await s.close();
+  t.is(signCli(s, csrFor(uuid())).status, 0);
+  for (let i = 0; i < 3; i++) t.is(signCli(s, csrFor(uuid()), { fake: '+20 days' }).status, 0);
+  expectCliRefusal(t, signCli(s, csrFor(uuid())), 'CLOCK', /behind the last issuance/);
+  t.is(cli(['clock', 'confirm', '--reason', 'RTC fixed', '--config', s.configPath]).status, 0);
+  const after = signCli(s, csrFor(uuid()));
+  t.is(after.status, 0, after.stderr);
+});
+
+test('a pending re-issue grant refuses the old key at once; the new key gets one certificate', async (t) => {
+  const s = await testStation();
+  await s.close();
+  const id = uuid();
+  const k1 = newKey();
+  t.is(signCli(s, csrFor(id, k1)).status, 0);
+  t.is(cli(['ledger', 'allow-reissue', id, '--reason', 'new secure element', '--config', s.configPath]).status, 0);
+  expectCliRefusal(t, signCli(s, csrFor(id, k1)), 'DUPLICATE_DEVICE', /re-issue for a new key is pending/);
+  t.is(signCli(s, csrFor(id, newKey())).status, 0);
+  expectCliRefusal(t, signCli(s, csrFor(id, newKey())), 'DUPLICATE_DEVICE', /another key/);
+  t.is(issuedCount(s), 2);
+});
+
+test('names are text and a path segment: "." and ".." are refused; log shows a name quoted', async (t) => {
+  const s = await testStation();
+  await s.close();
+  for (const name of ['.', '..']) expectCliRefusal(t, signCli(s, csrFor(uuid()), { flags: ['--name', name] }), 'BAD_FRAME', /cannot be a device name/);
+  const id = uuid();
+  t.is(signCli(s, csrFor(id), { flags: ['--name', 'x) serial 0badc0de by ceo'] }).status, 0);
+  t.regex(cli(['log', '--device', id, '--config', s.configPath]).stdout, /name "x\) serial 0badc0de by ceo"/);
+  t.is(issuedCount(s), 1);
+});
+
+test('export and ca import record their operator; a refused backup records nothing', async (t) => {
+  const s = await testStation();
+  await s.station.handle({ csr: csrFor(uuid()), link: 't' });
+  await s.close();
+  t.is(cli(['export', '--out', join(s.dir, 'stick'), '--config', s.configPath, '--operator', 'eve']).status, 0);
+  const existing = join(s.dir, 'exists.db');
+  writeFileSync(existing, 'x');
+  t.is(cli(['ledger', 'backup', existing, '--config', s.configPath]).status, 64);
+  t.is(cli(['ledger', 'backup', join(s.dir, 'no-such-folder', 'b.db'), '--config', s.configPath]).status, 64);
+  const rows = logRows(s.configPath);
+  t.true(rows.some((r) => r.kind === 'export' && r.operator === 'eve'));
+  t.false(rows.some((r) => r.kind === 'backup'));
 });

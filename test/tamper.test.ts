@@ -5,7 +5,8 @@
  * batches table, a swapped station certificate.
  */
 import test from 'ava';
-import { copyFileSync, mkdirSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
@@ -126,4 +127,29 @@ test('ledger verify --without-token checks what it can and says what it leaves o
   const r = cli(['ledger', 'verify', '--without-token', '--config', s.configPath]);
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /note: checked without the token/);
+});
+
+test('an output flag never renames a file over a device, a FIFO or a folder: /dev/null stays a device', async (t) => {
+  const s = await stopped(0);
+  const csrFile = join(s.dir, 'one.csr');
+  writeFileSync(csrFile, csr());
+  const r = cli(['sign', csrFile, '--out', '/dev/null', '--config', s.configPath]);
+  t.is(r.status, 0, r.stderr);
+  t.true(statSync('/dev/null').isCharacterDevice());
+  const folder = cli(['ca', 'csr', '--csr-out', s.dir, '--config', s.configPath]);
+  t.not(folder.status, 0);
+  t.regex(folder.stderr, /is a folder; give a file name/);
+});
+
+test('a ledger folder the command cannot write: the message names the path, the user, the owner and what to do', async (t) => {
+  const s = await stopped(0);
+  const mnt = join(s.dir, 'ro');
+  mkdirSync(mnt);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,ro', 'tmpfs', mnt]);
+  t.teardown(() => execFileSync('umount', ['-l', mnt]));
+  const cfg = join(s.dir, 'ro.toml');
+  writeFileSync(cfg, readFileSync(s.configPath, 'utf8').replace('ledger = "ledger.db"', 'ledger = "ro/ledger.db"'));
+  const r = cli(['order', 'open', 'WO-1', '--quantity', '1', '--config', cfg]);
+  t.not(r.status, 0);
+  t.regex(r.stderr, /ro\/ledger\.db.*read-only file system; mount it read-write/);
 });

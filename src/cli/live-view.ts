@@ -37,8 +37,8 @@ export interface Frame {
 
 /** A refusal stays on screen while it is the link's latest outcome, and for this long after a later issuance. */
 export const REFUSAL_SHOWN_MS = 60_000;
-/** A refusal message is wrapped over at most this many lines. */
-const MESSAGE_LINES = 4;
+/** A refusal message is wrapped over at most this many lines: enough for a whole message with its next step. */
+const MESSAGE_LINES = 8;
 
 const MIN_WIDTH = 40;
 
@@ -50,7 +50,7 @@ export function renderLiveView(rows: LinkStatus[], width: number, frame: Frame):
     clip(printable(frame.title), w),
     clip(`issued ${total}   ${frame.rate.toFixed(1)} certs/s over 10 s   ${clock(frame.now)} UTC   Ctrl-C stops`, w),
   ];
-  for (const warning of frame.banner?.warnings ?? []) lines.push(clip(`! ${printable(warning)}`, w));
+  for (const warning of frame.banner?.warnings ?? []) lines.push(...wrap(`! ${printable(warning)}`, w, 3));
   const order = frame.banner?.order;
   if (order) lines.push(orderLine(order, w));
   lines.push('');
@@ -63,10 +63,14 @@ export function renderLiveView(rows: LinkStatus[], width: number, frame: Frame):
   const row = (name: string, state: string, issued: string, refused: string, noise: string, last: string): string =>
     `${fit(name, nameW).padEnd(nameW)} ${fit(state, 9).padEnd(9)} ${issued.padStart(6)} ${refused.padStart(7)} ${noise.padStart(5)}  ${fit(last, lastW)}`.trimEnd();
   lines.push(row('LINK', 'STATE', 'ISSUED', 'REFUSED', 'NOISE', 'LAST ISSUED'));
+  const shown = names.map((n) => fit(n, nameW));
+  const ambiguous = new Set(shown.filter((n, i) => shown.indexOf(n) !== i));
   rows.forEach((s, i) => {
     const last = s.lastIssued ? `${clock(s.lastIssued.at)} ${printable(s.lastIssued.deviceId)}` : '-';
     lines.push(row(names[i]!, printable(s.state), count(s.issued, 6), count(s.refused, 7), count(s.noise, 5), last));
-    if (s.reason) lines.push(...wrap(`  ${printable(s.state)}: ${printable(s.reason)}`, w, 1));
+    // Two links whose shortened names look alike get their full names on a line of their own.
+    if (ambiguous.has(fit(names[i]!, nameW))) lines.push(...wrap(`  = ${names[i]}`, w, 2));
+    if (s.reason) lines.push(...wrap(`  ${printable(s.state)}: ${printable(s.reason)}`, w, 2));
     const r = s.lastRefusal;
     if (r && (!s.lastIssued || s.lastIssued.at < r.at || frame.now - r.at < REFUSAL_SHOWN_MS)) {
       const device = r.deviceId === null ? 'no device id' : `device ${quote(r.deviceId, 64)}`;
@@ -104,11 +108,15 @@ function clip(s: string, w: number): string {
   return s.length <= w ? s : `${s.slice(0, w - 3)}...`;
 }
 
-/** Shortened in the middle, so both a link's kind and its path's end stay visible. */
+/**
+ * Shortened keeping its kind and as much of its end as fits: ports differ
+ * at the end (`...A50285BI-if00-port0`, `...usb-0:2:1.0-port0`).
+ */
 function fit(s: string, w: number): string {
   if (s.length <= w) return s;
   if (w < 10) return s.slice(0, w);
-  const head = Math.ceil((w - 3) / 2);
+  const colon = s.indexOf(':');
+  const head = colon > 0 && colon < 8 ? colon + 1 : 0;
   return `${s.slice(0, head)}...${s.slice(s.length - (w - 3 - head))}`;
 }
 

@@ -39,6 +39,8 @@ export function actAsStationUser(configFlag: string | undefined, say: (line: str
   if (!user) {
     throw new LineSignerError('CONFIG', `${ledgerDir} belongs to uid ${uid}, which has no entry in /etc/passwd; chown it to the service user (scripts/install does)`);
   }
+  // The audit trail names who ran the command, not the user it acts as.
+  process.env.LINE_SIGNER_INVOKED_BY ??= process.env.SUDO_USER ?? process.env.LOGNAME ?? process.env.USER ?? 'root';
   // Groups first, while still allowed to set them: softhsm (the token folder) and dialout (serial ports) come from initgroups.
   (process as NodeJS.Process & { initgroups(user: string, extraGroup: number): void }).initgroups(user.name, user.gid);
   process.setgid!(user.gid);

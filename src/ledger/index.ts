@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { LineSignerError } from '../errors.js';
 import { eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT } from './chain.js';
 import { serialKey } from '../serial.js';
+import { whyNotWritable } from '../files.js';
 import { checkpointStatement, sha256, type Checkpoint, type Heads, type TokenCheckpoint } from './checkpoint.js';
 import { MIGRATIONS } from './schema.js';
 
@@ -404,9 +405,18 @@ export class SqliteLedger implements Ledger {
     try {
       this.db = new Database(path, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
     } catch (err) {
-      throw new LineSignerError('LEDGER', `cannot open ledger ${path}: ${(err as Error).message}${opts.readonly ? '' : '; the ledger\'s folder must be writable by this user'}`);
+      const why = whyNotWritable(path);
+      throw new LineSignerError('LEDGER', `cannot open ledger ${path}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
     }
-    if (!opts.readonly) this.db.pragma('journal_mode = WAL');
+    if (!opts.readonly) {
+      try {
+        this.db.pragma('journal_mode = WAL');
+      } catch (err) {
+        const why = whyNotWritable(path);
+        this.db.close();
+        throw new LineSignerError('LEDGER', `cannot write ledger ${path}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
+      }
+    }
     this.db.pragma('synchronous = FULL');
     this.db.pragma('busy_timeout = 5000');
     this.db.pragma('foreign_keys = ON');

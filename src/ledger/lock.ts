@@ -13,7 +13,7 @@ import { readFileSync, realpathSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { userInfo } from 'node:os';
 import { LineSignerError } from '../errors.js';
-import { writeFileAtomic } from '../files.js';
+import { whyNotWritable, writeFileAtomic } from '../files.js';
 
 export interface LockHolder {
   pid: number;
@@ -63,7 +63,8 @@ export class LedgerLock {
     try {
       db = new Database(lockPath(ledger));
     } catch (err) {
-      throw new LineSignerError('LEDGER', `cannot open the ledger lock ${lockPath(ledger)}: ${(err as Error).message}`);
+      const why = whyNotWritable(lockPath(ledger));
+      throw new LineSignerError('LEDGER', `cannot open the ledger lock ${lockPath(ledger)}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
     }
     db.pragma('busy_timeout = 0');
     try {
@@ -72,7 +73,8 @@ export class LedgerLock {
     } catch (err) {
       db.close();
       if ((err as { code?: string }).code === 'SQLITE_BUSY') return null;
-      throw new LineSignerError('LEDGER', `cannot take the ledger lock ${lockPath(ledger)}: ${(err as Error).message}`);
+      const why = whyNotWritable(lockPath(ledger));
+      throw new LineSignerError('LEDGER', `cannot take the ledger lock ${lockPath(ledger)}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
     }
     const holder: LockHolder = { pid: process.pid, command, user: safeUser(), since: new Date().toISOString() };
     writeFileAtomic(ownerPath(ledger), JSON.stringify(holder) + '\n', 0o644);

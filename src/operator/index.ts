@@ -40,7 +40,8 @@ export interface OperatorContext {
 
 /** The operator's name: the flag, else [station] operator, else the login name (SUDO_USER under sudo). */
 export function operatorName(config: StationConfig, flag?: string): string {
-  let name = flag ?? config.station.operator ?? process.env.SUDO_USER;
+  // LINE_SIGNER_INVOKED_BY: set when root's command acts as the service user (cli/privileges.ts).
+  let name = flag ?? config.station.operator ?? process.env.SUDO_USER ?? process.env.LINE_SIGNER_INVOKED_BY;
   if (!name) {
     try {
       name = userInfo().username;
