@@ -95,3 +95,23 @@ test('HEAD /sign is 503 while a POST would be refused for a station-wide reason,
   t.true((await s.station.handle({ csr: csr(), link: 't' })).ok);
   t.is((await head()).status, 503, 'the order is used up');
 });
+
+test('a flood of different garbage that all gets one refusal is a bounded number of events; another link keeps its own', async (t) => {
+  const sv = await served();
+  t.teardown(() => sv.close());
+  const t0 = Date.now();
+  for (let i = 0; i < 400; i++) {
+    const r = await sv.jig.request('SIGN', `g${i}`, Buffer.from(`garbage ${i} ${Math.random()}`));
+    t.is(r.code, 'BAD_CSR');
+  }
+  await sv.s.station.recordRefusal('http:elsewhere', 'BAD_FRAME', 'a refusal of its own');
+  const seconds = Math.ceil((Date.now() - t0) / 1000);
+  await new Promise((r) => setTimeout(r, 1200));
+  const db = new Database(sv.s.config.station.ledger, { readonly: true });
+  const rows = db.prepare("SELECT link, count, message FROM events WHERE kind = 'rejection'").all() as Array<{ link: string; count: number; message: string }>;
+  db.close();
+  const flood = rows.filter((r) => r.link !== 'http:elsewhere');
+  t.is(flood.reduce((n, r) => n + r.count, 0), 400);
+  t.true(flood.length <= 10 * seconds, `${flood.length} events for 400 refusals in ${seconds} s`);
+  t.true(rows.some((r) => r.link === 'http:elsewhere' && r.message === 'a refusal of its own'));
+});

@@ -54,6 +54,8 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   await open.close();
   view.info('stopped', { issued: links.reduce((n, l) => n + l.status.issued, 0) });
   view.stop();
+  // Everything is answered, closed and flushed: a port's close or a timer left in a library must not hold the exit past the promised 2 s.
+  setImmediate(() => process.exit(0));
 }
 
 /** HTTP and spool links, loaded only when asked for. */

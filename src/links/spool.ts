@@ -74,6 +74,8 @@ export const SPOOL_LIMITS = {
   retryMaxMs: 60_000,
   /** A missing, read-only or symlinked folder is looked at again after a poll, doubling to 5 s (never faster than the poll). */
   folderRetryMaxMs: 5000,
+  /** Files answered in one pass; a fuller inbox is worked through over the following passes. */
+  answersPerPass: 50,
 } as const;
 
 /** Prefix of the stem a file with an unacceptable name is answered under. */
@@ -143,6 +145,8 @@ export class SpoolLink implements Link {
   private timer: NodeJS.Timeout | null = null;
   private scanning: Promise<void> | null = null;
   private stopping = false;
+  /** The last pass stopped at its cap with files left. */
+  private more = false;
   private folderDelayMs = 0;
   private readonly watched = new Map<string, Watched>();
   private readonly pending = new Map<string, Pending>();
@@ -176,7 +180,8 @@ export class SpoolLink implements Link {
         .catch((err) => this.reporter.state('error', `unexpected: ${printable((err as Error).message)}`))
         .finally(() => {
           this.scanning = null;
-          this.schedule(this.folderDelayMs || this.opts.pollMs);
+          // A pass that stopped at its cap goes on at once (after the other links had their turn).
+          this.schedule(this.more ? 0 : this.folderDelayMs || this.opts.pollMs);
         });
     }, ms);
   }
@@ -224,8 +229,18 @@ export class SpoolLink implements Link {
     const present = new Set(names.map((n) => n.toString('hex')));
     for (const map of [this.watched, this.pending]) for (const key of map.keys()) if (!present.has(key)) map.delete(key);
 
+    let answered = 0;
+    this.more = false;
     for (const raw of names) {
       if (this.stopping) return;
+      // A stick full of files must not hold the other links or a stop: each
+      // answer's writes and flushes are synchronous, so the loop yields to
+      // the event loop after each, and a pass answers at most so many; the
+      // rest wait for the next pass.
+      if (answered >= SPOOL_LIMITS.answersPerPass) {
+        this.more = true;
+        return;
+      }
       const key = raw.toString('hex');
       let st: Stats;
       try {
@@ -265,6 +280,8 @@ export class SpoolLink implements Link {
         }
       }
       this.deliver(key, raw, { answer, identity, written: false, nextAt: 0, delayMs: 0, reason: '' }, inbox, outbox, done);
+      answered++;
+      await new Promise((r) => setImmediate(r));
     }
   }
 

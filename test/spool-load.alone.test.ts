@@ -1,0 +1,50 @@
+/**
+ * A stick full of files: the other links keep answering while it is worked
+ * through, and a stop does not wait for the whole inbox.
+ */
+import test from 'ava';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { SerialLink } from '../src/links/index.js';
+import { SpoolLink } from '../src/links/spool.js';
+import { TestJig } from './helpers/jig.js';
+import { testStation } from './helpers/pki.js';
+import { ptyPair } from './helpers/pty.js';
+import { waitFor } from './helpers/served.js';
+
+test('1,500 junk files on a stick: serial PING p99 stays under 20 ms, and the spool link stops within 2 s', async (t) => {
+  const s = await testStation();
+  const stick = join(s.dir, 'stick');
+  mkdirSync(join(stick, 'inbox'), { recursive: true });
+  for (let i = 0; i < 1500; i++) writeFileSync(join(stick, 'inbox', `junk-${i}.csr`), `junk ${i}`);
+  const pty = await ptyPair(s.dir, 'sp');
+  const serial = new SerialLink(s.station, { path: pty.station, baud: 115200, idleTimeoutMs: 10_000 });
+  await serial.start();
+  await waitFor(() => serial.status.state === 'open');
+  const jig = await TestJig.open(pty.jig);
+  const spool = new SpoolLink(s.station, { dir: stick, pollMs: 100, quietMs: 0 });
+  t.teardown(async () => {
+    await jig.close();
+    await serial.stop();
+    await pty.kill();
+    await s.close();
+  });
+  await spool.start();
+  await waitFor(() => spool.status.refused > 0, 10_000);
+  const rtts: number[] = [];
+  for (let i = 0; i < 100; i++) {
+    const t0 = performance.now();
+    t.is((await jig.request('PING', `p${i}`, null)).type, 'PONG');
+    rtts.push(performance.now() - t0);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const working = spool.status.refused < 1500;
+  const t0 = performance.now();
+  await spool.stop();
+  const stopMs = performance.now() - t0;
+  rtts.sort((a, b) => a - b);
+  t.log(`spool answered ${spool.status.refused} meanwhile; PING p50 ${rtts[50]!.toFixed(1)} ms, p99 ${rtts[98]!.toFixed(1)} ms; stop took ${stopMs.toFixed(0)} ms`);
+  t.true(working, 'the stick was still being worked through');
+  t.true(rtts[98]! < 20, `PING p99 ${rtts[98]!.toFixed(1)} ms`);
+  t.true(stopMs < 2000, `stop took ${stopMs.toFixed(0)} ms`);
+});
