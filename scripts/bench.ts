@@ -93,6 +93,7 @@ let pipelineRate = 0;
       path,
       readFileSync(join(dir, 'station.toml'), 'utf8')
         .replace('ledger = "ledger.db"', `ledger = "ledger-s${sessions}.db"`)
+        .replace(/^id = "(.*)"$/m, `id = "$1-s${sessions}"`)
         .replace(/^\[token\]$/m, `[token]\nsessions = ${sessions}`),
     );
     const open = await openStation(loadConfig(path), { slowSessionMs: 50 });
@@ -234,7 +235,7 @@ init = 0
   const K = quick ? 10_000 : 100_000;
   // Same token and keys (SoftHSM is initialised once per process), a ledger of its own.
   const bigConfigPath = join(dir, 'station-big.toml');
-  writeFileSync(bigConfigPath, readFileSync(join(dir, 'station.toml'), 'utf8').replace('ledger = "ledger.db"', 'ledger = "ledger-big.db"'));
+  writeFileSync(bigConfigPath, readFileSync(join(dir, 'station.toml'), 'utf8').replace('ledger = "ledger.db"', 'ledger = "ledger-big.db"').replace(/^id = "(.*)"$/m, 'id = "$1-big"'));
   const big = { dir, configPath: bigConfigPath, config: loadConfig(bigConfigPath) };
   const open = await openStation(big.config);
   const rss = (): number => {

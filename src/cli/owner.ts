@@ -78,8 +78,11 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
       }
       case 'health':
         return { health: await open.station.checkHealth(), checkpoint: open.checkpointer.failure, pid: process.pid };
-      default:
-        return perform(ctx, req);
+      default: {
+        const result = await perform(ctx, req);
+        open.station.invalidate();
+        return result;
+      }
     }
   }).then((server) => {
     const close = server.close.bind(server);

@@ -41,8 +41,8 @@ export class ThreadedLedger implements Ledger {
     await this.writer.call<void>({ op: 'event', event });
   }
 
-  stationContext(now: Date): StationContext {
-    return this.reader.stationContext(now);
+  stationContext(now: Date, minuteCap?: number): StationContext {
+    return this.reader.stationContext(now, minuteCap);
   }
 
   checkAgainstToken(tc: TokenCheckpoint): string | null {

@@ -10,6 +10,7 @@ import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
 import { ledgerTokenProblem, LedgerLock, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
 import { Checkpointer } from './checkpointer.js';
+import { WorkerRpc } from '../worker-rpc.js';
 import { Pkcs11Token, WorkerSigner } from '../token/index.js';
 import type { Signer } from '../token/signer.js';
 import { certificateDer, certificateKeyMismatch, checkLocalCa, issuerProfile, pemEncode, sha256Hex } from '../x509/index.js';
@@ -154,11 +155,19 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     config.token.sessions,
   );
   const signer = opts.wrapSigner ? opts.wrapSigner(workerSigner) : workerSigner;
+  const localCa = localCaFrom(caDer, config.ca.validity_days);
+  const checker = new WorkerRpc(
+    new URL('./check-worker.js', import.meta.url),
+    { caSpki: key.spki, profile: localCa.profile },
+    (why) => new LineSignerError('INTERNAL', `certificate checker stopped (${why}); nothing issued`),
+    true,
+  );
   const station = new Station({
     stationId: config.station.id,
     signer,
     ledger,
-    localCa: localCaFrom(caDer, config.ca.validity_days),
+    checker,
+    localCa,
     rootPem: pemEncode(rootDer, 'CERTIFICATE'),
     rules: rulesFrom(config),
     ...(opts.clock ? { clock: opts.clock } : {}),
@@ -182,6 +191,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
         await owned.recordEvent({ kind: 'stop' });
         await checkpointer.stop();
       } finally {
+        await checker.stop();
         await workerSigner.close();
         token.close();
         await owned.close();

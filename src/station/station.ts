@@ -5,7 +5,7 @@
  */
 import { createHash, type KeyObject } from 'node:crypto';
 import { asLineSignerError, isProtocolCode, LineSignerError, type ProtocolCode } from '../errors.js';
-import type { CommitGuard, Issuance, Ledger, NewIssuance } from '../ledger/index.js';
+import type { CommitGuard, Issuance, Ledger, NewIssuance, StationContext } from '../ledger/index.js';
 import {
   checkExtensions,
   checkIssuance,
@@ -34,10 +34,12 @@ import {
   serialHex,
   verifyCsrSignature,
   ATTRIBUTE_NAMES,
+  type CertificateRequestFacts,
   type IssuerProfile,
 } from '../x509/index.js';
 import type { Issued, SignRequest, SignResult, StationHello, Unhealthy } from './types.js';
 import { EventCoalescer } from './coalesce.js';
+import type { WorkerRpc } from '../worker-rpc.js';
 import { checkClientText, checkDeviceName, quote, TEXT_LIMITS } from '../text.js';
 
 export const MAX_FRAME = 16384;
@@ -61,6 +63,8 @@ export interface StationParts {
   rules: PolicyRules;
   /** The station's clock; tests set it to check CLOCK. */
   clock?: () => Date;
+  /** Where the checks after signing run under load (check-worker.ts); absent: here. */
+  checker?: WorkerRpc;
 }
 
 export class Station {
@@ -73,12 +77,15 @@ export class Station {
   private readonly rules: PolicyRules;
   private readonly isDeviceId: (cn: string) => boolean;
   private readonly clock: () => Date;
+  private readonly checker: WorkerRpc | null;
   /** Issuances handed to the ledger and not yet durable, by CSR hash. */
   private readonly inFlight = new Map<string, Promise<Issued>>();
   /** Their public keys, by device id, with a count each. */
   private readonly inFlightKeys = new Map<string, Map<string, number>>();
   /** How many of them each work order has. */
   private readonly inFlightByOrder = new Map<string, number>();
+  /** The ledger's station-wide facts as last read, and what this station committed since (see stationFacts). */
+  private context: { readAt: number; known: StationContext; committed: number; byOrder: Map<string, number>; last: Date | undefined } | null = null;
   /** The token failed its last signature: HEAD /sign says so until a signature succeeds again. */
   private tokenDown: { message: string; probedAt: number } | null = null;
   /** When the token last signed (a request or a probe). */
@@ -98,6 +105,7 @@ export class Station {
     this.rules = parts.rules;
     this.isDeviceId = deviceIdMatcher(parts.rules.deviceId);
     this.clock = parts.clock ?? (() => new Date());
+    this.checker = parts.checker ?? null;
   }
 
   hello(): StationHello {
@@ -117,7 +125,7 @@ export class Station {
       this.probeToken();
       return { code: 'TOKEN_UNAVAILABLE', message: this.tokenDown.message };
     }
-    return checkStation(this.stationFacts(this.clock()), this.rules);
+    return checkStation(this.stationFacts(this.clock(), true), this.rules);
   }
 
   /**
@@ -217,7 +225,7 @@ export class Station {
       refuseIf(checkExtensions(csr));
       const publicKeySha256 = sha256(csr.spki);
       const now = this.clock();
-      refuseIf(checkIssuance(this.issuanceFacts(deviceId, publicKeySha256, now, req), this.rules));
+      refuseIf(this.decide(deviceId, publicKeySha256, now, req).refusal);
 
       const serial = newSerial();
       const request = {
@@ -225,23 +233,21 @@ export class Station {
         notBefore: now,
         subject: subject.subject,
         spki: canonicalSpki(csr),
-        publicKeyBits: csr.publicKeyBits,
+        publicKeyBits: csr.publicKeyBits.slice(), // its own bytes: it may travel to the checking worker
       };
       const tbs = buildTbs(this.ca.profile, request);
       const signature = await this.sign(createHash(this.ca.profile.hash).update(tbs).digest());
-      checkIssuedSignature(tbs, this.ca.profile.hash, signature, this.caKey);
-      const certificate = assembleCertificate(tbs, this.ca.profile.signatureAlgorithm, signature);
-      // An independent parser must read back what was built, or nothing is issued.
-      checkAssembled(certificate, this.ca.profile, request);
+      // The token's signature checked, the certificate assembled, and read back by an independent parser, or nothing is issued.
+      const certificate = await this.finish(tbs, signature, request);
 
       // Other requests ran while the token signed. Look again, at the ledger
       // and at the commits still on their way to it, and hand this one to the
       // writer in the same synchronous step: nothing can slip in between.
       const meanwhile = this.previousAnswer(csrSha256, req);
       if (meanwhile) return await meanwhile;
-      const facts = this.issuanceFacts(deviceId, publicKeySha256, now, req);
-      refuseIf(checkIssuance(facts, this.rules));
-      const workOrder = facts.order?.id ?? null;
+      const decision = this.decide(deviceId, publicKeySha256, now, req);
+      refuseIf(decision.refusal);
+      const workOrder = decision.facts.order?.id ?? null;
       return await this.commit(csrSha256, deviceId, publicKeySha256, workOrder, {
         serial: serialHex(serial),
         deviceId,
@@ -277,7 +283,16 @@ export class Station {
       maxPerMinute: this.rules.maxPerMinute,
       requireOrder: this.rules.requireOrder,
     };
-    const done = this.ledger.recordIssuance(entry, { ...this.alone, guard }).then((row) => this.issued(row, false));
+    const done = this.ledger.recordIssuance(entry, { ...this.alone, guard }).then((row) => {
+      const c = this.context;
+      if (c && c.readAt <= Date.now()) {
+        c.committed++;
+        if (row.workOrder) c.byOrder.set(row.workOrder, (c.byOrder.get(row.workOrder) ?? 0) + 1);
+        const at = new Date(row.issuedAt);
+        if (!c.last || at > c.last) c.last = at;
+      }
+      return this.issued(row, false);
+    });
     const forget = (): void => {
       this.inFlight.delete(csrSha256);
       if (workOrder) {
@@ -316,29 +331,71 @@ export class Station {
   }
 
   /** The station-wide facts: the ledger's, plus the issuances still on their way into it. */
-  private stationFacts(now: Date): StationFacts {
-    const known = this.ledger.stationContext(now);
+  /**
+   * The station-wide facts: the ledger's, read at most every 100 ms (a read
+   * while the writer commits can wait on it), plus what this station
+   * committed since and what is still on its way. A refusal made on these
+   * is looked at again with `fresh` facts, and the commit re-checks the
+   * ledger itself, so a cached fact can cost at most a wasted signature.
+   */
+  private stationFacts(now: Date, fresh = false): StationFacts {
+    let c = this.context;
+    if (fresh || !c || Date.now() - c.readAt > 100) {
+      c = this.context = { readAt: Date.now(), known: this.ledger.stationContext(now, this.rules.maxPerMinute ?? 0), committed: 0, byOrder: new Map(), last: undefined };
+    }
+    const { known } = c;
     const order = known.order;
+    const last = c.last && (!known.lastIssuedAt || c.last > known.lastIssuedAt) ? c.last : known.lastIssuedAt;
     return {
-      order: order && { ...order, issued: order.issued + (this.inFlightByOrder.get(order.id) ?? 0) },
-      issuedCount: known.issuedCount + this.inFlight.size,
-      issuedLastMinute: known.issuedLastMinute + this.inFlight.size,
+      order: order && { ...order, issued: order.issued + (c.byOrder.get(order.id) ?? 0) + (this.inFlightByOrder.get(order.id) ?? 0) },
+      issuedCount: known.issuedCount + c.committed + this.inFlight.size,
+      issuedLastMinute: known.issuedLastMinute + c.committed + this.inFlight.size,
       now,
-      lastIssuedAt: known.lastIssuedAt,
-      clockConfirmedAt: known.clockConfirmedAt,
+      lastIssuedAt: last,
+      // A confirmation counts until the next issuance.
+      clockConfirmedAt: c.committed > 0 ? undefined : known.clockConfirmedAt,
       caNotBefore: this.ca.notBefore,
       caNotAfter: this.ca.notAfter,
     };
   }
 
+  /**
+   * The checks after the token signed. A lone request makes them here; under
+   * load the checking worker does (check-worker.ts), so that the thread that
+   * serves the links keeps to parsing and deciding.
+   */
+  private finish(tbs: Uint8Array, signature: Uint8Array, request: CertificateRequestFacts): Promise<Uint8Array> | Uint8Array {
+    if (this.checker && !this.alone.alone) return this.checker.call<Uint8Array>({ tbs, signature, facts: request });
+    checkIssuedSignature(tbs, this.ca.profile.hash, signature, this.caKey);
+    const certificate = assembleCertificate(tbs, this.ca.profile.signatureAlgorithm, signature);
+    checkAssembled(certificate, this.ca.profile, request);
+    return certificate;
+  }
+
+  /** The issuance checks; a station-wide refusal made on cached facts is made again on fresh ones. */
+  private decide(deviceId: string, publicKeySha256: string, now: Date, req: SignRequest): { facts: IssuanceFacts; refusal: Refusal | null } {
+    let facts = this.issuanceFacts(deviceId, publicKeySha256, now, req);
+    let refusal = checkIssuance(facts, this.rules);
+    if (refusal && (refusal.code === 'QUOTA_EXCEEDED' || refusal.code === 'CLOCK')) {
+      facts = this.issuanceFacts(deviceId, publicKeySha256, now, req, true);
+      refusal = checkIssuance(facts, this.rules);
+    }
+    return { facts, refusal };
+  }
+
+  /** Operator actions change what the station decides: the next request reads the ledger again. */
+  invalidate(): void {
+    this.context = null;
+  }
+
   /** One device's facts plus the station's, in flight included. */
-  private issuanceFacts(deviceId: string, publicKeySha256: string, now: Date, req: SignRequest): IssuanceFacts {
+  private issuanceFacts(deviceId: string, publicKeySha256: string, now: Date, req: SignRequest, fresh = false): IssuanceFacts {
     const known = this.ledger.deviceContext(deviceId);
     const pending = this.inFlightKeys.get(deviceId);
     // A certificate on its way for this device is its newest: its key is the current one.
     const pendingKey = pending ? [...pending.keys()].find((k) => k !== publicKeySha256) ?? publicKeySha256 : undefined;
     return {
-      ...this.stationFacts(now),
+      ...this.stationFacts(now, fresh),
       deviceId,
       publicKeySha256,
       hardwareId: req.hardwareId,
