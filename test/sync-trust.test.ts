@@ -4,6 +4,8 @@
  * out. Each test is a reproduction from the issue.
  */
 import test from 'ava';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { chmodSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
@@ -363,4 +365,60 @@ test('409 is done only when the API holds this certificate\'s key; another key t
   t.is(r.failed, 1);
   t.is(r.alreadyThere, 0);
   t.is(a.devices.get(devices[0]!)!['client.pem'], other.certificatePem);
+});
+
+test('one name, one device: the station refuses a name another device has; a revoked, never-synced device whose name the API holds with another key is not deleted', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const a = await api(t);
+  const q = uuid();
+  await issue(s, q, { name: 'gateway-1' });
+  const p = uuid();
+  const err = await t.throwsAsync(issue(s, p, { name: 'gateway-1' }));
+  t.regex(err!.message, /POLICY_SUBJECT name "gateway-1" is device .* already/);
+  // What an older station (or another one) could have let through: the API holds the name with another device's key.
+  const other = uuid();
+  await issue(s, other);
+  const stick = join(s.dir, 'stick-dup');
+  const f1 = (await exportNext(s, stick))!;
+  revoke(s, other);
+  const f2 = (await exportNext(s, stick))!;
+  a.devices.set(other, { 'client.pem': (await issue(s, uuid())).certificatePem, name: other, uuid: other } as never);
+  const state = join(s.dir, 'dup.db');
+  await sync({ files: [f1, f2], api: a.url, tokenFile: tokenFile(s.dir), statePath: state, stationKey: pin(s) }).catch(() => undefined);
+  t.true(a.devices.has(other), 'a registration with another key under that name is left alone');
+  t.false(a.log.some((l) => l.method === 'DELETE' && l.name === other));
+});
+
+test('the state is per API base URL: a second path on the same host is synced in full', async (t) => {
+  const { s, files } = await stationWithBatches([2]);
+  t.teardown(() => s.close());
+  const a = await api(t);
+  const state = join(s.dir, 'paths.db');
+  await sync({ files, api: `${a.url}`, tokenFile: tokenFile(s.dir), statePath: state, stationKey: pin(s) });
+  const before = a.log.length;
+  a.devices.clear();
+  await sync({ files, api: `${a.url}/`, tokenFile: tokenFile(s.dir), statePath: state, stationKey: pin(s) }).catch(() => undefined);
+  t.is(a.log.length, before, 'the same base (a trailing slash aside) is the same API');
+  // This stand-in serves no /other path: what matters is that both devices were tried there, not taken as done.
+  const other = await sync({ files, api: `${a.url}/other`, tokenFile: tokenFile(s.dir), statePath: state, stationKey: pin(s) });
+  t.is(other.pending, 2, 'another path is another API: everything is sent to it');
+  t.true(a.log.length > before);
+});
+
+test('an API that fails everything in a row stops the run instead of backing off for days', async (t) => {
+  const { s, files } = await stationWithBatches([6]);
+  t.teardown(() => s.close());
+  const dead = await new Promise<{ url: string; close: () => Promise<void> }>((resolve) => {
+    const server = createServer((_req, res) => {
+      res.writeHead(500);
+      res.end('down');
+    });
+    server.listen(0, '127.0.0.1', () => resolve({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => new Promise((r) => server.close(() => r())) }));
+  });
+  t.teardown(() => dead.close());
+  const t0 = Date.now();
+  const err = await t.throwsAsync(sync({ files, api: dead.url, tokenFile: tokenFile(s.dir), statePath: join(s.dir, 'dead.db'), stationKey: pin(s), retryBaseMs: 5, maxRetryAfterMs: 50 }));
+  t.regex(err!.message, /failed \d+ requests in a row.*run sync again later/);
+  t.true(Date.now() - t0 < 30_000);
 });

@@ -53,6 +53,9 @@ export async function exportCommand(args: { config?: string; out: string; batch?
 }
 
 export async function verifyExportCommand(args: { files: string[]; stationKey?: string; json?: boolean }): Promise<void> {
+  if (args.stationKey === undefined) {
+    process.stderr.write('WARNING no --station-key: each batch is checked against the certificate it carries, which anyone can make; pin the station key (ca show prints it) before trusting the result\n');
+  }
   const progress = bar('verify');
   if (progress) progress.start(0, 0);
   let seen = 0;

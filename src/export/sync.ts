@@ -253,10 +253,10 @@ export async function sync(opts: SyncOptions): Promise<SyncSummary> {
           // Records of a batch that turns out not to verify are rolled back with it.
           if (!key) return;
           if (line.type === 'issuance') {
-            q.issuance.run({ key, api: origin, device: line.device_id, seq: line.seq, name: line.name ?? line.device_id, pem: line.client_pem });
+            q.issuance.run({ key, api: base, device: line.device_id, seq: line.seq, name: line.name ?? line.device_id, pem: line.client_pem });
           } else {
             // A mark without after_seq (format 1) revokes whatever its batch and the ones before it issued.
-            q.revocation.run({ key, api: origin, device: line.device_id, upto: line.after_seq ?? Math.max(m.last_seq, m.first_seq - 1) });
+            q.revocation.run({ key, api: base, device: line.device_id, upto: line.after_seq ?? Math.max(m.last_seq, m.first_seq - 1) });
           }
         },
       });
@@ -270,23 +270,23 @@ export async function sync(opts: SyncOptions): Promise<SyncSummary> {
       const given = new Set(batches.map((b) => b.manifest!.batch));
       for (const b of [...batches].sort((x, y) => x.manifest!.batch - y.manifest!.batch)) {
         const n = b.manifest!.batch;
-        const known = q.batch.get(stationKey, origin, station, n);
+        const known = q.batch.get(stationKey, base, station, n);
         if (known) {
           if (known.sha256 !== b.sha256) {
             throw new LineSignerError('SYNC', `nothing synced: ${b.file} is batch ${n} of ${station}, but the batch ${n} synced earlier had other bytes (sha256 ${known.sha256}, this one ${b.sha256}): one number, two batches`);
           }
           continue;
         }
-        const before = n > 1 ? q.batch.get(stationKey, origin, station, n - 1) : undefined;
+        const before = n > 1 ? q.batch.get(stationKey, base, station, n - 1) : undefined;
         if (before && before.sha256 !== b.manifest!.previous_batch_sha256) {
           throw new LineSignerError('SYNC', `nothing synced: ${b.file} (batch ${n}) does not follow the batch ${n - 1} synced earlier (previous batch hash differs)`);
         }
         if (n > 1 && !before && !given.has(n - 1) && !opts.allowGap) {
-          throw new LineSignerError('SYNC', `nothing synced: gap: batch ${n - 1} of ${station} was never synced to ${origin} and is not given (give it, or --allow-gap)`);
+          throw new LineSignerError('SYNC', `nothing synced: gap: batch ${n - 1} of ${station} was never synced to ${base} and is not given (give it, or --allow-gap)`);
         }
-        q.addBatch.run(stationKey, origin, station, n, b.sha256, new Date().toISOString());
+        q.addBatch.run(stationKey, base, station, n, b.sha256, new Date().toISOString());
       }
-      devices = db.prepare<[string, string], DeviceRow>('SELECT * FROM devices WHERE station_key = ? AND api = ? ORDER BY device_id').all(stationKey, origin);
+      devices = db.prepare<[string, string], DeviceRow>('SELECT * FROM devices WHERE station_key = ? AND api = ? ORDER BY device_id').all(stationKey, base);
       // A dry run plans from the folded state, then forgets it.
       db.exec(opts.dryRun ? 'ROLLBACK' : 'COMMIT');
       open = false;
@@ -358,7 +358,7 @@ async function reconcile(
     save.run({
       held: d.held, held_seq: d.held_seq, held_name: d.held_name, held_pem: d.held_pem,
       intent: d.intent, intent_seq: d.intent_seq, intent_name: d.intent_name, intent_pem: d.intent_pem,
-      attempts, http_status, detail, at: new Date().toISOString(), key: opts.stationKey, api: origin, device: d.device_id,
+      attempts, http_status, detail, at: new Date().toISOString(), key: opts.stationKey, api: base, device: d.device_id,
     });
   };
   const ABSENT = { held: 'absent' as const, held_seq: null, held_name: null, held_pem: null };
@@ -434,6 +434,11 @@ async function reconcile(
       const wait = Math.min(maxWait, hinted ?? baseMs * 2 ** Math.min(outage, 16) * (0.75 + Math.random() / 2));
       outage++;
       openAt = Math.max(openAt, Date.now() + wait);
+      // An API that fails everything in a row is down (or throttling hard): the run stops, and the next one resumes.
+      if (outage >= Math.max(8, 2 * tries)) {
+        refused ??= `the API failed ${outage} requests in a row (last: ${describe(answer)}); stopped, nothing more sent: run sync again later, it resumes`;
+        throw new TokenRefused(refused);
+      }
       if (n >= tries) return { answer, attempts: n };
       const refusedUnprocessed = 'status' in answer && (answer.status === 429 || answer.status === 503);
       if (inDoubt && !refusedUnprocessed) {
@@ -545,8 +550,19 @@ async function reconcile(
       if (!(await remove(d, d.held_name!))) return;
     }
     if (!want) {
-      // Not registered by this state (as far as it knows), but revoked: the API must not hold it.
-      if (d.held === 'unknown') await remove(d, d.best_name ?? d.device_id);
+      // Not registered by this state (as far as it knows), but revoked: the API must not hold it. A name is
+      // only the device's while the API holds it with the device's key: never delete another device's registration.
+      if (d.held === 'unknown') {
+        const name = d.best_name ?? d.device_id;
+        const h = await lookUp(name, d.best_pem);
+        if ('failed' in h) {
+          fail(d, name, 'delete', h.failed, h.attempts);
+          return;
+        }
+        if (!h.present) record(d, { ...ABSENT, ...NO_INTENT });
+        else if (h.ours) await remove(d, name);
+        else fail(d, name, 'delete', `the API holds ${name} with another key than this revoked device's: not deleted (another device's registration?)`, 0);
+      }
       return;
     }
     if (d.held !== 'present') await register(d, want);

@@ -142,6 +142,8 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
         line = JSON.parse(raw.toString('utf8')) as BatchLine;
       } catch {
         problem(`line ${n}: not JSON`);
+        // A file whose first line is not even JSON is not a batch: no reason to read the rest of it.
+        if (n === 1) return s;
         content.update(raw);
         continue;
       }

@@ -209,6 +209,8 @@ export interface Ledger {
    * `alone`: no other request is in flight, so latency matters more than throughput.
    */
   recordIssuance(entry: NewIssuance, hint?: { alone?: boolean; guard?: CommitGuard }): Promise<Issuance>;
+  /** Another device that has `name` as its name or id. */
+  nameHolder(name: string, deviceId: string): string | undefined;
   /** The open order, counts, and the clock's reference, for the station-wide checks (the minute's count up to `minuteCap`). */
   stationContext(now: Date, minuteCap?: number): StationContext;
   /** Appends an event; durable when this resolves. */
@@ -504,6 +506,9 @@ export class SqliteLedger implements Ledger {
       ),
       deleteGrant: db.prepare<[string]>('DELETE FROM reissue_grants WHERE device_id = ?'),
       grantOf: db.prepare<[string], { device_id: string }>('SELECT device_id FROM reissue_grants WHERE device_id = ?'),
+      nameTaken: db.prepare<[{ n: string; d: string }], { device_id: string }>(
+        'SELECT device_id FROM issuances WHERE (name = @n OR device_id = @n) AND device_id != @d LIMIT 1',
+      ),
       insertGrant: db.prepare<[string, string, string]>(
         'INSERT OR REPLACE INTO reissue_grants (device_id, granted_at, reason) VALUES (?, ?, ?)',
       ),
@@ -820,6 +825,11 @@ export class SqliteLedger implements Ledger {
 
   *eventsSince(seq: number): IterableIterator<LedgerEvent> {
     for (const r of this.q.eventsSince.iterate(seq)) yield toEvent(r);
+  }
+
+  /** Another device that has `name` as its name or its id, if any: a name is one device's in the device cloud. */
+  nameHolder(name: string, deviceId: string): string | undefined {
+    return this.q.nameTaken.get({ n: name, d: deviceId })?.device_id;
   }
 
   /** The issuance with this serial, given in any form (case, colons, leading zeros). */

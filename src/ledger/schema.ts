@@ -73,6 +73,7 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX issuances_serial ON issuances(ltrim(serial, '0'));
   CREATE INDEX issuances_issued_at ON issuances(issued_at);
   CREATE INDEX issuances_order ON issuances(work_order);
+  CREATE INDEX issuances_name ON issuances(name);
   CREATE INDEX events_device ON events(device_id);
   CREATE INDEX events_at ON events(at);
   -- Production control. Each table is a projection of hash-chained events

@@ -45,6 +45,10 @@ export class ThreadedLedger implements Ledger {
     return this.reader.stationContext(now, minuteCap);
   }
 
+  nameHolder(name: string, deviceId: string): string | undefined {
+    return this.reader.nameHolder(name, deviceId);
+  }
+
   checkAgainstToken(tc: TokenCheckpoint): string | null {
     return this.reader.checkAgainstToken(tc);
   }

@@ -223,6 +223,9 @@ export class Station {
       refuseIf(subject.refusal);
       deviceId = subject.deviceId;
       refuseIf(checkExtensions(csr));
+      // The device cloud knows a device by its name: one name, one device.
+      const holder = req.name !== undefined && req.name !== deviceId ? this.ledger.nameHolder(req.name, deviceId) : undefined;
+      if (holder) throw new LineSignerError('POLICY_SUBJECT', `name ${quote(req.name!)} is device ${holder}'s already; a name is one device's in the device cloud`);
       const publicKeySha256 = sha256(csr.spki);
       const now = this.clock();
       refuseIf(this.decide(deviceId, publicKeySha256, now, req).refusal);
