@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import * as asn1js from 'asn1js';
 import fc from 'fast-check';
 import * as pkijs from 'pkijs';
-import { exportBatch, verifyBatches } from '../src/export/index.js';
+import { exportBatch, verifyBatch, verifyBatches } from '../src/export/index.js';
 import { lines, MAX_LINE_BYTES } from '../src/export/verify.js';
 import { SqliteLedger } from '../src/ledger/index.js';
 import { caShow } from '../src/station/index.js';
@@ -190,4 +190,23 @@ test('verify-export prints ok only for files of a set that passes, and says so f
   t.notRegex(gap.stdout, /^ok /m);
   t.regex(gap.stdout, /^FAILED .*000001\.lsbatch: passes on its own, but the set/m);
   t.regex(gap.stdout, /^set FAILED/m);
+});
+
+test('a signature re-encoded with a padded INTEGER (BER, not DER) is refused, though its signature still verifies', async (t) => {
+  const { s, files } = await stationWithBatches([1]);
+  t.teardown(() => s.close());
+  const text = readFileSync(files[0]!, 'utf8');
+  const lines = text.trimEnd().split('\n');
+  const cms = Buffer.from((JSON.parse(lines.at(-1)!) as { cms: string }).cms, 'base64');
+  const ci = pkijs.ContentInfo.fromBER(cms.buffer.slice(cms.byteOffset, cms.byteOffset + cms.length));
+  const sd = ci.content as InstanceType<typeof asn1js.Sequence>;
+  t.true(sd.valueBlock.value[0] instanceof asn1js.Integer, 'SignedData starts with its version');
+  sd.valueBlock.value[0] = new asn1js.Integer({ valueHex: new Uint8Array([0x00, 0x01]).buffer }); // version 1 as 02 02 00 01
+  const padded = Buffer.from(new pkijs.ContentInfo({ contentType: ci.contentType, content: sd }).toSchema().toBER(false));
+  t.notDeepEqual(padded, cms);
+  lines[lines.length - 1] = JSON.stringify({ type: 'signature', cms: padded.toString('base64') });
+  const bad = join(s.dir, 'padded.lsbatch');
+  writeFileSync(bad, lines.join('\n') + '\n');
+  const r = await verifyBatch(bad, { stationKey: caShow(s.config).station_key.sha256! });
+  t.true(r.problems.some((p) => /not encoded as line-signer writes it|not in DER/.test(p)), JSON.stringify(r.problems));
 });

@@ -76,17 +76,26 @@ function signedAttributesDer(attributes: pkijs.Attribute[]): Uint8Array {
   return new Uint8Array(new asn1js.Set({ value: encoded.map((e) => asn1js.fromBER(ab(e)).result) }).toBER(false));
 }
 
-export async function signDetached(signer: Signer, certificateDer: Uint8Array, contentSha256: Uint8Array, signingTime: Date): Promise<Uint8Array> {
-  const cert = pkijs.Certificate.fromBER(ab(certificateDer));
-  const attributes = [
+/** The signed attributes line-signer writes (content type, signing time, digest), as the DER that is signed. */
+function signedAttributesFor(contentSha256: Uint8Array, signingTime: Date): Uint8Array {
+  return signedAttributesDer([
     new pkijs.Attribute({ type: OID_CONTENT_TYPE, values: [new asn1js.ObjectIdentifier({ value: OID_DATA })] }),
     new pkijs.Attribute({ type: OID_SIGNING_TIME, values: [new asn1js.UTCTime({ valueDate: new Date(Math.floor(signingTime.getTime() / 1000) * 1000) })] }),
     new pkijs.Attribute({ type: OID_MESSAGE_DIGEST, values: [new asn1js.OctetString({ valueHex: ab(contentSha256) })] }),
-  ];
-  const toSign = signedAttributesDer(attributes);
+  ]);
+}
+
+export async function signDetached(signer: Signer, certificateDer: Uint8Array, contentSha256: Uint8Array, signingTime: Date): Promise<Uint8Array> {
+  const toSign = signedAttributesFor(contentSha256, signingTime);
   // The token may return either twin; the batch carries the low-S one, so a
   // batch has exactly one valid signature line.
   const signature = lowS(await signer.sign(createHash(signer.hash).update(toSign).digest()), curveOf(certificateDer));
+  return assembleSignedData(certificateDer, toSign, signer.signatureAlgorithm, signature);
+}
+
+/** The detached SignedData around signed attributes and their signature: the one encoding line-signer writes. */
+function assembleSignedData(certificateDer: Uint8Array, toSign: Uint8Array, signatureAlgorithm: string, signature: Uint8Array): Uint8Array {
+  const cert = pkijs.Certificate.fromBER(ab(certificateDer));
   // Keep the signed order inside [0]: re-parse the exact bytes that were signed.
   const sortedAttrs = (asn1js.fromBER(ab(toSign)).result as asn1js.Set).valueBlock.value.map((v) => new pkijs.Attribute({ schema: v }));
   const signerInfo = new pkijs.SignerInfo({
@@ -94,7 +103,7 @@ export async function signDetached(signer: Signer, certificateDer: Uint8Array, c
     sid: new pkijs.IssuerAndSerialNumber({ issuer: cert.issuer, serialNumber: cert.serialNumber }),
     digestAlgorithm: new pkijs.AlgorithmIdentifier({ algorithmId: OID_SHA256 }),
     signedAttrs: new pkijs.SignedAndUnsignedAttributes({ type: 0, attributes: sortedAttrs }),
-    signatureAlgorithm: new pkijs.AlgorithmIdentifier({ algorithmId: signer.signatureAlgorithm }),
+    signatureAlgorithm: new pkijs.AlgorithmIdentifier({ algorithmId: signatureAlgorithm }),
     signature: new asn1js.OctetString({ valueHex: ab(signature) }),
   });
   const signedData = new pkijs.SignedData({
@@ -185,5 +194,14 @@ function checkDetached(cmsDer: Uint8Array, contentSha256: Uint8Array): DetachedC
   } catch {
     ok = false;
   }
-  return { signerCertificate: certDer, problem: ok ? null : 'the CMS signature does not verify with the station key' };
+  if (!ok) return { signerCertificate: certDer, problem: 'the CMS signature does not verify with the station key' };
+  // One encoding only: the SignedData line-signer would write for this certificate, time, digest and signature,
+  // byte for byte (a BER parser takes long-form lengths or padded integers, and would write them back as it read them).
+  const time = attr(OID_SIGNING_TIME);
+  if (!(time instanceof asn1js.UTCTime)) return { signerCertificate: certDer, problem: 'the signing time is not what line-signer writes: the batch was changed' };
+  const rebuilt = assembleSignedData(certDer, signedAttributesFor(contentSha256, time.toDate()), si.signatureAlgorithm.algorithmId, new Uint8Array(si.signature.valueBlock.valueHexView));
+  if (Buffer.compare(Buffer.from(rebuilt), Buffer.from(cmsDer)) !== 0) {
+    return { signerCertificate: certDer, problem: 'the signature is not encoded as line-signer writes it (not DER): the batch was changed' };
+  }
+  return { signerCertificate: certDer, problem: null };
 }
