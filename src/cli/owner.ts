@@ -7,7 +7,7 @@
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
 import { exportBatch } from '../export/index.js';
-import { SqliteLedger } from '../ledger/index.js';
+import { SqliteLedger, type NewEvent } from '../ledger/index.js';
 import { ControlServer } from '../operator/control.js';
 import { perform, type OperatorRequest } from '../operator/index.js';
 import type { OpenStation } from '../station/index.js';
@@ -65,7 +65,7 @@ export function ownerRequest(raw: unknown): OwnerRequest {
 /** Serves the control channel for a station that owns its ledger; returns the server to close at stop. */
 export function serveControl(config: StationConfig, open: OpenStation): Promise<ControlServer> {
   const ledger = new SqliteLedger(config.station.ledger, config.station.id);
-  const ctx = { config, ledger, checkpoint: (reason: string) => open.checkpointer.take(reason) };
+  const ctx = { config, ledger, checkpoint: (reason: string) => open.checkpointer.take(reason), recordEvent: (e: NewEvent) => open.ledger.recordEvent(e) };
   return ControlServer.listen(config.station.ledger, async (raw) => {
     const req = ownerRequest(raw);
     switch (req.op) {

@@ -36,6 +36,11 @@ export interface OperatorContext {
   ledger: SqliteLedger;
   /** A checkpoint after the action's event. */
   checkpoint(reason: string): Promise<unknown>;
+  /**
+   * A plain event through the ledger's writer (a serving station's writer
+   * thread: the thread that serves the links never waits on a flush for it).
+   */
+  recordEvent(event: Parameters<SqliteLedger['appendEvent']>[0]): Promise<void>;
 }
 
 /** The operator's name: the flag, else [station] operator, else the login name (SUDO_USER under sudo). */
@@ -76,7 +81,7 @@ export async function perform(ctx: OperatorContext, req: OperatorRequest): Promi
       break;
     case 'backup': {
       checkBackupDestination(req.dest);
-      ledger.appendEvent({ kind: 'backup', message: `backup to ${req.dest}`, operator: req.operator });
+      await ctx.recordEvent({ kind: 'backup', message: `backup to ${req.dest}`, operator: req.operator });
       // The copy then holds a signed checkpoint covering everything before it started.
       await ctx.checkpoint('backup');
       return backupLedger(ctx.config.station.ledger, req.dest);
@@ -145,6 +150,9 @@ export async function withOwnedLedger<T>(
         ledger,
         // This process lets the ledger go right after: its checkpoints close it.
         checkpoint: (reason) => takeCheckpoint(ledger, (d) => signer.sign(d), (l, v) => t.writeData(l, v), `closing ${reason}`),
+        recordEvent: async (e) => {
+          ledger.appendEvent(e);
+        },
       };
       return await work(ctx);
     } finally {
