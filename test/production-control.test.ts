@@ -17,6 +17,8 @@ import { SqliteLedger, type LogRow } from '../src/ledger/index.js';
 import { serveControl } from '../src/cli/owner.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { BIN, cli, cliAsync } from './helpers/cli.js';
+import { deviceFields, ptreeJson, send, SOTA } from './helpers/http.js';
+import { HttpLink } from '../src/links/http.js';
 import { served, type Served } from './helpers/served.js';
 import { FACTORY, testStation, uuid, type StationOptions, type TestStation } from './helpers/pki.js';
 
@@ -266,4 +268,40 @@ test('export and ca import record their operator; a refused backup records nothi
   const rows = logRows(s.configPath);
   t.true(rows.some((r) => r.kind === 'export' && r.operator === 'eve'));
   t.false(rows.some((r) => r.kind === 'backup'));
+});
+
+test.serial('through the HTTP link: no open order under require_order, another hardware id, and the rate cap; HEAD says so first', async (t) => {
+  const s = await testStation({ policy: 'require_order = true\nmax_per_minute = 2', extra: SOTA });
+  const control = await serveControl(s.config, s);
+  const link = new HttpLink(s.station, { listen: '127.0.0.1:0', sota: s.config.sota });
+  await link.start();
+  t.teardown(async () => {
+    await link.stop();
+    await control.close();
+    await s.close();
+  });
+  const post = async (extra: Record<string, unknown> = {}): Promise<{ status: number; code?: string; message?: string }> => {
+    const r = await send(link.port, 'POST', ptreeJson(deviceFields(extra).fields));
+    return { status: r.status, ...(r.status === 201 ? {} : (JSON.parse(r.text) as { code: string; message: string })) };
+  };
+  t.is((await send(link.port, 'HEAD')).status, 503, 'no open order: the client stops before making a key');
+  const none = await post();
+  t.is(none.status, 403);
+  t.is(none.code, 'QUOTA_EXCEEDED');
+  t.regex(none.message!, /no open work order/);
+  t.is((await cliAsync(['order', 'open', 'WO-H', '--quantity', '10', '--hardware-id', 'intel-corei7-64', '--config', s.configPath, '--operator', 'hal'])).status, 0);
+  t.is((await send(link.port, 'HEAD')).status, 200);
+  const wrong = await post({ 'hardware-id': 'raspberrypi4-64' });
+  t.is(wrong.status, 400);
+  t.is(wrong.code, 'POLICY_SUBJECT');
+  t.is((await post()).status, 201);
+  t.is((await post()).status, 201);
+  const capped = await post();
+  t.is(capped.status, 403);
+  t.regex(capped.message!, /more than 2 certificates in the last minute/);
+  t.is((await send(link.port, 'HEAD')).status, 503);
+  t.is(issuedCount(s), 2);
+  const rows = logRows(s.configPath);
+  t.deepEqual(rows.filter((r) => r.kind === 'rejection').map((r) => r.code), ['QUOTA_EXCEEDED', 'POLICY_SUBJECT', 'QUOTA_EXCEEDED']);
+  t.true(rows.some((r) => r.kind === 'order_open' && r.operator === 'hal'));
 });
