@@ -81,7 +81,7 @@ let pipelineRate = 0;
   const par = await pool(N, 8, handle);
   pipelineRate = N / par;
   say('(b) pipeline certificates/s, 8 requests in flight', fmt(pipelineRate));
-  say('    of which issued and committed, one durable commit each', fmt(open.ledger.issuedCount()));
+  say('    of which issued and committed (group commit: one flush per group)', fmt(open.ledger.issuedCount()));
   await open.close();
 }
 
