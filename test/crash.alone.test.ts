@@ -15,7 +15,7 @@ import { SqliteLedger } from '../src/ledger/index.js';
 import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
 import { cliAsync } from './helpers/cli.js';
 import { TestJig } from './helpers/jig.js';
-import { FACTORY, stationConfig, testStation, uuid } from './helpers/pki.js';
+import { FACTORY, testStation, uuid } from './helpers/pki.js';
 import { ptyPair } from './helpers/pty.js';
 
 const BIN = fileURLToPath(new URL('../../bin/line-signer.js', import.meta.url));
@@ -39,8 +39,6 @@ interface Client {
 
 test('30 kill -9 of serve under J1 and HTTP load: nothing a client received is lost, resends get certificates', async (t) => {
   t.timeout(600_000);
-  const s0 = stationConfig({ extra: SOTA });
-  void s0;
   const s = await testStation({ extra: SOTA });
   await s.close();
   const ptys = await Promise.all([0, 1, 2, 3].map((i) => ptyPair(s.dir, `crash-${i}`)));

@@ -139,7 +139,7 @@ export function readPins(opts: Pick<SyncOptions, 'stationKey' | 'pinsFile'>): { 
 const LOOPBACK = /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/i;
 
 /** The API base: https, or http to loopback only (unless insecure); no credentials, query or fragment. */
-export function apiBase(raw: string, insecureHttp: boolean): { base: string; origin: string } {
+export function apiBase(raw: string, insecureHttp: boolean): { base: string } {
   let url: URL;
   try {
     url = new URL(raw);
@@ -151,7 +151,7 @@ export function apiBase(raw: string, insecureHttp: boolean): { base: string; ori
   if (url.protocol === 'http:' && !LOOPBACK.test(url.hostname) && !insecureHttp) {
     throw new LineSignerError('USAGE', `--api ${raw}: plain http sends the API token in the clear; use https, or --insecure-http if you mean it`);
   }
-  return { base: url.origin + url.pathname.replace(/\/+$/, ''), origin: url.origin };
+  return { base: url.origin + url.pathname.replace(/\/+$/, '') };
 }
 
 function openState(path: string): Database.Database {
@@ -225,7 +225,7 @@ type Answer = { status: number; body: string; location: string | null; retryAfte
 
 export async function sync(opts: SyncOptions): Promise<SyncSummary> {
   const pins = readPins(opts);
-  const { base, origin } = apiBase(opts.api, !!opts.insecureHttp);
+  const { base } = apiBase(opts.api, !!opts.insecureHttp);
   const token = readApiToken(opts.tokenFile);
   const redact = (text: string): string => printable(text.split(token).join('[token]')).slice(0, DETAIL_CHARS);
   const db = openState(opts.statePath);
@@ -293,7 +293,7 @@ export async function sync(opts: SyncOptions): Promise<SyncSummary> {
     } finally {
       if (open) db.exec('ROLLBACK');
     }
-    return await reconcile(db, devices, { ...opts, stationKey }, base, origin, token, redact);
+    return await reconcile(db, devices, { ...opts, stationKey }, base, token, redact);
   } finally {
     db.close();
   }
@@ -325,7 +325,6 @@ async function reconcile(
   all: DeviceRow[],
   opts: SyncOptions & { stationKey: string },
   base: string,
-  origin: string,
   token: string,
   redact: (text: string) => string,
 ): Promise<SyncSummary> {
