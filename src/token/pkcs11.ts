@@ -478,21 +478,37 @@ export class Pkcs11Token {
    * destroyed after: a crash in between leaves both, never neither.
    */
   writeData(label: string, value: Uint8Array): void {
-    try {
-      const old = this.findData(label);
-      this.p11.C_CreateObject(this.s, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        { type: pkcs11js.CKA_PRIVATE, value: true },
-        { type: pkcs11js.CKA_LABEL, value: label },
-        { type: pkcs11js.CKA_APPLICATION, value: 'line-signer' },
-        { type: pkcs11js.CKA_VALUE, value: Buffer.from(value) },
-      ]);
-      for (const h of old) this.p11.C_DestroyObject(this.s, h);
-    } catch (err) {
-      throw err instanceof LineSignerError ? err : tokenError('writing a data object', err);
+    // A file-backed token (SoftHSM2) shared with another process can fail one write while that
+    // process rewrites the token's index: try again, briefly, before calling it a token fault.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const old = this.findData(label);
+        this.p11.C_CreateObject(this.s, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_LABEL, value: label },
+          { type: pkcs11js.CKA_APPLICATION, value: 'line-signer' },
+          { type: pkcs11js.CKA_VALUE, value: Buffer.from(value) },
+        ]);
+        for (const h of old) {
+          try {
+            this.p11.C_DestroyObject(this.s, h);
+          } catch {
+            /* already gone, or left for the next write: readers take the newest */
+          }
+        }
+        return;
+      } catch (err) {
+        const code = ckr(err);
+        if (attempt >= 4 || (code !== pkcs11js.CKR_GENERAL_ERROR && code !== pkcs11js.CKR_DEVICE_ERROR)) {
+          throw err instanceof LineSignerError ? err : tokenError('writing a data object', err);
+        }
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25 * attempt);
+      }
     }
   }
+
 
   /** A Signer for the key labelled `label`; fails when the token lacks it. */
   signer(label: string, blocking = false): TokenSigner {
