@@ -47,10 +47,12 @@ test('the station goes away mid-run: the jig stops at once and says how many dev
   t.truthy(m, r.stdout);
   const done = Number(m![1]);
   t.is(Number(m![2]), done);
-  t.true(done >= 3 && done < 500);
+  // The cable went after the station had issued at least 3; the reply to the last of them may be the one it lost.
+  t.true(done >= 2 && done < 500, `the jig finished ${done}`);
   // A certificate issued whose reply the cable lost is one the jig did not count.
   t.true(link.status.issued === done || link.status.issued === done + 1, `issued ${link.status.issued}, jig counted ${done}`);
   t.regex(r.stderr, new RegExp(`^${done}/500 ok [0-9a-f-]{36}$`, 'm'), 'progress as n/N');
   // "the link is gone", not "no reply to SIGN": it did not sit out its SIGN time-outs (3 x 10 s).
   t.true(seconds < 20, `the jig noticed after ${seconds.toFixed(2)} s`);
+  t.log(`the jig finished ${done}, the station issued ${link.status.issued}, noticed after ${seconds.toFixed(2)} s`);
 });
