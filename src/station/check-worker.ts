@@ -9,7 +9,7 @@ import { createPublicKey } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
 import { asLineSignerError } from '../errors.js';
 import type { RpcReply } from '../worker-rpc.js';
-import { assembleCertificate, checkAssembled, checkIssuedSignature, type CertificateRequestFacts, type IssuerProfile } from '../x509/index.js';
+import { finishCertificate, type CertificateRequestFacts, type IssuerProfile } from '../x509/index.js';
 
 export interface CheckRequest {
   id: number;
@@ -23,16 +23,10 @@ const caKey = createPublicKey({ key: Buffer.from(caSpki), format: 'der', type: '
 
 parentPort!.on('message', (req: CheckRequest) => {
   try {
-    parentPort!.postMessage({ id: req.id, result: finishCertificate(req.tbs, req.signature, req.facts) } satisfies RpcReply);
+    parentPort!.postMessage({ id: req.id, result: finishCertificate(req.tbs, req.signature, profile, caKey, req.facts) } satisfies RpcReply);
   } catch (err) {
     const e = asLineSignerError(err);
     parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message } } satisfies RpcReply);
   }
 });
 
-function finishCertificate(tbs: Uint8Array, signature: Uint8Array, facts: CertificateRequestFacts): Uint8Array {
-  checkIssuedSignature(tbs, profile.hash, signature, caKey);
-  const certificate = assembleCertificate(tbs, profile.signatureAlgorithm, signature);
-  checkAssembled(certificate, profile, facts);
-  return certificate;
-}

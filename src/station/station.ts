@@ -20,11 +20,9 @@ import {
 } from '../policy/index.js';
 import type { Signer } from '../token/signer.js';
 import {
-  assembleCertificate,
   buildTbs,
   canonicalSpki,
-  checkAssembled,
-  checkIssuedSignature,
+  finishCertificate,
   csrDer,
   csrPublicKey,
   newSerial,
@@ -369,10 +367,7 @@ export class Station {
    */
   private finish(tbs: Uint8Array, signature: Uint8Array, request: CertificateRequestFacts): Promise<Uint8Array> | Uint8Array {
     if (this.checker && !this.alone.alone) return this.checker.call<Uint8Array>({ tbs, signature, facts: request });
-    checkIssuedSignature(tbs, this.ca.profile.hash, signature, this.caKey);
-    const certificate = assembleCertificate(tbs, this.ca.profile.signatureAlgorithm, signature);
-    checkAssembled(certificate, this.ca.profile, request);
-    return certificate;
+    return finishCertificate(tbs, signature, this.ca.profile, this.caKey, request);
   }
 
   /** The issuance checks; a station-wide refusal made on cached facts is made again on fresh ones. */

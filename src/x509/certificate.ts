@@ -263,3 +263,16 @@ function differenceFromBuilt(certificate: Uint8Array, issuer: IssuerProfile, fac
   }
   return null;
 }
+
+/**
+ * After the token signed: its signature checked with the local-ca key, the
+ * certificate assembled, and read back by OpenSSL. The certificate, or a
+ * refusal; the station runs it inline for a lone request and in its
+ * checking worker under load.
+ */
+export function finishCertificate(tbs: Uint8Array, signature: Uint8Array, issuer: IssuerProfile, caKey: KeyObject, facts: CertificateRequestFacts): Uint8Array {
+  checkIssuedSignature(tbs, issuer.hash, signature, caKey);
+  const certificate = assembleCertificate(tbs, issuer.signatureAlgorithm, signature);
+  checkAssembled(certificate, issuer, facts);
+  return certificate;
+}

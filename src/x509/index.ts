@@ -2,6 +2,7 @@ export { parseCsr, canonicalSpki, csrPublicKey, verifyCsrSignature, type ParsedC
 export {
   buildTbs,
   assembleCertificate,
+  finishCertificate,
   checkIssuedSignature,
   checkAssembled,
   newSerial,
