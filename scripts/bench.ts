@@ -6,6 +6,8 @@
  *   (b) full pipeline certificates per second: parse and verify the CSR,
  *       policy, build, token signature, verify, durable ledger commit
  *       (one transaction, synchronous FULL, per certificate)
+ *   (d) the same steps on one thread, one after another: each step's cost
+ *       and what two cores could do at best
  *   (c) the script a factory would write: `openssl x509 -req` with the same
  *       token key through OpenSSL's PKCS#11 engine, one process a certificate
  */
@@ -15,9 +17,10 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { loadConfig, readPin } from '../src/config/index.js';
-import { caShow, openStation, openToken } from '../src/station/index.js';
+import { caShow, localCaFrom, openStation, openToken, readCertificateFile } from '../src/station/index.js';
+import { SqliteLedger, type GroupWrite } from '../src/ledger/index.js';
 import { WorkerSigner } from '../src/token/index.js';
-import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
+import { buildTbs, canonicalSpki, csrPublicKey, finishCertificate, makeDeviceCsr, newSerial, OID, parseCsr, pemEncode, serialHex, verifyCsrSignature } from '../src/x509/index.js';
 import { benchStation, fmt, percentile, pool } from './bench-lib.js';
 import { SerialLink } from '../src/links/index.js';
 import { HttpLink } from '../src/links/http.js';
@@ -78,11 +81,73 @@ let pipelineRate = 0;
   await pool(400, 8, handle); // warm-up: JIT, WAL file, worker threads
   const seq = await pool(N, 1, handle);
   say('(b) pipeline certificates/s, one request at a time', fmt(N / seq));
+  const cpu0 = process.cpuUsage();
   const par = await pool(N, 8, handle);
+  const cpu = process.cpuUsage(cpu0);
   pipelineRate = N / par;
   say('(b) pipeline certificates/s, 8 requests in flight', fmt(pipelineRate));
+  say('    CPU per certificate, all threads (ms)', fmt((cpu.user + cpu.system) / 1000 / N, 2));
   say('    of which issued and committed (group commit: one flush per group)', fmt(open.ledger.issuedCount()));
   await open.close();
+}
+
+// (d) The same steps on one thread, one after another, no station around
+// them: what each costs in CPU, and so what two cores could do at best.
+{
+  const M = quick ? 1000 : 3000;
+  const csrs = Array.from({ length: M + 200 }, device);
+  const token = openToken(config);
+  const signer = token.signer(config.token.key_label, true);
+  const caDer = readCertificateFile(config.ca.certificate, 'local-ca certificate');
+  const ca = localCaFrom(caDer, config.ca.validity_days);
+  const caKey = signer.publicKey();
+  const ledger = new SqliteLedger(join(dir, 'steps.db'), 'bench-steps');
+  const steps = { parse: 0, proof: 0, build: 0, sign: 0, check: 0, commit: 0 };
+  let group: GroupWrite[] = [];
+  const run = async (i: number, count: boolean): Promise<void> => {
+    let t = process.hrtime.bigint();
+    const lap = (k: keyof typeof steps): void => {
+      const now = process.hrtime.bigint();
+      if (count) steps[k] += Number(now - t) / 1e3;
+      t = now;
+    };
+    const der = csrs[i]!;
+    const csr = parseCsr(der);
+    lap('parse');
+    verifyCsrSignature(csr, await csrPublicKey(csr));
+    lap('proof');
+    const now = new Date();
+    const facts = { serial: newSerial(), notBefore: now, subject: csr.subject.map((a) => ({ type: a.type, value: a.value ?? '' })), spki: canonicalSpki(csr), publicKeyBits: csr.publicKeyBits };
+    const tbs = buildTbs(ca.profile, facts);
+    const digest = createHash(ca.profile.hash).update(tbs).digest();
+    lap('build');
+    const signature = await signer.sign(digest);
+    lap('sign');
+    const certificate = finishCertificate(tbs, signature, ca.profile, caKey, facts);
+    lap('check');
+    const deviceId = csr.subject.find((a) => a.type === OID.commonName)?.value ?? '';
+    group.push({
+      op: 'issuance',
+      entry: {
+        serial: serialHex(facts.serial), deviceId, subject: deviceId, publicKeySha256: createHash('sha256').update(facts.spki).digest('hex'),
+        csrSha256: createHash('sha256').update(der).digest('hex'), certificate, notBefore: now.toISOString(), notAfter: now.toISOString(), issuedAt: now.toISOString(), link: 'bench', name: deviceId,
+      },
+    });
+    if (group.length === 8) {
+      for (const r of ledger.commitGroup(group)) if (!r.ok) throw r.error;
+      group = [];
+    }
+    lap('commit');
+  };
+  for (let i = 0; i < 200; i++) await run(i, false);
+  const cpu0 = process.cpuUsage();
+  for (let i = 200; i < M + 200; i++) await run(i, true);
+  const cpu = process.cpuUsage(cpu0);
+  ledger.close();
+  token.close();
+  const total = Object.values(steps).reduce((a, b) => a + b, 0) / M;
+  say('(d) one thread, step by step: µs per certificate', Object.entries(steps).map(([k, v]) => `${k} ${fmt(v / M)}`).join(', '));
+  say('    total (wall / CPU), and two cores at best (certs/s)', `${fmt(total)} / ${fmt((cpu.user + cpu.system) / M)} µs, ${fmt(2e6 / total)}`);
 }
 
 // A slow token, as a real HSM's sessions are (50 ms a signature each): 1 session against 4, side by side.

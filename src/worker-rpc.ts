@@ -1,11 +1,16 @@
 /**
  * Calls into a worker thread, each answered once by ID: what the signing
- * worker and the ledger writer share. The worker does not keep the process
- * alive while nothing is pending; when it dies, every call in flight fails
- * with the error the owner chooses, and `dead` says why.
+ * worker, the checking worker and the ledger writer share. The worker does
+ * not keep the process alive while nothing is pending; when it dies, every
+ * call in flight fails with the error the owner chooses, and `dead` says why.
+ *
+ * Calls made in the same turn travel as one message, and the worker's
+ * answers made in one turn come back as one (serveRpc): under load a
+ * thread is woken once for several requests, not once for each, and on a
+ * two-core machine those wake-ups cost as much as the work.
  */
-import { Worker } from 'node:worker_threads';
-import { LineSignerError, type ErrorCode } from './errors.js';
+import { parentPort, Worker } from 'node:worker_threads';
+import { asLineSignerError, LineSignerError, type ErrorCode } from './errors.js';
 
 export type RpcReply = { id: number; result?: unknown } | { id: number; error: { code: string; message: string } };
 
@@ -13,6 +18,8 @@ export class WorkerRpc {
   private worker: Worker | null = null;
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  /** Calls of this turn, not yet posted. */
+  private outbox: Array<Record<string, unknown>> = [];
   dead: string | null = null;
 
   constructor(
@@ -34,13 +41,15 @@ export class WorkerRpc {
 
   start(): Worker {
     const worker = new Worker(this.url, { workerData: this.workerData });
-    worker.on('message', (reply: RpcReply) => {
-      const p = this.pending.get(reply.id);
-      if (!p) return;
-      this.pending.delete(reply.id);
+    worker.on('message', (replies: RpcReply[]) => {
+      for (const reply of replies) {
+        const p = this.pending.get(reply.id);
+        if (!p) continue;
+        this.pending.delete(reply.id);
+        if ('error' in reply) p.reject(new LineSignerError(reply.error.code as ErrorCode, reply.error.message));
+        else p.resolve(reply.result);
+      }
       if (this.pending.size === 0) worker.unref();
-      if ('error' in reply) p.reject(new LineSignerError(reply.error.code as ErrorCode, reply.error.message));
-      else p.resolve(reply.result);
     });
     const fail = (why: string): void => {
       if (this.worker !== worker) return;
@@ -48,6 +57,7 @@ export class WorkerRpc {
       if (!this.restart) this.dead = why;
       for (const p of this.pending.values()) p.reject(this.onDeath(why));
       this.pending.clear();
+      this.outbox = [];
     };
     worker.on('error', (err) => fail(err.message));
     worker.on('exit', (code) => fail(`exit ${code}`));
@@ -64,7 +74,14 @@ export class WorkerRpc {
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
       if (this.pending.size === 1) worker.ref();
-      worker.postMessage({ id, ...msg });
+      this.outbox.push({ id, ...msg });
+      if (this.outbox.length === 1) {
+        queueMicrotask(() => {
+          const batch = this.outbox;
+          this.outbox = [];
+          if (batch.length && this.worker === worker) worker.postMessage(batch);
+        });
+      }
     });
   }
 
@@ -74,4 +91,48 @@ export class WorkerRpc {
     this.dead ??= 'stopped';
     if (w) await w.terminate();
   }
+}
+
+/**
+ * The worker's side of WorkerRpc: requests arrive in batches and are
+ * handled in order; the answers ready by the end of the turn leave as one
+ * message. `handle` may answer now or later (a promise).
+ */
+export function serveRpc<Req extends { id: number }>(handle: (req: Req) => unknown): { flush(): void } {
+  const port = parentPort!;
+  let outbox: RpcReply[] = [];
+  let scheduled = false;
+  const flush = (): void => {
+    scheduled = false;
+    if (outbox.length === 0) return;
+    const batch = outbox;
+    outbox = [];
+    port.postMessage(batch);
+  };
+  const answer = (reply: RpcReply): void => {
+    outbox.push(reply);
+    if (!scheduled) {
+      scheduled = true;
+      // At the end of this turn's microtasks: answers finished together leave together, the first without waiting for the rest of a batch.
+      queueMicrotask(flush);
+    }
+  };
+  const failure = (id: number, err: unknown): RpcReply => {
+    const e = asLineSignerError(err);
+    return { id, error: { code: e.code, message: e.message } };
+  };
+  port.on('message', (batch: Req[]) => {
+    for (const req of batch) {
+      let result: unknown;
+      try {
+        result = handle(req);
+      } catch (err) {
+        answer(failure(req.id, err));
+        continue;
+      }
+      if (result instanceof Promise) result.then((r) => answer({ id: req.id, result: r }), (err) => answer(failure(req.id, err)));
+      else answer({ id: req.id, result });
+    }
+  });
+  return { flush };
 }

@@ -24,8 +24,8 @@ import { FACTORY, testPki, testStation, uuid } from './helpers/pki.js';
 
 const samples = csrSamples(testPki().dir);
 
-test('every sample CSR passes the offline checks unchanged (the properties start from valid input)', (t) => {
-  for (const s of samples) t.notThrows(() => checkOffline(s.der), s.name);
+test('every sample CSR passes the offline checks unchanged (the properties start from valid input)', async (t) => {
+  for (const s of samples) await t.notThrowsAsync(() => checkOffline(s.der), s.name);
   t.true(samples.some((s) => parseCsr(s.der).extensions.length > 0), 'some samples ask for extensions');
 });
 
@@ -34,8 +34,8 @@ test('property: arbitrary bytes are BAD_CSR or a parsed CSR, nothing else', (t) 
   t.pass();
 });
 
-test('property: a mutated CSR gets a typed refusal, or makes a certificate that OpenSSL reads back as built', (t) => {
-  fc.assert(offlineProperty(samples), { numRuns: 400 });
+test('property: a mutated CSR gets a typed refusal, or makes a certificate that OpenSSL reads back as built', async (t) => {
+  await fc.assert(offlineProperty(samples), { numRuns: 400 });
   t.pass();
 });
 
@@ -60,7 +60,7 @@ test('property: a real station answers a mutated CSR with a typed refusal or a c
  * every other byte. (All 255 values at all 281 bytes is 72,000 signature
  * checks, some 20 s on this machine; scripts/fuzz covers the rest at random.)
  */
-test('exhaustive: every bit flip of one CSR, and every value of its tag and length bytes, is refused by parse, key and signature checks with a typed code', (t) => {
+test('exhaustive: every bit flip of one CSR, and every value of its tag and length bytes, is refused by parse, key and signature checks with a typed code', async (t) => {
   const { der } = makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true });
   const structural = new Set(lengthOffsets(der).flatMap((at) => [at, at - 1]));
   const codes = new Map<string, number>();
@@ -73,7 +73,7 @@ test('exhaustive: every bit flip of one CSR, and every value of its tag and leng
       copy[at]! ^= xor;
       tried++;
       try {
-        checkOffline(copy);
+        await checkOffline(copy);
         accepted++;
       } catch (err) {
         expectTypedRefusal(err, ['BAD_CSR', 'POLICY_KEY', 'BAD_SIGNATURE']);
@@ -89,7 +89,7 @@ test('exhaustive: every bit flip of one CSR, and every value of its tag and leng
   t.log(tried, Object.fromEntries(codes));
 });
 
-test('exhaustive: every truncation of one CSR is BAD_CSR; every other value of each length field is a typed refusal', (t) => {
+test('exhaustive: every truncation of one CSR is BAD_CSR; every other value of each length field is a typed refusal', async (t) => {
   const { der } = makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true });
   const refusedAs = (bytes: Uint8Array): string => {
     try {
@@ -108,7 +108,7 @@ test('exhaustive: every truncation of one CSR is BAD_CSR; every other value of e
       copy[at] = value;
       // A changed length can still frame a readable structure only by luck; it must then fail later, typed.
       try {
-        checkOffline(copy);
+        await checkOffline(copy);
         t.fail(`length byte ${at} = ${value} accepted`);
       } catch (err) {
         expectTypedRefusal(err, ['BAD_CSR', 'POLICY_KEY', 'BAD_SIGNATURE', 'POLICY_SUBJECT']);

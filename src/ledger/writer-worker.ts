@@ -27,25 +27,28 @@ function flush(): void {
   scheduled = false;
   const group = queue;
   queue = [];
+  const replies: RpcReply[] = [];
   if (group.length) {
     const results = ledger.commitGroup(group);
     group.forEach((req, i) => {
       const r = results[i]!;
-      parentPort!.postMessage(
-        (r.ok ? { id: req.id, result: r.result } : { id: req.id, error: { code: r.error.code, message: r.error.message } }) satisfies RpcReply,
-      );
+      replies.push(r.ok ? { id: req.id, result: r.result } : { id: req.id, error: { code: r.error.code, message: r.error.message } });
     });
   }
   if (closing && queue.length === 0) {
     ledger.close();
-    parentPort!.postMessage({ id: closing.id, result: undefined } satisfies RpcReply);
-    parentPort!.close();
+    replies.push({ id: closing.id, result: undefined });
   }
+  // The whole group's answers in one message (see worker-rpc.ts).
+  if (replies.length) parentPort!.postMessage(replies);
+  if (closing && queue.length === 0) parentPort!.close();
 }
 
-parentPort!.on('message', (req: WriterRequest) => {
-  if (req.op === 'close') closing = req;
-  else queue.push(req);
+parentPort!.on('message', (batch: WriterRequest[]) => {
+  for (const req of batch) {
+    if (req.op === 'close') closing = req;
+    else queue.push(req);
+  }
   // Messages already waiting are delivered before this runs: they join the group.
   if (!scheduled) {
     scheduled = true;

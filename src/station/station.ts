@@ -34,6 +34,7 @@ import {
   ATTRIBUTE_NAMES,
   type CertificateRequestFacts,
   type IssuerProfile,
+  type ParsedCsr,
 } from '../x509/index.js';
 import type { Issued, SignRequest, SignResult, StationHello, Unhealthy } from './types.js';
 import { EventCoalescer } from './coalesce.js';
@@ -61,8 +62,8 @@ export interface StationParts {
   rules: PolicyRules;
   /** The station's clock; tests set it to check CLOCK. */
   clock?: () => Date;
-  /** Where the checks after signing run under load (check-worker.ts); absent: here. */
-  checker?: WorkerRpc;
+  /** Where the OpenSSL checks run under load (check-worker.ts), each request to the least busy; none: here. */
+  checkers?: WorkerRpc[];
 }
 
 export class Station {
@@ -75,7 +76,7 @@ export class Station {
   private readonly rules: PolicyRules;
   private readonly isDeviceId: (cn: string) => boolean;
   private readonly clock: () => Date;
-  private readonly checker: WorkerRpc | null;
+  private readonly checkers: WorkerRpc[];
   /** Issuances handed to the ledger and not yet durable, by CSR hash. */
   private readonly inFlight = new Map<string, Promise<Issued>>();
   /** Their public keys, by device id, with a count each. */
@@ -103,7 +104,7 @@ export class Station {
     this.rules = parts.rules;
     this.isDeviceId = deviceIdMatcher(parts.rules.deviceId);
     this.clock = parts.clock ?? (() => new Date());
-    this.checker = parts.checker ?? null;
+    this.checkers = parts.checkers ?? [];
   }
 
   hello(): StationHello {
@@ -216,7 +217,7 @@ export class Station {
 
       const csr = parseCsr(der);
       refuseIf(checkKey(csr, this.rules));
-      verifyCsrSignature(csr, csrPublicKey(csr));
+      await this.prove(csr);
       const subject = checkSubject(csr, this.rules, this.isDeviceId);
       refuseIf(subject.refusal);
       deviceId = subject.deviceId;
@@ -366,8 +367,28 @@ export class Station {
    * serves the links keeps to parsing and deciding.
    */
   private finish(tbs: Uint8Array, signature: Uint8Array, request: CertificateRequestFacts): Promise<Uint8Array> | Uint8Array {
-    if (this.checker && !this.alone.alone) return this.checker.call<Uint8Array>({ tbs, signature, facts: request });
+    const checker = this.checker();
+    if (checker) return checker.call<Uint8Array>({ op: 'finish', tbs, signature, facts: request });
     return finishCertificate(tbs, signature, this.ca.profile, this.caKey, request);
+  }
+
+  /** The CSR's proof of possession: here for a lone request, in the checking worker under load. */
+  private async prove(csr: ParsedCsr): Promise<void> {
+    const checker = this.checker();
+    if (checker) {
+      // A link's bytes may be a view into Buffer's shared pool: send the CSR's own bytes, not the pool.
+      const der = csr.der.byteLength === csr.der.buffer.byteLength ? csr.der : csr.der.slice();
+      return checker.call<void>({ op: 'prove', csr: der });
+    }
+    verifyCsrSignature(csr, await csrPublicKey(csr));
+  }
+
+  /** The checking worker with the fewest calls waiting; null when the work is done here (a lone request, or no workers). */
+  private checker(): WorkerRpc | null {
+    if (this.checkers.length === 0 || this.alone.alone) return null;
+    let best = this.checkers[0]!;
+    for (const c of this.checkers) if (c.waiting < best.waiting) best = c;
+    return best;
   }
 
   /** The issuance checks; a station-wide refusal made on cached facts is made again on fresh ones. */

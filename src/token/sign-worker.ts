@@ -6,10 +6,10 @@
  * station key and keeps the newest one in a token object, so that those
  * token writes (milliseconds on SoftHSM) never hold up a link either.
  */
-import { parentPort, workerData } from 'node:worker_threads';
-import { asLineSignerError, LineSignerError } from '../errors.js';
+import { workerData } from 'node:worker_threads';
+import { LineSignerError } from '../errors.js';
 import { Pkcs11Token, type TokenOptions, type TokenSigner } from './pkcs11.js';
-import type { RpcReply } from '../worker-rpc.js';
+import { serveRpc } from '../worker-rpc.js';
 
 export interface SignWorkerData extends TokenOptions {
   keyLabel: string;
@@ -73,18 +73,4 @@ async function run(req: SignWorkerRequest): Promise<unknown> {
   }
 }
 
-parentPort!.on('message', (req: SignWorkerRequest) => {
-  let pending: Promise<unknown>;
-  try {
-    pending = run(req);
-  } catch (err) {
-    pending = Promise.reject(err);
-  }
-  pending.then(
-    (result) => parentPort!.postMessage({ id: req.id, result } satisfies RpcReply),
-    (err) => {
-      const e = asLineSignerError(err);
-      parentPort!.postMessage({ id: req.id, error: { code: e.code, message: e.message } } satisfies RpcReply);
-    },
-  );
-});
+serveRpc<SignWorkerRequest>(run);

@@ -177,13 +177,13 @@ export function mutatedCsr(samples: readonly CsrSample[]): fc.Arbitrary<MutatedC
 export const RULES: PolicyRules = { factory: FACTORY, production: true, deviceId: 'uuid', allowP384: true, requireOrder: false, clockSkewSeconds: 300, clockGapDays: 30 };
 
 /** The station's checks that need no token and no ledger, in the station's order. Throws the refusal. */
-export function checkOffline(der: Uint8Array, rules: PolicyRules = RULES): { csr: ParsedCsr; subject: Array<{ type: string; value: string }> } {
+export async function checkOffline(der: Uint8Array, rules: PolicyRules = RULES): Promise<{ csr: ParsedCsr; subject: Array<{ type: string; value: string }> }> {
   const csr = parseCsr(der);
   const refuse = (r: { code: ProtocolCode; message: string } | null): void => {
     if (r) throw new LineSignerError(r.code, r.message);
   };
   refuse(checkKey(csr, rules));
-  verifyCsrSignature(csr, csrPublicKey(csr));
+  verifyCsrSignature(csr, await csrPublicKey(csr));
   const subject = checkSubject(csr, rules);
   refuse(subject.refusal);
   refuse(checkExtensions(csr));
@@ -215,12 +215,12 @@ export function softwareIssuer(): { profile: IssuerProfile; key: KeyObject } {
  * before issuance give, or accepted; an accepted one has a canonical key
  * block and makes a certificate that OpenSSL reads back as built.
  */
-export function offlineProperty(samples: readonly CsrSample[]): fc.IProperty<[MutatedCsr]> {
+export function offlineProperty(samples: readonly CsrSample[]): fc.IAsyncProperty<[MutatedCsr]> {
   const issuer = softwareIssuer();
-  return fc.property(mutatedCsr(samples), (m) => {
+  return fc.asyncProperty(mutatedCsr(samples), async (m) => {
     let accepted;
     try {
-      accepted = checkOffline(m.der);
+      accepted = await checkOffline(m.der);
     } catch (err) {
       expectTypedRefusal(err, OFFLINE_CODES);
       return;
