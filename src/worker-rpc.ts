@@ -40,7 +40,10 @@ export class WorkerRpc {
   }
 
   start(): Worker {
-    const worker = new Worker(this.url, { workerData: this.workerData });
+    // A small young generation: a worker's garbage is short-lived messages, and the
+    // process-wide --max-semi-space-size (for the main thread) would let each of
+    // the five threads' heaps grow by tens of MB.
+    const worker = new Worker(this.url, { workerData: this.workerData, resourceLimits: { maxYoungGenerationSizeMb: 16 } });
     worker.on('message', (replies: RpcReply[]) => {
       for (const reply of replies) {
         const p = this.pending.get(reply.id);
