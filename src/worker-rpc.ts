@@ -92,6 +92,10 @@ export class WorkerRpc {
     const w = this.worker;
     this.worker = null;
     this.dead ??= 'stopped';
+    // Calls still waiting (or not yet posted) fail now rather than hang: the worker will not answer them.
+    for (const p of this.pending.values()) p.reject(this.onDeath('stopped'));
+    this.pending.clear();
+    this.outbox = [];
     if (w) await w.terminate();
   }
 }
@@ -105,8 +109,10 @@ export function serveRpc<Req extends { id: number }>(handle: (req: Req) => unkno
   const port = parentPort!;
   let outbox: RpcReply[] = [];
   let scheduled = false;
+  let flushedAt = performance.now();
   const flush = (): void => {
     scheduled = false;
+    flushedAt = performance.now();
     if (outbox.length === 0) return;
     const batch = outbox;
     outbox = [];
@@ -114,28 +120,31 @@ export function serveRpc<Req extends { id: number }>(handle: (req: Req) => unkno
   };
   const answer = (reply: RpcReply): void => {
     outbox.push(reply);
-    if (!scheduled) {
+    // Answers ready within a millisecond leave together; a slow one (an HSM's
+    // 25-100 ms signature) leaves at once, not after the rest of its batch.
+    if (performance.now() - flushedAt > 1) flush();
+    else if (!scheduled) {
       scheduled = true;
-      // At the end of this turn's microtasks: answers finished together leave together, the first without waiting for the rest of a batch.
-      queueMicrotask(flush);
+      setImmediate(flush);
     }
   };
   const failure = (id: number, err: unknown): RpcReply => {
     const e = asLineSignerError(err);
     return { id, error: { code: e.code, message: e.message } };
   };
-  port.on('message', (batch: Req[]) => {
+  // One request after another, each answered before the next starts, in the order they came.
+  let tail: Promise<void> = Promise.resolve();
+  const run = async (batch: Req[]): Promise<void> => {
     for (const req of batch) {
-      let result: unknown;
       try {
-        result = handle(req);
+        answer({ id: req.id, result: await handle(req) });
       } catch (err) {
         answer(failure(req.id, err));
-        continue;
       }
-      if (result instanceof Promise) result.then((r) => answer({ id: req.id, result: r }), (err) => answer(failure(req.id, err)));
-      else answer({ id: req.id, result });
     }
+  };
+  port.on('message', (batch: Req[]) => {
+    tail = tail.then(() => run(batch));
   });
   return { flush };
 }

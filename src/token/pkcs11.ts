@@ -501,7 +501,7 @@ export class Pkcs11Token {
         return;
       } catch (err) {
         const code = ckr(err);
-        if (attempt >= 4 || (code !== pkcs11js.CKR_GENERAL_ERROR && code !== pkcs11js.CKR_DEVICE_ERROR)) {
+        if (attempt >= 8 || (code !== pkcs11js.CKR_GENERAL_ERROR && code !== pkcs11js.CKR_DEVICE_ERROR)) {
           throw err instanceof LineSignerError ? err : tokenError('writing a data object', err);
         }
         Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25 * attempt);
