@@ -102,7 +102,7 @@ export class WorkerRpc {
  * handled in order; the answers ready by the end of the turn leave as one
  * message. `handle` may answer now or later (a promise).
  */
-export function serveRpc<Req extends { id: number }>(handle: (req: Req) => unknown): { flush(): void } {
+export function serveRpc<Req extends { id: number }>(handle: (req: Req) => unknown): void {
   const port = parentPort!;
   let outbox: RpcReply[] = [];
   let scheduled = false;
@@ -143,5 +143,4 @@ export function serveRpc<Req extends { id: number }>(handle: (req: Req) => unkno
   port.on('message', (batch: Req[]) => {
     tail = tail.then(() => run(batch));
   });
-  return { flush };
 }
