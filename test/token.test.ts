@@ -1,5 +1,6 @@
 import test from 'ava';
 import { createHash, verify } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import pkcs11js from 'pkcs11js';
 import { Pkcs11Token } from '../src/token/index.js';
 import { LineSignerError } from '../src/errors.js';
@@ -60,4 +61,39 @@ test('a missing token or key is TOKEN_UNAVAILABLE with a clear message', (t) => 
   t.teardown(() => token.close());
   const e2 = t.throws(() => token.signer('no-such-key'), { instanceOf: LineSignerError });
   t.regex(e2!.message, /no key labelled "no-such-key"/);
+});
+
+test('a data object another process keeps replacing is always read: found, then gone before its value is read, is looked for again', async (t) => {
+  const token = open();
+  t.teardown(() => token.close());
+  const label = `shared-${process.pid}`;
+  token.writeData(label, Buffer.from('first'));
+  // Another process (as the serving station is to `ledger verify`) replaces it over and over.
+  const writer = spawn(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const { Pkcs11Token } = await import(${JSON.stringify(new URL('../src/token/index.js', import.meta.url).href)});
+       const t = Pkcs11Token.open({ module: ${JSON.stringify(SOFTHSM_MODULE)}, tokenLabel: ${JSON.stringify(TOKEN_LABEL)}, pin: ${JSON.stringify(PIN)} });
+       for (let i = 0; i < 600; i++) t.writeData(${JSON.stringify(label)}, Buffer.from('value ' + i));
+       t.close();`,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  writer.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => writer.on('exit', resolve));
+  let reads = 0;
+  let done = false;
+  void exited.then(() => (done = true));
+  while (!done) {
+    const values = token.readData(label);
+    t.true(values.length >= 1, 'some value is always there');
+    t.true(values.every((v) => /^(first|value \d+)$/.test(v.toString())));
+    reads++;
+    await new Promise((r) => setImmediate(r));
+  }
+  t.is(await exited, 0, stderr);
+  t.true(reads > 50, `only ${reads} reads overlapped the writer`);
 });

@@ -465,10 +465,24 @@ export class Pkcs11Token {
 
   /** The values of the private data objects labelled `label` (usually one). */
   readData(label: string): Buffer[] {
-    try {
-      return this.findData(label).map((h) => this.p11.C_GetAttributeValue(this.s, h, [{ type: pkcs11js.CKA_VALUE }])[0]!.value as Buffer);
-    } catch (err) {
-      throw err instanceof LineSignerError ? err : tokenError('reading a data object', err);
+    // The owner replaces an object by making the new one and destroying the old: an
+    // object found here may be gone by the time its value is read, so look again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const values: Buffer[] = [];
+        let vanished = false;
+        for (const h of this.findData(label)) {
+          try {
+            values.push(this.p11.C_GetAttributeValue(this.s, h, [{ type: pkcs11js.CKA_VALUE }])[0]!.value as Buffer);
+          } catch (err) {
+            if (ckr(err) !== pkcs11js.CKR_OBJECT_HANDLE_INVALID) throw err;
+            vanished = true;
+          }
+        }
+        if (!vanished || attempt >= 5) return values;
+      } catch (err) {
+        throw err instanceof LineSignerError ? err : tokenError('reading a data object', err);
+      }
     }
   }
 
@@ -479,7 +493,8 @@ export class Pkcs11Token {
    */
   writeData(label: string, value: Uint8Array): void {
     // A file-backed token (SoftHSM2) shared with another process can fail one write while that
-    // process rewrites the token's index: try again, briefly, before calling it a token fault.
+    // process rewrites the token's index: try again, briefly, before calling it a token fault
+    // (a fault that sticks is the signing worker's to mend: see sign-worker.ts).
     for (let attempt = 1; ; attempt++) {
       try {
         const old = this.findData(label);
@@ -501,7 +516,7 @@ export class Pkcs11Token {
         return;
       } catch (err) {
         const code = ckr(err);
-        if (attempt >= 8 || (code !== pkcs11js.CKR_GENERAL_ERROR && code !== pkcs11js.CKR_DEVICE_ERROR)) {
+        if (attempt >= 3 || (code !== pkcs11js.CKR_GENERAL_ERROR && code !== pkcs11js.CKR_DEVICE_ERROR)) {
           throw err instanceof LineSignerError ? err : tokenError('writing a data object', err);
         }
         Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25 * attempt);
