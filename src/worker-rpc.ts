@@ -92,7 +92,10 @@ export class WorkerRpc {
     const w = this.worker;
     this.worker = null;
     this.dead ??= 'stopped';
-
+    // Calls still waiting (or not yet posted) fail now rather than hang: the worker will not answer them.
+    for (const p of this.pending.values()) p.reject(this.onDeath('stopped'));
+    this.pending.clear();
+    this.outbox = [];
     if (w) await w.terminate();
   }
 }
