@@ -465,24 +465,25 @@ export class Pkcs11Token {
 
   /** The values of the private data objects labelled `label` (usually one). */
   readData(label: string): Buffer[] {
-    // The owner replaces an object by making the new one and destroying the old: an
-    // object found here may be gone by the time its value is read, so look again.
+    // Another process that replaces the object (make the new one, destroy the old) can be
+    // caught mid-way: a handle found here gone before its value is read, or, on SoftHSM2
+    // while it re-reads the token's folder, no object found at all. Look again, briefly.
     for (let attempt = 1; ; attempt++) {
       try {
+        const handles = this.findData(label);
         const values: Buffer[] = [];
-        let vanished = false;
-        for (const h of this.findData(label)) {
+        for (const h of handles) {
           try {
             values.push(this.p11.C_GetAttributeValue(this.s, h, [{ type: pkcs11js.CKA_VALUE }])[0]!.value as Buffer);
           } catch (err) {
             if (ckr(err) !== pkcs11js.CKR_OBJECT_HANDLE_INVALID) throw err;
-            vanished = true;
           }
         }
-        if (!vanished || attempt >= 5) return values;
+        if ((values.length > 0 && values.length === handles.length) || attempt >= 5) return values;
       } catch (err) {
         throw err instanceof LineSignerError ? err : tokenError('reading a data object', err);
       }
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2 * attempt);
     }
   }
 
@@ -493,8 +494,9 @@ export class Pkcs11Token {
    */
   writeData(label: string, value: Uint8Array): void {
     // A file-backed token (SoftHSM2) shared with another process can fail one write while that
-    // process rewrites the token's index: try again, briefly, before calling it a token fault
-    // (a fault that sticks is the signing worker's to mend: see sign-worker.ts).
+    // process rewrites the token's index: try again, briefly, then on a fresh session, before
+    // calling it a token fault. (Not a module restart: that is process-wide, and other
+    // sessions may be signing at that moment.)
     for (let attempt = 1; ; attempt++) {
       try {
         const old = this.findData(label);
@@ -516,10 +518,11 @@ export class Pkcs11Token {
         return;
       } catch (err) {
         const code = ckr(err);
-        if (attempt >= 3 || (code !== pkcs11js.CKR_GENERAL_ERROR && code !== pkcs11js.CKR_DEVICE_ERROR)) {
+        if (attempt >= 6 || (code !== pkcs11js.CKR_GENERAL_ERROR && code !== pkcs11js.CKR_DEVICE_ERROR)) {
           throw err instanceof LineSignerError ? err : tokenError('writing a data object', err);
         }
         Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25 * attempt);
+        if (attempt === 3) this.reopen();
       }
     }
   }

@@ -49,18 +49,13 @@ function signer(label: string): TokenSigner {
   } catch (err) {
     // A token that went away and came back: start the module afresh (at most every 2 s) and look again.
     if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE' || !data.mayReinitialize || Date.now() - reinitAt < 2000) throw err;
-    restartModule();
+    reinitAt = Date.now();
+    token?.close();
+    token = null;
+    signers.clear();
+    Pkcs11Token.reinitializeModule(data.module);
     return make(label);
   }
-}
-
-/** C_Finalize and C_Initialize for the whole process; this thread's session and key handles are made again on next use. */
-function restartModule(): void {
-  reinitAt = Date.now();
-  token?.close();
-  token = null;
-  signers.clear();
-  Pkcs11Token.reinitializeModule(data.module);
 }
 
 async function run(req: SignWorkerRequest): Promise<unknown> {
@@ -73,17 +68,7 @@ async function run(req: SignWorkerRequest): Promise<unknown> {
       return signer(data.stationKeyLabel).sign(req.digest);
     case 'store':
       signer(data.stationKeyLabel ?? data.keyLabel); // the session, recovered if need be
-      try {
-        token!.writeData(req.label, req.value);
-      } catch (err) {
-        // SoftHSM2 marks its view of a token invalid for good when another process changed the
-        // token's folder under it mid-read, and then refuses every object it is asked to make
-        // (CKR_GENERAL_ERROR) until the module starts afresh.
-        if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE' || !data.mayReinitialize) throw err;
-        restartModule();
-        signer(data.stationKeyLabel ?? data.keyLabel);
-        token!.writeData(req.label, req.value);
-      }
+      token!.writeData(req.label, req.value);
       return null;
   }
 }
