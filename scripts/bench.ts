@@ -304,27 +304,13 @@ init = 0
   const bigConfigPath = join(dir, 'station-big.toml');
   writeFileSync(bigConfigPath, readFileSync(join(dir, 'station.toml'), 'utf8').replace('ledger = "ledger.db"', 'ledger = "ledger-big.db"').replace(/^id = "(.*)"$/m, 'id = "$1-big"'));
   const big = { dir, configPath: bigConfigPath, config: loadConfig(bigConfigPath) };
-  const open = await openStation(big.config);
-  const rss = (): number => {
-    (globalThis as { gc?: () => void }).gc?.();
-    return process.memoryUsage().rss / 1e6;
-  };
-  let rssAt1k = 0;
-  for (let done = 0; done < K; ) {
-    const chunk = Array.from({ length: Math.min(done === 0 ? 1000 : 2000, K - done) }, () =>
-      makeDeviceCsr({ deviceId: randomUUID(), factory: big.config.station.factory, production: true }).der,
-    );
-    let i = 0;
-    await pool(chunk.length, 8, async () => {
-      const r = await open.station.handle({ csr: chunk[i++]!, link: 'bench', hardwareId: 'imx8mm' });
-      if (!r.ok) throw new Error(`bench: ${r.message}`);
-    });
-    done += chunk.length;
-    if (done === 1000) rssAt1k = rss();
-  }
-  const rssAtK = rss();
-  say(`station RSS after 1,000 / ${fmt(K)} issuances (MB)`, `${fmt(rssAt1k)} / ${fmt(rssAtK)} (+${fmt(rssAtK - rssAt1k)})`);
-  await open.close();
+  // In a process of its own with the station's Node flags: RSS is the whole process's,
+  // and what this one did before (sections above) would count in it.
+  const flags = /^#!.*node (.*)$/m.exec(readFileSync(join(import.meta.dirname, '../../bin/line-signer.js'), 'utf8'))![1]!.split(' ');
+  const child = spawnSync(process.execPath, [...flags, '--expose-gc', join(import.meta.dirname, 'bench-rss.js'), bigConfigPath, String(K)], { encoding: 'utf8' });
+  if (child.status !== 0) throw new Error(`bench: memory run failed: ${child.stderr}`);
+  const mem = JSON.parse(child.stdout) as { at1k: number; atK: number };
+  say(`station RSS after 1,000 / ${fmt(K)} issuances (MB), a process of its own`, `${fmt(mem.at1k)} / ${fmt(mem.atK)} (+${fmt(mem.atK - mem.at1k)})`);
   const stick = join(big.dir, 'stick');
   const run = (args: string[]): { seconds: number; rssMb: number; out: string } => {
     const t0 = process.hrtime.bigint();

@@ -2,7 +2,7 @@
  * Where the pipeline's CPU goes, thread by thread: bench (b)'s run (the
  * station's handle(), 8 requests in flight) with each thread's CPU time and
  * context switches per certificate read from /proc. What the README's
- * "what bounds the pipeline" rests on; `node dist/scripts/profile-pipeline.js [N] [sessions]`.
+ * "what bounds the pipeline" rests on; `node dist/scripts/profile-pipeline.js [N] [sessions] [in flight]`.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { benchStation, fmt, pool } from './bench-lib.js';
@@ -39,6 +39,7 @@ function threads(): Map<string, ThreadSample> {
 
 const N = Number(process.argv[2] ?? 3000);
 const sessions = Number(process.argv[3] ?? 1);
+const inFlight = Number(process.argv[4] ?? 8);
 const { config } = await benchStation();
 config.token.sessions = sessions;
 const factory = config.station.factory;
@@ -52,13 +53,13 @@ const handle = async (): Promise<void> => {
 await pool(400, 8, handle);
 const before = threads();
 const cpu0 = process.cpuUsage();
-const secs = await pool(N, 8, handle);
+const secs = await pool(N, inFlight, handle);
 const cpu = process.cpuUsage(cpu0);
 const after = threads();
 await open.close();
 
 const tick = 1000 / 100; // ms per clock tick (USER_HZ 100)
-console.log(`certificates/s ${fmt(N / secs)}; CPU per certificate ${fmt((cpu.user + cpu.system) / 1000 / N, 3)} ms`);
+console.log(`${inFlight} in flight, ${sessions} session(s): certificates/s ${fmt(N / secs)}; CPU per certificate ${fmt((cpu.user + cpu.system) / 1000 / N, 3)} ms`);
 console.log('thread            CPU ms/cert  switches/cert');
 for (const [tid, a] of after) {
   const b = before.get(tid) ?? { cpuTicks: 0, switches: 0 };
