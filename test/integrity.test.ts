@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
 import { issuanceHash, SqliteLedger, type Issuance } from '../src/ledger/index.js';
-import { openStation, verifyLedger } from '../src/station/index.js';
+import { openStation, stationKeyInit, verifyLedger } from '../src/station/index.js';
 import { makeCaCsr, makeDeviceCsr, pemEncode } from '../src/x509/index.js';
 import { cli, cliAsync } from './helpers/cli.js';
 import { FACTORY, openssl, signCaCsrWithOpenssl, stationConfig, testPki, testStation, uuid } from './helpers/pki.js';
@@ -221,6 +221,8 @@ test('a local-ca key that could leave the token is refused by a production stati
   const pkcs11js = (await import('pkcs11js')).default;
   const p = testPki();
   const s = stationConfig();
+  // The station key as `station-key init` makes it: only the local-ca key is the one at fault here.
+  await stationKeyInit(s.config);
   // As pkcs11-tool would put a software key in: extractable, not sensitive.
   const token = Pkcs11Token.open({ module: s.config.token.module, tokenLabel: s.config.token.token_label, pin: readFileSync(p.pinFile, 'utf8') });
   const p11 = (token as unknown as { p11: InstanceType<typeof pkcs11js.PKCS11> }).p11;

@@ -87,7 +87,9 @@ test('a flood of identical bad frames costs a couple of ledger writes, and the c
   // At most the first refusal and one count per second of flood: not one write per frame.
   t.true(rows.length <= 2 * seconds, `${rows.length} events for 300 refusals in ${seconds} s`);
   t.is(rows.reduce((n, r) => n + r.count, 0), 300);
-  t.regex(rows.at(-1)!.message, /repeated \d+ more times within 1 s/);
+  // The count is a row of its own; not always the last: a flood that outlasts its window opens a
+  // second one, whose first refusal is recorded at once.
+  t.true(rows.some((r) => /repeated \d+ more times within 1 s/.test(r.message)), JSON.stringify(rows));
   const status = cli(['status', '--config', sv.s.configPath, '--json']);
   t.is((JSON.parse(status.stdout) as { rejected: Record<string, number> }).rejected.BAD_CRC, 300);
 });

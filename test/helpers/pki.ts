@@ -58,11 +58,28 @@ export function testPki(): TestPki {
     env: { ...process.env, SOFTHSM2_CONF: conf },
     stdio: 'ignore',
   });
+  // A token of its own for each station this process makes, made now: a process sees only the
+  // tokens that existed when it loaded the module. Other tests' serve and sign processes then write
+  // other token folders; SoftHSM2 marks its view of a token invalid for good when another process
+  // changes that token's folder under it, and refuses every object it is asked to make after.
+  for (let i = 0; i < STATION_TOKENS; i++) {
+    execFileSync('softhsm2-util', ['--init-token', '--free', '--label', `${TOKEN_LABEL}-${i}`, '--so-pin', '13579', '--pin', PIN], {
+      env: { ...process.env, SOFTHSM2_CONF: conf },
+      stdio: 'ignore',
+    });
+  }
   const pinFile = join(dir, 'pin');
   writeFileSync(pinFile, PIN, { mode: 0o600 });
   const root = makeOpensslRoot(dir, 'root');
   pki = { dir, conf, rootKey: root.key, rootPem: root.pem, pinFile };
   return pki;
+}
+
+const STATION_TOKENS = 16;
+
+/** The token for the n-th station of this process: its own while they last, then the shared one. */
+function stationToken(n: number): string {
+  return n <= STATION_TOKENS ? `${TOKEN_LABEL}-${n - 1}` : TOKEN_LABEL;
 }
 
 export interface StationOptions {
@@ -98,7 +115,7 @@ ledger = "${opts.ledger ?? 'ledger.db'}"
 
 [token]
 module = "${SOFTHSM_MODULE}"
-token_label = "${TOKEN_LABEL}"
+token_label = "${stationToken(n)}"
 key_label = "ca-${n}-${randomUUID().slice(0, 8)}"
 pin_file = "${p.pinFile}"
 ${opts.token ?? ''}
