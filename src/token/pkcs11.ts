@@ -48,6 +48,14 @@ function ckr(err: unknown): number | undefined {
   return err instanceof pkcs11js.Pkcs11Error ? err.code : undefined;
 }
 
+/**
+ * Holds this thread for `ms`: PKCS#11 calls are synchronous, so a retry
+ * waits where it stands (a token thread, or a short-lived command).
+ */
+export function holdThread(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 const PIN_CODES = new Set([
   pkcs11js.CKR_PIN_INCORRECT,
   pkcs11js.CKR_PIN_LOCKED,
@@ -483,7 +491,7 @@ export class Pkcs11Token {
       } catch (err) {
         throw err instanceof LineSignerError ? err : tokenError('reading a data object', err);
       }
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2 * attempt);
+      holdThread(2 * attempt);
     }
   }
 
@@ -521,12 +529,11 @@ export class Pkcs11Token {
         if (attempt >= 6 || (code !== pkcs11js.CKR_GENERAL_ERROR && code !== pkcs11js.CKR_DEVICE_ERROR)) {
           throw err instanceof LineSignerError ? err : tokenError('writing a data object', err);
         }
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25 * attempt);
+        holdThread(25 * attempt);
         if (attempt === 3) this.reopen();
       }
     }
   }
-
 
   /** A Signer for the key labelled `label`; fails when the token lacks it. */
   signer(label: string, blocking = false): TokenSigner {

@@ -8,7 +8,7 @@
  */
 import { workerData } from 'node:worker_threads';
 import { LineSignerError } from '../errors.js';
-import { Pkcs11Token, type TokenOptions, type TokenSigner } from './pkcs11.js';
+import { holdThread, Pkcs11Token, type TokenOptions, type TokenSigner } from './pkcs11.js';
 import { serveRpc } from '../worker-rpc.js';
 
 export interface SignWorkerData extends TokenOptions {
@@ -61,7 +61,7 @@ function signer(label: string): TokenSigner {
 async function run(req: SignWorkerRequest): Promise<unknown> {
   switch (req.op) {
     case undefined:
-      if (data.slowSessionMs) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, data.slowSessionMs);
+      if (data.slowSessionMs) holdThread(data.slowSessionMs);
       return signer(data.keyLabel).sign(req.digest);
     case 'station-sign':
       if (!data.stationKeyLabel) throw new LineSignerError('TOKEN_UNAVAILABLE', 'no station key configured');
