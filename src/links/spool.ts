@@ -25,6 +25,9 @@
  *   enough for every name derived from it; otherwise the file is never
  *   read, and is answered under a name derived from a hash of its bytes
  *   (`badname-<16 hex>.error`, request moved to `done/badname-<16 hex>.csr`).
+ * - Writes, flushes and renames of answers go through libuv's thread pool
+ *   (fs/promises), never on the links' thread: a flush of a slow stick
+ *   takes milliseconds, and the serial and HTTP links share that thread.
  * - Once the station has answered a file, that answer is kept until it is
  *   on the stick: a write that fails (stick full, read-only, a folder in
  *   the way) is retried with back-off without asking the station again,
@@ -35,17 +38,16 @@ import {
   closeSync,
   constants,
   fstatSync,
-  fsyncSync,
+  fsync,
   lstatSync,
   mkdirSync,
   openSync,
   readdirSync,
   readSync,
-  renameSync,
-  unlinkSync,
-  writeSync,
   type Stats,
 } from 'node:fs';
+import { open, rename, unlink } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { createHash, randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { ProtocolCode } from '../errors.js';
@@ -96,9 +98,9 @@ class Dir {
   child(name: string | Buffer): Buffer {
     return Buffer.concat([Buffer.from(`/proc/self/fd/${this.fd}/`), typeof name === 'string' ? Buffer.from(name) : name]);
   }
-  sync(): void {
+  async sync(): Promise<void> {
     try {
-      fsyncSync(this.fd);
+      await fsyncFd(this.fd);
     } catch {
       // Some filesystems (vfat on some kernels) refuse fsync on a folder; the rename still happened.
     }
@@ -195,7 +197,7 @@ export class SpoolLink implements Link {
       const outbox = openFolder(spool.child('outbox'), `${this.dir}/outbox`, opened, true);
       const done = openFolder(spool.child('done'), `${this.dir}/done`, opened, true);
       for (const d of [inbox, outbox, done]) writable(d);
-      this.ensureRoot(outbox);
+      await this.ensureRoot(outbox);
       this.folderDelayMs = 0;
       await this.serve(inbox, outbox, done);
       const stuck = this.pending.values().next();
@@ -211,11 +213,11 @@ export class SpoolLink implements Link {
     }
   }
 
-  private ensureRoot(outbox: Dir): void {
+  private async ensureRoot(outbox: Dir): Promise<void> {
     const path = outbox.child('root.crt');
     if (readRegular(path, this.station.rootPem.length + 1)?.toString('utf8') === this.station.rootPem) return;
     try {
-      writeAtomic(outbox, 'root.crt', this.station.rootPem);
+      await writeAtomic(outbox, 'root.crt', this.station.rootPem);
     } catch (err) {
       throw new FolderProblem('error', `cannot write ${outbox.shown}/root.crt: ${fsReason(err)}`);
     }
@@ -233,10 +235,9 @@ export class SpoolLink implements Link {
     this.more = false;
     for (const raw of names) {
       if (this.stopping) return;
-      // A stick full of files must not hold the other links or a stop: each
-      // answer's writes and flushes are synchronous, so the loop yields to
-      // the event loop after each, and a pass answers at most so many; the
-      // rest wait for the next pass.
+      // A stick full of files must not hold the other links or a stop: the
+      // loop yields to the event loop after each answer, and a pass answers
+      // at most so many; the rest wait for the next pass.
       if (answered >= SPOOL_LIMITS.answersPerPass) {
         this.more = true;
         return;
@@ -251,7 +252,7 @@ export class SpoolLink implements Link {
       const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.mode}`;
       const pending = this.pending.get(key);
       if (pending && pending.identity === identity) {
-        if (now >= pending.nextAt) this.deliver(key, raw, pending, inbox, outbox, done);
+        if (now >= pending.nextAt) await this.deliver(key, raw, pending, inbox, outbox, done);
         continue;
       }
       this.pending.delete(key); // a different file under the same name: a new request
@@ -279,7 +280,7 @@ export class SpoolLink implements Link {
             : { stem: stemOf(name), ext: 'error', content: `${r.code} ${printable(r.message)}\n`, doneName: name };
         }
       }
-      this.deliver(key, raw, { answer, identity, written: false, nextAt: 0, delayMs: 0, reason: '' }, inbox, outbox, done);
+      await this.deliver(key, raw, { answer, identity, written: false, nextAt: 0, delayMs: 0, reason: '' }, inbox, outbox, done);
       answered++;
       await new Promise((r) => setImmediate(r));
     }
@@ -304,21 +305,21 @@ export class SpoolLink implements Link {
   }
 
   /** Puts an answer on the stick and the request in done/; on failure keeps both for a later pass. */
-  private deliver(key: string, raw: Buffer, p: Pending, inbox: Dir, outbox: Dir, done: Dir): void {
+  private async deliver(key: string, raw: Buffer, p: Pending, inbox: Dir, outbox: Dir, done: Dir): Promise<void> {
     const { stem, ext, content, doneName } = p.answer;
     try {
       if (!p.written) {
-        writeAtomic(outbox, `${stem}.${ext}`, content);
+        await writeAtomic(outbox, `${stem}.${ext}`, content);
         p.written = true;
       }
       // A stale answer from an earlier drop of the same name must not stand beside the new one.
       const staleExt = ext === 'pem' ? 'error' : 'pem';
       if (exists(outbox.child(`${stem}.${staleExt}`))) {
-        renameSync(outbox.child(`${stem}.${staleExt}`), done.child(`${stem}.${staleExt}.old-${Date.now()}`));
+        await rename(outbox.child(`${stem}.${staleExt}`), done.child(`${stem}.${staleExt}.old-${Date.now()}`));
       }
-      renameSync(inbox.child(raw), done.child(exists(done.child(doneName)) ? `${stemOf(doneName)}.${Date.now()}.csr` : doneName));
-      outbox.sync();
-      done.sync();
+      await rename(inbox.child(raw), done.child(exists(done.child(doneName)) ? `${stemOf(doneName)}.${Date.now()}.csr` : doneName));
+      await outbox.sync();
+      await done.sync();
       this.pending.delete(key);
     } catch (err) {
       const first = !this.pending.has(key);
@@ -475,25 +476,26 @@ function readRegular(path: Buffer, max: number): Buffer | null {
 }
 
 /** A fresh O_EXCL temporary file in `dir`, flushed, then renamed over `name`. */
-function writeAtomic(dir: Dir, name: string, content: string): void {
+async function writeAtomic(dir: Dir, name: string, content: string): Promise<void> {
   const tmp = dir.child(`.tmp-${randomBytes(8).toString('hex')}`);
-  const fd = openSync(tmp, O_NEW, 0o644);
+  const file = await open(tmp, O_NEW, 0o644);
   try {
     try {
-      const bytes = Buffer.from(content);
-      for (let off = 0; off < bytes.length; ) off += writeSync(fd, bytes, off);
-      fsyncSync(fd);
+      await file.writeFile(content);
+      await file.sync();
     } finally {
-      closeSync(fd);
+      await file.close();
     }
-    renameSync(tmp, dir.child(name));
+    await rename(tmp, dir.child(name));
   } catch (err) {
     try {
-      unlinkSync(tmp);
+      await unlink(tmp);
     } catch {
       // already gone or the stick is gone; the original error is what matters
     }
     throw err;
   }
-  dir.sync();
+  await dir.sync();
 }
+
+const fsyncFd = promisify(fsync);
