@@ -152,11 +152,12 @@ export interface DeviceContext {
   /** The device was revoked (and no re-issue since). */
   revoked: { reason: string; at: string } | undefined;
   reissueAllowed: boolean;
-  issuedCount: number;
-  lastIssuedAt: Date | undefined;
   /** seq of this device's newest issuance, which a new one for it supersedes. */
   newestSeq: number | undefined;
 }
+
+/** What a device with no issuance in the ledger has: no key, no revocation (both need an issuance), no grant. */
+export const UNKNOWN_DEVICE: DeviceContext = Object.freeze({ currentKey: undefined, revoked: undefined, reissueAllowed: false, newestSeq: undefined });
 
 /** The open work order, if any. */
 export interface OpenOrder {
@@ -432,15 +433,14 @@ export class SqliteLedger implements Ledger {
       lastIssuanceHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM issuances ORDER BY seq DESC LIMIT 1'),
       lastEventHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1'),
       // seq is gap-free from 1 (verifyChain checks it), so max(seq) is the count without a table scan.
-      context: db.prepare<[{ id: string }], { key: string | null; newest: number | null; revoked_reason: string | null; revoked_at: string | null; granted: number; n: number | null; last: string | null }>(
+      context: db.prepare<[{ id: string }], { key: string | null; newest: number | null; revoked_reason: string | null; revoked_at: string | null; granted: number }>(
         `SELECT (SELECT public_key_sha256 FROM issuances WHERE device_id = @id ORDER BY seq DESC LIMIT 1) AS key,
                 (SELECT max(seq) FROM issuances WHERE device_id = @id) AS newest,
                 (SELECT reason FROM revoked WHERE device_id = @id) AS revoked_reason,
                 (SELECT at FROM revoked WHERE device_id = @id) AS revoked_at,
-                EXISTS (SELECT 1 FROM reissue_grants WHERE device_id = @id) AS granted,
-                (SELECT max(seq) FROM issuances) AS n,
-                (SELECT issued_at FROM issuances ORDER BY seq DESC LIMIT 1) AS last`,
+                EXISTS (SELECT 1 FROM reissue_grants WHERE device_id = @id) AS granted`,
       ),
+      keys: db.prepare<[], [string, string]>('SELECT csr_sha256, device_id FROM issuances').raw(),
       count: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances'),
       stationContext: db.prepare<[{ since: string; now: string; cap: number }], { order_json: string | null; n: number | null; minute: number; last: string | null; confirmed: string | null; confirmed_seq: string | null }>(
         `SELECT (SELECT json_object('id', id, 'quantity', quantity, 'issued', issued, 'hardwareId', hardware_id, 'operator', operator, 'openedAt', opened_at)
@@ -849,10 +849,13 @@ export class SqliteLedger implements Ledger {
       currentKey: r.key ?? undefined,
       revoked: r.revoked_reason !== null ? { reason: r.revoked_reason, at: r.revoked_at! } : undefined,
       reissueAllowed: r.granted === 1,
-      issuedCount: r.n ?? 0,
-      lastIssuedAt: r.last ? new Date(r.last) : undefined,
       newestSeq: r.newest ?? undefined,
     };
+  }
+
+  /** Every issuance's CSR hash and device id, one row at a time (what the serving ledger's SeenFilters start from). */
+  *issuanceKeys(): IterableIterator<[csrSha256: string, deviceId: string]> {
+    yield* this.q.keys.iterate();
   }
 
   grantReissue(deviceId: string, reason: string, operator?: string | null): void {

@@ -6,18 +6,34 @@
  * (writer-worker.ts) in the order they were asked for, so the flush of one
  * certificate never holds up the next one's parsing. An idle writer holds
  * no lock, and an inline commit finishes before anything more is posted.
+ *
+ * A CSR hash or device id this ledger never held is known from memory
+ * (SeenFilter): a new device's request reads nothing from SQLite. That is
+ * safe only while this process is the ledger's one writer (the serve lock):
+ * every issuance goes through recordIssuance here, and a revocation or a
+ * re-issue grant needs an issuance of the device first.
  */
 import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
-import { SqliteLedger, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext, type Checkpoint, type TokenCheckpoint } from './index.js';
+import { SeenFilter } from './seen.js';
+import { SqliteLedger, UNKNOWN_DEVICE, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext, type Checkpoint, type TokenCheckpoint } from './index.js';
 
 export class ThreadedLedger implements Ledger {
   private readonly reader: SqliteLedger;
   private readonly writer: WorkerRpc;
+  /** Null unless this process is the ledger's one writer. */
+  private readonly seen: { csrs: SeenFilter; devices: SeenFilter } | null;
 
-  constructor(path: string, stationId: string) {
+  constructor(path: string, stationId: string, opts: { soleWriter: boolean }) {
     // Opening here first runs the migrations before the writer starts.
     this.reader = new SqliteLedger(path, stationId);
+    this.seen = opts.soleWriter ? { csrs: new SeenFilter(), devices: new SeenFilter() } : null;
+    if (this.seen) {
+      for (const [csrSha256, deviceId] of this.reader.issuanceKeys()) {
+        this.seen.csrs.add(csrSha256);
+        this.seen.devices.add(deviceId);
+      }
+    }
     this.writer = new WorkerRpc(
       new URL('./writer-worker.js', import.meta.url),
       { path, stationId },
@@ -28,6 +44,9 @@ export class ThreadedLedger implements Ledger {
   }
 
   async recordIssuance(entry: NewIssuance, hint?: { alone?: boolean; guard?: CommitGuard }): Promise<Issuance> {
+    // Before the commit: a lookup made while it is on its way reads SQLite (and the station's in-flight overlay); one that fails leaves a harmless "maybe".
+    this.seen?.csrs.add(entry.csrSha256);
+    this.seen?.devices.add(entry.deviceId);
     if (hint?.alone && this.writer.idle) return this.reader.appendIssuance(entry, hint.guard);
     const row = await this.writer.call<Issuance>({ op: 'issuance', entry, guard: hint?.guard });
     return { ...row, certificate: new Uint8Array(row.certificate) };
@@ -76,10 +95,10 @@ export class ThreadedLedger implements Ledger {
   }
 
   findByCsrHash(csrSha256: string): Issuance | undefined {
-    return this.reader.findByCsrHash(csrSha256);
+    return this.seen && !this.seen.csrs.mayHave(csrSha256) ? undefined : this.reader.findByCsrHash(csrSha256);
   }
   deviceContext(deviceId: string): DeviceContext {
-    return this.reader.deviceContext(deviceId);
+    return this.seen && !this.seen.devices.mayHave(deviceId) ? UNKNOWN_DEVICE : this.reader.deviceContext(deviceId);
   }
   grantReissue(deviceId: string, reason: string): void {
     this.reader.grantReissue(deviceId, reason);

@@ -138,7 +138,8 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     }
     const mismatch = certificateKeyMismatch(readCertificateFile(config.ca.station_certificate, 'station key certificate'), stationKey.spki, `the station certificate ${config.ca.station_certificate}`);
     if (mismatch) throw new LineSignerError('CA', `${mismatch}: exports would verify against no pin; restore the file`);
-    ledger = new ThreadedLedger(config.station.ledger, config.station.id);
+    // Without the owner lock (tests racing two writers) another process commits too: nothing may be known from memory.
+    ledger = new ThreadedLedger(config.station.ledger, config.station.id, { soleWriter: opts.lock !== 'none' });
     const kept = tokenCheckpoint((l) => token.readData(l), config.station.id);
     const problem = opts.lock === 'none' ? null : ledgerTokenProblem(ledger, kept, config.station.id, config.station.ledger);
     if (problem) throw new LineSignerError('LEDGER', `not serving: ${problem}`);
