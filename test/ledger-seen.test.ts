@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { SeenFilter } from '../src/ledger/seen.js';
 import { openStation } from '../src/station/index.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
+import { cliAsync } from './helpers/cli.js';
 import { FACTORY, testStation, uuid } from './helpers/pki.js';
 
 test('a key once added is always "maybe": no false negatives, whatever the keys', (t) => {
@@ -61,6 +62,15 @@ test('a device and a CSR committed are known at once and after a restart: the sa
   };
   await check(s.station, 'same run');
   await s.close();
+  // Revoked while no station served: the restarted station's memory starts from the file.
+  const revoked = devices[0]!;
+  const r = await cliAsync(['ledger', 'revoke', revoked, '--reason', 'scrapped', '--config', s.configPath, '--operator', 'rita']);
+  t.is(r.status, 0, r.stderr);
   open = await openStation(s.config);
+  const replay = await open.station.handle({ csr: csrs[0]!, link: 'test' });
+  t.is(replay.ok ? 'replayed' : replay.code, 'DUPLICATE_DEVICE', "a revoked device's CSR is not answered with its old certificate after a restart");
+  csrs.shift();
+  first.shift();
+  devices.shift();
   await check(open.station, 'after a restart');
 });

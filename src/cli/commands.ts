@@ -165,7 +165,7 @@ export async function signCommand(args: GlobalArgs & { csr: string; out?: string
   else {
     const lock = await LedgerLock.wait(cfg.station.ledger, 'sign', 60_000, (holder) => process.stderr.write(`waiting for the ledger: it is held by ${holder}\n`));
     try {
-      const open = await openStation(cfg, { lock: 'held', command: 'sign' });
+      const open = await openStation(cfg, { lock: 'held', command: 'sign', oneShot: true });
       try {
         result = await open.station.handle({ csr, link: 'cli', hardwareId, name });
       } finally {

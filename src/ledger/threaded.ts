@@ -21,13 +21,14 @@ import { SqliteLedger, UNKNOWN_DEVICE, type ChainProblem, type CommitGuard, type
 export class ThreadedLedger implements Ledger {
   private readonly reader: SqliteLedger;
   private readonly writer: WorkerRpc;
-  /** Null unless this process is the ledger's one writer. */
+  /** Null unless this process is the ledger's one writer and serves. */
   private readonly seen: { csrs: SeenFilter; devices: SeenFilter } | null;
 
-  constructor(path: string, stationId: string, opts: { soleWriter: boolean }) {
+ /** `knownFromMemory`: only for the ledger's one writer, and worth its fill (about a second per million issuances) only for a station that serves. */
+  constructor(path: string, stationId: string, opts: { knownFromMemory: boolean }) {
     // Opening here first runs the migrations before the writer starts.
     this.reader = new SqliteLedger(path, stationId);
-    this.seen = opts.soleWriter ? { csrs: new SeenFilter(), devices: new SeenFilter() } : null;
+    this.seen = opts.knownFromMemory ? { csrs: new SeenFilter(), devices: new SeenFilter() } : null;
     if (this.seen) {
       for (const [csrSha256, deviceId] of this.reader.issuanceKeys()) {
         this.seen.csrs.add(csrSha256);
@@ -95,7 +96,11 @@ export class ThreadedLedger implements Ledger {
   }
 
   findByCsrHash(csrSha256: string): Issuance | undefined {
-    return this.seen && !this.seen.csrs.mayHave(csrSha256) ? undefined : this.reader.findByCsrHash(csrSha256);
+    if (this.seen && !this.seen.csrs.mayHave(csrSha256)) return undefined;
+    const row = this.reader.findByCsrHash(csrSha256);
+    // A replay's revocation and supersession checks ask for this device next: it must never read as unknown.
+    if (row) this.seen?.devices.add(row.deviceId);
+    return row;
   }
   deviceContext(deviceId: string): DeviceContext {
     return this.seen && !this.seen.devices.mayHave(deviceId) ? UNKNOWN_DEVICE : this.reader.deviceContext(deviceId);

@@ -13,7 +13,7 @@ import { SerialPort } from 'serialport';
 import { printable } from '../text.js';
 import { J1LineSplitter } from './j1/line-splitter.js';
 import { J1Session } from './j1/session.js';
-import { LinkReporter, type Link, type LinkObserver, type StationPort } from './types.js';
+import { LinkReporter, within, type Link, type LinkObserver, type StationPort } from './types.js';
 
 /**
  * A reply the port has not taken by then is abandoned and the port
@@ -166,16 +166,6 @@ export class SerialLink implements Link {
     }
     this.reporter.state('stopped');
   }
-}
-
-function within(p: Promise<unknown>, ms: number): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    void p.finally(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
 }
 
 /**

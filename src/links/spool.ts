@@ -28,6 +28,11 @@
  * - Writes, flushes and renames of answers go through libuv's thread pool
  *   (fs/promises), never on the links' thread: a flush of a slow stick
  *   takes milliseconds, and the serial and HTTP links share that thread.
+ *   A wedged stick holds one pool thread (the link works one file at a
+ *   time); stop() waits for it at most SPOOL_LIMITS.stopMs.
+ * - A request is moved to done/ only while its name still holds the file
+ *   that was answered: a jig that drops its next request under the same
+ *   name as soon as it sees the answer gets that one answered too.
  * - Once the station has answered a file, that answer is kept until it is
  *   on the stick: a write that fails (stick full, read-only, a folder in
  *   the way) is retried with back-off without asking the station again,
@@ -52,7 +57,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { ProtocolCode } from '../errors.js';
 import { printable, quote, textProblem, TEXT_LIMITS } from '../text.js';
-import { LinkReporter, type Link, type LinkObserver, type StationPort } from './types.js';
+import { LinkReporter, within, type Link, type LinkObserver, type StationPort } from './types.js';
 
 export interface SpoolLinkOptions {
   dir: string;
@@ -78,6 +83,8 @@ export const SPOOL_LIMITS = {
   folderRetryMaxMs: 5000,
   /** Files answered in one pass; a fuller inbox is worked through over the following passes. */
   answersPerPass: 50,
+  /** stop() waits this long for the answer being written, then lets it go. */
+  stopMs: 1500,
 } as const;
 
 /** Prefix of the stem a file with an unacceptable name is answered under. */
@@ -249,7 +256,7 @@ export class SpoolLink implements Link {
       } catch {
         continue; // gone since the listing
       }
-      const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.mode}`;
+      const identity = identityOf(st);
       const pending = this.pending.get(key);
       if (pending && pending.identity === identity) {
         if (now >= pending.nextAt) await this.deliver(key, raw, pending, inbox, outbox, done);
@@ -317,6 +324,13 @@ export class SpoolLink implements Link {
       if (exists(outbox.child(`${stem}.${staleExt}`))) {
         await rename(outbox.child(`${stem}.${staleExt}`), done.child(`${stem}.${staleExt}.old-${Date.now()}`));
       }
+      // A jig that saw the answer may already have dropped its next request under the same
+      // name: that one is not answered yet and stays for the next pass (this answer stays too,
+      // until the new one replaces it).
+      if (!sameFile(inbox.child(raw), p.identity)) {
+        this.pending.delete(key);
+        return;
+      }
       await rename(inbox.child(raw), done.child(exists(done.child(doneName)) ? `${stemOf(doneName)}.${Date.now()}.csr` : doneName));
       await outbox.sync();
       await done.sync();
@@ -333,7 +347,8 @@ export class SpoolLink implements Link {
   async stop(): Promise<void> {
     this.stopping = true;
     if (this.timer) clearTimeout(this.timer);
-    if (this.scanning) await this.scanning;
+    // A stick whose flush never returns (a wedged hub) must not keep the station from stopping.
+    if (this.scanning) await within(this.scanning, SPOOL_LIMITS.stopMs);
     this.reporter.state('stopped');
   }
 }
@@ -385,6 +400,17 @@ function fsReason(err: unknown): string {
   if (code === 'ENOSPC' || code === 'EDQUOT') return 'stick full';
   if (code === 'EISDIR' || code === 'ENOTEMPTY' || code === 'EEXIST') return 'a folder is in the way';
   return code ?? printable((err as Error).message);
+}
+
+const identityOf = (st: Stats): string => `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.mode}`;
+
+/** The name still holds the very file that was answered. */
+function sameFile(path: Buffer, identity: string): boolean {
+  try {
+    return identityOf(lstatSync(path)) === identity;
+  } catch {
+    return false;
+  }
 }
 
 function exists(path: Buffer): boolean {

@@ -80,3 +80,17 @@ export class LinkReporter {
     this.observer({ kind: 'noise', link: this.status.name, bytes });
   }
 }
+
+/** Waits for `p` (settled either way), but no longer than `ms`: a link's stop never hangs on a wedged device. */
+export function within(p: Promise<unknown>, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    p.then(
+      () => undefined,
+      () => undefined,
+    ).finally(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}

@@ -87,6 +87,8 @@ export interface OpenOptions {
   command?: string;
   /** Who started it, recorded on the start event. */
   operator?: string;
+  /** One request and out (`sign` with no station serving): not worth reading every issuance's keys into memory first. */
+  oneShot?: boolean;
   /** Tests and the benchmark: each token session held this long per signature, as a real HSM's is. */
   slowSessionMs?: number;
 }
@@ -139,7 +141,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     const mismatch = certificateKeyMismatch(readCertificateFile(config.ca.station_certificate, 'station key certificate'), stationKey.spki, `the station certificate ${config.ca.station_certificate}`);
     if (mismatch) throw new LineSignerError('CA', `${mismatch}: exports would verify against no pin; restore the file`);
     // Without the owner lock (tests racing two writers) another process commits too: nothing may be known from memory.
-    ledger = new ThreadedLedger(config.station.ledger, config.station.id, { soleWriter: opts.lock !== 'none' });
+    ledger = new ThreadedLedger(config.station.ledger, config.station.id, { knownFromMemory: opts.lock !== 'none' && !opts.oneShot });
     const kept = tokenCheckpoint((l) => token.readData(l), config.station.id);
     const problem = opts.lock === 'none' ? null : ledgerTokenProblem(ledger, kept, config.station.id, config.station.ledger);
     if (problem) throw new LineSignerError('LEDGER', `not serving: ${problem}`);
