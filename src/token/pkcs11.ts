@@ -5,6 +5,7 @@
  * session runs one operation at a time (CKR_OPERATION_ACTIVE otherwise).
  */
 import { createHash, type KeyObject } from 'node:crypto';
+import { isMainThread } from 'node:worker_threads';
 import pkcs11js from 'pkcs11js';
 import { LineSignerError } from '../errors.js';
 import { EC_PARAMS_P256, rawEcdsaToDer, spkiFromEcPoint } from './der.js';
@@ -42,6 +43,9 @@ function loadModule(path: string): pkcs11js.PKCS11 {
   modules.set(path, p11);
   return p11;
 }
+
+/** Modules this thread has opened a session on: starting such a module again would pull its sessions away. */
+const inUse = new Set<string>();
 
 /** The CKR_ value of a pkcs11js error, or undefined for anything else. */
 function ckr(err: unknown): number | undefined {
@@ -160,6 +164,8 @@ export class Pkcs11Token {
     // SoftHSM2 moves a new token to a slot of its own: find it by its label.
     const token = new Pkcs11Token(opts);
     let session: Handle;
+    // The module must not start again under the token just made: it is not in SoftHSM2's folder scan yet.
+    inUse.add(opts.module);
     try {
       session = p11.C_OpenSession(token.findSlot(), pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     } catch (err) {
@@ -190,11 +196,14 @@ export class Pkcs11Token {
       process.env.SOFTHSM2_CONF = opts.softhsm2Conf;
     }
     const token = new Pkcs11Token({ ...opts, pin: '' });
-    try {
-      token.session = token.p11.C_OpenSession(token.findSlot(), pkcs11js.CKF_SERIAL_SESSION);
-    } catch (err) {
-      throw err instanceof LineSignerError ? err : tokenError('C_OpenSession', err);
-    }
+    token.session = token.lookAgain(() => {
+      const slot = token.findSlot();
+      try {
+        return token.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+      } catch (err) {
+        throw tokenError('C_OpenSession', err);
+      }
+    });
     return token;
   }
 
@@ -243,6 +252,7 @@ export class Pkcs11Token {
     }
   }
 
+  /** The slot of the token with our label; a token that cannot be read now is passed over (see lookAgain). */
   private findSlot(): Handle {
     let slots: Handle[];
     try {
@@ -250,39 +260,78 @@ export class Pkcs11Token {
     } catch (err) {
       throw tokenError('C_GetSlotList', err);
     }
+    let unreadable: unknown = null;
     for (const slot of slots) {
-      const info = this.p11.C_GetTokenInfo(slot);
-      if (info.label.trim() === this.opts.tokenLabel) return slot;
+      let label: string;
+      try {
+        label = this.p11.C_GetTokenInfo(slot).label.trim();
+      } catch (err) {
+        unreadable = err;
+        continue;
+      }
+      if (label === this.opts.tokenLabel) return slot;
     }
+    if (unreadable) throw tokenError('C_GetTokenInfo', unreadable);
     throw new LineSignerError('TOKEN_UNAVAILABLE', `no token labelled "${this.opts.tokenLabel}" in ${this.opts.module}`);
+  }
+
+  /**
+   * Opens a session, looking again when the token was caught being rewritten
+   * by another process (a serving station stores its checkpoint object every
+   * second): SoftHSM2 then fails C_GetTokenInfo or C_Login with
+   * CKR_GENERAL_ERROR (about 1 open in 50 beside a process that writes the
+   * token without pause), or left the token out of the folder scan it made
+   * at C_Initialize, or keeps it marked unreadable for good. Before this
+   * process has a session on the module, and in its first thread (the
+   * workers start after), the module starts again and reads the folders
+   * afresh. A refused PIN is never tried again.
+   */
+  private lookAgain(open: () => Handle): Handle {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const session = open();
+        inUse.add(this.opts.module);
+        return session;
+      } catch (err) {
+        const mayRestart = !inUse.has(this.opts.module) && isMainThread;
+        const cause = err instanceof LineSignerError ? ckr(err.cause) : undefined;
+        const caughtMidWrite = cause === pkcs11js.CKR_GENERAL_ERROR || cause === pkcs11js.CKR_DEVICE_ERROR;
+        const leftOut = err instanceof LineSignerError && err.cause === undefined && err.code === 'TOKEN_UNAVAILABLE';
+        if (attempt >= 4 || !(caughtMidWrite || (leftOut && mayRestart))) throw err;
+        holdThread(50 * attempt);
+        if (mayRestart) Pkcs11Token.reinitializeModule(this.opts.module);
+      }
+    }
   }
 
   private openSession(): void {
     if (this.pinRefused) {
       throw new LineSignerError('TOKEN_PIN', 'the token refused the PIN earlier; fix the PIN and restart');
     }
-    const slot = this.findSlot();
-    let session: Handle;
-    try {
-      session = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-    } catch (err) {
-      throw tokenError('C_OpenSession', err);
-    }
-    try {
-      this.p11.C_Login(session, pkcs11js.CKU_USER, this.opts.pin);
-    } catch (err) {
-      if (ckr(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
-        const e = tokenError('C_Login', err);
-        if (e.code === 'TOKEN_PIN') this.pinRefused = true;
-        try {
-          this.p11.C_CloseSession(session);
-        } catch {
-          /* already unusable */
-        }
-        throw e;
+    this.session = this.lookAgain(() => {
+      const slot = this.findSlot();
+      let session: Handle;
+      try {
+        session = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+      } catch (err) {
+        throw tokenError('C_OpenSession', err);
       }
-    }
-    this.session = session;
+      try {
+        this.p11.C_Login(session, pkcs11js.CKU_USER, this.opts.pin);
+      } catch (err) {
+        if (ckr(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
+          const e = tokenError('C_Login', err);
+          if (e.code === 'TOKEN_PIN') this.pinRefused = true;
+          try {
+            this.p11.C_CloseSession(session);
+          } catch {
+            /* already unusable */
+          }
+          throw e;
+        }
+      }
+      return session;
+    });
   }
 
   get mayReinitialize(): boolean {
