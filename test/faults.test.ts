@@ -80,6 +80,15 @@ test.serial('the token goes away: TOKEN_UNAVAILABLE, PING still answered, signin
   const ok = await sv.jig.request('SIGN', 's1', Buffer.from(csr()));
   t.is(ok.type, 'CERT');
   const tokens = join(p.dir, 'tokens');
+  // The thread that serves the links must not wait on the token while it is gone: its longest pause is measured.
+  let longestPause = 0;
+  let last = performance.now();
+  const meter = setInterval(() => {
+    const now = performance.now();
+    longestPause = Math.max(longestPause, now - last);
+    last = now;
+  }, 2);
+  t.teardown(() => clearInterval(meter));
   renameSync(tokens, `${tokens}.away`);
   let restored = false;
   t.teardown(() => {
@@ -88,6 +97,7 @@ test.serial('the token goes away: TOKEN_UNAVAILABLE, PING still answered, signin
   const down = await sv.jig.request('SIGN', 's2', Buffer.from(csr()));
   t.is(down.type, 'ERR');
   t.is(down.code, 'TOKEN_UNAVAILABLE');
+  t.true(longestPause < 150, `the links' thread paused ${longestPause.toFixed(0)} ms when the token went away`);
   const ping = await sv.jig.request('PING', 'p1', null);
   t.is(ping.type, 'PONG');
   t.is(sv.s.station.health()?.code, 'TOKEN_UNAVAILABLE');

@@ -279,28 +279,39 @@ export class Pkcs11Token {
    * Opens a session, looking again when the token was caught being rewritten
    * by another process (a serving station stores its checkpoint object every
    * second): SoftHSM2 then fails C_GetTokenInfo or C_Login with
-   * CKR_GENERAL_ERROR (about 1 open in 50 beside a process that writes the
+   * CKR_GENERAL_ERROR (about 1 open in 70 beside a process that writes the
    * token without pause), or left the token out of the folder scan it made
-   * at C_Initialize, or keeps it marked unreadable for good. Before this
-   * process has a session on the module, and in its first thread (the
-   * workers start after), the module starts again and reads the folders
-   * afresh. A refused PIN is never tried again.
+   * at C_Initialize, and keeps its view so until the module starts again.
+   * So it looks again only where the module may start again: before this
+   * process has a session on it, in its first thread (the workers start
+   * after); never on a thread that serves, where a wait would hold the links.
+   * A failed C_Login is looked at again only on SoftHSM2, which reads the
+   * token before it checks the PIN; another token may have counted the try.
    */
-  private lookAgain(open: () => Handle): Handle {
+  private lookAgain(open: (phase: { loginTried: boolean }) => Handle): Handle {
     for (let attempt = 1; ; attempt++) {
+      const phase = { loginTried: false };
       try {
-        const session = open();
+        const session = open(phase);
         inUse.add(this.opts.module);
         return session;
       } catch (err) {
-        const mayRestart = !inUse.has(this.opts.module) && isMainThread;
-        const cause = err instanceof LineSignerError ? ckr(err.cause) : undefined;
+        if (attempt >= 4 || inUse.has(this.opts.module) || !isMainThread || !(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE') throw err;
+        const cause = ckr(err.cause);
         const caughtMidWrite = cause === pkcs11js.CKR_GENERAL_ERROR || cause === pkcs11js.CKR_DEVICE_ERROR;
-        const leftOut = err instanceof LineSignerError && err.cause === undefined && err.code === 'TOKEN_UNAVAILABLE';
-        if (attempt >= 4 || !(caughtMidWrite || (leftOut && mayRestart))) throw err;
+        const leftOut = err.cause === undefined;
+        if (!(caughtMidWrite || leftOut) || (phase.loginTried && !this.isSoftHsm())) throw err;
         holdThread(50 * attempt);
-        if (mayRestart) Pkcs11Token.reinitializeModule(this.opts.module);
+        Pkcs11Token.reinitializeModule(this.opts.module);
       }
+    }
+  }
+
+  private isSoftHsm(): boolean {
+    try {
+      return this.p11.C_GetInfo().manufacturerID.trim() === 'SoftHSM';
+    } catch {
+      return false;
     }
   }
 
@@ -308,7 +319,7 @@ export class Pkcs11Token {
     if (this.pinRefused) {
       throw new LineSignerError('TOKEN_PIN', 'the token refused the PIN earlier; fix the PIN and restart');
     }
-    this.session = this.lookAgain(() => {
+    this.session = this.lookAgain((phase) => {
       const slot = this.findSlot();
       let session: Handle;
       try {
@@ -317,6 +328,7 @@ export class Pkcs11Token {
         throw tokenError('C_OpenSession', err);
       }
       try {
+        phase.loginTried = true;
         this.p11.C_Login(session, pkcs11js.CKU_USER, this.opts.pin);
       } catch (err) {
         if (ckr(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
