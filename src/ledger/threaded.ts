@@ -24,7 +24,7 @@ export class ThreadedLedger implements Ledger {
   /** Null unless this process is the ledger's one writer and serves. */
   private readonly seen: { csrs: SeenFilter; devices: SeenFilter } | null;
 
- /** `knownFromMemory`: only for the ledger's one writer, and worth its fill (about a second per million issuances) only for a station that serves. */
+  /** `knownFromMemory`: only for the ledger's one writer, and worth its fill (about a second per million issuances) only for a station that serves. */
   constructor(path: string, stationId: string, opts: { knownFromMemory: boolean }) {
     // Opening here first runs the migrations before the writer starts.
     this.reader = new SqliteLedger(path, stationId);
