@@ -1,5 +1,6 @@
 import test from 'ava';
 import { randomUUID } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { WorkerRpc } from '../src/worker-rpc.js';
 import { LineSignerError } from '../src/errors.js';
@@ -31,4 +32,42 @@ test('a call made in the same turn as stop() fails instead of hanging', async (t
   const outcome = await Promise.race([call.then(() => 'answered', (e: Error) => e.message), new Promise((r) => setTimeout(() => r('pending'), 3000))]);
   await stopped;
   t.regex(String(outcome), /stopped/);
+});
+
+const ECHO = new URL('./helpers/echo-worker.js', import.meta.url);
+const died = (why: string): LineSignerError => new LineSignerError('INTERNAL', `echo worker stopped (${why})`);
+const threadCount = (): number => readdirSync('/proc/self/task').length;
+type Echo = { threadId: number; value: number };
+
+test.serial('a worker replaced after N calls: every call answered by the worker it went to, N to a worker, and the replaced ones end', async (t) => {
+  const rpc = new WorkerRpc(ECHO, {}, died, true, 5);
+  t.teardown(() => rpc.stop());
+  const before = threadCount();
+  const first = await rpc.call<Echo>({ op: 'echo', value: 0 });
+  const withOne = threadCount();
+  const answers: Echo[] = [first];
+  // In turns of different sizes, some calls slow: a replaced worker still owes answers when the next one starts.
+  for (const size of [3, 7, 1, 6, 5]) {
+    const base = answers.length;
+    answers.push(...(await Promise.all(Array.from({ length: size }, (_, i) => rpc.call<Echo>({ op: 'echo', value: base + i, afterMs: i % 3 === 0 ? 30 : 0 })))));
+  }
+  t.deepEqual(answers.map((a) => a.value), Array.from({ length: 23 }, (_, i) => i));
+  const perWorker = new Map<number, number>();
+  for (const a of answers) perWorker.set(a.threadId, (perWorker.get(a.threadId) ?? 0) + 1);
+  t.deepEqual([...perWorker.values()], [5, 5, 5, 5, 3]);
+  // The four replaced workers end once they have answered; only the current one is left.
+  const t0 = Date.now();
+  while (threadCount() > withOne && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 50));
+  t.true(threadCount() <= withOne, `threads: ${before} before, ${withOne} with one worker, ${threadCount()} now`);
+});
+
+test.serial('a replaced worker that dies fails only the calls it owed; the current one answers its own', async (t) => {
+  const rpc = new WorkerRpc(ECHO, {}, died, true, 2);
+  t.teardown(() => rpc.stop());
+  // Two calls to the first worker: it dies 100 ms into the first, owing both; the third goes to a fresh worker.
+  const owed = [rpc.call<Echo>({ op: 'exit', afterMs: 100 }), rpc.call<Echo>({ op: 'echo', value: 1 })];
+  const own = rpc.call<Echo>({ op: 'echo', value: 2, afterMs: 300 });
+  for (const p of owed) await t.throwsAsync(p, { message: /echo worker stopped \(exit 3\)/ });
+  t.is((await own).value, 2);
+  t.is((await rpc.call<Echo>({ op: 'echo', value: 3 })).value, 3);
 });

@@ -73,6 +73,9 @@ export interface OpenStation {
   close(): Promise<void>;
 }
 
+/** A checking worker is replaced by a fresh one after this many calls (two a certificate): see WorkerRpc's replaceAfter. */
+const CHECKER_CALLS = 10_000;
+
 export interface OpenOptions {
   /** Stand in another signer (a deliberately slow one in tests); the token still provides the key check. */
   wrapSigner?: (signer: Signer) => Signer;
@@ -169,6 +172,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
         { caSpki: key.spki, profile: localCa.profile },
         (why) => new LineSignerError('INTERNAL', `certificate checker stopped (${why}); nothing issued`),
         true,
+        CHECKER_CALLS,
       ),
   );
   const station = new Station({
