@@ -71,3 +71,15 @@ test.serial('a replaced worker that dies fails only the calls it owed; the curre
   t.is((await own).value, 2);
   t.is((await rpc.call<Echo>({ op: 'echo', value: 3 })).value, 3);
 });
+
+test.serial('stop() ends every worker before it resolves, replaced ones still owing answers included', async (t) => {
+  const before = threadCount();
+  const rpc = new WorkerRpc(ECHO, {}, died, true, 1);
+  // Three workers, each owing a slow answer when stop() comes.
+  const calls = [0, 1, 2].map((value) => rpc.call<Echo>({ op: 'echo', value, afterMs: 2000 }));
+  await new Promise((r) => setTimeout(r, 300));
+  t.true(threadCount() >= before + 3, 'three workers running');
+  await rpc.stop();
+  t.is(threadCount(), before, 'no worker thread left once stop() resolved');
+  for (const c of calls) await t.throwsAsync(c, { message: /stopped/ });
+});
