@@ -196,9 +196,9 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
       (args) => {
         const r = verifyLedger(config(args), { file: args.ledger, noToken: args['without-token'] });
         for (const n of r.notes) process.stdout.write(`note: ${n}\n`);
-        for (const p of r.problems) process.stderr.write(`ERROR LEDGER ${p.table} ${p.table === 'checkpoints' ? 'n' : 'seq'} ${p.seq}: ${p.reason}\n`);
+        for (const p of r.problems) process.stderr.write(`ERROR LEDGER ${p.table === 'state' ? 'policy state' : `${p.table} ${p.table === 'checkpoints' ? 'n' : 'seq'} ${p.seq}`}: ${p.reason}\n`);
         if (r.problems.length) {
-          process.stderr.write(`ledger NOT intact: ${r.problems.length}${r.problems.length >= 200 ? '+' : ''} problems\n`);
+          process.stderr.write(`ledger NOT intact: ${r.problems.length}${r.problems.length >= 200 ? '+' : ''} problem${r.problems.length === 1 ? '' : 's'}\n`);
           process.exit(1);
         }
         process.stdout.write(`ledger intact: ${r.checked} issuances, ${r.events} events, ${r.checkpoints} signed checkpoints verified\n`);

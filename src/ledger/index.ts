@@ -12,9 +12,11 @@ import { serialKey } from '../serial.js';
 import { whyNotWritable } from '../files.js';
 import { checkpointStatement, sha256, type Checkpoint, type Heads, type TokenCheckpoint } from './checkpoint.js';
 import { MIGRATIONS } from './schema.js';
+import { projectionProblems, type ProjectionProblem } from './projections.js';
 
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
+export type { ProjectionProblem } from './projections.js';
 export { LedgerLock, realLedgerPath } from './lock.js';
 export { checkpointLabel, closesLedger, ledgerTokenProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
@@ -440,7 +442,7 @@ export class SqliteLedger implements Ledger {
                 (SELECT at FROM revoked WHERE device_id = @id) AS revoked_at,
                 EXISTS (SELECT 1 FROM reissue_grants WHERE device_id = @id) AS granted`,
       ),
-      keys: db.prepare<[], [string, string]>('SELECT csr_sha256, device_id FROM issuances').raw(),
+      keys: db.prepare<[], [string, string, string | null]>('SELECT csr_sha256, device_id, name FROM issuances').raw(),
       count: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances'),
       stationContext: db.prepare<[{ since: string; now: string; cap: number }], { order_json: string | null; n: number | null; minute: number; last: string | null; confirmed: string | null; confirmed_seq: string | null }>(
         `SELECT (SELECT json_object('id', id, 'quantity', quantity, 'issued', issued, 'hardwareId', hardware_id, 'operator', operator, 'openedAt', opened_at)
@@ -617,7 +619,7 @@ export class SqliteLedger implements Ledger {
    * key, or a revoked device). Returns the seq this issuance supersedes.
    */
   private recheck(entry: NewIssuance, guard: CommitGuard, issued: number): number | null {
-    const refuse = (code: 'DUPLICATE_DEVICE' | 'QUOTA_EXCEEDED', message: string): never => {
+    const refuse = (code: 'DUPLICATE_DEVICE' | 'QUOTA_EXCEEDED' | 'POLICY_SUBJECT', message: string): never => {
       throw new LineSignerError(code, `${message} (checked again at commit; nothing issued)`);
     };
     if (guard.maxCertificates !== undefined && issued >= guard.maxCertificates) {
@@ -632,6 +634,9 @@ export class SqliteLedger implements Ledger {
       if (!o || o.closed_at !== null) return refuse('QUOTA_EXCEEDED', `work order ${entry.workOrder} is not open`);
       if (o.issued >= o.quantity) refuse('QUOTA_EXCEEDED', `work order ${o.id} is used up (${o.issued} of ${o.quantity})`);
     } else if (guard.requireOrder) refuse('QUOTA_EXCEEDED', 'no open work order');
+    // One name, one device: another writer (or a request that raced this one) may have taken it since the decision.
+    const holder = this.q.nameTaken.get({ n: entry.name ?? entry.deviceId, d: entry.deviceId })?.device_id;
+    if (holder !== undefined) refuse('POLICY_SUBJECT', `name ${JSON.stringify(entry.name ?? entry.deviceId)} is device ${holder}'s already; a name is one device's in the device cloud`);
     const newest = this.q.newestOfDevice.get(entry.deviceId);
     const revoked = this.q.revokedRow.get(entry.deviceId) !== undefined;
     const granted = this.q.grantOf.get(entry.deviceId) !== undefined;
@@ -707,9 +712,11 @@ export class SqliteLedger implements Ledger {
   /** The operator's word that the clock is right now: the clock checks measure from this until the next issuance. */
   confirmClock(operator: string, reason: string, now: Date): void {
     this.db.transaction(() => {
+      const after = this.issuedCount();
       this.q.setSetting.run('clock_confirmed_at', now.toISOString());
-      this.q.setSetting.run('clock_confirmed_after_seq', String(this.issuedCount()));
-      this.appendEvent({ kind: 'clock_confirm', message: `clock confirmed as ${now.toISOString()}: ${reason}`, operator });
+      this.q.setSetting.run('clock_confirmed_after_seq', String(after));
+      // The seq in the hashed event too: the settings row is checked against it (projections.ts).
+      this.appendEvent({ kind: 'clock_confirm', message: `clock confirmed as ${now.toISOString()} after issuance seq ${after}: ${reason}`, operator });
     }).immediate();
   }
 
@@ -819,6 +826,11 @@ export class SqliteLedger implements Ledger {
     return out;
   }
 
+  /** The policy state tables against the events they project (projections.ts). */
+  projectionProblems(): ProjectionProblem[] {
+    return projectionProblems(this.db);
+  }
+
   allBatches(): Batch[] {
     return this.q.allBatches.all().map(toBatch);
   }
@@ -854,7 +866,7 @@ export class SqliteLedger implements Ledger {
   }
 
   /** Every issuance's CSR hash and device id, one row at a time (what the serving ledger's SeenFilters start from). */
-  *issuanceKeys(): IterableIterator<[csrSha256: string, deviceId: string]> {
+  *issuanceKeys(): IterableIterator<[csrSha256: string, deviceId: string, name: string | null]> {
     yield* this.q.keys.iterate();
   }
 

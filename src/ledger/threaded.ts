@@ -22,17 +22,18 @@ export class ThreadedLedger implements Ledger {
   private readonly reader: SqliteLedger;
   private readonly writer: WorkerRpc;
   /** Null unless this process is the ledger's one writer and serves. */
-  private readonly seen: { csrs: SeenFilter; devices: SeenFilter } | null;
+  private readonly seen: { csrs: SeenFilter; devices: SeenFilter; names: SeenFilter } | null;
 
   /** `knownFromMemory`: only for the ledger's one writer, and worth its fill (about a second per million issuances) only for a station that serves. */
   constructor(path: string, stationId: string, opts: { knownFromMemory: boolean }) {
     // Opening here first runs the migrations before the writer starts.
     this.reader = new SqliteLedger(path, stationId);
-    this.seen = opts.knownFromMemory ? { csrs: new SeenFilter(), devices: new SeenFilter() } : null;
+    this.seen = opts.knownFromMemory ? { csrs: new SeenFilter(), devices: new SeenFilter(), names: new SeenFilter() } : null;
     if (this.seen) {
-      for (const [csrSha256, deviceId] of this.reader.issuanceKeys()) {
+      for (const [csrSha256, deviceId, name] of this.reader.issuanceKeys()) {
         this.seen.csrs.add(csrSha256);
         this.seen.devices.add(deviceId);
+        if (name !== null) this.seen.names.add(name);
       }
     }
     this.writer = new WorkerRpc(
@@ -48,6 +49,7 @@ export class ThreadedLedger implements Ledger {
     // Before the commit: a lookup made while it is on its way reads SQLite (and the station's in-flight overlay); one that fails leaves a harmless "maybe".
     this.seen?.csrs.add(entry.csrSha256);
     this.seen?.devices.add(entry.deviceId);
+    if (entry.name) this.seen?.names.add(entry.name);
     if (hint?.alone && this.writer.idle) return this.reader.appendIssuance(entry, hint.guard);
     const row = await this.writer.call<Issuance>({ op: 'issuance', entry, guard: hint?.guard });
     return { ...row, certificate: new Uint8Array(row.certificate) };
@@ -66,6 +68,8 @@ export class ThreadedLedger implements Ledger {
   }
 
   nameHolder(name: string, deviceId: string): string | undefined {
+    // A name is held by a device of that name or of that id: neither ever seen, nobody holds it.
+    if (this.seen && !this.seen.names.mayHave(name) && !this.seen.devices.mayHave(name)) return undefined;
     return this.reader.nameHolder(name, deviceId);
   }
 
@@ -79,6 +83,10 @@ export class ThreadedLedger implements Ledger {
 
   heads(): ReturnType<SqliteLedger['heads']> {
     return this.reader.heads();
+  }
+
+  projectionProblems(): ReturnType<SqliteLedger['projectionProblems']> {
+    return this.reader.projectionProblems();
   }
 
   lastCheckpoint(): ReturnType<SqliteLedger['lastCheckpoint']> {

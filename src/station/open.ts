@@ -17,6 +17,7 @@ import type { Signer } from '../token/signer.js';
 import { certificateDer, certificateKeyMismatch, checkLocalCa, issuerProfile, pemEncode, sha256Hex } from '../x509/index.js';
 import { Station, type LocalCa } from './station.js';
 import type { PolicyRules } from '../policy/index.js';
+import { quote } from '../text.js';
 
 export function readCertificateFile(path: string, what: string): Uint8Array {
   let bytes: Buffer;
@@ -148,6 +149,15 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     const kept = tokenCheckpoint((l) => token.readData(l), config.station.id);
     const problem = opts.lock === 'none' ? null : ledgerTokenProblem(ledger, kept, config.station.id, config.station.ledger);
     if (problem) throw new LineSignerError('LEDGER', `not serving: ${problem}`);
+    // The policy state it would decide on must be what its hash-chained events say.
+    const edited = opts.lock === 'none' ? [] : ledger.projectionProblems();
+    if (edited.length > 0) {
+      const first = edited[0]!;
+      throw new LineSignerError(
+        'LEDGER',
+        `not serving: ${config.station.ledger}: ${first.table} ${quote(first.key)}: ${first.reason}${edited.length > 1 ? ` (and ${edited.length - 1} more)` : ''}; the table was edited outside line-signer. \`line-signer ledger verify\` lists every difference; restore the ledger from a backup`,
+      );
+    }
   } catch (err) {
     if (ledger) await ledger.close();
     token.close();

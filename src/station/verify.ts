@@ -28,12 +28,13 @@ import {
   type TokenCheckpoint,
 } from '../ledger/index.js';
 import { serialKey } from '../serial.js';
+import { quote } from '../text.js';
 import type { Pkcs11Token } from '../token/index.js';
 import { openToken, readCertificateFile } from './open.js';
 import { resolve } from 'node:path';
 
 export interface LedgerProblem {
-  table: 'issuances' | 'events' | 'checkpoints' | 'batches' | 'token';
+  table: 'issuances' | 'events' | 'checkpoints' | 'batches' | 'token' | 'state';
   seq: number;
   reason: string;
 }
@@ -206,6 +207,9 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       exports.delete(b.number);
     }
     for (const n of exports.keys()) problem('batches', n, 'the chain records its export, but its row in the batches table is gone');
+
+    // The policy state tables against the events they project: an edit there changes what the station issues.
+    for (const p of ledger.projectionProblems()) problem('state', 0, `${p.table} ${quote(p.key)}: ${p.reason}`);
 
     // The token's newest checkpoint against this file.
     if (tokenRead) {

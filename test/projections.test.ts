@@ -1,0 +1,86 @@
+/**
+ * The policy state tables (orders, revoked, reissue_grants, the clock
+ * confirmation) decide what the station issues; each is a projection of
+ * hash-chained events. An edit of one with nothing but SQLite (no
+ * re-hashing needed) must be named by `ledger verify` and stop the
+ * station from starting on it.
+ */
+import test from 'ava';
+import Database from 'better-sqlite3';
+import { copyFileSync } from 'node:fs';
+import { makeDeviceCsr } from '../src/x509/index.js';
+import { loadConfig } from '../src/config/index.js';
+import { openStation } from '../src/station/index.js';
+import { cli } from './helpers/cli.js';
+import { FACTORY, testStation, uuid } from './helpers/pki.js';
+
+const csrOf = (deviceId: string): Uint8Array => makeDeviceCsr({ deviceId, factory: FACTORY, production: true }).der;
+
+/** A stopped station with an order (2 of 2 issued), a revoked device and a device with a used re-issue grant. */
+async function history(): Promise<{ configPath: string; ledger: string; revoked: string; reissued: string; other: string }> {
+  const s = await testStation();
+  const run = (args: string[]): void => {
+    const r = cli([...args, '--config', s.configPath, '--operator', 'ana']);
+    if (r.status !== 0) throw new Error(r.stderr);
+  };
+  const [revoked, reissued, other] = [uuid(), uuid(), uuid()];
+  for (const id of [revoked, reissued, other]) if (!(await s.station.handle({ csr: csrOf(id), link: 't' })).ok) throw new Error('not issued');
+  await s.close();
+  run(['ledger', 'revoke', revoked, '--reason', 'scrapped']);
+  run(['ledger', 'allow-reissue', reissued, '--reason', 'new board']);
+  const s2 = await openStation(loadConfig(s.configPath));
+  if (!(await s2.station.handle({ csr: csrOf(reissued), link: 't' })).ok) throw new Error('re-issue refused');
+  await s2.close();
+  run(['order', 'open', 'WO-1', '--quantity', '2']);
+  const s3 = await openStation(loadConfig(s.configPath));
+  for (let i = 0; i < 2; i++) if (!(await s3.station.handle({ csr: csrOf(uuid()), link: 't' })).ok) throw new Error('order refused');
+  await s3.close();
+  run(['clock', 'confirm', '--reason', 'checked against the wall clock']);
+  return { configPath: s.configPath, ledger: s.config.station.ledger, revoked, reissued, other };
+}
+
+/** Everything in the main file, so that a copy of it is the whole ledger. */
+function checkpointWal(ledger: string): void {
+  const db = new Database(ledger);
+  db.pragma('wal_checkpoint(TRUNCATE)');
+  db.close();
+}
+
+function sql(ledger: string, text: string, ...params: unknown[]): void {
+  const db = new Database(ledger);
+  try {
+    db.prepare(text).run(...params);
+  } finally {
+    db.close();
+  }
+}
+
+test('an untouched history verifies, and each policy table edited behind the chain is named by verify and refused by the station', async (t) => {
+  const h = await history();
+  const clean = cli(['ledger', 'verify', '--config', h.configPath]);
+  t.is(clean.status, 0, clean.stderr);
+
+  const edits: Array<[string, () => void, RegExp]> = [
+    ['a revocation undone', () => sql(h.ledger, 'DELETE FROM revoked WHERE device_id = ?', h.revoked), new RegExp(`revoked "${h.revoked}": revoked by event seq \\d+ and not re-issued since`)],
+    ['a grant forged', () => sql(h.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'forged')", h.other), new RegExp(`reissue_grants "${h.other}": a re-issue grant no reissue_granted event made`)],
+    ['a used grant put back', () => sql(h.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'again')", h.reissued), new RegExp(`reissue_grants "${h.reissued}": a re-issue grant \\(event seq \\d+\\) already used`)],
+    ["an order's count reset", () => sql(h.ledger, "UPDATE orders SET issued = 0, operator = 'mallory' WHERE id = 'WO-1'"), /orders "WO-1": (says 0 issued, the ledger holds 2|differs from its order_open event)/],
+    ['a clock confirmation moved on', () => sql(h.ledger, "UPDATE settings SET value = '999' WHERE key = 'clock_confirmed_after_seq'"), /clock_confirmed_after_seq.*999: not the issuance count the clock_confirm event \(seq \d+\) was made after \(6\)/],
+  ];
+  for (const [what, edit, named] of edits) {
+    checkpointWal(h.ledger);
+    copyFileSync(h.ledger, `${h.ledger}.clean`);
+    edit();
+    const v = cli(['ledger', 'verify', '--config', h.configPath]);
+    t.is(v.status, 1, `${what}: verify passed`);
+    t.regex(v.stderr, named, what);
+    t.regex(v.stderr, /^ERROR LEDGER policy state: /m, what);
+    const sign = cli(['sign', '-', '--config', h.configPath], { input: Buffer.from(csrOf(uuid())) });
+    t.not(sign.status, 0, `${what}: the station signed on an edited ledger`);
+    t.regex(sign.stderr, /ERROR LEDGER not serving: .*edited outside line-signer/, what);
+    // Put the file back for the next edit.
+    checkpointWal(h.ledger);
+    copyFileSync(`${h.ledger}.clean`, h.ledger);
+    t.is(cli(['ledger', 'verify', '--config', h.configPath]).status, 0, `${what}: not restored`);
+  }
+});
