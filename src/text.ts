@@ -58,6 +58,14 @@ export function quote(value: string, max = 80): string {
   return `"${out}${value.length > max ? '...' : ''}"`;
 }
 
+/** The longest refusal message a link answers with or the ledger keeps: room for every message of ours, never a client's essay. */
+export const MESSAGE_MAX = 1000;
+
+/** A message clipped to MESSAGE_MAX characters, saying so. */
+export function clipMessage(message: string): string {
+  return message.length > MESSAGE_MAX ? `${message.slice(0, MESSAGE_MAX - 20)}... (clipped)` : message;
+}
+
 /** Any text made safe for one terminal row or log line: printable ASCII, escapes for the rest. */
 export function printable(value: string): string {
   return quote(value, Number.MAX_SAFE_INTEGER).slice(1, -1).replace(/\\"/g, '"').replace(/\\\\/g, '\\');

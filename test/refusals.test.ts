@@ -10,6 +10,8 @@ import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
 import type { Signer } from '../src/token/signer.js';
 import type { ProtocolCode } from '../src/errors.js';
 import { csrDer } from '../src/x509/index.js';
+import { tlv } from '../src/x509/asn1.js';
+import { MESSAGE_MAX } from '../src/text.js';
 import { FACTORY, opensslCsr, testStation, uuid, type TestStation } from './helpers/pki.js';
 
 const prod = `/OU=${FACTORY}/businessCategory=production`;
@@ -223,4 +225,41 @@ test.serial('a PEM CSR is accepted where the link carries text', async (t) => {
   const { csr } = opensslCsr(s.dir);
   const r = await s.station.handle({ csr: Buffer.from(pemEncode(csr, 'CERTIFICATE REQUEST')), link: 't' });
   t.true(r.ok);
+});
+
+/** A CSR whose one subject attribute has `oid` (content bytes) for its type: parsing stops there. */
+function csrWithAttributeOid(oid: Uint8Array): Uint8Array {
+  const attr = tlv(0x30, tlv(0x06, oid), tlv(0x0c, new TextEncoder().encode('x')));
+  const info = tlv(0x30, tlv(0x02, new Uint8Array([0])), tlv(0x30, tlv(0x31, attr)), tlv(0x30), tlv(0xa0));
+  return tlv(0x30, info, tlv(0x30, tlv(0x06, new Uint8Array([0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]))), tlv(0x03, new Uint8Array([0])));
+}
+
+test.serial("form: an OID of thousands of bytes or with an arc past 2^53 is BAD_CSR, and no refusal carries more than a bounded message", async (t) => {
+  const s = await station;
+  // 11,000 one-byte arcs: its text would be 22,000 characters in the reply and the ledger.
+  await expectRefusal(t, s, csrWithAttributeOid(new Uint8Array(11_000).fill(0x01)), 'BAD_CSR', /OBJECT IDENTIFIER of 11000 bytes/);
+  await expectRefusal(t, s, csrWithAttributeOid(new Uint8Array([0x2a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f])), 'BAD_CSR', /arc too large/);
+  // The longest OID read (64 bytes of 1-byte arcs) makes a refusal that still fits a J1 frame.
+  const r = await s.station.handle({ csr: csrWithAttributeOid(new Uint8Array(64).fill(0x01)), link: 'test' });
+  t.false(r.ok);
+  if (!r.ok) t.true(r.message.length <= MESSAGE_MAX, `${r.message.length} characters`);
+  // Whatever produced it, a refusal message is clipped before it is answered or recorded.
+  await s.station.recordRefusal('test', 'BAD_FRAME', 'y'.repeat(50_000));
+  await s.station.flushEvents();
+  const db = new Database(s.config.station.ledger, { readonly: true });
+  const longest = (db.prepare("SELECT max(length(message)) AS n FROM events WHERE kind = 'rejection'").get() as { n: number }).n;
+  db.close();
+  t.true(longest <= MESSAGE_MAX, `an event message of ${longest} characters`);
+});
+
+test.serial('one name, one device: of 16 devices asking for one name at once exactly one gets it, and a device whose id another took as its name is refused', async (t) => {
+  const s = await station;
+  const name = `rc-${uuid()}`;
+  const results = await Promise.all(Array.from({ length: 16 }, () => s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: 'test', name })));
+  t.is(results.filter((r) => r.ok).length, 1, JSON.stringify(results.filter((r) => !r.ok).map((r) => !r.ok && r.code)));
+  for (const r of results) if (!r.ok) t.is(r.code, 'POLICY_SUBJECT', r.message);
+  // The reverse order: device X registered under the name U, then device U asks with no name (J1, a stick: its id is its name).
+  const u = uuid();
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: 'test', name: u })).ok);
+  await expectRefusal(t, s, makeDeviceCsr({ deviceId: u, factory: FACTORY, production: true }).der, 'POLICY_SUBJECT', /is device .*'s already/);
 });

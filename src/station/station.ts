@@ -39,7 +39,7 @@ import {
 import type { Issued, SignRequest, SignResult, StationHello, Unhealthy } from './types.js';
 import { EventCoalescer } from './coalesce.js';
 import type { WorkerRpc } from '../worker-rpc.js';
-import { checkClientText, checkDeviceName, quote, TEXT_LIMITS } from '../text.js';
+import { checkClientText, checkDeviceName, clipMessage, quote, TEXT_LIMITS } from '../text.js';
 
 export const MAX_FRAME = 16384;
 
@@ -81,6 +81,8 @@ export class Station {
   private readonly inFlight = new Map<string, Promise<Issued>>();
   /** Their public keys, by device id, with a count each. */
   private readonly inFlightKeys = new Map<string, Map<string, number>>();
+  /** Their names (a device's name, or its id), each with the device it is for. */
+  private readonly inFlightNames = new Map<string, { deviceId: string; count: number }>();
   /** How many of them each work order has. */
   private readonly inFlightByOrder = new Map<string, number>();
   /** The ledger's station-wide facts as last read, and what this station committed since (see stationFacts). */
@@ -178,7 +180,7 @@ export class Station {
 
   /** A request a link refused before it could reach handle(): still in the event log. */
   async recordRefusal(link: string, code: ProtocolCode, message: string): Promise<void> {
-    await this.floods.record({ kind: 'rejection', code, message, link });
+    await this.floods.record({ kind: 'rejection', code, message: clipMessage(message), link });
   }
 
   /** Writes the flood counts still open; the station's owner calls it before closing the ledger. */
@@ -222,9 +224,9 @@ export class Station {
       refuseIf(subject.refusal);
       deviceId = subject.deviceId;
       refuseIf(checkExtensions(csr));
-      // The device cloud knows a device by its name: one name, one device.
-      const holder = req.name !== undefined && req.name !== deviceId ? this.ledger.nameHolder(req.name, deviceId) : undefined;
-      if (holder) throw new LineSignerError('POLICY_SUBJECT', `name ${quote(req.name!)} is device ${holder}'s already; a name is one device's in the device cloud`);
+      // The device cloud knows a device by its name (its id when none is given): one name, one device.
+      const name = req.name ?? deviceId;
+      this.refuseTakenName(name, deviceId);
       const publicKeySha256 = sha256(csr.spki);
       const now = this.clock();
       refuseIf(this.decide(deviceId, publicKeySha256, now, req).refusal);
@@ -247,6 +249,7 @@ export class Station {
       // writer in the same synchronous step: nothing can slip in between.
       const meanwhile = this.previousAnswer(csrSha256, req);
       if (meanwhile) return await meanwhile;
+      this.refuseTakenName(name, deviceId);
       const decision = this.decide(deviceId, publicKeySha256, now, req);
       refuseIf(decision.refusal);
       const workOrder = decision.facts.order?.id ?? null;
@@ -263,7 +266,7 @@ export class Station {
         link: req.link,
         hardwareId: req.hardwareId ?? null,
         workOrder,
-        name: req.name ?? deviceId,
+        name,
       });
     } catch (err) {
       return await this.refuse(err, req, csrSha256, deviceId);
@@ -280,6 +283,9 @@ export class Station {
     if (!keys) this.inFlightKeys.set(deviceId, (keys = new Map()));
     keys.set(publicKeySha256, (keys.get(publicKeySha256) ?? 0) + 1);
     if (workOrder) this.inFlightByOrder.set(workOrder, (this.inFlightByOrder.get(workOrder) ?? 0) + 1);
+    const name = entry.name ?? deviceId;
+    const named = this.inFlightNames.get(name);
+    this.inFlightNames.set(name, { deviceId, count: (named?.count ?? 0) + 1 });
     const guard: CommitGuard = {
       maxCertificates: this.rules.maxCertificates,
       maxPerMinute: this.rules.maxPerMinute,
@@ -297,13 +303,16 @@ export class Station {
     });
     const forget = (): void => {
       this.inFlight.delete(csrSha256);
+      const n = this.inFlightNames.get(name)!;
+      if (n.count > 1) n.count--;
+      else this.inFlightNames.delete(name);
       if (workOrder) {
         const left = this.inFlightByOrder.get(workOrder)! - 1;
         if (left > 0) this.inFlightByOrder.set(workOrder, left);
         else this.inFlightByOrder.delete(workOrder);
       }
-      const n = keys.get(publicKeySha256)! - 1;
-      if (n > 0) keys.set(publicKeySha256, n);
+      const k = keys.get(publicKeySha256)! - 1;
+      if (k > 0) keys.set(publicKeySha256, k);
       else keys.delete(publicKeySha256);
       if (keys.size === 0) this.inFlightKeys.delete(deviceId);
     };
@@ -330,6 +339,13 @@ export class Station {
       throw new LineSignerError('DUPLICATE_DEVICE', `this CSR's certificate (seq ${earlier.seq}) was superseded by seq ${device.newestSeq}; the device's old key is no longer accepted`);
     }
     return this.replay(earlier, req);
+  }
+
+  /** POLICY_SUBJECT when another device holds `name`, in the ledger or on its way into it. */
+  private refuseTakenName(name: string, deviceId: string): void {
+    const pending = this.inFlightNames.get(name);
+    const holder = pending && pending.deviceId !== deviceId ? pending.deviceId : this.ledger.nameHolder(name, deviceId);
+    if (holder) throw new LineSignerError('POLICY_SUBJECT', `name ${quote(name)} is device ${holder}'s already; a name is one device's in the device cloud`);
   }
 
   /** The station-wide facts: the ledger's, plus the issuances still on their way into it. */
@@ -446,8 +462,10 @@ export class Station {
     const e = asLineSignerError(err);
     // Only protocol codes go back to a jig; a local code (a PIN problem) is a token problem to it.
     const code = isProtocolCode(e.code) ? e.code : e.code === 'TOKEN_PIN' ? 'TOKEN_UNAVAILABLE' : 'INTERNAL';
-    await this.floods.record({ kind: 'rejection', code, message: e.message, csrSha256, deviceId, link: req.link });
-    return { ok: false, code, message: e.message, deviceId };
+    // A message may carry what the request said (an OID, a name): bounded, it fits a J1 frame and a ledger row.
+    const message = clipMessage(e.message);
+    await this.floods.record({ kind: 'rejection', code, message, csrSha256, deviceId, link: req.link });
+    return { ok: false, code, message, deviceId };
   }
 
   /** An event that cannot be written must not turn a reply into a crash. */

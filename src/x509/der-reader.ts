@@ -59,14 +59,20 @@ export const content = (buf: Uint8Array, t: Tlv): Uint8Array => buf.subarray(t.c
 export const whole = (buf: Uint8Array, t: Tlv): Uint8Array => buf.subarray(t.start, t.end);
 
 /** Dotted form of an OBJECT IDENTIFIER's contents. */
+/** The longest OBJECT IDENTIFIER read, in content bytes: at most a few hundred characters of text. */
+export const OID_MAX_BYTES = 64;
+
 export function oidText(bytes: Uint8Array): string {
   if (bytes.length === 0) bad('empty OBJECT IDENTIFIER');
+  // Real OIDs are a few dozen bytes; the text of a longer one would land in refusals, logs and the ledger.
+  if (bytes.length > OID_MAX_BYTES) bad(`OBJECT IDENTIFIER of ${bytes.length} bytes (more than ${OID_MAX_BYTES})`);
   const parts: number[] = [];
   let value = 0;
   for (let i = 0; i < bytes.length; i++) {
     const b = bytes[i]!;
     if (value === 0 && b === 0x80) bad('OBJECT IDENTIFIER not in its shortest form');
     value = value * 128 + (b & 0x7f);
+    if (value > Number.MAX_SAFE_INTEGER) bad('OBJECT IDENTIFIER arc too large');
     if ((b & 0x80) === 0) {
       if (parts.length === 0) parts.push(value < 80 ? Math.floor(value / 40) : 2, value < 80 ? value % 40 : value - 80);
       else parts.push(value);
