@@ -8,7 +8,7 @@ import test from 'ava';
 import Database from 'better-sqlite3';
 import { request } from 'node:http';
 import { createServer, type Socket } from 'node:net';
-import { HttpLink } from '../src/links/http.js';
+import { HTTP_LIMITS, HttpLink } from '../src/links/http.js';
 import type { StationPort } from '../src/links/types.js';
 import type { Unhealthy } from '../src/station/types.js';
 import { deviceFields, openSocket, ptreeJson, rawExchange, send, SOTA, type Res } from './helpers/http.js';
@@ -298,4 +298,24 @@ test('a chunked body that keeps coming past 64 KiB is answered 413 at once, not 
   });
   t.regex(refusal(t, res as Res, 413, 'TOO_LARGE'), /body over 65536 bytes/);
   t.true(Date.now() - t0 < 3_000, `answered after ${Date.now() - t0} ms`);
+});
+
+test('a client trickling its body does not hold the station\'s stop: the link stops within its bound and the client is cut off', async (t) => {
+  const { s } = await shared;
+  const link = new HttpLink(s.station, { listen: '127.0.0.1:0', sota: s.config.sota });
+  await link.start();
+  const socket = await openSocket(link.port);
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  socket.on('error', () => undefined);
+  socket.write('POST /sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{');
+  // One byte a second, as a slow attacker would, for longer than the stop may take.
+  const drip = setInterval(() => socket.write(' '), 1000);
+  t.teardown(() => clearInterval(drip));
+  await new Promise((r) => setTimeout(r, 300));
+  const t0 = Date.now();
+  await link.stop();
+  const took = Date.now() - t0;
+  t.true(took < HTTP_LIMITS.stopMs + 1000, `stop took ${took} ms`);
+  await closed;
+  t.pass();
 });

@@ -16,7 +16,7 @@ import type { Duplex } from 'node:stream';
 import { LineSignerError, type ProtocolCode } from '../errors.js';
 import { quote, textProblem, TEXT_LIMITS } from '../text.js';
 import { checkOverrideName, sotaToml, type Overrides } from './sota-toml.js';
-import { LinkReporter, type Link, type LinkObserver, type StationPort } from './types.js';
+import { LinkReporter, within, type Link, type LinkObserver, type StationPort } from './types.js';
 
 /** The link's limits; README "Hostile input" lists them with what a client gets past each. */
 export const HTTP_LIMITS = {
@@ -36,6 +36,13 @@ export const HTTP_LIMITS = {
   keepAliveTimeoutMs: 1_000,
   /** Retrying a listen address that is not there yet: first wait, doubling up to the last. */
   listenRetryMs: [500, 10_000],
+  /**
+   * At stop, how long requests in flight get to be answered before every
+   * connection is cut: a request being signed needs milliseconds, and a
+   * client trickling its body must not hold the station's stop (after
+   * server.close() Node no longer times out requests).
+   */
+  stopMs: 2_000,
 } as const;
 
 export const MAX_BODY = HTTP_LIMITS.maxBody;
@@ -276,7 +283,7 @@ export class HttpLink implements Link {
     if (server) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
-      await Promise.all([...this.inFlight]);
+      await within(Promise.all([...this.inFlight]), HTTP_LIMITS.stopMs);
       server.closeAllConnections();
       await closed;
     }
