@@ -5,7 +5,7 @@
  * batches table, a swapped station certificate.
  */
 import test from 'ava';
-import { copyFileSync, mkdirSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, renameSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -152,4 +152,34 @@ test('a ledger folder the command cannot write: the message names the path, the 
   const r = cli(['order', 'open', 'WO-1', '--quantity', '1', '--config', cfg]);
   t.not(r.status, 0);
   t.regex(r.stderr, /ro\/ledger\.db.*read-only file system; mount it read-write/);
+});
+
+test('a broken checkpoint hash list and a deleted ledger id are listed problems, not a stop at the first; status does not make a missing ledger; log --order matches the id, not a pattern', async (t) => {
+  const s = await stopped(4);
+  for (const id of ['WO_A', 'WOXA']) {
+    const r = cli(['order', 'open', id, '--quantity', '1', '--config', s.configPath, '--operator', 'ana']);
+    t.is(r.status, 0, r.stderr);
+    t.is(cli(['order', 'close', id, '--config', s.configPath, '--operator', 'ana']).status, 0);
+  }
+  const orderLog = cli(['log', '--order', 'WO_A', '--config', s.configPath, '--json']).stdout.trim().split('\n').map((l) => JSON.parse(l) as { message: string });
+  t.true(orderLog.length > 0);
+  t.true(orderLog.every((r) => !r.message.includes('WOXA')), JSON.stringify(orderLog));
+  t.is(cli(['log', '--order', '%', '--config', s.configPath, '--json']).stdout.trim(), '');
+
+  sql(s.ledger, "UPDATE checkpoints SET issuance_hashes = X'00' WHERE n = 1; UPDATE issuances SET hardware_id = 'changed' WHERE seq = 3");
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 1);
+  t.regex(v.stderr, /checkpoints n 1: a checkpoint hash list is not whole hashes/);
+  t.regex(v.stderr, /issuances seq 3: /, 'the second edit is listed too');
+  sql(s.ledger, "DELETE FROM settings WHERE key = 'ledger_id'");
+  const gone = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(gone.status, 1);
+  t.regex(gone.stderr, /ERROR LEDGER the ledger's id \(settings ledger_id\) is gone/);
+
+  const moved = `${s.ledger}.moved`;
+  renameSync(s.ledger, moved);
+  const st = cli(['status', '--json', '--config', s.configPath]);
+  t.is(st.status, 0, st.stderr);
+  t.true((JSON.parse(st.stdout) as { warnings: string[] }).warnings.some((w) => w.startsWith('NO LEDGER at ')), st.stdout);
+  t.false(existsSync(s.ledger), 'status made no ledger');
 });

@@ -491,7 +491,7 @@ export class SqliteLedger implements Ledger {
              FROM events e
             WHERE (@since IS NULL OR e.at >= @since) AND (@until IS NULL OR e.at < @until)
               AND (@device IS NULL OR e.device_id = @device)
-              AND (@order IS NULL OR (e.kind IN ('order_open', 'order_close') AND e.message LIKE 'work order ' || @order || ':%'))
+              AND (@order IS NULL OR (e.kind IN ('order_open', 'order_close') AND substr(e.message, 1, length('work order ' || @order || ':')) = 'work order ' || @order || ':'))
               AND (@link IS NULL OR e.link = @link)
          ) ORDER BY at, type DESC, seq`,
       ),
@@ -724,7 +724,9 @@ export class SqliteLedger implements Ledger {
 
   /** This ledger file's random id, made with its schema. */
   ledgerId(): string {
-    return this.q.setting.get('ledger_id')!.value;
+    const row = this.q.setting.get('ledger_id');
+    if (!row) throw new LineSignerError('LEDGER', "the ledger's id (settings ledger_id) is gone: the file was edited outside line-signer; restore it from a backup");
+    return row.value;
   }
 
   heads(): Heads {

@@ -59,8 +59,10 @@ export function localCaValidity(config: StationConfig): { notBefore: Date; notAf
 
 export function stationStatus(config: StationConfig, now = new Date()): StationStatus {
   const ca = localCaValidity(config);
-  // Read-only on a ledger that exists; a new station's status makes its (empty) ledger, as serve would.
-  const ledger = new SqliteLedger(config.station.ledger, config.station.id, { readonly: existsSync(config.station.ledger) });
+  // Read-only on a ledger that exists. A missing one is not made here: an empty ledger where a
+  // station's record was (moved, deleted) must not read as a station that issued nothing.
+  const missing = !existsSync(config.station.ledger);
+  const ledger = new SqliteLedger(missing ? ':memory:' : config.station.ledger, config.station.id, { readonly: !missing });
   try {
     const s = ledger.stats();
     const last = s.lastIssuance;
@@ -78,7 +80,10 @@ export function stationStatus(config: StationConfig, now = new Date()): StationS
         : null,
       local_ca_expires: ca?.notAfter.toISOString() ?? null,
       local_ca_days_left: ca ? Math.floor((ca.notAfter.getTime() - now.getTime()) / 86_400_000) : null,
-      warnings: stationWarnings(config, ledger, now, ca?.notBefore ?? null, ca?.notAfter ?? null),
+      warnings: [
+        ...(missing ? [`NO LEDGER at ${config.station.ledger}: a new station makes it at its first serve or sign; if this station has issued, the file was moved or deleted`] : []),
+        ...stationWarnings(config, ledger, now, ca?.notBefore ?? null, ca?.notAfter ?? null),
+      ],
     };
   } finally {
     ledger.close();

@@ -118,8 +118,14 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       if (stationKey && !safeVerify(statement, stationKey, c.signature)) problem('checkpoints', c.n, 'its signature is not by the station key: it was forged or changed');
       const fromI = last?.issuanceSeq ?? 0;
       const fromE = last?.eventSeq ?? 0;
-      const ih = splitHashes(c.issuanceHashes);
-      const eh = splitHashes(c.eventHashes);
+      let ih: string[] = [];
+      let eh: string[] = [];
+      try {
+        ih = splitHashes(c.issuanceHashes);
+        eh = splitHashes(c.eventHashes);
+      } catch (err) {
+        problem('checkpoints', c.n, (err as Error).message);
+      }
       if (ih.length !== c.issuanceSeq - fromI || eh.length !== c.eventSeq - fromE) problem('checkpoints', c.n, 'its hash lists do not cover its range');
       ih.forEach((h, i) => signedIssuance.set(fromI + 1 + i, h));
       eh.forEach((h, i) => signedEvent.set(fromE + 1 + i, h));
