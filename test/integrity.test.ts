@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
@@ -155,6 +155,11 @@ test('one owner: a second serve stops with LEDGER_BUSY naming the holder; sign, 
   const second = await cliAsync(['serve', '--config', s.configPath, '--spool', stick, '--json']);
   t.not(second.status, 0);
   t.regex(second.stderr, new RegExp(`ERROR LEDGER_BUSY .*held by \`line-signer serve\` \\(pid ${serve.pid}`));
+  // An operator who deletes the lock file of a station that looks stuck does not get a second owner.
+  for (const f of [`${s.ledger}.lock`, `${s.ledger}.lock-journal`]) rmSync(f, { force: true });
+  const third = await cliAsync(['serve', '--config', s.configPath, '--spool', stick, '--json']);
+  t.not(third.status, 0);
+  t.regex(third.stderr, /ERROR LEDGER_BUSY another process serves .* its lock file was deleted or replaced/);
 
   const csrPath = join(s.dir, 'one.csr');
   const deviceId = uuid();

@@ -5,7 +5,7 @@
  * mode 0600 in the ledger's folder: only the service user (and root) can
  * connect. One JSON request per connection, one JSON reply.
  */
-import { chmodSync, rmSync } from 'node:fs';
+import { chmodSync, rmSync, statSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { asLineSignerError, LineSignerError, type ErrorCode } from '../errors.js';
 import { realLedgerPath } from '../ledger/lock.js';
@@ -17,11 +17,24 @@ const MAX_REQUEST = 256 * 1024;
 export type ControlReply = { ok: true; result: unknown } | { ok: false; code: ErrorCode; message: string };
 
 export class ControlServer {
-  private constructor(private readonly server: Server, private readonly path: string) {}
+  private constructor(
+    private readonly server: Server,
+    private readonly path: string,
+    /** The socket file's inode: close() removes only its own, not one a later owner made. */
+    private readonly inode: number,
+  ) {}
 
-  /** Listens on the ledger's socket. Only the ledger's lock holder calls this, so a leftover socket file is stale. */
+  /**
+   * Listens on the ledger's socket. Only the ledger's lock holder calls
+   * this, so a leftover socket file is stale, unless a process still
+   * answers on it: then the lock file was deleted under a serving owner,
+   * and this process must not become a second one.
+   */
   static async listen(ledger: string, handle: (request: unknown) => Promise<unknown>): Promise<ControlServer> {
     const path = socketPath(ledger);
+    if (await answers(path)) {
+      throw new LineSignerError('LEDGER_BUSY', `another process serves ${ledger} on ${path}, though this one holds the lock: its lock file was deleted or replaced; stop that process first`);
+    }
     rmSync(path, { force: true });
     const server = createServer((socket) => serveOne(socket, handle));
     await new Promise<void>((resolve, reject) => {
@@ -30,13 +43,31 @@ export class ControlServer {
     });
     chmodSync(path, 0o600);
     server.unref();
-    return new ControlServer(server, path);
+    return new ControlServer(server, path, statSync(path).ino);
   }
 
   async close(): Promise<void> {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
-    rmSync(this.path, { force: true });
+    try {
+      if (statSync(this.path).ino === this.inode) rmSync(this.path, { force: true });
+    } catch {
+      // gone already
+    }
   }
+}
+
+/** Whether a process accepts connections on the socket at `path` (within half a second). */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection(path);
+    const done = (alive: boolean): void => {
+      socket.destroy();
+      resolve(alive);
+    };
+    socket.setTimeout(500, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
 }
 
 function serveOne(socket: Socket, handle: (request: unknown) => Promise<unknown>): void {
