@@ -5,7 +5,7 @@
  * batches table, a swapped station certificate.
  */
 import test from 'ava';
-import { copyFileSync, existsSync, mkdirSync, renameSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -182,4 +182,20 @@ test('a broken checkpoint hash list and a deleted ledger id are listed problems,
   t.is(st.status, 0, st.stderr);
   t.true((JSON.parse(st.stdout) as { warnings: string[] }).warnings.some((w) => w.startsWith('NO LEDGER at ')), st.stdout);
   t.false(existsSync(s.ledger), 'status made no ledger');
+});
+
+test('export signs nothing the chain does not vouch for: a changed issuance or event row stops it, names the row, and uses up no batch number', async (t) => {
+  const s = await stopped(4);
+  sql(s.ledger, "UPDATE issuances SET hardware_id = 'evil-name' WHERE seq = 2");
+  const exp = cli(['export', '--out', s.stick, '--config', s.configPath]);
+  t.not(exp.status, 0);
+  t.regex(exp.stderr, /ERROR EXPORT issuance seq 2 does not match the ledger's hash chain/);
+  t.false(existsSync(s.stick) && readdirSync(s.stick).some((f) => f.endsWith('.jsonl')), 'no batch file');
+  const db = new Database(s.ledger, { readonly: true });
+  t.is((db.prepare('SELECT count(*) AS n FROM batches').get() as { n: number }).n, 0, 'no batch recorded');
+  db.close();
+  sql(s.ledger, "UPDATE issuances SET hardware_id = NULL WHERE seq = 2; UPDATE events SET message = 'forged' WHERE seq = 1");
+  const again = cli(['export', '--out', s.stick, '--config', s.configPath]);
+  t.not(again.status, 0);
+  t.regex(again.stderr, /ERROR EXPORT event seq 1 does not match the ledger's hash chain/);
 });

@@ -9,7 +9,7 @@ import { renameIntoPlace } from '../files.js';
 import { join } from 'node:path';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { GENESIS_HASH, SqliteLedger, type Batch } from '../ledger/index.js';
+import { eventHash, GENESIS_HASH, issuanceHash, SqliteLedger, type Batch } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { certificateDer, certificateKeyMismatch, pemEncode } from '../x509/index.js';
 import { signDetached } from './cms.js';
@@ -74,8 +74,19 @@ function revokedUpTo(ledger: SqliteLedger, deviceId: string, at: string, lastSeq
 }
 
 /** Writes manifest, certificates, issuances and revocations; returns the content's SHA-256. */
+function changedRow(what: 'issuance' | 'event', seq: number): LineSignerError {
+  return new LineSignerError('EXPORT', `${what} seq ${seq} does not match the ledger's hash chain: the file was changed outside line-signer; nothing exported (\`line-signer ledger verify\` lists what differs)`);
+}
+
 function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b: Omit<Batch, 'signature' | 'fileSha256'>, onProgress?: ExportOptions['onProgress']): { issuances: number; revocations: number; digest: Buffer } {
   const revocations = [...ledger.eventsOfKind('revocation', b.firstEventSeq, b.lastEventSeq)];
+  // The station key signs what it exports: each event row of the range must still be what its chain says.
+  let prevEvent = b.firstEventSeq <= 1 ? GENESIS_HASH : null;
+  for (const e of ledger.eventsSince(Math.max(0, b.firstEventSeq - 2))) {
+    if (e.seq > b.lastEventSeq) break;
+    if (e.seq >= b.firstEventSeq && prevEvent !== null && eventHash(prevEvent, e) !== e.entryHash) throw changedRow('event', e.seq);
+    prevEvent = e.entryHash;
+  }
   const count = Math.max(0, b.lastSeq - b.firstSeq + 1);
   const manifest: Manifest = {
     type: 'manifest',
@@ -102,7 +113,10 @@ function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b
     station: readPem(config.ca.station_certificate, 'station key certificate'),
   } satisfies CertificatesLine);
   let done = 0;
+  let prev = ledger.entryHashAt(b.firstSeq - 1);
   for (const r of ledger.range(b.firstSeq, b.lastSeq)) {
+    if (issuanceHash(prev, r) !== r.entryHash) throw changedRow('issuance', r.seq);
+    prev = r.entryHash;
     sink.line({
       type: 'issuance',
       ...(r.v === 1 ? {} : { v: r.v }),
