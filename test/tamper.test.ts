@@ -199,3 +199,23 @@ test('export signs nothing the chain does not vouch for: a changed issuance or e
   t.not(again.status, 0);
   t.regex(again.stderr, /ERROR EXPORT event seq 1 does not match the ledger's hash chain/);
 });
+
+test('after an unclean stop, an operator event past the token\'s newest checkpoint (a forged revocation, correctly hashed) is caught by verify and the next start', async (t) => {
+  // A station that is still running stands for one killed: no stop checkpoint.
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const victim = uuid();
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: victim, factory: FACTORY, production: true }).der, link: 't' })).ok);
+  await s.checkpointer.take('test');
+  const db = new Database(s.config.station.ledger);
+  const last = db.prepare('SELECT * FROM events ORDER BY seq DESC LIMIT 1').get() as Record<string, unknown>;
+  const e = { v: 2, seq: (last.seq as number) + 1, at: new Date().toISOString(), kind: 'revocation', code: null, message: 'forged', csrSha256: null, deviceId: victim, link: null, stationId: last.station_id as string, count: 1, operator: 'ana' };
+  db.prepare('INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash) VALUES (2, ?, ?, ?, NULL, ?, NULL, ?, NULL, ?, 1, ?, ?)').run(
+    e.seq, e.at, e.kind, e.message, victim, e.stationId, e.operator, eventHash(last.entry_hash as string, e as unknown as LedgerEvent),
+  );
+  db.prepare('INSERT INTO revoked (device_id, event_seq, reason, at) VALUES (?, ?, ?, ?)').run(victim, e.seq, 'forged', e.at);
+  db.close();
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 1);
+  t.regex(v.stderr, new RegExp(`event seq ${e.seq} \\(revocation\\) after the token's newest checkpoint`));
+});

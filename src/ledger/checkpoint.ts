@@ -155,6 +155,8 @@ export interface LedgerFacts {
   heads(): Heads;
   checkAgainstToken(tc: TokenCheckpoint): string | null;
   lastCheckpoint(): { n: number } | undefined;
+  /** The first few events after `eventSeq` that only an operator action writes. */
+  operatorEventsAfter(eventSeq: number): Array<{ seq: number; kind: string }>;
 }
 
 /**
@@ -179,6 +181,14 @@ export function ledgerTokenProblem(ledger: LedgerFacts, kept: TokenCheckpoint | 
   const h = ledger.heads();
   if (closesLedger(kept.reason) && (h.issuanceSeq > kept.issuanceSeq || h.eventSeq > kept.eventSeq)) {
     return `${path}: rows were added after the station's last clean close (checkpoint ${kept.n}, ${kept.at}, ${kept.reason}), outside line-signer${fix}`;
+  }
+  // After an unclean stop rows past the checkpoint are expected (the last second's issuances and
+  // refusals), but not an operator action's: each is checkpointed as it is made. A revocation
+  // there would make sync delete a device on nobody's word.
+  const late = ledger.operatorEventsAfter(kept.eventSeq);
+  if (late.length > 0) {
+    const which = late.map((e) => `event seq ${e.seq} (${e.kind})`).join(', ');
+    return `${path}: ${which} after the token's newest checkpoint (${kept.n}, ${kept.at}), though an operator action is checkpointed as it is made: written outside line-signer, or the station died within milliseconds of the action${fix}`;
   }
   return null;
 }

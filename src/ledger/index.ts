@@ -67,6 +67,9 @@ export type EventKind =
   | 'backup'
   | 'ledger_accept';
 
+/** The events only an operator action writes, each checkpointed as it is made. */
+export const OPERATOR_KINDS: readonly EventKind[] = ['reissue_granted', 'ca_import', 'revocation', 'export', 'order_open', 'order_close', 'clock_confirm', 'backup', 'ledger_accept'];
+
 export interface NewEvent {
   kind: EventKind;
   code?: string | null | undefined;
@@ -826,6 +829,12 @@ export class SqliteLedger implements Ledger {
     const out: Record<string, number> = {};
     for (const r of this.q.perLink.all(since, until)) out[r.link] = r.n;
     return out;
+  }
+
+  operatorEventsAfter(eventSeq: number): Array<{ seq: number; kind: string }> {
+    return this.db
+      .prepare<[number], { seq: number; kind: string }>(`SELECT seq, kind FROM events WHERE seq > ? AND kind IN (${OPERATOR_KINDS.map((k) => `'${k}'`).join(', ')}) ORDER BY seq LIMIT 5`)
+      .all(eventSeq);
   }
 
   /** The policy state tables against the events they project (projections.ts). */

@@ -85,6 +85,10 @@ export class ThreadedLedger implements Ledger {
     return this.reader.heads();
   }
 
+  operatorEventsAfter(eventSeq: number): ReturnType<SqliteLedger['operatorEventsAfter']> {
+    return this.reader.operatorEventsAfter(eventSeq);
+  }
+
   projectionProblems(): ReturnType<SqliteLedger['projectionProblems']> {
     return this.reader.projectionProblems();
   }
