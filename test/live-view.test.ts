@@ -1,7 +1,7 @@
 /** The live view as rendered text: widths, reasons, refusal details, and no client text reaching a terminal raw. */
 import test from 'ava';
 import { Writable } from 'node:stream';
-import { jsonView, renderLiveView, REFUSAL_SHOWN_MS, type Frame } from '../src/cli/live-view.js';
+import { JSON_LOG_PER_SECOND, jsonView, renderLiveView, REFUSAL_SHOWN_MS, type Frame } from '../src/cli/live-view.js';
 import type { LinkStatus } from '../src/links/index.js';
 
 const now = Date.parse('2026-11-30T12:03:10Z');
@@ -118,4 +118,29 @@ test('two ports whose names differ only where they are shortened each get their 
   const text = lines.join('\n');
   t.true(text.includes('A50285BI-if00-port0') && text.includes('A50285BJ-if00-port0'), text);
   for (const l of lines) t.true(l.length <= 80);
+});
+
+test('the JSON view coalesces a flood: a link logs a few refusals a second and then one line with the rest counted by code; another link keeps its own lines', async (t) => {
+  let out = '';
+  const dest = new Writable({
+    write(chunk, _enc, done) {
+      out += chunk;
+      done();
+    },
+  });
+  const view = jsonView(dest);
+  for (let i = 0; i < 1000; i++) view.event({ kind: 'refused', link: 'serial:/dev/ttyA', code: i % 2 ? 'BAD_CRC' : 'BAD_FRAME', message: `junk ${i}` });
+  for (let i = 0; i < 3; i++) view.event({ kind: 'refused', link: 'serial:/dev/ttyB', code: 'BAD_CSR', message: `b ${i}` });
+  view.event({ kind: 'issued', link: 'serial:/dev/ttyA', deviceId: 'd', serial: '01', replayed: false });
+  view.stop();
+  await new Promise((r) => setImmediate(r));
+  const recs = out.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; link: string; suppressed?: number; byCode?: Record<string, number> });
+  const a = recs.filter((r) => r.link === 'serial:/dev/ttyA');
+  t.is(a.filter((r) => r.msg === 'refused').length, JSON_LOG_PER_SECOND);
+  const more = a.find((r) => r.msg === 'refused (more)');
+  t.is(more?.suppressed, 1000 - JSON_LOG_PER_SECOND);
+  t.deepEqual(more?.byCode, { BAD_FRAME: 496, BAD_CRC: 496 });
+  t.is(recs.filter((r) => r.link === 'serial:/dev/ttyB' && r.msg === 'refused').length, 3);
+  t.true(a.some((r) => r.msg === 'issued'), 'an issuance is always logged');
+  t.true(recs.length <= JSON_LOG_PER_SECOND + 5, `${recs.length} lines`);
 });

@@ -148,12 +148,47 @@ function escapedFields(fields: Record<string, unknown>): Record<string, unknown>
   return out;
 }
 
-/** `dest`: where the lines go (stdout unless a test captures them). */
+/** Refusals and noise a link may log in one second before the rest of that second becomes one line with counts. */
+export const JSON_LOG_PER_SECOND = 8;
+
+/**
+ * `dest`: where the lines go (stdout unless a test captures them). A flood
+ * of junk would otherwise be a line a frame: past journald's rate limit
+ * (which then drops the station's real lines too) and, on a pipe nobody
+ * reads, memory. So a link's refusals and noise past JSON_LOG_PER_SECOND in
+ * a second are counted, by code, into one `refused (more)` line when the
+ * second is over, as the ledger's events are.
+ */
 export function jsonView(dest?: pino.DestinationStream): View {
   const options = { base: { app: 'line-signer' }, timestamp: pino.stdTimeFunctions.isoTime };
   const log = dest ? pino(options, dest) : pino(options);
+  const windows = new Map<string, { logged: number; more: Record<string, number>; timer: NodeJS.Timeout }>();
+  const close = (link: string): void => {
+    const w = windows.get(link);
+    if (!w) return;
+    clearTimeout(w.timer);
+    windows.delete(link);
+    const total = Object.values(w.more).reduce((a, b) => a + b, 0);
+    if (total > 0) log.warn(escapedFields({ kind: 'refused', link, suppressed: total, byCode: w.more }), 'refused (more)');
+  };
+  const admit = (e: LinkEvent & { kind: 'refused' | 'noise' }): boolean => {
+    let w = windows.get(e.link);
+    if (!w) {
+      const timer = setTimeout(() => close(e.link), 1000);
+      timer.unref();
+      windows.set(e.link, (w = { logged: 0, more: {}, timer }));
+    }
+    if (w.logged < JSON_LOG_PER_SECOND) {
+      w.logged++;
+      return true;
+    }
+    const key = e.kind === 'refused' ? e.code : 'noise';
+    w.more[key] = (w.more[key] ?? 0) + 1;
+    return false;
+  };
   return {
     event(e) {
+      if ((e.kind === 'refused' || e.kind === 'noise') && !admit(e)) return;
       const fields = escapedFields(e);
       if (e.kind === 'refused') log.warn(fields, 'refused');
       else if (e.kind === 'noise') log.debug(fields, 'noise');
@@ -163,6 +198,7 @@ export function jsonView(dest?: pino.DestinationStream): View {
       log.info(escapedFields(fields ?? {}), printable(message));
     },
     stop() {
+      for (const link of [...windows.keys()]) close(link);
       log.flush();
     },
   };
