@@ -6,7 +6,9 @@
  * - Well-formed Unicode only: a lone surrogate is hashed as one string and
  *   stored by SQLite as another (U+FFFD), which would poison the ledger.
  * - No control characters (C0, DEL, C1): they are terminal escapes on the
- *   technician's screen and line breaks in logs.
+ *   technician's screen and line breaks in logs. No invisible format
+ *   characters (bidi controls, zero-width ones): they make two names look
+ *   alike, or a name read backwards.
  * - A length cap per field.
  */
 import { LineSignerError } from './errors.js';
@@ -24,11 +26,17 @@ export const TEXT_LIMITS = {
 
 // C0 (U+0000-U+001F), DEL (U+007F) and C1 (U+0080-U+009F).
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+// Invisible format characters (bidi overrides and isolates, zero-width ones, the BOM) and the line and
+// paragraph separators: "dev1" and "dev1\u200b" look alike in the device cloud, and U+202E shows a
+// file name on the stick reversed.
+const INVISIBLE = /[\p{Cf}\u2028\u2029]/u;
 
 /** Why `value` is not acceptable client text, or null when it is. */
 export function textProblem(value: string, max: number): string | null {
   if (!value.isWellFormed()) return 'is not well-formed Unicode (a lone surrogate)';
   if (CONTROL.test(value)) return 'contains a control character';
+  const invisible = INVISIBLE.exec(value);
+  if (invisible) return `contains an invisible format character (U+${invisible[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')})`;
   if (value.length > max) return `is longer than ${max} characters`;
   return null;
 }

@@ -143,6 +143,10 @@ test('the device name is passed on to the ledger; an empty one leaves the device
   t.is(rows.find((r) => r.deviceId === unnamed.deviceId)?.name, unnamed.deviceId);
   const long = deviceFields({ name: 'n'.repeat(129) });
   t.regex(refusal(t, await send(link.port, 'POST', ptreeJson(long.fields)), 400, 'BAD_FRAME'), /"name" is longer than 128/);
+  // Names that look like another, or read backwards, in the device cloud and on a stick.
+  for (const [name, cp] of [['dev1\u200b', '200B'], ['\u202etxt.exe', '202E'], ['a\u2066b', '2066'], ['a\u2028b', '2028'], ['\ufeffdev', 'FEFF']] as const) {
+    t.regex(refusal(t, await send(link.port, 'POST', ptreeJson(deviceFields({ name }).fields)), 400, 'BAD_FRAME'), new RegExp(`"name" contains an invisible format character \\(U\\+${cp}\\)`));
+  }
 });
 
 test('text rules everywhere: a body that is not UTF-8, a csr that is not PEM text, override values that are tables or hold control characters', async (t) => {
