@@ -7,7 +7,7 @@
 import test from 'ava';
 import Database from 'better-sqlite3';
 import { request } from 'node:http';
-import { createServer, type Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { HTTP_LIMITS, HttpLink } from '../src/links/http.js';
 import type { StationPort } from '../src/links/types.js';
 import type { Unhealthy } from '../src/station/types.js';
@@ -322,4 +322,32 @@ test('a client trickling its body does not hold the station\'s stop: the link st
   t.true(took < HTTP_LIMITS.stopMs + 1000, `stop took ${took} ms`);
   await closed;
   t.pass();
+});
+
+test('a client that half-closes after its body still reads its certificate; CONNECT and an unknown Expect get the link\'s JSON and an event', async (t) => {
+  const { s, link } = await shared;
+  const device = deviceFields();
+  const body = Buffer.from(ptreeJson(device.fields));
+  const answer = await new Promise<string>((resolve, reject) => {
+    const socket = connect({ port: link.port, host: '127.0.0.1', allowHalfOpen: true });
+    let got = '';
+    socket.on('connect', () => {
+      socket.write(`POST /sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+      socket.end(body); // the FIN right after the body: shutdown(SHUT_WR)
+    });
+    socket.on('data', (d) => (got += d.toString('latin1')));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(got));
+  });
+  t.regex(answer, /^HTTP\/1\.1 201 /, answer.slice(0, 200));
+  t.true([...s.ledger.since(0)].some((r) => r.deviceId === device.deviceId));
+
+  const tunnel = await rawExchange(link.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
+  t.regex(tunnel.answer, /^HTTP\/1\.1 405 [^]*"code":"BAD_FRAME"/);
+  const expect = await rawExchange(link.port, `POST /sign HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Length: ${body.length}\r\n\r\n`);
+  t.regex(expect.answer, /^HTTP\/1\.1 417 [^]*"code":"BAD_FRAME"/);
+  await s.station.flushEvents();
+  const recorded = recordedRefusals(s);
+  t.true(recorded.some((m) => /CONNECT is not served/.test(m)));
+  t.true(recorded.some((m) => /Expect: "foo" is not served/.test(m)));
 });

@@ -13,6 +13,7 @@ import { csrDer } from '../src/x509/index.js';
 import { tlv } from '../src/x509/asn1.js';
 import { MESSAGE_MAX } from '../src/text.js';
 import { FACTORY, opensslCsr, testStation, uuid, type TestStation } from './helpers/pki.js';
+import { served } from './helpers/served.js';
 
 const prod = `/OU=${FACTORY}/businessCategory=production`;
 
@@ -262,4 +263,17 @@ test.serial('one name, one device: of 16 devices asking for one name at once exa
   const u = uuid();
   t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: 'test', name: u })).ok);
   await expectRefusal(t, s, makeDeviceCsr({ deviceId: u, factory: FACTORY, production: true }).der, 'POLICY_SUBJECT', /is device .*'s already/);
+});
+
+test.serial('a J1 SIGN body must be DER, as the protocol says: PEM text there is BAD_CSR; PEM text with two CSR blocks is BAD_CSR on any link', async (t) => {
+  const sv = await served();
+  t.teardown(() => sv.close());
+  const der = makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
+  const pem = await sv.jig.request('SIGN', 'p1', Buffer.from(pemEncode(der, 'CERTIFICATE REQUEST')));
+  t.is(pem.code, 'BAD_CSR');
+  t.regex(pem.message ?? '', /not PEM text/);
+  t.is((await sv.jig.request('SIGN', 'd1', Buffer.from(der))).type, 'CERT', 'the same CSR as DER is signed');
+  const s = await station;
+  const two = pemEncode(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, 'CERTIFICATE REQUEST') + pemEncode(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, 'CERTIFICATE REQUEST');
+  await expectRefusal(t, s, Buffer.from(two), 'BAD_CSR', /2 CERTIFICATE REQUEST blocks/);
 });

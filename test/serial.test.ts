@@ -269,6 +269,14 @@ test.serial('PEM mode: a block too large to be a CSR gets ERROR BAD_CSR, and the
   t.is((await x.jig.request('PING', 'after-pem', null)).type, 'PONG');
 });
 
+test.serial('PEM mode: a line over 16 KiB inside a block gets an ERROR TOO_LARGE line, not a J1 frame, and the link keeps serving', async (t) => {
+  const x = await main;
+  await x.jig.send('-----BEGIN CERTIFICATE REQUEST-----\n' + 'A'.repeat(20_000) + '\n');
+  const answer = await x.jig.pemAnswer();
+  t.regex(answer.last, /^ERROR TOO_LARGE line over 16384 bytes inside a PEM block/);
+  t.is((await x.jig.request('PING', 'after-long', null)).type, 'PONG');
+});
+
 // Stations of their own for the codes that need one.
 
 test('QUOTA_EXCEEDED, CLOCK, TOKEN_UNAVAILABLE and INTERNAL over J1', async (t) => {

@@ -75,6 +75,8 @@ export class HttpLink implements Link {
   private readonly inFlight = new Set<Promise<void>>();
   /** The request each socket is being answered for: the idle timeout spares these sockets. */
   private readonly answering = new WeakMap<Socket, IncomingMessage>();
+  /** Connections already refused by clientError: a second error on one records nothing. */
+  private readonly refusedSockets = new WeakSet<Duplex>();
   /** Open connections, oldest first. */
   private readonly open = new Set<Socket>();
   private retry: NodeJS.Timeout | null = null;
@@ -165,7 +167,15 @@ export class HttpLink implements Link {
         this.inFlight.add(work);
       },
     );
+    // A client that half-closes after its body (shutdown(SHUT_WR)) still reads its answer; by
+    // default Node aborts the request at the FIN, and a certificate was issued that nobody received.
+    (server as unknown as { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     server.on('connection', (socket: Socket) => this.admit(socket));
+    // Requests Node answers by itself unless asked: each gets the link's JSON and an event.
+    server.on('connect', (_req: IncomingMessage, socket: Duplex) => this.refuseRaw(socket, 405, 'Method Not Allowed', 'BAD_FRAME', 'CONNECT is not served; POST /sign'));
+    server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+      void this.refuse(res, 417, 'BAD_FRAME', `Expect: ${quote(String(req.headers.expect ?? ''))} is not served`);
+    });
     server.setTimeout(HTTP_LIMITS.idleTimeoutMs, (socket: Socket) => {
       if (!this.answering.has(socket)) socket.destroy();
     });
@@ -187,16 +197,35 @@ export class HttpLink implements Link {
       if (old !== socket && !this.answering.get(old)?.complete) {
         this.open.delete(old);
         old.destroy();
+        this.recordRaw('BAD_FRAME', `connection closed to make room: ${HTTP_LIMITS.maxConnections} open, and it had not sent a whole request`);
         return;
       }
     }
     this.open.delete(socket);
     socket.destroy();
+    this.recordRaw('BAD_FRAME', `connection refused: ${HTTP_LIMITS.maxConnections} open, each a whole request being answered`);
+  }
+
+  /** A refusal made where there is no request to answer (a connection cut, a raw reply). */
+  private recordRaw(code: ProtocolCode, message: string): void {
+    this.reporter.refused(code, message);
+    void this.station.recordRefusal(this.reporter.status.name, code, message).catch(() => undefined);
+  }
+
+  /** Answers on the bare socket with the link's JSON and records it. */
+  private refuseRaw(socket: Duplex, status: number, reason: string, code: ProtocolCode, message: string): void {
+    const text = JSON.stringify({ code, message });
+    if (socket.writable) socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+    else socket.destroy();
+    this.recordRaw(code, message);
   }
 
   /** What Node's HTTP parser refused before a request existed: too slow, too big, not HTTP. */
   private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     if (err.code === 'ECONNRESET') return void socket.destroy();
+    // One refusal a connection: a timed-out request whose client then hangs up is one event, not two.
+    if (this.refusedSockets.has(socket)) return void socket.destroy();
+    this.refusedSockets.add(socket);
     const [status, code, message]: [number, ProtocolCode, string] =
       err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? [408, 'BAD_FRAME', `the request did not arrive in time (headers ${HTTP_LIMITS.headersTimeoutMs / 1000} s, whole request ${HTTP_LIMITS.requestTimeoutMs / 1000} s)`]

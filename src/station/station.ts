@@ -24,6 +24,7 @@ import {
   canonicalSpki,
   finishCertificate,
   csrDer,
+  looksLikePem,
   csrPublicKey,
   newSerial,
   notAfterFor,
@@ -210,6 +211,7 @@ export class Station {
       // What the client said about itself is text, checked again whichever link it came by.
       if (req.name !== undefined) checkDeviceName('name', req.name);
       if (req.hardwareId !== undefined) checkClientText('hardware-id', req.hardwareId, TEXT_LIMITS.hardwareId);
+      if (req.encoding === 'der' && looksLikePem(req.csr)) throw new LineSignerError('BAD_CSR', "a J1 SIGN body is the CSR's DER, not PEM text (PEM text is for PEM mode)");
       const der = csrDer(req.csr);
       csrSha256 = sha256(der);
 

@@ -15,6 +15,8 @@ export interface SignRequest {
   hardwareId?: string | undefined;
   /** The device's name (HTTP `name`); the device id stands in when absent. */
   name?: string | undefined;
+  /** 'der': the CSR must be DER (a J1 SIGN body, as the protocol says); otherwise DER or PEM text. */
+  encoding?: 'der' | undefined;
 }
 
 /** A station-wide reason why every request would be refused now (HEAD /sign answers 503 with it). */

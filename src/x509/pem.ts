@@ -67,7 +67,9 @@ const CSR_LABELS = ['CERTIFICATE REQUEST', 'NEW CERTIFICATE REQUEST'];
 /** A CSR as DER, from DER or PEM bytes (`CERTIFICATE REQUEST` or the older `NEW CERTIFICATE REQUEST`). */
 export function csrDer(bytes: Uint8Array): Uint8Array {
   if (!looksLikePem(bytes)) return bytes;
-  const block = pemBlocks(Buffer.from(bytes).toString('utf8')).find((b) => CSR_LABELS.includes(b.label));
-  if (!block) throw new LineSignerError('BAD_CSR', 'no readable CERTIFICATE REQUEST block in the PEM text');
-  return block.der;
+  const blocks = pemBlocks(Buffer.from(bytes).toString('utf8')).filter((b) => CSR_LABELS.includes(b.label));
+  if (blocks.length === 0) throw new LineSignerError('BAD_CSR', 'no readable CERTIFICATE REQUEST block in the PEM text');
+  // Which one would be signed must not be a guess.
+  if (blocks.length > 1) throw new LineSignerError('BAD_CSR', `${blocks.length} CERTIFICATE REQUEST blocks in the PEM text; send one`);
+  return blocks[0]!.der;
 }

@@ -69,8 +69,11 @@ export class J1Session {
       return;
     }
     if ('tooLarge' in ev) {
+      const block = this.pem;
       this.pem = null;
-      this.enqueue((at) => this.refuseFrame(at, '-', 'TOO_LARGE', `line over ${MAX_LINE} bytes`));
+      // Inside a PEM block the sender is in PEM mode: it reads an ERROR line, not a J1 frame.
+      if (block) this.enqueue((at) => this.refusePem(at, 'TOO_LARGE', `line over ${MAX_LINE} bytes inside a PEM block`, block.eol));
+      else this.enqueue((at) => this.refuseFrame(at, '-', 'TOO_LARGE', `line over ${MAX_LINE} bytes`));
       return;
     }
     const { line, end } = ev;
@@ -159,7 +162,7 @@ export class J1Session {
       case 'PING':
         return this.reply(encodeFrame('PONG', req.id, null), arrived);
       case 'SIGN': {
-        const r = await this.station.handle({ csr: req.body ?? new Uint8Array(), link: this.link });
+        const r = await this.station.handle({ csr: req.body ?? new Uint8Array(), link: this.link, encoding: 'der' });
         this.report.result(r);
         return this.reply(r.ok ? encodeFrame('CERT', req.id, r.chain) : errorFrame(req.id, r.code, oneLine(r.message)), arrived);
       }
@@ -179,7 +182,7 @@ export class J1Session {
     return this.reply(errorFrame(id, code, message), arrived);
   }
 
-  private async refusePem(arrived: number, code: 'BAD_CSR', message: string, eol: string): Promise<void> {
+  private async refusePem(arrived: number, code: 'BAD_CSR' | 'TOO_LARGE', message: string, eol: string): Promise<void> {
     this.report.refused(code, message);
     await this.station.recordRefusal(this.link, code, message);
     return this.reply(`ERROR ${code} ${message}${eol}`, arrived);
