@@ -108,6 +108,19 @@ test('the batches table: a deleted newest batch row is caught', async (t) => {
   t.true(r.problems.some((p) => p.table === 'batches' && p.seq === 2 && /row in the batches table is gone/.test(p.reason)), JSON.stringify(r.problems));
 });
 
+test('the batches table: a recorded signature, file hash or time changed is named by ledger verify, batch by batch', async (t) => {
+  const { s } = await stationWithBatches([2, 1, 1]);
+  await s.close();
+  const clean = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(clean.status, 0, clean.stderr);
+  sql(s.config.station.ledger, "UPDATE batches SET signature = X'3006020101020101' WHERE number = 1; UPDATE batches SET created_at = '2020-01-01T00:00:00.000Z' WHERE number = 3");
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 1);
+  t.regex(v.stderr, /ERROR LEDGER batches seq 1: its recorded signature does not hold/);
+  t.regex(v.stderr, /ERROR LEDGER batches seq 3: (its recorded signature does not hold|its rows, signature or certificates no longer make the file)/);
+  t.notRegex(v.stderr, /batches seq 2:/);
+});
+
 test('a swapped station certificate: serve and export refuse rather than sign batches no pin verifies', async (t) => {
   const s = await stopped(1);
   const cfg = loadConfig(s.configPath);

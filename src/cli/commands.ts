@@ -8,6 +8,7 @@ import { configPath, loadConfig, type StationConfig } from '../config/index.js';
 import { EXIT_TOKEN_PIN, LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
 import { LedgerLock } from '../ledger/index.js';
+import { checkRecordedBatches } from '../export/index.js';
 import { callOwner } from '../operator/control.js';
 import type { SignResult } from '../station/index.js';
 import { caCsr, caDemo, caImport, caInit, caInitToken, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
@@ -194,7 +195,10 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
           .option('ledger', { type: 'string', describe: 'check this copy (a backup) instead of the configured ledger' })
           .option('without-token', { type: 'boolean', describe: 'check without the token (no PIN here): weaker, and says so' }),
       (args) => {
-        const r = verifyLedger(config(args), { file: args.ledger, noToken: args['without-token'] });
+        const cfg = config(args);
+        const r = verifyLedger(cfg, { file: args.ledger, noToken: args['without-token'] });
+        // The batches table's files: rows, signature and certificates must make each one again, byte for byte.
+        for (const b of checkRecordedBatches(cfg, args.ledger)) r.problems.push({ table: 'batches', seq: b.batch, reason: b.reason });
         for (const n of r.notes) process.stdout.write(`note: ${n}\n`);
         for (const p of r.problems) process.stderr.write(`ERROR LEDGER ${p.table === 'state' ? 'policy state' : `${p.table} ${p.table === 'checkpoints' ? 'n' : 'seq'} ${p.seq}`}: ${p.reason}\n`);
         if (r.problems.length) {

@@ -12,7 +12,7 @@ import { LineSignerError } from '../errors.js';
 import { eventHash, GENESIS_HASH, issuanceHash, SqliteLedger, type Batch } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { certificateDer, certificateKeyMismatch, pemEncode } from '../x509/index.js';
-import { signDetached } from './cms.js';
+import { signDetached, verifyDetached } from './cms.js';
 import { batchFileName, FORMAT, type CertificatesLine, type IssuanceLine, type Manifest, type RevocationLine } from './format.js';
 
 export interface ExportOptions {
@@ -38,7 +38,8 @@ class Sink {
   private parts: Buffer[] = [];
   private size = 0;
   readonly hash = createHash('sha256');
-  constructor(private readonly fd: number) {}
+  /** `fd` null: the lines are only hashed (a batch checked, not written). */
+  constructor(private readonly fd: number | null) {}
   line(value: unknown): void {
     const b = Buffer.from(JSON.stringify(value) + '\n');
     this.hash.update(b);
@@ -48,7 +49,7 @@ class Sink {
   }
   flush(): void {
     if (this.size === 0) return;
-    writeSync(this.fd, Buffer.concat(this.parts));
+    if (this.fd !== null) writeSync(this.fd, Buffer.concat(this.parts));
     this.parts = [];
     this.size = 0;
   }
@@ -179,6 +180,52 @@ async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>,
   }
   renameIntoPlace(tmp, path);
   return sha;
+}
+
+export interface BatchProblem {
+  batch: number;
+  reason: string;
+}
+
+/**
+ * Every batch the ledger records, written again in memory from its rows:
+ * the file must hash to the recorded SHA-256 and the recorded signature must
+ * be the station certificate's over that content. What `ledger verify`
+ * adds for the batches table; a problem per batch, never a throw.
+ */
+export function checkRecordedBatches(config: StationConfig, ledgerPath = config.station.ledger): BatchProblem[] {
+  const problems: BatchProblem[] = [];
+  const ledger = new SqliteLedger(ledgerPath, config.station.id, { readonly: true });
+  try {
+    let stationCert: Uint8Array | null = null;
+    try {
+      stationCert = certificateDer(new Uint8Array(readFileSync(config.ca.station_certificate)), 'station key certificate');
+    } catch {
+      // said below, per batch
+    }
+    for (const b of ledger.allBatches()) {
+      const sink = new Sink(null);
+      let digest: Buffer;
+      try {
+        digest = writeContent(sink, ledger, config, b).digest;
+      } catch (err) {
+        problems.push({ batch: b.number, reason: `cannot be written again from the ledger: ${(err as Error).message}` });
+        continue;
+      }
+      const check = verifyDetached(b.signature, digest);
+      if (check.problem) problems.push({ batch: b.number, reason: `its recorded signature does not hold: ${check.problem}` });
+      else if (!stationCert || !check.signerCertificate || Buffer.compare(Buffer.from(check.signerCertificate), Buffer.from(stationCert)) !== 0) {
+        problems.push({ batch: b.number, reason: `its recorded signature is not by the station certificate ${config.ca.station_certificate}` });
+      }
+      sink.line({ type: 'signature', cms: Buffer.from(b.signature).toString('base64') });
+      if (sink.hash.digest('hex') !== b.fileSha256) {
+        problems.push({ batch: b.number, reason: 'its rows, signature or certificates no longer make the file whose SHA-256 was recorded' });
+      }
+    }
+  } finally {
+    ledger.close();
+  }
+  return problems;
 }
 
 export async function exportBatch(config: StationConfig, opts: ExportOptions): Promise<ExportResult | null> {

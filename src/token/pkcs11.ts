@@ -286,7 +286,8 @@ export class Pkcs11Token {
    * process has a session on it, in its first thread (the workers start
    * after); never on a thread that serves, where a wait would hold the links.
    * A failed C_Login is looked at again only on SoftHSM2, which reads the
-   * token before it checks the PIN; another token may have counted the try.
+   * token before it checks the PIN (and can then report the user PIN not
+   * initialized); another token may have counted the try.
    */
   private lookAgain(open: (phase: { loginTried: boolean }) => Handle): Handle {
     for (let attempt = 1; ; attempt++) {
@@ -298,7 +299,9 @@ export class Pkcs11Token {
       } catch (err) {
         if (attempt >= 4 || inUse.has(this.opts.module) || !isMainThread || !(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE') throw err;
         const cause = ckr(err.cause);
-        const caughtMidWrite = cause === pkcs11js.CKR_GENERAL_ERROR || cause === pkcs11js.CKR_DEVICE_ERROR;
+        // SoftHSM2 reading a token file mid-rewrite can also find no user PIN in it (seen once in CI).
+        const pinMidWrite = cause === pkcs11js.CKR_USER_PIN_NOT_INITIALIZED && phase.loginTried && this.isSoftHsm();
+        const caughtMidWrite = cause === pkcs11js.CKR_GENERAL_ERROR || cause === pkcs11js.CKR_DEVICE_ERROR || pinMidWrite;
         const leftOut = err.cause === undefined;
         if (!(caughtMidWrite || leftOut) || (phase.loginTried && !this.isSoftHsm())) throw err;
         holdThread(50 * attempt);
