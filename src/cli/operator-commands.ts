@@ -40,7 +40,7 @@ export function orderCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
         if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(id)) throw new LineSignerError('USAGE', 'ORDER: letters, digits, ".", "_" and "-" only');
         const hardwareId = args['hardware-id'] === undefined ? null : checkClientText('--hardware-id', args['hardware-id'], 128);
         const o = await operate<Order>(cfg, { op: 'order-open', id, quantity: args.quantity, hardwareId, operator: operatorName(cfg, args.operator) }, waiting);
-        process.stdout.write(`opened work order ${orderSummary(o)}\n`);
+        process.stdout.write(`opened work order ${printable(orderSummary(o))}\n`);
       },
     )
     .command(
@@ -50,7 +50,7 @@ export function orderCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
       async (args) => {
         const cfg = config(args);
         const o = await operate<Order>(cfg, { op: 'order-close', id: args.order, operator: operatorName(cfg, args.operator) }, waiting);
-        process.stdout.write(`closed work order ${orderSummary(o)}\n`);
+        process.stdout.write(`closed work order ${printable(orderSummary(o))}\n`);
       },
     )
     .command(
@@ -91,13 +91,13 @@ export function clockCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
 export async function allowReissueCommand(args: WithOperator & { device: string; reason: string }): Promise<void> {
   const cfg = config(args);
   await operate(cfg, { op: 'allow-reissue', device: args.device, reason: checkClientText('--reason', args.reason), operator: operatorName(cfg, args.operator) }, waiting);
-  process.stdout.write(`device ${args.device} may get one certificate for a new key; its old key is refused from then on\n`);
+  process.stdout.write(`device ${printable(args.device)} may get one certificate for a new key; its old key is refused from then on\n`);
 }
 
 export async function revokeCommand(args: WithOperator & { device: string; reason: string }): Promise<void> {
   const cfg = config(args);
   const r = await operate<{ device: string }>(cfg, { op: 'revoke', target: args.device, reason: checkClientText('--reason', args.reason), operator: operatorName(cfg, args.operator) }, waiting);
-  process.stdout.write(`device ${r.device} revoked: it gets no certificate until a re-issue is allowed; the next export carries the mark\n`);
+  process.stdout.write(`device ${printable(r.device)} revoked: it gets no certificate until a re-issue is allowed; the next export carries the mark\n`);
 }
 
 export async function acceptCommand(args: WithOperator & { reason: string }): Promise<void> {
@@ -109,7 +109,7 @@ export async function acceptCommand(args: WithOperator & { reason: string }): Pr
 export async function backupCommand(args: WithOperator & { dest: string }): Promise<void> {
   const cfg = config(args);
   const r = await operate<{ dest: string; bytes: number; ms: number }>(cfg, { op: 'backup', dest: args.dest, operator: operatorName(cfg, args.operator) }, waiting);
-  process.stdout.write(`ledger copied to ${r.dest} (${r.bytes} bytes in ${Math.round(r.ms)} ms); check it with: line-signer ledger verify --ledger ${r.dest}\n`);
+  process.stdout.write(`ledger copied to ${printable(r.dest)} (${r.bytes} bytes in ${Math.round(r.ms)} ms); check it with: line-signer ledger verify --ledger ${r.dest}\n`);
 }
 
 /** A time flag: an ISO date or date-time, or a relative "2h"/"3d" before now. */
