@@ -232,3 +232,12 @@ test('after an unclean stop, an operator event past the token\'s newest checkpoi
   t.is(v.status, 1);
   t.regex(v.stderr, new RegExp(`event seq ${e.seq} \\(revocation\\) after the token's newest checkpoint`));
 });
+
+test('a row whose serial and device id were both changed gets both named, not only the first', async (t) => {
+  const s = await stopped(3);
+  sql(s.ledger, "UPDATE issuances SET serial = '01', device_id = 'someone-else' WHERE seq = 2");
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 1);
+  t.regex(v.stderr, /issuances seq 2: serial does not match the certificate/);
+  t.regex(v.stderr, /issuances seq 2: device_id does not match the certificate/);
+});

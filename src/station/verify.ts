@@ -162,8 +162,7 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
           problem('issuances', row.seq, `the row was changed after a checkpoint signed it`);
         }
       } else flushRehashed('issuances');
-      const why = certificateProblem(row, ca);
-      if (why) problem('issuances', row.seq, why);
+      for (const why of certificateProblems(row, ca)) problem('issuances', row.seq, why);
       prev = row.entryHash;
       expect = row.seq + 1;
     }
@@ -248,15 +247,17 @@ function safeVerify(statement: Uint8Array, key: KeyObject, signature: Uint8Array
   }
 }
 
-function certificateProblem(row: { certificate: Uint8Array; serial: string; deviceId: string }, ca: X509Certificate): string | null {
+/** Everything wrong between a row and its certificate (a wrong serial does not hide a wrong device id). */
+function certificateProblems(row: { certificate: Uint8Array; serial: string; deviceId: string }, ca: X509Certificate): string[] {
   let cert: X509Certificate;
   try {
     cert = new X509Certificate(Buffer.from(row.certificate));
   } catch {
-    return 'stored certificate is not readable';
+    return ['stored certificate is not readable'];
   }
-  if (!cert.verify(ca.publicKey)) return 'stored certificate is not signed by the local-ca';
-  if (serialKey(cert.serialNumber) !== serialKey(row.serial)) return 'serial does not match the certificate';
-  if (!cert.subject.split('\n').includes(`CN=${row.deviceId}`)) return 'device_id does not match the certificate';
-  return null;
+  const out: string[] = [];
+  if (!cert.verify(ca.publicKey)) out.push('stored certificate is not signed by the local-ca');
+  if (serialKey(cert.serialNumber) !== serialKey(row.serial)) out.push('serial does not match the certificate');
+  if (!cert.subject.split('\n').includes(`CN=${row.deviceId}`)) out.push('device_id does not match the certificate');
+  return out;
 }
