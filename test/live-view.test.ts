@@ -87,7 +87,8 @@ test('a refusal clears once a later issuance is a minute old; the order shows as
   t.false(renderLiveView([], 80, { ...frame, banner: { warnings: [], order: null } }).some((l) => l.startsWith('WO-')));
 });
 
-test('the JSON view carries client text escaped: no control character, no lone surrogate in any field', async (t) => {
+/** A stream that keeps what the JSON view writes. */
+function captured(): { dest: Writable; text: () => string } {
   let out = '';
   const dest = new Writable({
     write(chunk, _enc, done) {
@@ -95,12 +96,17 @@ test('the JSON view carries client text escaped: no control character, no lone s
       done();
     },
   });
+  return { dest, text: () => out };
+}
+
+test('the JSON view carries client text escaped: no control character, no lone surrogate in any field', async (t) => {
+  const { dest, text } = captured();
   const view = jsonView(dest);
   view.event({ kind: 'refused', link: 'spool:/media/usb', code: 'BAD_CSR', message: evil });
   view.event({ kind: 'state', link: `serial:/dev/tty${evil}`, state: 'waiting', detail: evil });
   view.stop();
   await new Promise((r) => setImmediate(r));
-  const lines = out.trim().split('\n');
+  const lines = text().trim().split('\n');
   t.is(lines.length, 2);
   for (const l of lines) {
     t.regex(l, /^[\x20-\x7e]*$/, 'printable ASCII on the wire');
@@ -121,20 +127,14 @@ test('two ports whose names differ only where they are shortened each get their 
 });
 
 test('the JSON view coalesces a flood: a link logs a few refusals a second and then one line with the rest counted by code; another link keeps its own lines', async (t) => {
-  let out = '';
-  const dest = new Writable({
-    write(chunk, _enc, done) {
-      out += chunk;
-      done();
-    },
-  });
+  const { dest, text } = captured();
   const view = jsonView(dest);
   for (let i = 0; i < 1000; i++) view.event({ kind: 'refused', link: 'serial:/dev/ttyA', code: i % 2 ? 'BAD_CRC' : 'BAD_FRAME', message: `junk ${i}` });
   for (let i = 0; i < 3; i++) view.event({ kind: 'refused', link: 'serial:/dev/ttyB', code: 'BAD_CSR', message: `b ${i}` });
   view.event({ kind: 'issued', link: 'serial:/dev/ttyA', deviceId: 'd', serial: '01', replayed: false });
   view.stop();
   await new Promise((r) => setImmediate(r));
-  const recs = out.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; link: string; suppressed?: number; byCode?: Record<string, number> });
+  const recs = text().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; link: string; suppressed?: number; byCode?: Record<string, number> });
   const a = recs.filter((r) => r.link === 'serial:/dev/ttyA');
   t.is(a.filter((r) => r.msg === 'refused').length, JSON_LOG_PER_SECOND);
   const more = a.find((r) => r.msg === 'refused (more)');
