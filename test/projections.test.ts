@@ -11,7 +11,8 @@ import { copyFileSync } from 'node:fs';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { loadConfig } from '../src/config/index.js';
 import { openStation } from '../src/station/index.js';
-import { cli } from './helpers/cli.js';
+import { BIN, cli } from './helpers/cli.js';
+import { spawnSync } from 'node:child_process';
 import { FACTORY, testStation, uuid } from './helpers/pki.js';
 
 const csrOf = (deviceId: string): Uint8Array => makeDeviceCsr({ deviceId, factory: FACTORY, production: true }).der;
@@ -61,9 +62,9 @@ test('an untouched history verifies, and each policy table edited behind the cha
   t.is(clean.status, 0, clean.stderr);
 
   const edits: Array<[string, () => void, RegExp]> = [
-    ['a revocation undone', () => sql(h.ledger, 'DELETE FROM revoked WHERE device_id = ?', h.revoked), new RegExp(`revoked "${h.revoked}": revoked by event seq \\d+ and not re-issued since`)],
-    ['a grant forged', () => sql(h.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'forged')", h.other), new RegExp(`reissue_grants "${h.other}": a re-issue grant no reissue_granted event made`)],
-    ['a used grant put back', () => sql(h.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'again')", h.reissued), new RegExp(`reissue_grants "${h.reissued}": a re-issue grant \\(event seq \\d+\\) already used`)],
+    ['a revocation undone', () => sql(h.ledger, 'DELETE FROM revoked WHERE device_id = ?', h.revoked), new RegExp(`revoked "${h.revoked}": revoked by event seq \\d+, no re-issue granted since`)],
+    ['a grant forged', () => sql(h.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'forged')", h.other), new RegExp(`reissue_grants "${h.other}": a re-issue grant that no reissue_granted event left standing`)],
+    ['a used grant put back', () => sql(h.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'again')", h.reissued), new RegExp(`reissue_grants "${h.reissued}": a re-issue grant that no reissue_granted event left standing`)],
     ["an order's count reset", () => sql(h.ledger, "UPDATE orders SET issued = 0, operator = 'mallory' WHERE id = 'WO-1'"), /orders "WO-1": (says 0 issued, the ledger holds 2|differs from its order_open event)/],
     ['a clock confirmation moved on', () => sql(h.ledger, "UPDATE settings SET value = '999' WHERE key = 'clock_confirmed_after_seq'"), /clock_confirmed_after_seq.*999: not the issuance count the clock_confirm event \(seq \d+\) was made after \(6\)/],
   ];
@@ -83,4 +84,46 @@ test('an untouched history verifies, and each policy table edited behind the cha
     copyFileSync(`${h.ledger}.clean`, h.ledger);
     t.is(cli(['ledger', 'verify', '--config', h.configPath]).status, 0, `${what}: not restored`);
   }
+});
+
+/** The CLI under faketime: the station's clock moved by `fake` ("+2h", "-1m"). */
+function fakeCli(fake: string, args: string[], input?: Uint8Array): { status: number | null; stderr: string } {
+  const r = spawnSync('faketime', ['-f', fake, process.execPath, BIN, ...args], { input, encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stderr: r.stderr };
+}
+
+test('histories with a clock that jumped verify clean and serve: a revocation made two hours ahead then a re-issue, a grant made a minute behind', async (t) => {
+  const s = await testStation();
+  const [a, b] = [uuid(), uuid()];
+  for (const id of [a, b]) t.true((await s.station.handle({ csr: csrOf(id), link: 't' })).ok);
+  await s.close();
+  const run = (fake: string | null, args: string[], input?: Uint8Array): void => {
+    const r = fake ? fakeCli(fake, [...args, '--config', s.configPath], input) : cli([...args, '--config', s.configPath], { input });
+    t.is(r.status, 0, `${args.join(' ')}: ${r.stderr}`);
+  };
+  run('+2h', ['ledger', 'revoke', a, '--reason', 'scrapped', '--operator', 'ana']);
+  run(null, ['clock', 'confirm', '--reason', 'rtc fixed', '--operator', 'ana']);
+  run(null, ['ledger', 'allow-reissue', a, '--reason', 'rework', '--operator', 'ana']);
+  run(null, ['sign', '-'], csrOf(a));
+  run('-1m', ['ledger', 'allow-reissue', b, '--reason', 'rework', '--operator', 'ana']);
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 0, v.stderr);
+  run(null, ['sign', '-'], csrOf(b));
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+});
+
+test('a grant forged while the station serves is caught after the fact: the certificate that used it names no reissue_granted event', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const id = uuid();
+  t.true((await s.station.handle({ csr: csrOf(id), link: 't' })).ok);
+  sql(s.config.station.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'forged')", id);
+  s.station.invalidate();
+  // A new key for the device: the forged grant lets it through, and the commit records that it used one.
+  const r = await s.station.handle({ csr: csrOf(id), link: 't' });
+  t.true(r.ok, !r.ok ? r.message : '');
+  sql(s.config.station.ledger, 'DELETE FROM reissue_grants WHERE device_id = ?', id);
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 1);
+  t.regex(v.stderr, new RegExp(`reissue_grants "${id}": the certificate of event seq \\d+ used a re-issue grant no reissue_granted event made`));
 });

@@ -58,6 +58,7 @@ export type EventKind =
   | 'rejection'
   | 'replay'
   | 'reissue_granted'
+  | 'reissue_used'
   | 'ca_import'
   | 'revocation'
   | 'export'
@@ -651,6 +652,9 @@ export class SqliteLedger implements Ledger {
         refuse('DUPLICATE_DEVICE', revoked ? `device ${entry.deviceId} is revoked` : `device ${entry.deviceId} already has a certificate for another key`);
       }
       if (revoked) this.q.deleteRevoked.run(entry.deviceId);
+      // In the same transaction and in the events' own order: which grant this certificate used, so
+      // that the grant and revocation tables can be replayed from the chain (projections.ts).
+      this.insertEvent({ kind: 'reissue_used', deviceId: entry.deviceId, message: `seq ${issued + 1}: ${revoked ? 'after its revocation' : 'a new key'}` });
     }
     return newest?.seq ?? null;
   }

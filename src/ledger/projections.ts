@@ -8,11 +8,11 @@
  * the events and issuances and name each projection that differs: `ledger
  * verify` lists them, and a station does not start on them.
  *
- * Only what an edit could gain from is checked one way: a revocation
- * missing, a grant or a clock confirmation no event made. Event and
- * issuance times come from one clock, but an issuance's time is taken when
- * its request starts, so the replay orders by time only where a request
- * in flight cannot overtake an operator action (see each check).
+ * The replay orders by the events' seq, never by time (a clock may jump):
+ * a certificate that needed a re-issue grant records the grant it used in
+ * a `reissue_used` event in its own transaction, so grants and revocations
+ * replay exactly. Ledgers from before that event are read leniently (a
+ * revocation followed by a grant may have been cleared).
  */
 import type Database from 'better-sqlite3';
 
@@ -32,27 +32,26 @@ interface EventRow {
 }
 
 const ORDER_OPEN = /^work order (.+?): (\d+) certificates(?:, hardware id (.+))?$/s;
-const ORDER_CLOSE = /^work order (.+?): \d+ of \d+ issued; /s;
+const ORDER_CLOSE = /^work order (.+?): (\d+) of \d+ issued; /s;
 const CLOCK = /^clock confirmed as (\S+?)(?: after issuance seq (\d+))?: /s;
 
 export function projectionProblems(db: Database.Database): ProjectionProblem[] {
   const problems: ProjectionProblem[] = [];
   const events = db
-    .prepare<[], EventRow>("SELECT seq, at, kind, device_id, message, operator FROM events WHERE kind IN ('order_open', 'order_close', 'revocation', 'reissue_granted', 'clock_confirm') ORDER BY seq")
+    .prepare<[], EventRow>("SELECT seq, at, kind, device_id, message, operator FROM events WHERE kind IN ('order_open', 'order_close', 'revocation', 'reissue_granted', 'reissue_used', 'clock_confirm') ORDER BY seq")
     .all();
   const issued = db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances').get()?.n ?? 0;
-  const newestIssuance = db.prepare<[string], { at: string | null }>('SELECT max(issued_at) AS at FROM issuances WHERE device_id = ?');
 
   // Orders: each row as its order_open and order_close events made it, its count the issuances that name it.
   const opened = new Map<string, { quantity: number; hardwareId: string | null; operator: string | null; seq: number }>();
-  const closed = new Map<string, string | null>();
+  const closed = new Map<string, { operator: string | null; issued: number; seq: number }>();
   for (const e of events) {
     if (e.kind === 'order_open') {
       const m = ORDER_OPEN.exec(e.message ?? '');
       if (m) opened.set(m[1]!, { quantity: Number(m[2]), hardwareId: m[3] ?? null, operator: e.operator, seq: e.seq });
     } else if (e.kind === 'order_close') {
       const m = ORDER_CLOSE.exec(e.message ?? '');
-      if (m) closed.set(m[1]!, e.operator);
+      if (m) closed.set(m[1]!, { operator: e.operator, issued: Number(m[2]), seq: e.seq });
     }
   }
   const counts = new Map(db.prepare<[], { id: string; n: number }>('SELECT work_order AS id, count(*) AS n FROM issuances WHERE work_order IS NOT NULL GROUP BY work_order').all().map((r) => [r.id, r.n]));
@@ -72,40 +71,51 @@ export function projectionProblems(db: Database.Database): ProjectionProblem[] {
     if (o.issued !== n) problems.push({ table: 'orders', key: o.id, reason: `says ${o.issued} issued, the ledger holds ${n} certificates of it` });
     if (n > ev.quantity) problems.push({ table: 'orders', key: o.id, reason: `${n} certificates issued against an order of ${ev.quantity}` });
     const close = closed.get(o.id);
-    if (close !== undefined && (o.closed_at === null || o.closed_by !== close)) problems.push({ table: 'orders', key: o.id, reason: 'open, or closed by someone else, though an order_close event closed it' });
+    if (close !== undefined && (o.closed_at === null || o.closed_by !== close.operator)) problems.push({ table: 'orders', key: o.id, reason: 'open, or closed by someone else, though an order_close event closed it' });
+    // Nothing is issued against an order after it closed: the commit checks it is open.
+    if (close !== undefined && n !== close.issued) problems.push({ table: 'orders', key: o.id, reason: `${n} certificates name it, but its order_close event (seq ${close.seq}) closed it at ${close.issued}` });
     if (close === undefined && o.closed_at !== null) problems.push({ table: 'orders', key: o.id, reason: 'closed, though no order_close event closed it' });
   }
   for (const [id, ev] of opened) if (!seen.has(id)) problems.push({ table: 'orders', key: id, reason: `opened by event seq ${ev.seq}, but its row is gone` });
 
-  // Revocations: a device revoked by an event stays revoked until a certificate issued after it
-  // (a re-issue, which needs a grant made after the revocation).
-  const revokedRows = new Map(db.prepare<[], { device_id: string; event_seq: number }>('SELECT device_id, event_seq FROM revoked').all().map((r) => [r.device_id, r.event_seq]));
-  const revocations = new Map<string, EventRow>();
-  const grants = new Map<string, EventRow>();
+  // Revocations and grants, replayed in the events' own order (never by time: a clock may jump).
+  // A revocation cancels a pending grant; a certificate that needed a grant (a new key, or after a
+  // revocation) records the grant it used in a reissue_used event, in its own transaction.
+  const state = new Map<string, { revokedBy: number | null; grantBy: number | null; grantedSinceRevocation: boolean }>();
+  const of = (device: string) => {
+    let d = state.get(device);
+    if (!d) state.set(device, (d = { revokedBy: null, grantBy: null, grantedSinceRevocation: false }));
+    return d;
+  };
   for (const e of events) {
     if (!e.device_id) continue;
+    const d = of(e.device_id);
     if (e.kind === 'revocation') {
-      revocations.set(e.device_id, e);
-      grants.delete(e.device_id); // a revocation cancels a pending grant
-    } else if (e.kind === 'reissue_granted') grants.set(e.device_id, e);
+      d.revokedBy = e.seq;
+      d.grantBy = null;
+      d.grantedSinceRevocation = false;
+    } else if (e.kind === 'reissue_granted') {
+      d.grantBy = e.seq;
+      d.grantedSinceRevocation = true;
+    } else if (e.kind === 'reissue_used') {
+      if (d.grantBy === null) problems.push({ table: 'reissue_grants', key: e.device_id, reason: `the certificate of event seq ${e.seq} used a re-issue grant no reissue_granted event made` });
+      d.grantBy = null;
+      d.revokedBy = null;
+    }
   }
-  for (const [device, e] of revocations) {
-    const newest = newestIssuance.get(device)?.at ?? null;
-    const reissued = newest !== null && newest > e.at;
-    if (!reissued && !revokedRows.has(device)) problems.push({ table: 'revoked', key: device, reason: `revoked by event seq ${e.seq} and not re-issued since, but not in the revoked table: it would be served again` });
+  const revokedRows = new Map(db.prepare<[], { device_id: string; event_seq: number }>('SELECT device_id, event_seq FROM revoked').all().map((r) => [r.device_id, r.event_seq]));
+  for (const [device, d] of state) {
+    // Ledgers from before reissue_used events cleared a revocation silently; a grant made after it is the sign of that.
+    if (d.revokedBy !== null && !d.grantedSinceRevocation && !revokedRows.has(device)) {
+      problems.push({ table: 'revoked', key: device, reason: `revoked by event seq ${d.revokedBy}, no re-issue granted since, but not in the revoked table: it would be served again` });
+    }
   }
   for (const [device, seq] of revokedRows) {
-    const e = revocations.get(device);
-    if (!e || e.seq !== seq) problems.push({ table: 'revoked', key: device, reason: `names event seq ${seq}, which is not this device's newest revocation` });
+    const d = state.get(device);
+    if (!d || d.revokedBy !== seq) problems.push({ table: 'revoked', key: device, reason: `names event seq ${seq}, which is not this device's standing revocation` });
   }
-
-  // Grants: a row needs a reissue_granted event newer than the device's newest certificate and any revocation.
-  // (A grant is checked before the request it allows is signed, so that certificate's time is after the grant's.)
   for (const { device_id: device } of db.prepare<[], { device_id: string }>('SELECT device_id FROM reissue_grants').all()) {
-    const e = grants.get(device);
-    const newest = newestIssuance.get(device)?.at ?? null;
-    if (!e) problems.push({ table: 'reissue_grants', key: device, reason: 'a re-issue grant no reissue_granted event made' });
-    else if (newest !== null && newest > e.at) problems.push({ table: 'reissue_grants', key: device, reason: `a re-issue grant (event seq ${e.seq}) already used by the certificate issued at ${newest}` });
+    if (state.get(device)?.grantBy == null) problems.push({ table: 'reissue_grants', key: device, reason: 'a re-issue grant that no reissue_granted event left standing (none made, or revoked or used since)' });
   }
 
   // The clock confirmation: as the newest clock_confirm event says, counting no issuance made after it.
