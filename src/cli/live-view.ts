@@ -148,15 +148,15 @@ function escapedFields(fields: Record<string, unknown>): Record<string, unknown>
   return out;
 }
 
-/** Refusals and noise a link may log in one second before the rest of that second becomes one line with counts. */
+/** Refusals, noise and replays a link may log in one second before the rest of that second becomes one line with counts. */
 export const JSON_LOG_PER_SECOND = 8;
 
 /**
  * `dest`: where the lines go (stdout unless a test captures them). A flood
  * of junk would otherwise be a line a frame: past journald's rate limit
  * (which then drops the station's real lines too) and, on a pipe nobody
- * reads, memory. So a link's refusals and noise past JSON_LOG_PER_SECOND in
- * a second are counted, by code, into one `refused (more)` line when the
+ * * reads, memory. So a link's refusals, noise and replays past JSON_LOG_PER_SECOND in
+ * a second are counted, by code, into one `coalesced` line when the
  * second is over, as the ledger's events are.
  */
 export function jsonView(dest?: pino.DestinationStream): View {
@@ -169,9 +169,9 @@ export function jsonView(dest?: pino.DestinationStream): View {
     clearTimeout(w.timer);
     windows.delete(link);
     const total = Object.values(w.more).reduce((a, b) => a + b, 0);
-    if (total > 0) log.warn(escapedFields({ kind: 'refused', link, suppressed: total, byCode: w.more }), 'refused (more)');
+    if (total > 0) log.warn(escapedFields({ kind: 'refused', link, suppressed: total, byCode: w.more }), 'coalesced');
   };
-  const admit = (e: LinkEvent & { kind: 'refused' | 'noise' }): boolean => {
+  const admit = (e: LinkEvent & { kind: 'refused' | 'noise' | 'issued' }): boolean => {
     let w = windows.get(e.link);
     if (!w) {
       const timer = setTimeout(() => close(e.link), 1000);
@@ -182,13 +182,14 @@ export function jsonView(dest?: pino.DestinationStream): View {
       w.logged++;
       return true;
     }
-    const key = e.kind === 'refused' ? e.code : 'noise';
+    const key = e.kind === 'refused' ? e.code : e.kind === 'issued' ? 'replay' : 'noise';
     w.more[key] = (w.more[key] ?? 0) + 1;
     return false;
   };
   return {
     event(e) {
-      if ((e.kind === 'refused' || e.kind === 'noise') && !admit(e)) return;
+      // A replay is a certificate handed out again: any client holding one CSR can send it in a loop.
+      if ((e.kind === 'refused' || e.kind === 'noise' || (e.kind === 'issued' && e.replayed)) && !admit(e)) return;
       const fields = escapedFields(e);
       if (e.kind === 'refused') log.warn(fields, 'refused');
       else if (e.kind === 'noise') log.debug(fields, 'noise');
