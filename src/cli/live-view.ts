@@ -155,7 +155,7 @@ export const JSON_LOG_PER_SECOND = 8;
  * `dest`: where the lines go (stdout unless a test captures them). A flood
  * of junk would otherwise be a line a frame: past journald's rate limit
  * (which then drops the station's real lines too) and, on a pipe nobody
- * * reads, memory. So a link's refusals, noise and replays past JSON_LOG_PER_SECOND in
+ * reads, memory. So a link's refusals, noise and replays past JSON_LOG_PER_SECOND in
  * a second are counted, by code, into one `coalesced` line when the
  * second is over, as the ledger's events are.
  */
