@@ -29,7 +29,7 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 // Invisible format characters (bidi overrides and isolates, zero-width ones, the BOM) and the line and
 // paragraph separators: "dev1" and "dev1\u200b" look alike in the device cloud, and U+202E shows a
 // file name on the stick reversed.
-const INVISIBLE = /[\p{Cf}\u2028\u2029]/u;
+const INVISIBLE = /[\p{Cf}\u2028\u2029\u034f\u115f\u1160\u3164\uffa0]/u; // and the combining grapheme joiner and Hangul fillers, which render as nothing
 
 /** Why `value` is not acceptable client text, or null when it is. */
 export function textProblem(value: string, max: number): string | null {
@@ -86,6 +86,11 @@ export function printable(value: string): string {
  */
 export function checkDeviceName(field: string, value: string): string {
   checkClientText(field, value, TEXT_LIMITS.name);
+  // One name must not be writable two ways that look the same in the device cloud.
+  if (value.normalize('NFC') !== value) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} is not in Unicode NFC form: the same text can be written two ways`);
+  if (/^\s|\s$/u.test(value)) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} begins or ends with a space`);
+  const space = /(?! )\p{Zs}/u.exec(value);
+  if (space) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} has a space other than U+0020 (U+${space[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')})`);
   if (/^(?:\.|%2e){1,2}$/i.test(value)) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} cannot be a device name: it is a path segment of the device API`);
   return value;
 }

@@ -144,9 +144,13 @@ test('the device name is passed on to the ledger; an empty one leaves the device
   const long = deviceFields({ name: 'n'.repeat(129) });
   t.regex(refusal(t, await send(link.port, 'POST', ptreeJson(long.fields)), 400, 'BAD_FRAME'), /"name" is longer than 128/);
   // Names that look like another, or read backwards, in the device cloud and on a stick.
-  for (const [name, cp] of [['dev1\u200b', '200B'], ['\u202etxt.exe', '202E'], ['a\u2066b', '2066'], ['a\u2028b', '2028'], ['\ufeffdev', 'FEFF']] as const) {
+  for (const [name, cp] of [['dev1\u200b', '200B'], ['\u202etxt.exe', '202E'], ['a\u2066b', '2066'], ['a\u2028b', '2028'], ['\ufeffdev', 'FEFF'], ['dev1\u3164', '3164'], ['dev1\u034f', '034F']] as const) {
     t.regex(refusal(t, await send(link.port, 'POST', ptreeJson(deviceFields({ name }).fields)), 400, 'BAD_FRAME'), new RegExp(`"name" contains an invisible format character \\(U\\+${cp}\\)`));
   }
+  for (const [name, why] of [['cafe\u0301', /not in Unicode NFC form/], ['dev1 ', /begins or ends with a space/], [' dev1', /begins or ends with a space/], ['dev\u00a01', /a space other than U\+0020 \(U\+00A0\)/]] as const) {
+    t.regex(refusal(t, await send(link.port, 'POST', ptreeJson(deviceFields({ name }).fields)), 400, 'BAD_FRAME'), why);
+  }
+  t.is((await send(link.port, 'POST', ptreeJson(deviceFields({ name: 'caf\u00e9 line 7' }).fields))).status, 201, 'NFC text with plain spaces is a name');
 });
 
 test('text rules everywhere: a body that is not UTF-8, a csr that is not PEM text, override values that are tables or hold control characters', async (t) => {
