@@ -11,6 +11,9 @@ import { loadConfig } from '../src/config/index.js';
 import { verifyLedger } from '../src/station/index.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { served } from './helpers/served.js';
+import { serveControl } from '../src/cli/owner.js';
+import { operate } from '../src/operator/index.js';
+import Database from 'better-sqlite3';
 import { FACTORY, stationConfig, testPki, testStation, uuid } from './helpers/pki.js';
 
 const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
@@ -118,3 +121,41 @@ test.serial('the token goes away: TOKEN_UNAVAILABLE, PING still answered, signin
   t.truthy(back, 'signing resumed without a restart');
   t.is(sv.s.station.health(), null);
 });
+
+test.serial('an operator action while the token is away records nothing and says so; once it is back the action is recorded and checkpointed', async (t) => {
+  const p = testPki();
+  const sv = await served();
+  t.teardown(() => sv.close());
+  const control = await serveControl(sv.s.config, sv.s);
+  t.teardown(() => control.close());
+  const id = uuid();
+  t.is((await sv.jig.request('SIGN', 's1', Buffer.from(makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }).der))).type, 'CERT');
+  const tokens = join(p.dir, 'tokens');
+  renameSync(tokens, `${tokens}.away`);
+  let restored = false;
+  t.teardown(() => {
+    if (!restored) renameSync(`${tokens}.away`, tokens);
+  });
+  const revoke = { op: 'revoke', target: id, reason: 'scrapped', operator: 'ana' } as const;
+  const err = await t.throwsAsync(operate(sv.s.config, revoke));
+  t.regex(err!.message, /nothing recorded/);
+  t.is(countEvents(sv.s.config.station.ledger, 'revocation'), 0, 'no revocation written');
+  renameSync(`${tokens}.away`, tokens);
+  restored = true;
+  let done = false;
+  for (let i = 0; i < 20 && !done; i++) {
+    done = await operate(sv.s.config, revoke).then(() => true, () => false);
+    if (!done) await new Promise((r) => setTimeout(r, 250));
+  }
+  t.true(done, 'the action went through once the token was back');
+  t.is(countEvents(sv.s.config.station.ledger, 'revocation'), 1);
+});
+
+function countEvents(ledger: string, kind: string): number {
+  const db = new Database(ledger, { readonly: true });
+  try {
+    return (db.prepare('SELECT count(*) AS n FROM events WHERE kind = ?').get(kind) as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}

@@ -65,7 +65,20 @@ export function ownerRequest(raw: unknown): OwnerRequest {
 /** Serves the control channel for a station that owns its ledger; returns the server to close at stop. */
 export function serveControl(config: StationConfig, open: OpenStation): Promise<ControlServer> {
   const ledger = new SqliteLedger(config.station.ledger, config.station.id);
-  const ctx = { config, ledger, checkpoint: (reason: string) => open.checkpointer.take(reason), recordEvent: (e: NewEvent) => open.ledger.recordEvent(e) };
+  const ctx = {
+    config,
+    ledger,
+    checkpoint: (reason: string) => open.checkpointer.take(reason),
+    recordEvent: (e: NewEvent) => open.ledger.recordEvent(e),
+    // A checkpoint first: what the one after the action needs (a signature and a token write) works now.
+    async tokenReady(): Promise<void> {
+      try {
+        await open.checkpointer.take('operator');
+      } catch (err) {
+        throw new LineSignerError('TOKEN_UNAVAILABLE', `${(err as Error).message}; nothing recorded: an operator action is checkpointed by the token as it is made`);
+      }
+    },
+  };
   return ControlServer.listen(config.station.ledger, async (raw) => {
     const req = ownerRequest(raw);
     switch (req.op) {

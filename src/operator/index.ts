@@ -37,6 +37,12 @@ export interface OperatorContext {
   /** A checkpoint after the action's event. */
   checkpoint(reason: string): Promise<unknown>;
   /**
+   * Throws TOKEN_UNAVAILABLE when the token cannot sign now (a serving
+   * station's probe); a process that opened the token for this action
+   * knows it can and leaves this out.
+   */
+  tokenReady?(): Promise<void>;
+  /**
    * A plain event through the ledger's writer (a serving station's writer
    * thread: the thread that serves the links never waits on a flush for it).
    */
@@ -60,6 +66,9 @@ export function operatorName(config: StationConfig, flag?: string): string {
 /** Performs one action in the process that owns the ledger. */
 export async function perform(ctx: OperatorContext, req: OperatorRequest): Promise<unknown> {
   const { ledger } = ctx;
+  // An action is checkpointed as it is made (a start refuses one past the token's checkpoint): with
+  // the token away, nothing is written rather than an action the token cannot vouch for.
+  await ctx.tokenReady?.();
   let result: unknown;
   switch (req.op) {
     case 'allow-reissue':
@@ -97,7 +106,12 @@ export async function perform(ctx: OperatorContext, req: OperatorRequest): Promi
       break;
     }
   }
-  await ctx.checkpoint('operator');
+  try {
+    await ctx.checkpoint('operator');
+  } catch (err) {
+    const e = err instanceof LineSignerError ? err : new LineSignerError('TOKEN_UNAVAILABLE', (err as Error).message);
+    throw new LineSignerError(e.code, `${req.op} is recorded, but the token could not sign its checkpoint (${e.message}): the station's next checkpoint covers it; if the station stops uncleanly first, its next start asks for \`line-signer ledger accept\``);
+  }
   return result;
 }
 
