@@ -11,10 +11,10 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
 import { eventHash, SqliteLedger, type LedgerEvent } from '../src/ledger/index.js';
-import { openStation, verifyLedger } from '../src/station/index.js';
+import { caCsr, openStation, verifyLedger } from '../src/station/index.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { cli, cliAsync } from './helpers/cli.js';
-import { FACTORY, makeOpensslRoot, testStation, uuid } from './helpers/pki.js';
+import { FACTORY, makeOpensslRoot, signCaCsrWithOpenssl, testPki, testStation, uuid } from './helpers/pki.js';
 import { stationWithBatches } from './helpers/batches.js';
 
 const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
@@ -240,4 +240,16 @@ test('a row whose serial and device id were both changed gets both named, not on
   t.is(v.status, 1);
   t.regex(v.stderr, /issuances seq 2: serial does not match the certificate/);
   t.regex(v.stderr, /issuances seq 2: device_id does not match the certificate/);
+});
+
+test('batches made before a recorded ca import --replace are a note in ledger verify, not a problem: the certificates they carry were replaced', async (t) => {
+  const p = testPki();
+  const { s } = await stationWithBatches([2]);
+  await s.close();
+  const renewed = signCaCsrWithOpenssl(await caCsr(s.config), s.dir, { key: p.rootKey, pem: p.rootPem });
+  const imp = cli(['ca', 'import', renewed, '--replace', '--config', s.configPath]);
+  t.is(imp.status, 0, imp.stderr);
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 0, v.stderr);
+  t.regex(v.stdout, /note: batch 1 cannot be made again byte for byte: `ca import` \(event seq \d+\) replaced a certificate/);
 });

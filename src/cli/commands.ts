@@ -198,7 +198,9 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
         const cfg = config(args);
         const r = verifyLedger(cfg, { file: args.ledger, noToken: args['without-token'] });
         // The batches table's files: rows, signature and certificates must make each one again, byte for byte.
-        for (const b of checkRecordedBatches(cfg, args.ledger)) r.problems.push({ table: 'batches', seq: b.batch, reason: b.reason });
+        const batches = checkRecordedBatches(cfg, args.ledger);
+        for (const b of batches.problems) r.problems.push({ table: 'batches', seq: b.batch, reason: b.reason });
+        r.notes.push(...batches.notes);
         for (const n of r.notes) process.stdout.write(`note: ${n}\n`);
         for (const p of r.problems) process.stderr.write(`ERROR LEDGER ${p.table === 'state' ? 'policy state' : `${p.table} ${p.table === 'checkpoints' ? 'n' : 'seq'} ${p.seq}`}: ${p.reason}\n`);
         if (r.problems.length) {

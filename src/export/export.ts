@@ -193,10 +193,14 @@ export interface BatchProblem {
  * be the station certificate's over that content. What `ledger verify`
  * adds for the batches table; a problem per batch, never a throw.
  */
-export function checkRecordedBatches(config: StationConfig, ledgerPath = config.station.ledger): BatchProblem[] {
+export function checkRecordedBatches(config: StationConfig, ledgerPath = config.station.ledger): { problems: BatchProblem[]; notes: string[] } {
   const problems: BatchProblem[] = [];
+  const notes: string[] = [];
   const ledger = new SqliteLedger(ledgerPath, config.station.id, { readonly: true });
   try {
+    // A batch carries the certificates in force when it was made; a recorded `ca import` since
+    // replaced one, and then the batch cannot be made again byte for byte (nor by export --batch).
+    const imports = [...ledger.eventsOfKind('ca_import', 0, Number.MAX_SAFE_INTEGER)].map((e) => e.seq);
     let stationCert: Uint8Array | null = null;
     try {
       stationCert = certificateDer(new Uint8Array(readFileSync(config.ca.station_certificate)), 'station key certificate');
@@ -204,6 +208,7 @@ export function checkRecordedBatches(config: StationConfig, ledgerPath = config.
       // said below, per batch
     }
     for (const b of ledger.allBatches()) {
+      const before = problems.length;
       const sink = new Sink(null);
       let digest: Buffer;
       try {
@@ -221,11 +226,16 @@ export function checkRecordedBatches(config: StationConfig, ledgerPath = config.
       if (sink.hash.digest('hex') !== b.fileSha256) {
         problems.push({ batch: b.number, reason: 'its rows, signature or certificates no longer make the file whose SHA-256 was recorded' });
       }
+      const replacedBy = imports.find((seq) => seq > b.lastEventSeq);
+      if (problems.length > before && replacedBy !== undefined) {
+        problems.length = before;
+        notes.push(`batch ${b.number} cannot be made again byte for byte: \`ca import\` (event seq ${replacedBy}) replaced a certificate it carries since; its rows are checked by the chain, and the file exported then still verifies with verify-export`);
+      }
     }
   } finally {
     ledger.close();
   }
-  return problems;
+  return { problems, notes };
 }
 
 export async function exportBatch(config: StationConfig, opts: ExportOptions): Promise<ExportResult | null> {
