@@ -97,3 +97,21 @@ test('unknown commands and missing arguments are usage errors, not stack traces'
   t.regex(r.stderr, /^ERROR USAGE /);
   t.notRegex(r.stderr, /at .*\.js:\d+/);
 });
+
+test('operator commands: what the operator typed is checked as client text and every error line is printable; an order quantity stays in range', async (t) => {
+  const s = await testStation();
+  await s.close();
+  const revoke = cli(['ledger', 'revoke', '\x1b[31mRED\u202e', '--reason', 'x', '--config', s.configPath]);
+  t.is(revoke.status, 64);
+  t.regex(revoke.stderr, /^ERROR USAGE --target contains a control character/);
+  t.regex(revoke.stderr, /^[\x20-\x7e\n]*$/, 'printable');
+  const unknown = cli(['ledger', 'revoke', 'no-such-d\u00e9vice', '--reason', 'x', '--config', s.configPath]);
+  t.is(unknown.status, 64);
+  t.regex(unknown.stderr, /^ERROR USAGE no device id or serial no-such-d\\u00e9vice in this ledger/);
+  for (const q of ['1e21', '0', '10000001']) {
+    const big = cli(['order', 'open', 'BIG', '--quantity', q, '--config', s.configPath]);
+    t.is(big.status, 64, q);
+    t.regex(big.stderr, /--quantity: a whole number/);
+  }
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0, 'nothing was written');
+});

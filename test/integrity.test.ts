@@ -159,7 +159,7 @@ test('one owner: a second serve stops with LEDGER_BUSY naming the holder; sign, 
   for (const f of [`${s.ledger}.lock`, `${s.ledger}.lock-journal`]) rmSync(f, { force: true });
   const third = await cliAsync(['serve', '--config', s.configPath, '--spool', stick, '--json']);
   t.not(third.status, 0);
-  t.regex(third.stderr, /ERROR LEDGER_BUSY another process serves .* its lock file was deleted or replaced/);
+  t.regex(third.stderr, /ERROR LEDGER_BUSY another process serves .* lock file was deleted or replaced/);
 
   const csrPath = join(s.dir, 'one.csr');
   const deviceId = uuid();

@@ -177,7 +177,7 @@ export async function signCommand(args: GlobalArgs & { csr: string; out?: string
     }
   }
   if (!result.ok) {
-    process.stderr.write(`ERROR ${result.code} ${result.message}\n`);
+    process.stderr.write(`ERROR ${result.code} ${printable(result.message)}\n`);
     process.exit(2);
   }
   if (args.out) writeFileAtomic(args.out, result.chain);
@@ -202,7 +202,7 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
         for (const b of batches.problems) r.problems.push({ table: 'batches', seq: b.batch, reason: b.reason });
         r.notes.push(...batches.notes);
         for (const n of r.notes) process.stdout.write(`note: ${n}\n`);
-        for (const p of r.problems) process.stderr.write(`ERROR LEDGER ${p.table === 'state' ? 'policy state' : `${p.table} ${p.table === 'checkpoints' ? 'n' : 'seq'} ${p.seq}`}: ${p.reason}\n`);
+        for (const p of r.problems) process.stderr.write(`ERROR LEDGER ${p.table === 'state' ? 'policy state' : `${p.table} ${p.table === 'checkpoints' ? 'n' : 'seq'} ${p.seq}`}: ${printable(p.reason)}\n`);
         if (r.problems.length) {
           process.stderr.write(`ledger NOT intact: ${r.problems.length}${r.problems.length >= 200 ? '+' : ''} problem${r.problems.length === 1 ? '' : 's'}\n`);
           process.exit(1);

@@ -2,6 +2,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { caCommands, ledgerCommands, signCommand, statusCommand, type GlobalArgs } from './commands.js';
 import { fail } from './output.js';
+import { printable } from '../text.js';
 import { actAsStationUser, STATION_COMMANDS } from './privileges.js';
 import { jigCommand, serveCommand } from './serve.js';
 import { exportCommand, syncCommand, verifyExportCommand } from './export-commands.js';
@@ -122,7 +123,7 @@ const cli = yargs(hideBin(process.argv))
   .help()
   .fail((msg, err) => {
     if (err) fail(err);
-    process.stderr.write(`ERROR USAGE ${msg}\n`);
+    process.stderr.write(`ERROR USAGE ${printable(msg)}\n`);
     process.exit(64);
   });
 

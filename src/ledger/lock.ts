@@ -12,6 +12,7 @@ import Database from 'better-sqlite3';
 import { readFileSync, realpathSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { userInfo } from 'node:os';
+import { createConnection } from 'node:net';
 import { LineSignerError } from '../errors.js';
 import { whyNotWritable, writeFileAtomic } from '../files.js';
 
@@ -88,6 +89,20 @@ export class LedgerLock {
     return lock;
   }
 
+  /**
+   * The lock, unless a process still answers on the ledger's control
+   * socket: then someone deleted or replaced the lock file under a serving
+   * owner, and taking it would make a second writer (LEDGER_BUSY).
+   */
+  static async acquireChecked(ledger: string, command: string): Promise<LedgerLock> {
+    const lock = LedgerLock.acquire(ledger, command);
+    if (await socketAnswers(`${realLedgerPath(ledger)}.sock`)) {
+      lock.release();
+      throw new LineSignerError('LEDGER_BUSY', `another process serves ${ledger} on ${realLedgerPath(ledger)}.sock, though its lock file was free: the lock file was deleted or replaced; stop that process first`);
+    }
+    return lock;
+  }
+
   /** Waits for the lock (saying once who holds it), up to `timeoutMs`. */
   static async wait(ledger: string, command: string, timeoutMs: number, onWait?: (holder: string) => void): Promise<LedgerLock> {
     const end = Date.now() + timeoutMs;
@@ -111,6 +126,20 @@ export class LedgerLock {
       this.db.close();
     }
   }
+}
+
+/** Whether a process accepts connections on the Unix socket at `path` (within half a second). */
+export function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection(path);
+    const done = (alive: boolean): void => {
+      socket.destroy();
+      resolve(alive);
+    };
+    socket.setTimeout(500, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
 }
 
 function busy(ledger: string): LineSignerError {

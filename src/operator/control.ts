@@ -8,7 +8,7 @@
 import { chmodSync, rmSync, statSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { asLineSignerError, LineSignerError, type ErrorCode } from '../errors.js';
-import { realLedgerPath } from '../ledger/lock.js';
+import { realLedgerPath, socketAnswers } from '../ledger/lock.js';
 
 export const socketPath = (ledger: string): string => `${realLedgerPath(ledger)}.sock`;
 
@@ -32,7 +32,7 @@ export class ControlServer {
    */
   static async listen(ledger: string, handle: (request: unknown) => Promise<unknown>): Promise<ControlServer> {
     const path = socketPath(ledger);
-    if (await answers(path)) {
+    if (await socketAnswers(path)) {
       throw new LineSignerError('LEDGER_BUSY', `another process serves ${ledger} on ${path}, though this one holds the lock: its lock file was deleted or replaced; stop that process first`);
     }
     rmSync(path, { force: true });
@@ -54,20 +54,6 @@ export class ControlServer {
       // gone already
     }
   }
-}
-
-/** Whether a process accepts connections on the socket at `path` (within half a second). */
-function answers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection(path);
-    const done = (alive: boolean): void => {
-      socket.destroy();
-      resolve(alive);
-    };
-    socket.setTimeout(500, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
 }
 
 function serveOne(socket: Socket, handle: (request: unknown) => Promise<unknown>): void {

@@ -16,7 +16,7 @@ import { LineSignerError } from '../errors.js';
 import { LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
-import { checkClientText } from '../text.js';
+import { checkClientText, TEXT_LIMITS } from '../text.js';
 import { backupLedger } from './backup.js';
 import { callOwner } from './control.js';
 
@@ -64,7 +64,32 @@ export function operatorName(config: StationConfig, flag?: string): string {
 }
 
 /** Performs one action in the process that owns the ledger. */
+/** The largest work order: more than a factory makes in years, small enough to stay an exact integer in every message. */
+export const MAX_ORDER_QUANTITY = 10_000_000;
+
+/**
+ * What an action takes, checked wherever it came from (the CLI, or the
+ * control socket, where any process of the service user may write): text
+ * by the client-text rules, the quantity a whole number in range.
+ */
+function checkRequest(req: OperatorRequest): void {
+  const r = req as Record<string, unknown>;
+  const limits: Record<string, number> = { reason: TEXT_LIMITS.field, operator: 64, target: TEXT_LIMITS.name, device: TEXT_LIMITS.name, id: TEXT_LIMITS.workOrder, hardwareId: TEXT_LIMITS.hardwareId, dest: 4096 };
+  for (const [field, max] of Object.entries(limits)) {
+    if (typeof r[field] !== 'string') continue;
+    try {
+      checkClientText(`--${field}`, r[field] as string, max);
+    } catch (err) {
+      throw new LineSignerError('USAGE', (err as Error).message);
+    }
+  }
+  if (req.op === 'order-open' && (!Number.isSafeInteger(req.quantity) || req.quantity < 1 || req.quantity > MAX_ORDER_QUANTITY)) {
+    throw new LineSignerError('USAGE', `--quantity: a whole number of certificates from 1 to ${MAX_ORDER_QUANTITY.toLocaleString('en-US')}`);
+  }
+}
+
 export async function perform(ctx: OperatorContext, req: OperatorRequest): Promise<unknown> {
+  checkRequest(req);
   const { ledger } = ctx;
   // An action is checkpointed as it is made (a start refuses one past the token's checkpoint): with
   // the token away, nothing is written rather than an action the token cannot vouch for.

@@ -104,7 +104,7 @@ export interface OpenOptions {
  * another, so neither a token signature nor a disk flush holds up a link.
  */
 export async function openStation(config: StationConfig, opts: OpenOptions = {}): Promise<OpenStation> {
-  const lock = (opts.lock ?? 'take') === 'take' ? LedgerLock.acquire(config.station.ledger, opts.command ?? 'serve') : null;
+  const lock = (opts.lock ?? 'take') === 'take' ? await LedgerLock.acquireChecked(config.station.ledger, opts.command ?? 'serve') : null;
   try {
     return await openOwned(config, opts, lock);
   } catch (err) {
