@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
@@ -160,6 +160,12 @@ test('one owner: a second serve stops with LEDGER_BUSY naming the holder; sign, 
   const third = await cliAsync(['serve', '--config', s.configPath, '--spool', stick, '--json']);
   t.not(third.status, 0);
   t.regex(third.stderr, /ERROR LEDGER_BUSY another process serves .* lock file was deleted or replaced/);
+  // Both deleted (a cleanup of ledger.db.*): the serving station takes its lock again and listens again.
+  for (const f of [`${s.ledger}.lock`, `${s.ledger}.lock-journal`, `${s.ledger}.sock`]) rmSync(f, { force: true });
+  await waitFor(() => existsSync(`${s.ledger}.lock`) && existsSync(`${s.ledger}.sock`), 10_000);
+  const fourth = await cliAsync(['serve', '--config', s.configPath, '--spool', stick, '--json']);
+  t.not(fourth.status, 0);
+  t.regex(fourth.stderr, /ERROR LEDGER_BUSY .*held by `line-signer serve` \(pid/);
 
   const csrPath = join(s.dir, 'one.csr');
   const deviceId = uuid();

@@ -41,6 +41,8 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   await runner.start();
   for (const w of open.warnings) view.info(`warning: ${w}`);
   view.info('serving', { links: links.map((l) => l.status.name) });
+  let lostOwnership: string | null = null;
+  let guard: NodeJS.Timeout | undefined;
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       view?.info(`${signal}: finishing requests in flight`);
@@ -48,14 +50,26 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
+    // Every 2 s: still the ledger's one owner? A deleted lock file is taken again, a deleted socket
+    // listened on again; a lock another process took meanwhile stops this station, leaving one owner.
+    guard = setInterval(() => {
+      lostOwnership = open.stillOwned();
+      if (lostOwnership) {
+        clearInterval(guard);
+        view?.info(`ERROR LEDGER_BUSY ${lostOwnership}; this station stops`);
+        resolve();
+      } else void control.ensure().catch((err: Error) => view?.info(`warning: control socket: ${err.message}`));
+    }, 2000);
+    guard.unref();
   });
+  clearInterval(guard);
   await runner.stop();
   await control.close();
-  await open.close();
+  await open.close({ write: lostOwnership === null });
   view.info('stopped', { issued: links.reduce((n, l) => n + l.status.issued, 0) });
   view.stop();
   // Everything is answered, closed and flushed: a port's close or a timer left in a library must not hold the exit past the promised 2 s.
-  setImmediate(() => process.exit(0));
+  setImmediate(() => process.exit(lostOwnership ? 1 : 0));
 }
 
 /** HTTP and spool links, loaded only when asked for. */

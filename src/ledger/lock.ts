@@ -9,7 +9,7 @@
  * lock itself, waiting while another command holds it.
  */
 import Database from 'better-sqlite3';
-import { readFileSync, realpathSync, rmSync } from 'node:fs';
+import { readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { userInfo } from 'node:os';
 import { createConnection } from 'node:net';
@@ -53,10 +53,42 @@ function holderText(ledger: string): string {
 }
 
 export class LedgerLock {
+  /** The lock file's inode when it was taken: a deleted or replaced file no longer excludes anyone. */
+  private inode: number;
+
   private constructor(
-    private readonly db: Database.Database,
+    private db: Database.Database,
     private readonly ledger: string,
-  ) {}
+    private readonly command: string,
+  ) {
+    this.inode = statSync(lockPath(ledger)).ino;
+  }
+
+  /**
+   * Whether this process still owns the ledger. When the lock file was
+   * deleted or replaced (a cleanup of `ledger.db.*`), the lock is taken
+   * again on the file now there; null when it is held (again), else why
+   * another process may be writing: the owner should stop.
+   */
+  stillOwned(): string | null {
+    try {
+      if (statSync(lockPath(this.ledger)).ino === this.inode) return null;
+    } catch {
+      // deleted: take it again below
+    }
+    const fresh = LedgerLock.tryAcquire(this.ledger, this.command);
+    if (!fresh) return `the ledger's lock file ${lockPath(this.ledger)} was deleted or replaced, and ${holderText(this.ledger)} holds it now: two processes may be writing the ledger`;
+    // Ours again: keep the fresh lock, let the old (unlinked) one go.
+    const old = this.db;
+    this.db = fresh.db;
+    this.inode = fresh.inode;
+    try {
+      old.exec('ROLLBACK');
+    } finally {
+      old.close();
+    }
+    return null;
+  }
 
   /** The lock, or null when another process holds it now. */
   static tryAcquire(ledger: string, command: string): LedgerLock | null {
@@ -79,7 +111,7 @@ export class LedgerLock {
     }
     const holder: LockHolder = { pid: process.pid, command, user: safeUser(), since: new Date().toISOString() };
     writeFileAtomic(ownerPath(ledger), JSON.stringify(holder) + '\n', 0o644);
-    return new LedgerLock(db, ledger);
+    return new LedgerLock(db, ledger, command);
   }
 
   /** The lock now, or LEDGER_BUSY naming the holder. */

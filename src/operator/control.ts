@@ -18,11 +18,32 @@ export type ControlReply = { ok: true; result: unknown } | { ok: false; code: Er
 
 export class ControlServer {
   private constructor(
-    private readonly server: Server,
+    private server: Server,
     private readonly path: string,
     /** The socket file's inode: close() removes only its own, not one a later owner made. */
-    private readonly inode: number,
+    private inode: number,
+    private readonly handle: (request: unknown) => Promise<unknown>,
   ) {}
+
+  /**
+   * Listens again when the socket file was deleted (a cleanup of
+   * `ledger.db.*`): operator commands would otherwise find no owner and
+   * wait on its lock. A file another process answers on is left alone.
+   */
+  async ensure(): Promise<void> {
+    try {
+      if (statSync(this.path).ino === this.inode) return;
+    } catch {
+      // deleted: listen again
+    }
+    if (await socketAnswers(this.path)) return;
+    rmSync(this.path, { force: true });
+    const { server, inode } = await bind(this.path, this.handle);
+    // The old server is left listening on its unlinked name (unreferenced: it ends with the
+    // process): closing it would make libuv unlink the path, which is the new socket now.
+    this.server = server;
+    this.inode = inode;
+  }
 
   /**
    * Listens on the ledger's socket. Only the ledger's lock holder calls
@@ -36,24 +57,33 @@ export class ControlServer {
       throw new LineSignerError('LEDGER_BUSY', `another process serves ${ledger} on ${path}, though this one holds the lock: its lock file was deleted or replaced; stop that process first`);
     }
     rmSync(path, { force: true });
-    const server = createServer((socket) => serveOne(socket, handle));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(path, () => resolve());
-    });
-    chmodSync(path, 0o600);
-    server.unref();
-    return new ControlServer(server, path, statSync(path).ino);
+    const { server, inode } = await bind(path, handle);
+    return new ControlServer(server, path, inode, handle);
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    let ours = false;
     try {
-      if (statSync(this.path).ino === this.inode) rmSync(this.path, { force: true });
+      ours = statSync(this.path).ino === this.inode;
     } catch {
       // gone already
     }
+    // libuv unlinks a Unix socket's path when its server closes: only when the file there is still
+    // ours, not one a later owner made (the server is unreferenced and ends with the process).
+    if (ours) await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    if (ours) rmSync(this.path, { force: true });
   }
+}
+
+async function bind(path: string, handle: (request: unknown) => Promise<unknown>): Promise<{ server: Server; inode: number }> {
+  const server = createServer((socket) => serveOne(socket, handle));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  chmodSync(path, 0o600);
+  server.unref();
+  return { server, inode: statSync(path).ino };
 }
 
 function serveOne(socket: Socket, handle: (request: unknown) => Promise<unknown>): void {

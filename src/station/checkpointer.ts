@@ -45,6 +45,12 @@ export class Checkpointer {
     return run;
   }
 
+  /** No more checkpoints (the ledger is another process's now). */
+  pause(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
   /** The final checkpoint. */
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);

@@ -71,7 +71,10 @@ export interface OpenStation {
   checkpointer: Checkpointer;
   /** What the start-up checks found worth saying (a key that could leave a development token, rows after the last checkpoint). */
   warnings: string[];
-  close(): Promise<void>;
+  /** Null while this process still owns the ledger (its lock taken again if the file was deleted); else why it may not. */
+  stillOwned(): string | null;
+  /** `{ write: false }`: another process owns the ledger now; nothing more is written to it (no stop event or checkpoint). */
+  close(opts?: { write?: boolean }): Promise<void>;
 }
 
 /** A checking worker is replaced by a fresh one after this many calls (two a certificate): see WorkerRpc's replaceAfter. */
@@ -206,13 +209,16 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     ledger: owned,
     checkpointer,
     warnings,
-    async close() {
+    stillOwned: () => lock?.stillOwned() ?? null,
+    async close(closeOpts?: { write?: boolean }) {
       if (closed) return;
       closed = true;
       try {
-        await station.flushEvents();
-        await owned.recordEvent({ kind: 'stop' });
-        await checkpointer.stop();
+        if (closeOpts?.write !== false) {
+          await station.flushEvents();
+          await owned.recordEvent({ kind: 'stop' });
+          await checkpointer.stop();
+        } else checkpointer.pause();
       } finally {
         await Promise.all(checkers.map((c) => c.stop()));
         await workerSigner.close();
