@@ -16,6 +16,7 @@ import { makeDeviceCsr } from '../src/x509/index.js';
 import { cli, cliAsync } from './helpers/cli.js';
 import { FACTORY, makeOpensslRoot, signCaCsrWithOpenssl, testPki, testStation, uuid } from './helpers/pki.js';
 import { stationWithBatches } from './helpers/batches.js';
+import { batchFileName } from '../src/export/index.js';
 
 const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
 
@@ -252,4 +253,16 @@ test('batches made before a recorded ca import --replace are a note in ledger ve
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(v.status, 0, v.stderr);
   t.regex(v.stdout, /note: batch 1 cannot be made again byte for byte: `ca import` \(event seq \d+\) replaced a certificate/);
+});
+
+test('an export that fails after recording its batch (its file cannot take its name) still closes the ledger with a checkpoint: the station starts after it', async (t) => {
+  const s = await stopped(2);
+  const cfg = loadConfig(s.configPath);
+  mkdirSync(join(s.stick, batchFileName(cfg.station.id, 1), 'x'), { recursive: true });
+  const exp = cli(['export', '--out', s.stick, '--config', s.configPath]);
+  t.not(exp.status, 0);
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 0, v.stderr);
+  const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr()) });
+  t.is(sign.status, 0, sign.stderr);
 });

@@ -135,7 +135,7 @@ export async function perform(ctx: OperatorContext, req: OperatorRequest): Promi
     await ctx.checkpoint('operator');
   } catch (err) {
     const e = err instanceof LineSignerError ? err : new LineSignerError('TOKEN_UNAVAILABLE', (err as Error).message);
-    throw new LineSignerError(e.code, `${req.op} is recorded, but the token could not sign its checkpoint (${e.message}): the station's next checkpoint covers it; if the station stops uncleanly first, its next start asks for \`line-signer ledger accept\``);
+    throw new LineSignerError(e.code, `${req.op} is recorded, but the token could not sign its checkpoint (${e.message}): until a checkpoint covers it (a serving station takes one every second), a start refuses the ledger and asks for \`line-signer ledger accept\``);
   }
   return result;
 }
@@ -193,7 +193,13 @@ export async function withOwnedLedger<T>(
           ledger.appendEvent(e);
         },
       };
-      return await work(ctx);
+      try {
+        return await work(ctx);
+      } finally {
+        // Whatever the work wrote, even if it then failed (an export whose file could not be
+        // renamed into place), is closed by a checkpoint: else the next start refuses the ledger.
+        await takeCheckpoint(ledger, (d) => signer.sign(d), (l, v) => t.writeData(l, v), `closing ${command}`, false).catch(() => undefined);
+      }
     } finally {
       token?.close();
       ledger.close();
