@@ -266,3 +266,12 @@ test('an export that fails after recording its batch (its file cannot take its n
   const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr()) });
   t.is(sign.status, 0, sign.stderr);
 });
+
+test('a batch whose event range was stretched past its export event is named: a later revocation cannot be skipped from every batch', async (t) => {
+  const { s } = await stationWithBatches([1]);
+  await s.close();
+  sql(s.config.station.ledger, 'UPDATE batches SET last_event_seq = last_event_seq + 50 WHERE number = 1');
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 1);
+  t.regex(v.stderr, /batches seq 1: its events \(seq \d+-\d+\) do not end before its export event/);
+});

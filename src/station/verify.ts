@@ -174,7 +174,7 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
     let events = 0;
     prev = GENESIS_HASH;
     expect = 1;
-    const exports = new Map<number, string>();
+    const exports = new Map<number, { message: string; seq: number }>();
     for (const e of ledger.eventsSince(0)) {
       events++;
       for (; expect < e.seq; expect++) problem('events', expect, `event seq ${expect} is missing`);
@@ -190,7 +190,7 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       } else flushRehashed('events');
       if (e.kind === 'export' && e.message) {
         const m = /^batch (\d+): /.exec(e.message);
-        if (m) exports.set(Number(m[1]), e.message);
+        if (m) exports.set(Number(m[1]), { message: e.message, seq: e.seq });
       }
       prev = e.entryHash;
       expect = e.seq + 1;
@@ -207,7 +207,12 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       if (b.firstEventSeq !== (prevBatch?.lastEventSeq ?? 0) + 1) problem('batches', b.number, 'its events do not start right after the previous batch');
       const said = exports.get(b.number);
       if (!said) problem('batches', b.number, 'no export event records it');
-      else if (said !== `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}`) problem('batches', b.number, 'differs from its export event (range or file hash changed)');
+      else {
+        if (said.message !== `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}`) problem('batches', b.number, 'differs from its export event (range or file hash changed)');
+        // Its events end before the export event that recorded it: a range stretched past it would skip
+        // later events (a revocation) from every batch.
+        if (b.lastEventSeq >= said.seq || b.firstEventSeq > b.lastEventSeq + 1) problem('batches', b.number, `its events (seq ${b.firstEventSeq}-${b.lastEventSeq}) do not end before its export event (seq ${said.seq})`);
+      }
       prevBatch = b;
       exports.delete(b.number);
     }
