@@ -87,9 +87,11 @@ export function printable(value: string): string {
 export function checkDeviceName(field: string, value: string): string {
   checkClientText(field, value, TEXT_LIMITS.name);
   // One name must not be writable two ways that look the same in the device cloud.
-  if (value.normalize('NFC') !== value) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} is not in Unicode NFC form: the same text can be written two ways`);
+  // Decomposed text (e + U+0301 for é) is refused; singletons NFC maps (CJK compatibility ideographs, the ohm sign) are other characters to a reader and stay.
+  if (value.normalize('NFC') !== value && value.normalize('NFD') === value) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} is not in Unicode NFC form: the same text can be written two ways`);
   if (/^\s|\s$/u.test(value)) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} begins or ends with a space`);
-  const space = /(?! )\p{Zs}/u.exec(value);
+  // Spaces that look like U+0020 (the ideographic space of CJK input stays a space of its own).
+  const space = /[\u00a0\u1680\u2000-\u200a\u202f\u205f]/u.exec(value);
   if (space) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} has a space other than U+0020 (U+${space[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')})`);
   if (/^(?:\.|%2e){1,2}$/i.test(value)) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} cannot be a device name: it is a path segment of the device API`);
   return value;

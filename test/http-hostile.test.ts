@@ -355,3 +355,11 @@ test('a client that half-closes after its body still reads its certificate; CONN
   t.true(recorded.some((m) => /CONNECT is not served/.test(m)));
   t.true(recorded.some((m) => /Expect: "foo" is not served/.test(m)));
 });
+
+test('names a factory may use stay names: a CJK compatibility ideograph, the ohm sign, an ideographic space inside', async (t) => {
+  const { link } = await shared;
+  for (const name of ['\uf900-line', 'R\u2126-7', '\u30e9\u30a4\u30f3\u3000\uff17']) {
+    const r = await send(link.port, 'POST', ptreeJson(deviceFields({ name }).fields));
+    t.is(r.status, 201, `${JSON.stringify(name)}: ${r.text}`);
+  }
+});

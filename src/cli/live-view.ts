@@ -169,7 +169,7 @@ export function jsonView(dest?: pino.DestinationStream): View {
     clearTimeout(w.timer);
     windows.delete(link);
     const total = Object.values(w.more).reduce((a, b) => a + b, 0);
-    if (total > 0) log.warn(escapedFields({ kind: 'refused', link, suppressed: total, byCode: w.more }), 'coalesced');
+    if (total > 0) log.warn(escapedFields({ kind: 'coalesced', link, suppressed: total, byCode: w.more }), 'coalesced');
   };
   const admit = (e: LinkEvent & { kind: 'refused' | 'noise' | 'issued' }): boolean => {
     let w = windows.get(e.link);
