@@ -62,7 +62,7 @@ test('an untouched history verifies, and each policy table edited behind the cha
   t.is(clean.status, 0, clean.stderr);
 
   const edits: Array<[string, () => void, RegExp]> = [
-    ['a revocation undone', () => sql(h.ledger, 'DELETE FROM revoked WHERE device_id = ?', h.revoked), new RegExp(`revoked "${h.revoked}": revoked by event seq \\d+, no re-issue granted since`)],
+    ['a revocation undone', () => sql(h.ledger, 'DELETE FROM revoked WHERE device_id = ?', h.revoked), new RegExp(`revoked "${h.revoked}": revoked by event seq \\d+, not re-issued since`)],
     ['a grant forged', () => sql(h.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'forged')", h.other), new RegExp(`reissue_grants "${h.other}": a re-issue grant that no reissue_granted event left standing`)],
     ['a used grant put back', () => sql(h.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'again')", h.reissued), new RegExp(`reissue_grants "${h.reissued}": a re-issue grant that no reissue_granted event left standing`)],
     ["an order's count reset", () => sql(h.ledger, "UPDATE orders SET issued = 0, operator = 'mallory' WHERE id = 'WO-1'"), /orders "WO-1": (says 0 issued, the ledger holds 2|differs from its order_open event)/],
@@ -126,4 +126,33 @@ test('a grant forged while the station serves is caught after the fact: the cert
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(v.status, 1);
   t.regex(v.stderr, new RegExp(`reissue_grants "${id}": the certificate of event seq \\d+ used a re-issue grant no reissue_granted event made`));
+});
+
+test('from the replay base on, a revocation dropped with its grant is named even though a grant followed it: one grant cannot yield two certificates', async (t) => {
+  const s = await testStation();
+  const id = uuid();
+  t.true((await s.station.handle({ csr: csrOf(id), link: 't' })).ok);
+  await s.close();
+  for (const args of [['ledger', 'revoke', id, '--reason', 'scrapped'], ['ledger', 'allow-reissue', id, '--reason', 'rework']]) {
+    const r = cli([...args, '--config', s.configPath, '--operator', 'ana']);
+    t.is(r.status, 0, r.stderr);
+  }
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+  sql(s.config.station.ledger, 'DELETE FROM revoked WHERE device_id = ?', id);
+  sql(s.config.station.ledger, 'DELETE FROM reissue_grants WHERE device_id = ?', id);
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 1);
+  t.regex(v.stderr, new RegExp(`revoked "${id}": revoked by event seq \\d+`));
+});
+
+test('a ledger from before the replay base gets one at its first start, holding what stood then', async (t) => {
+  const s = await testStation();
+  const id = uuid();
+  t.true((await s.station.handle({ csr: csrOf(id), link: 't' })).ok);
+  await s.close();
+  const db = new Database(s.config.station.ledger, { readonly: true });
+  const bases = db.prepare("SELECT message FROM events WHERE kind = 'replay_base'").all() as Array<{ message: string }>;
+  db.close();
+  t.is(bases.length, 1, 'one base, written at the first start only');
+  t.deepEqual(JSON.parse(bases[0]!.message), { revoked: [], grants: [] });
 });

@@ -12,7 +12,7 @@ import { serialKey } from '../serial.js';
 import { whyNotWritable } from '../files.js';
 import { checkpointStatement, sha256, type Checkpoint, type Heads, type TokenCheckpoint } from './checkpoint.js';
 import { MIGRATIONS } from './schema.js';
-import { projectionProblems, type ProjectionProblem } from './projections.js';
+import { projectionProblems, replayBase, type ProjectionProblem } from './projections.js';
 
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
@@ -59,6 +59,7 @@ export type EventKind =
   | 'replay'
   | 'reissue_granted'
   | 'reissue_used'
+  | 'replay_base'
   | 'ca_import'
   | 'revocation'
   | 'export'
@@ -839,6 +840,11 @@ export class SqliteLedger implements Ledger {
     return this.db
       .prepare<[number], { seq: number; kind: string }>(`SELECT seq, kind FROM events WHERE seq > ? AND kind IN (${OPERATOR_KINDS.map((k) => `'${k}'`).join(', ')}) ORDER BY seq LIMIT 5`)
       .all(eventSeq);
+  }
+
+  /** The message of the ledger's replay_base event when it has none yet, else null (projections.ts). */
+  replayBaseToWrite(): string | null {
+    return this.hasEventsOfKind('replay_base', 0, Number.MAX_SAFE_INTEGER) ? null : replayBase(this.db);
   }
 
   /** The policy state tables against the events they project (projections.ts). */

@@ -35,10 +35,17 @@ const ORDER_OPEN = /^work order (.+?): (\d+) certificates(?:, hardware id (.+))?
 const ORDER_CLOSE = /^work order (.+?): (\d+) of \d+ issued; /s;
 const CLOCK = /^clock confirmed as (\S+?)(?: after issuance seq (\d+))?: /s;
 
+/** The revocations and grants standing now, as the replay_base event's message. */
+export function replayBase(db: Database.Database): string {
+  const revoked = db.prepare<[], { device_id: string; event_seq: number }>('SELECT device_id, event_seq FROM revoked ORDER BY device_id').all().map((r) => [r.device_id, r.event_seq]);
+  const grants = db.prepare<[], { device_id: string }>('SELECT device_id FROM reissue_grants ORDER BY device_id').all().map((r) => r.device_id);
+  return JSON.stringify({ revoked, grants });
+}
+
 export function projectionProblems(db: Database.Database): ProjectionProblem[] {
   const problems: ProjectionProblem[] = [];
   const events = db
-    .prepare<[], EventRow>("SELECT seq, at, kind, device_id, message, operator FROM events WHERE kind IN ('order_open', 'order_close', 'revocation', 'reissue_granted', 'reissue_used', 'clock_confirm') ORDER BY seq")
+    .prepare<[], EventRow>("SELECT seq, at, kind, device_id, message, operator FROM events WHERE kind IN ('order_open', 'order_close', 'revocation', 'reissue_granted', 'reissue_used', 'replay_base', 'clock_confirm') ORDER BY seq")
     .all();
   const issued = db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances').get()?.n ?? 0;
 
@@ -87,7 +94,23 @@ export function projectionProblems(db: Database.Database): ProjectionProblem[] {
     if (!d) state.set(device, (d = { revokedBy: null, grantBy: null, grantedSinceRevocation: false }));
     return d;
   };
+  // From the ledger's replay base on (written at its first start under this version), the replay is
+  // exact: the base says what stood then, and every later grant use has its reissue_used event.
+  const baseEvent = events.find((e) => e.kind === 'replay_base');
+  let exact = false;
   for (const e of events) {
+    if (e === baseEvent) {
+      state.clear();
+      exact = true;
+      try {
+        const base = JSON.parse(e.message ?? '') as { revoked: Array<[string, number]>; grants: string[] };
+        for (const [device, seq] of base.revoked) of(device).revokedBy = seq;
+        for (const device of base.grants) of(device).grantBy = e.seq;
+      } catch {
+        problems.push({ table: 'revoked', key: `event ${e.seq}`, reason: 'the replay base event is not readable' });
+      }
+      continue;
+    }
     if (!e.device_id) continue;
     const d = of(e.device_id);
     if (e.kind === 'revocation') {
@@ -105,9 +128,9 @@ export function projectionProblems(db: Database.Database): ProjectionProblem[] {
   }
   const revokedRows = new Map(db.prepare<[], { device_id: string; event_seq: number }>('SELECT device_id, event_seq FROM revoked').all().map((r) => [r.device_id, r.event_seq]));
   for (const [device, d] of state) {
-    // Ledgers from before reissue_used events cleared a revocation silently; a grant made after it is the sign of that.
-    if (d.revokedBy !== null && !d.grantedSinceRevocation && !revokedRows.has(device)) {
-      problems.push({ table: 'revoked', key: device, reason: `revoked by event seq ${d.revokedBy}, no re-issue granted since, but not in the revoked table: it would be served again` });
+    // Before a replay base, a re-issue cleared a revocation silently; a grant made after it is the sign of that.
+    if (d.revokedBy !== null && (exact || !d.grantedSinceRevocation) && !revokedRows.has(device)) {
+      problems.push({ table: 'revoked', key: device, reason: `revoked by event seq ${d.revokedBy}, ${exact ? 'not re-issued' : 'no re-issue granted'} since, but not in the revoked table: it would be served again` });
     }
   }
   for (const [device, seq] of revokedRows) {

@@ -85,6 +85,10 @@ export class ThreadedLedger implements Ledger {
     return this.reader.heads();
   }
 
+  replayBaseToWrite(): string | null {
+    return this.reader.replayBaseToWrite();
+  }
+
   operatorEventsAfter(eventSeq: number): ReturnType<SqliteLedger['operatorEventsAfter']> {
     return this.reader.operatorEventsAfter(eventSeq);
   }

@@ -200,6 +200,10 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
   });
   const checkpointer = new Checkpointer(ledger, { sign: (d) => workerSigner.stationSign(d), store: (l, v) => workerSigner.store(l, v) }, 1000, opts.lock !== 'none');
   const owned = ledger;
+  // Once per ledger: the revocations and grants standing now, from which the policy replay
+  // (projections.ts) goes on exactly; ledgers from before reissue_used events need this base.
+  const base = opts.lock === 'none' ? null : ledger.replayBaseToWrite();
+  if (base) await owned.recordEvent({ kind: 'replay_base', message: base });
   await owned.recordEvent({ kind: 'start', message: `line-signer ${opts.command ?? 'serve'} pid ${process.pid}`, operator: opts.operator ?? null });
   await checkpointer.take('start');
   checkpointer.start();
