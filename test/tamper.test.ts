@@ -5,13 +5,13 @@
  * batches table, a swapped station certificate.
  */
 import test from 'ava';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
 import { eventHash, SqliteLedger, type LedgerEvent } from '../src/ledger/index.js';
-import { caCsr, openStation, verifyLedger } from '../src/station/index.js';
+import { caCsr, caInit, openStation, verifyLedger } from '../src/station/index.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { cli, cliAsync } from './helpers/cli.js';
 import { FACTORY, makeOpensslRoot, signCaCsrWithOpenssl, testPki, testStation, uuid } from './helpers/pki.js';
@@ -274,4 +274,21 @@ test('a batch whose event range was stretched past its export event is named: a 
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(v.status, 1);
   t.regex(v.stderr, /batches seq 1: its events \(seq \d+-\d+\) do not end before its export event/);
+});
+
+test('after a recorded local-ca key rotation (ca import --replace of a certificate for a new key), the certificates issued before still verify against the local-ca they were issued under', async (t) => {
+  const p = testPki();
+  const s = await stopped(3);
+  writeFileSync(s.configPath, readFileSync(s.configPath, 'utf8').replace(/key_label = "[^"]*"/, 'key_label = "local-ca-2"'));
+  const cfg = loadConfig(s.configPath);
+  const renewed = signCaCsrWithOpenssl(await caInit(cfg), s.dir, { key: p.rootKey, pem: p.rootPem });
+  const imp = cli(['ca', 'import', renewed, '--replace', '--config', s.configPath]);
+  t.is(imp.status, 0, imp.stderr);
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 0, v.stderr);
+  // The kept certificate is what vouches for them: without it they are named.
+  for (const f of readdirSync(s.dir)) if (f.endsWith('.replaced.pem')) rmSync(join(s.dir, f));
+  const gone = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(gone.status, 1);
+  t.regex(gone.stderr, /issuances seq 1: stored certificate is not signed by the local-ca/);
 });

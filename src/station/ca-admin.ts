@@ -5,7 +5,7 @@
  */
 import { createPrivateKey, randomBytes, X509Certificate } from 'node:crypto';
 import { userInfo } from 'node:os';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { readPin, type StationConfig } from '../config/index.js';
 import { readPrivateFile } from '../files.js';
@@ -141,6 +141,11 @@ export interface ImportOptions {
 }
 
 /** `ca import`: checks a local-ca certificate against the profile and installs it. */
+/** Where a replaced local-ca certificate is kept: beside the current one, named by its SHA-256. */
+export function replacedLocalCaPath(certificate: string, sha256: string): string {
+  return `${certificate}.${sha256}.replaced.pem`;
+}
+
 export function caImport(config: StationConfig, file: string, opts: ImportOptions = {}): X509Certificate {
   let bytes: Buffer;
   try {
@@ -209,6 +214,8 @@ function installLocalCa(config: StationConfig, der: Uint8Array, rootDer: Uint8Ar
     // The import is recorded in the ledger: the token must vouch for the file before it is written to.
     const problem = ledgerTokenProblem(ledger, tokenCheckpoint((l) => token.readData(l), config.station.id), config.station.id, config.station.ledger);
     if (problem) throw new LineSignerError('LEDGER', `nothing installed: ${problem}`);
+    // The local-ca it replaces is kept beside it: `ledger verify` checks the certificates issued under it against it.
+    if (installed && installed.sha256 !== sha) copyFileSync(config.ca.certificate, replacedLocalCaPath(config.ca.certificate, installed.sha256));
     writeFileAtomic(config.ca.certificate, pemEncode(der, 'CERTIFICATE'));
     ledger.appendEvent({ kind: 'ca_import', message: `local-ca ${sha} ${subject}${replaced}`, operator: opts.operator ?? null });
     // Signed at once, like every write to the ledger, when the station key exists (ca init makes it).

@@ -31,6 +31,9 @@ import { serialKey } from '../serial.js';
 import { quote } from '../text.js';
 import type { Pkcs11Token } from '../token/index.js';
 import { openToken, readCertificateFile } from './open.js';
+import { replacedLocalCaPath } from './ca-admin.js';
+import { readFileSync } from 'node:fs';
+import { sha256Hex } from '../x509/index.js';
 import { resolve } from 'node:path';
 
 export interface LedgerProblem {
@@ -132,6 +135,20 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       last = c;
     }
 
+    // Every local-ca this ledger recorded and whose certificate is kept (a replaced one beside the
+    // current file): a certificate issued before a replacement is checked against its own local-ca.
+    const cas = [ca];
+    for (const e of ledger.eventsOfKind('ca_import', 0, Number.MAX_SAFE_INTEGER)) {
+      const sha = /^local-ca ([0-9a-f]{64}) /.exec(e.message ?? '')?.[1];
+      if (!sha || sha === sha256Hex(new Uint8Array(ca.raw))) continue;
+      try {
+        const kept = new X509Certificate(readFileSync(replacedLocalCaPath(config.ca.certificate, sha)));
+        if (sha256Hex(new Uint8Array(kept.raw)) === sha) cas.push(kept);
+      } catch {
+        // not kept (replaced before this version kept them): its certificates are named below
+      }
+    }
+
     // Issuances: the chain, the certificates, and what the checkpoints vouch for.
     let checked = 0;
     let prev = GENESIS_HASH;
@@ -162,7 +179,7 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
           problem('issuances', row.seq, `the row was changed after a checkpoint signed it`);
         }
       } else flushRehashed('issuances');
-      for (const why of certificateProblems(row, ca)) problem('issuances', row.seq, why);
+      for (const why of certificateProblems(row, cas)) problem('issuances', row.seq, why);
       prev = row.entryHash;
       expect = row.seq + 1;
     }
@@ -253,7 +270,7 @@ function safeVerify(statement: Uint8Array, key: KeyObject, signature: Uint8Array
 }
 
 /** Everything wrong between a row and its certificate (a wrong serial does not hide a wrong device id). */
-function certificateProblems(row: { certificate: Uint8Array; serial: string; deviceId: string }, ca: X509Certificate): string[] {
+function certificateProblems(row: { certificate: Uint8Array; serial: string; deviceId: string }, cas: X509Certificate[]): string[] {
   let cert: X509Certificate;
   try {
     cert = new X509Certificate(Buffer.from(row.certificate));
@@ -261,7 +278,7 @@ function certificateProblems(row: { certificate: Uint8Array; serial: string; dev
     return ['stored certificate is not readable'];
   }
   const out: string[] = [];
-  if (!cert.verify(ca.publicKey)) out.push('stored certificate is not signed by the local-ca');
+  if (!cas.some((ca) => cert.verify(ca.publicKey))) out.push(cas.length > 1 ? 'stored certificate is not signed by any local-ca this ledger recorded' : 'stored certificate is not signed by the local-ca');
   if (serialKey(cert.serialNumber) !== serialKey(row.serial)) out.push('serial does not match the certificate');
   if (!cert.subject.split('\n').includes(`CN=${row.deviceId}`)) out.push('device_id does not match the certificate');
   return out;
