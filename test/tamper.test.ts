@@ -252,7 +252,7 @@ test('batches made before a recorded ca import --replace are a note in ledger ve
   t.is(imp.status, 0, imp.stderr);
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(v.status, 0, v.stderr);
-  t.regex(v.stdout, /note: batch 1 cannot be made again byte for byte: `ca import` \(event seq \d+\) replaced a certificate/);
+  t.regex(v.stdout, /note: batch 1 cannot be made again byte for byte: a certificate it carries \(local-ca, root or station\) was replaced since \(ca import, event seq \d+\)/);
 });
 
 test('an export that fails after recording its batch (its file cannot take its name) still closes the ledger with a checkpoint: the station starts after it', async (t) => {
@@ -291,4 +291,23 @@ test('after a recorded local-ca key rotation (ca import --replace of a certifica
   const gone = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(gone.status, 1);
   t.regex(gone.stderr, /issuances seq 1: stored certificate is not signed by the local-ca/);
+});
+
+test('a batch made before its factory root was renewed (the same key, no ca import recorded) is a note; a batch whose signature was changed with the certificates untouched is a problem', async (t) => {
+  const p = testPki();
+  const { s } = await stationWithBatches([1, 1]);
+  await s.close();
+  sql(s.config.station.ledger, "UPDATE batches SET signature = X'3006020101020101' WHERE number = 2");
+  const changed = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(changed.status, 1);
+  t.regex(changed.stderr, /batches seq 2: its recorded signature does not hold/);
+  t.notRegex(changed.stderr, /batches seq 1:/);
+  // The root renewed with the same key (in a copy of this station's own): every batch's certificates
+  // line differs from the one its export event named.
+  const root = join(s.dir, 'renewed-root.pem');
+  execFileSync('openssl', ['req', '-x509', '-new', '-key', p.rootKey, '-subj', '/CN=Factory-CA/OU=acme-factory', '-days', '4000', '-out', root, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  writeFileSync(s.configPath, readFileSync(s.configPath, 'utf8').replace(/^root = .*$/m, `root = "${root}"`));
+  const renewed = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.regex(renewed.stdout, /note: batch 1 cannot be made again byte for byte: a certificate it carries/);
+  t.regex(renewed.stdout, /note: batch 2 cannot be made again/);
 });

@@ -79,7 +79,7 @@ function changedRow(what: 'issuance' | 'event', seq: number): LineSignerError {
   return new LineSignerError('EXPORT', `${what} seq ${seq} does not match the ledger's hash chain: the file was changed outside line-signer; nothing exported (\`line-signer ledger verify\` lists what differs)`);
 }
 
-function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b: Omit<Batch, 'signature' | 'fileSha256'>, onProgress?: ExportOptions['onProgress']): { issuances: number; revocations: number; digest: Buffer } {
+function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b: Omit<Batch, 'signature' | 'fileSha256'>, onProgress?: ExportOptions['onProgress']): { issuances: number; revocations: number; digest: Buffer; certificatesSha256: string } {
   const revocations = [...ledger.eventsOfKind('revocation', b.firstEventSeq, b.lastEventSeq)];
   // The station key signs what it exports: each event row of the range must still be what its chain says.
   let prevEvent = b.firstEventSeq <= 1 ? GENESIS_HASH : null;
@@ -107,12 +107,14 @@ function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b
     created_at: b.createdAt,
   };
   sink.line(manifest);
-  sink.line({
+  const certificates = {
     type: 'certificates',
     local_ca: readPem(config.ca.certificate, 'local-ca certificate'),
     root: readPem(config.ca.root, 'factory root'),
     station: readPem(config.ca.station_certificate, 'station key certificate'),
-  } satisfies CertificatesLine);
+  } satisfies CertificatesLine;
+  sink.line(certificates);
+  const certificatesSha256 = createHash('sha256').update(JSON.stringify(certificates) + '\n').digest('hex');
   let done = 0;
   let prev = ledger.entryHashAt(b.firstSeq - 1);
   for (const r of ledger.range(b.firstSeq, b.lastSeq)) {
@@ -147,7 +149,7 @@ function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b
     sink.line(line);
   }
   onProgress?.(done, count);
-  return { issuances: done, revocations: revocations.length, digest: sink.hash.copy().digest() };
+  return { issuances: done, revocations: revocations.length, digest: sink.hash.copy().digest(), certificatesSha256 };
 }
 
 /**
@@ -201,6 +203,12 @@ export function checkRecordedBatches(config: StationConfig, ledgerPath = config.
     // A batch carries the certificates in force when it was made; a recorded `ca import` since
     // replaced one, and then the batch cannot be made again byte for byte (nor by export --batch).
     const imports = [...ledger.eventsOfKind('ca_import', 0, Number.MAX_SAFE_INTEGER)].map((e) => e.seq);
+    // What each batch's export event says its certificates line was (batches from this version on).
+    const certificatesThen = new Map<number, string>();
+    for (const e of ledger.eventsOfKind('export', 0, Number.MAX_SAFE_INTEGER)) {
+      const m = /^batch (\d+): .*, certificates sha256 ([0-9a-f]{64})$/.exec(e.message ?? '');
+      if (m) certificatesThen.set(Number(m[1]), m[2]!);
+    }
     let stationCert: Uint8Array | null = null;
     try {
       stationCert = certificateDer(new Uint8Array(readFileSync(config.ca.station_certificate)), 'station key certificate');
@@ -211,8 +219,9 @@ export function checkRecordedBatches(config: StationConfig, ledgerPath = config.
       const before = problems.length;
       const sink = new Sink(null);
       let digest: Buffer;
+      let certificatesNow = '';
       try {
-        digest = writeContent(sink, ledger, config, b).digest;
+        ({ digest, certificatesSha256: certificatesNow } = writeContent(sink, ledger, config, b));
       } catch (err) {
         problems.push({ batch: b.number, reason: `cannot be written again from the ledger: ${(err as Error).message}` });
         continue;
@@ -226,10 +235,14 @@ export function checkRecordedBatches(config: StationConfig, ledgerPath = config.
       if (sink.hash.digest('hex') !== b.fileSha256) {
         problems.push({ batch: b.number, reason: 'its rows, signature or certificates no longer make the file whose SHA-256 was recorded' });
       }
+      // A batch carries the certificates in force then: one renewed since (a root, a station certificate,
+      // a recorded ca import) explains a difference; its rows are checked by the chain all the same.
+      const then = certificatesThen.get(b.number);
       const replacedBy = imports.find((seq) => seq > b.lastEventSeq);
-      if (problems.length > before && replacedBy !== undefined) {
+      const changed = then !== undefined ? then !== certificatesNow : replacedBy !== undefined;
+      if (problems.length > before && changed) {
         problems.length = before;
-        notes.push(`batch ${b.number} cannot be made again byte for byte: \`ca import\` (event seq ${replacedBy}) replaced a certificate it carries since; its rows are checked by the chain, and the file exported then still verifies with verify-export`);
+        notes.push(`batch ${b.number} cannot be made again byte for byte: a certificate it carries (local-ca, root or station) was replaced since${replacedBy !== undefined ? ` (ca import, event seq ${replacedBy})` : ''}; its rows are checked by the chain, and the file exported then still verifies with verify-export`);
       }
     }
   } finally {
@@ -266,6 +279,7 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
     const path = join(opts.outDir, batchFileName(config.station.id, b.number));
     let counts = { issuances: 0, revocations: 0 };
     let signature: Uint8Array = new Uint8Array();
+    let certificatesSha256 = '';
     try {
       const signer = token.signer(config.token.station_key_label);
       const mismatch = certificateKeyMismatch(stationCert, signer.publicKeySpki(), `the station certificate ${config.ca.station_certificate}`);
@@ -273,6 +287,7 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
       const sha = await writeBatchFile(path, async (sink) => {
         const c = writeContent(sink, ledger, config, b, opts.onProgress);
         counts = c;
+        certificatesSha256 = c.certificatesSha256;
         signature = await signDetached(signer, stationCert, c.digest, new Date(b.createdAt));
         sink.line({ type: 'signature', cms: Buffer.from(signature).toString('base64') });
       }, (fileSha256) => {
@@ -280,7 +295,7 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
         // so of two exports at once exactly one records batch N and only its
         // file ever appears; disk and ledger agree.
         try {
-          ledger.recordBatch({ ...b, signature, fileSha256 }, opts.operator);
+          ledger.recordBatch({ ...b, signature, fileSha256 }, opts.operator, certificatesSha256);
         } catch (err) {
           const taken = /UNIQUE|PRIMARY KEY/i.test((err as Error).message);
           throw new LineSignerError('EXPORT', taken

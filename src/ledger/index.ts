@@ -1032,7 +1032,8 @@ export class SqliteLedger implements Ledger {
     return r ? toBatch(r) : undefined;
   }
 
-  recordBatch(b: Batch, operator?: string | undefined): void {
+  /** `certificatesSha256`: of the batch's certificates line, so that verify can tell a renewed certificate from a changed batch. */
+  recordBatch(b: Batch, operator?: string | undefined, certificatesSha256?: string): void {
     this.q.insertBatch.run({
       number: b.number,
       first_seq: b.firstSeq,
@@ -1044,7 +1045,8 @@ export class SqliteLedger implements Ledger {
       signature: Buffer.from(b.signature),
       file_sha256: b.fileSha256,
     });
-    this.appendEvent({ kind: 'export', message: `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}`, operator: operator ?? null });
+    const certificates = certificatesSha256 ? `, certificates sha256 ${certificatesSha256}` : '';
+    this.appendEvent({ kind: 'export', message: `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}${certificates}`, operator: operator ?? null });
   }
 
   /**

@@ -225,7 +225,10 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       const said = exports.get(b.number);
       if (!said) problem('batches', b.number, 'no export event records it');
       else {
-        if (said.message !== `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}`) problem('batches', b.number, 'differs from its export event (range or file hash changed)');
+        const base = `batch ${b.number}: seq ${b.firstSeq}-${b.lastSeq}, sha256 ${b.fileSha256}`;
+        // Batches from this version on also name their certificates line's SHA-256.
+        const same = said.message === base || (said.message.startsWith(base) && /^, certificates sha256 [0-9a-f]{64}$/.test(said.message.slice(base.length)));
+        if (!same) problem('batches', b.number, 'differs from its export event (range or file hash changed)');
         // Its events end before the export event that recorded it: a range stretched past it would skip
         // later events (a revocation) from every batch.
         if (b.lastEventSeq >= said.seq || b.firstEventSeq > b.lastEventSeq + 1) problem('batches', b.number, `its events (seq ${b.firstEventSeq}-${b.lastEventSeq}) do not end before its export event (seq ${said.seq})`);
