@@ -160,6 +160,7 @@ test('one owner: a second serve stops with LEDGER_BUSY naming the holder; sign, 
   const third = await cliAsync(['serve', '--config', s.configPath, '--spool', stick, '--json']);
   t.not(third.status, 0);
   t.regex(third.stderr, /ERROR LEDGER_BUSY another process serves .* lock file was deleted or replaced/);
+  t.is((JSON.parse(readFileSync(`${s.ledger}.owner`, 'utf8')) as { pid: number }).pid, serve.pid!, 'the refused process left the holder named');
   // Both deleted (a cleanup of ledger.db.*): the serving station takes its lock again and listens again.
   for (const f of [`${s.ledger}.lock`, `${s.ledger}.lock-journal`, `${s.ledger}.sock`]) rmSync(f, { force: true });
   await waitFor(() => existsSync(`${s.ledger}.lock`) && existsSync(`${s.ledger}.sock`), 10_000);

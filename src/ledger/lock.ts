@@ -91,7 +91,7 @@ export class LedgerLock {
   }
 
   /** The lock, or null when another process holds it now. */
-  static tryAcquire(ledger: string, command: string): LedgerLock | null {
+  static tryAcquire(ledger: string, command: string, writeOwner = true): LedgerLock | null {
     let db: Database.Database;
     try {
       db = new Database(lockPath(ledger));
@@ -109,9 +109,15 @@ export class LedgerLock {
       const why = whyNotWritable(lockPath(ledger));
       throw new LineSignerError('LEDGER', `cannot take the ledger lock ${lockPath(ledger)}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
     }
-    const holder: LockHolder = { pid: process.pid, command, user: safeUser(), since: new Date().toISOString() };
-    writeFileAtomic(ownerPath(ledger), JSON.stringify(holder) + '\n', 0o644);
-    return new LedgerLock(db, ledger, command);
+    const lock = new LedgerLock(db, ledger, command);
+    if (writeOwner) lock.writeOwner();
+    return lock;
+  }
+
+  /** Names this process in `<ledger>.owner`, for the LEDGER_BUSY message others get. */
+  private writeOwner(): void {
+    const holder: LockHolder = { pid: process.pid, command: this.command, user: safeUser(), since: new Date().toISOString() };
+    writeFileAtomic(ownerPath(this.ledger), JSON.stringify(holder) + '\n', 0o644);
   }
 
   /** The lock now, or LEDGER_BUSY naming the holder. */
@@ -127,11 +133,14 @@ export class LedgerLock {
    * owner, and taking it would make a second writer (LEDGER_BUSY).
    */
   static async acquireChecked(ledger: string, command: string): Promise<LedgerLock> {
-    const lock = LedgerLock.acquire(ledger, command);
+    // The owner file is written only once this process owns the ledger: a refusal leaves the serving station's.
+    const lock = LedgerLock.tryAcquire(ledger, command, false);
+    if (!lock) throw busy(ledger);
     if (await socketAnswers(`${realLedgerPath(ledger)}.sock`)) {
-      lock.release();
+      lock.release(false);
       throw new LineSignerError('LEDGER_BUSY', `another process serves ${ledger} on ${realLedgerPath(ledger)}.sock, though its lock file was free: the lock file was deleted or replaced; stop that process first`);
     }
+    lock.writeOwner();
     return lock;
   }
 
@@ -149,10 +158,11 @@ export class LedgerLock {
     }
   }
 
-  release(): void {
+  /** `removeOwner` false: the owner file names another process (a refused acquireChecked). */
+  release(removeOwner = true): void {
     if (!this.db.open) return;
     try {
-      rmSync(ownerPath(this.ledger), { force: true });
+      if (removeOwner) rmSync(ownerPath(this.ledger), { force: true });
       this.db.exec('ROLLBACK');
     } finally {
       this.db.close();
