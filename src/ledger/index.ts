@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { LineSignerError } from '../errors.js';
 import { eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT } from './chain.js';
 import { serialKey } from '../serial.js';
+import { quote } from '../text.js';
 import { whyNotWritable } from '../files.js';
 import { checkpointStatement, sha256, type Checkpoint, type Heads, type TokenCheckpoint } from './checkpoint.js';
 import { MIGRATIONS } from './schema.js';
@@ -641,7 +642,7 @@ export class SqliteLedger implements Ledger {
     } else if (guard.requireOrder) refuse('QUOTA_EXCEEDED', 'no open work order');
     // One name, one device: another writer (or a request that raced this one) may have taken it since the decision.
     const holder = this.q.nameTaken.get({ n: entry.name ?? entry.deviceId, d: entry.deviceId })?.device_id;
-    if (holder !== undefined) refuse('POLICY_SUBJECT', `name ${JSON.stringify(entry.name ?? entry.deviceId)} is device ${holder}'s already; a name is one device's in the device cloud`);
+    if (holder !== undefined) refuse('POLICY_SUBJECT', `name ${quote(entry.name ?? entry.deviceId)} is device ${holder}'s already; a name is one device's in the device cloud`);
     const newest = this.q.newestOfDevice.get(entry.deviceId);
     const revoked = this.q.revokedRow.get(entry.deviceId) !== undefined;
     const granted = this.q.grantOf.get(entry.deviceId) !== undefined;

@@ -235,16 +235,10 @@ export class HttpLink implements Link {
             ? [400, 'BAD_FRAME', 'the request ended before it was complete']
             : [400, 'BAD_FRAME', 'not an HTTP/1.1 request'];
     // A client that hung up mid-request reads no answer.
-    if (!socket.writable || err.code === 'HPE_INVALID_EOF_STATE') socket.destroy();
-    else {
-      const text = JSON.stringify({ code, message });
-      socket.end(
-        `HTTP/1.1 ${status} ${status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
-          `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
-      );
-    }
-    this.reporter.refused(code, message);
-    void this.station.recordRefusal(this.reporter.status.name, code, message).catch(() => undefined);
+    if (err.code === 'HPE_INVALID_EOF_STATE') {
+      socket.destroy();
+      this.recordRaw(code, message);
+    } else this.refuseRaw(socket, status, status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request', code, message);
   }
 
   private reply(res: ServerResponse, status: number, body?: unknown): void {
