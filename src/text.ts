@@ -11,6 +11,7 @@
  *   alike, or a name read backwards.
  * - A length cap per field.
  */
+import unhomoglyph from 'unhomoglyph';
 import { LineSignerError } from './errors.js';
 
 /** Caps, in characters (UTF-16 code units), per client field. */
@@ -82,17 +83,80 @@ export function printable(value: string): string {
 /**
  * A device's name is text, and also a path segment of the device API
  * (`/ota/devices/<name>/`): "." and ".." would be resolved away, so they
- * are refused with the other text rules.
+ * are refused with the other text rules. Why `value` cannot be a device's
+ * name, or null.
  */
-export function checkDeviceName(field: string, value: string): string {
-  checkClientText(field, value, TEXT_LIMITS.name);
+export function deviceNameProblem(value: string): string | null {
+  const text = textProblem(value, TEXT_LIMITS.name);
+  if (text) return text;
   // One name must not be writable two ways that look the same in the device cloud.
   // Decomposed text (e + U+0301 for é) is refused; singletons NFC maps (CJK compatibility ideographs, the ohm sign) are other characters to a reader and stay.
-  if (value.normalize('NFC') !== value && value.normalize('NFD') === value) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} is not in Unicode NFC form: the same text can be written two ways`);
-  if (/^\s|\s$/u.test(value)) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} begins or ends with a space`);
+  if (value.normalize('NFC') !== value && value.normalize('NFD') === value) return `${quote(value)} is not in Unicode NFC form: the same text can be written two ways`;
+  if (/^\s|\s$/u.test(value)) return `${quote(value)} begins or ends with a space`;
   // Spaces that look like U+0020 (the ideographic space of CJK input stays a space of its own).
   const space = /[\u00a0\u1680\u2000-\u200a\u202f\u205f]/u.exec(value);
-  if (space) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} has a space other than U+0020 (U+${space[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')})`);
-  if (/^(?:\.|%2e){1,2}$/i.test(value)) throw new LineSignerError('BAD_FRAME', `${field} ${quote(value)} cannot be a device name: it is a path segment of the device API`);
+  if (space) return `${quote(value)} has a space other than U+0020 (U+${space[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')})`;
+  if (/^(?:\.|%2e){1,2}$/i.test(value)) return `${quote(value)} cannot be a device name: it is a path segment of the device API`;
+  const lookAlike = lookAlikeProblem(value);
+  return lookAlike ? `${quote(value)} ${lookAlike}` : null;
+}
+
+/** Throws BAD_FRAME naming the field when `value` cannot be a device's name. */
+export function checkDeviceName(field: string, value: string): string {
+  const why = deviceNameProblem(value);
+  if (why) throw new LineSignerError('BAD_FRAME', `${field} ${why}`);
   return value;
+}
+
+const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
+const LATIN = /^\p{Script=Latin}$/u;
+const LETTER_OR_DIGIT = /^[\p{L}\p{N}]$/u;
+
+/**
+ * The ASCII a letter or digit passes for, or null: its compatibility form
+ * (fullwidth letters and digits, ligatures) with Unicode's
+ * confusables (unhomoglyph's table of confusables.txt) replaced. A Latin
+ * letter of its own (ı, æ, ä) is a letter of the factory's language, not
+ * a disguise, so only other scripts, symbols and compatibility forms count.
+ */
+function asciiDisguise(ch: string): string | null {
+  // Letters and digits: what a name is read by. A dash or a space of its own is typography (the spaces that pass for U+0020 are refused above).
+  if (!LETTER_OR_DIGIT.test(ch)) return null;
+  const compatibility = ch.normalize('NFKC') !== ch.normalize('NFC');
+  if (LATIN.test(ch) && !compatibility) return null;
+  const reads = unhomoglyph(ch.normalize('NFKD')).normalize('NFD');
+  return PRINTABLE_ASCII.test(reads) ? reads : null;
+}
+
+/**
+ * Why a device name could pass for another, ASCII-looking one in the
+ * device cloud, or null. Two cross-script cases (Unicode TS #39's mixed-
+ * and whole-script confusables, narrowed to ASCII, which is what device
+ * names on a line are): a character that only looks like ASCII beside
+ * ASCII letters ("dev" with a Cyrillic "е", "Line７", "ﬁlter"), and a
+ * name made only of such characters and ASCII ("Кос" for "Koc", "АВ-12").
+ * Names in one other script ("ライン　７", "Жавод-7") and Latin names
+ * with their own letters ("Sæby", "Kırıkkale") pass.
+ */
+export function lookAlikeProblem(value: string): string | null {
+  if (PRINTABLE_ASCII.test(value)) return null;
+  // ASCII letters, not digits: digits are every script's, and "Жавод-7" is one Cyrillic name.
+  const besideAscii = /[A-Za-z]/.test(value);
+  let first: { ch: string; reads: string } | null = null;
+  let allDisguised = true;
+  for (const ch of value) {
+    if (ch.charCodeAt(0) < 0x80) continue;
+    const reads = asciiDisguise(ch);
+    if (reads === null) {
+      allDisguised = false;
+      continue;
+    }
+    first ??= { ch, reads };
+    if (besideAscii) break;
+  }
+  if (!first || (!besideAscii && !allDisguised)) return null;
+  const which = `U+${first.ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}, which looks like ${quote(first.reads)}`;
+  return besideAscii
+    ? `mixes ASCII letters with a character that only looks like ASCII (${which}): one name must not pass for another`
+    : `reads as ASCII but is not (${which}): one name must not pass for another`;
 }

@@ -8,7 +8,7 @@
 import type { ProtocolCode } from '../errors.js';
 import type { ParsedCsr } from '../x509/csr.js';
 import { ATTRIBUTE_NAMES, OID } from '../oids.js';
-import { quote } from '../text.js';
+import { deviceNameProblem, quote } from '../text.js';
 
 export interface Refusal {
   code: ProtocolCode;
@@ -113,6 +113,9 @@ export function checkSubject(csr: ParsedCsr, rules: PolicyRules, isDeviceId = de
         : `CN "${clip(cn)}" does not match the station's device id pattern`,
     );
   }
+  // The id is the device's name in the device cloud when no other is given; a factory's own pattern may let any text in.
+  const asName = rules.deviceId === 'uuid' ? null : deviceNameProblem(cn);
+  if (asName) return no(`CN as a device name: ${asName}`);
   const ou = seen.get(OID.organizationalUnit);
   if (ou === undefined) return no('subject has no OU (the factory name)');
   if (ou !== rules.factory) return no(`OU "${clip(ou)}" is not this factory ("${rules.factory}")`);
