@@ -14,6 +14,8 @@ import { whyNotWritable } from '../files.js';
 import { checkpointStatement, sha256, type Checkpoint, type Heads, type TokenCheckpoint } from './checkpoint.js';
 import { MIGRATIONS } from './schema.js';
 import { projectionProblems, replayBase, type ProjectionProblem } from './projections.js';
+import { shapeProblems, type ShapeProblem } from './shape.js';
+export { shapeProblemsOfFile, type ShapeProblem } from './shape.js';
 
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
@@ -846,6 +848,11 @@ export class SqliteLedger implements Ledger {
   /** The message of the ledger's replay_base event when it has none yet, else null (projections.ts). */
   replayBaseToWrite(): string | null {
     return this.hasEventsOfKind('replay_base', 0, Number.MAX_SAFE_INTEGER) ? null : replayBase(this.db);
+  }
+
+  /** What of the file's shape line-signer did not make: triggers, changed tables, rows outside the chains (shape.ts). */
+  shapeProblems(opts?: { values?: boolean }): ShapeProblem[] {
+    return shapeProblems(this.db, opts);
   }
 
   /** The policy state tables against the events they project (projections.ts). */

@@ -93,6 +93,10 @@ export class ThreadedLedger implements Ledger {
     return this.reader.operatorEventsAfter(eventSeq);
   }
 
+  shapeProblems(opts?: { values?: boolean }): ReturnType<SqliteLedger['shapeProblems']> {
+    return this.reader.shapeProblems(opts);
+  }
+
   projectionProblems(): ReturnType<SqliteLedger['projectionProblems']> {
     return this.reader.projectionProblems();
   }

@@ -152,6 +152,15 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     const kept = tokenCheckpoint((l) => token.readData(l), config.station.id);
     const problem = opts.lock === 'none' ? null : ledgerTokenProblem(ledger, kept, config.station.id, config.station.ledger);
     if (problem) throw new LineSignerError('LEDGER', `not serving: ${problem}`);
+    // A file whose shape line-signer did not make (a trigger runs inside the station's own writes).
+    const reshaped = opts.lock === 'none' ? [] : ledger.shapeProblems({ values: false });
+    if (reshaped.length > 0) {
+      const first = reshaped[0]!;
+      throw new LineSignerError(
+        'LEDGER',
+        `not serving: ${config.station.ledger}: ${first.what}: ${first.reason}${reshaped.length > 1 ? ` (and ${reshaped.length - 1} more)` : ''}; the file was changed outside line-signer. \`line-signer ledger verify\` lists every difference; restore the ledger from a backup`,
+      );
+    }
     // The policy state it would decide on must be what its hash-chained events say.
     const edited = opts.lock === 'none' ? [] : ledger.projectionProblems();
     if (edited.length > 0) {

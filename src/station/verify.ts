@@ -21,6 +21,7 @@ import {
   GENESIS_HASH,
   issuanceHash,
   ledgerTokenProblem,
+  shapeProblemsOfFile,
   splitHashes,
   SqliteLedger,
   tokenCheckpoint,
@@ -32,12 +33,12 @@ import { quote } from '../text.js';
 import type { Pkcs11Token } from '../token/index.js';
 import { openToken, readCertificateFile } from './open.js';
 import { replacedLocalCaPath } from './ca-admin.js';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { sha256Hex } from '../x509/index.js';
 import { resolve } from 'node:path';
 
 export interface LedgerProblem {
-  table: 'issuances' | 'events' | 'checkpoints' | 'batches' | 'token' | 'state';
+  table: 'issuances' | 'events' | 'checkpoints' | 'batches' | 'token' | 'state' | 'file';
   seq: number;
   reason: string;
 }
@@ -104,14 +105,46 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
     }
   }
 
-  const ledger = new SqliteLedger(opts.file ?? config.station.ledger, config.station.id, { readonly: true });
+  const path = opts.file ?? config.station.ledger;
+  let ledger: SqliteLedger;
+  try {
+    ledger = new SqliteLedger(path, config.station.id, { readonly: true });
+  } catch (err) {
+    // A table dropped or rebuilt: the ledger's queries cannot be prepared. Say what of the file changed.
+    const shape = existsSync(path) ? shapeProblemsOfFile(path) : [];
+    if (shape.length === 0) throw err;
+    for (const p of shape) problem('file', 0, `${p.what}: ${p.reason}`);
+    problem('file', 0, `cannot read the ledger: ${(err as Error).message}`);
+    return { checked: 0, events: 0, checkpoints: 0, problems, problem: problems[0] ?? null, notes };
+  }
   try {
     const ledgerId = ledger.ledgerId();
+    // The file's shape first (triggers, changed tables, rows outside the chains, values of the wrong type):
+    // none of it is in a hash. A part that cannot be read is named below, and the other parts still checked.
+    for (const p of ledger.shapeProblems()) problem('file', 0, `${p.what}: ${p.reason}`);
+    const section = (what: string, check: () => void): void => {
+      try {
+        check();
+      } catch (err) {
+        problem('file', 0, `cannot check the ${what}: ${(err as Error).message}`);
+      }
+    };
+    /** Seqs from..to missing from a chain: one problem each for a few, one for the range past that (a seq set to 10^12 must not take 10^12 steps). */
+    const missing = (table: 'issuances' | 'events', from: number, to: number, signed: Map<number, string>, what: (seq: number) => string): void => {
+      if (to - from < 20) {
+        for (let seq = from; seq <= to; seq++) problem(table, seq, what(seq));
+        return;
+      }
+      let vouched = 0;
+      for (const k of signed.keys()) if (k >= from && k <= to) vouched++;
+      problem(table, from, `seq ${from}-${to} are missing (${to - from + 1} rows${vouched ? `, ${vouched} of them signed by a checkpoint` : ''})`);
+    };
     // Checkpoints: signatures, their chain, and the hashes they vouch for.
     const signedIssuance = new Map<number, string>();
     const signedEvent = new Map<number, string>();
     let last: Checkpoint | undefined;
     let nCheckpoints = 0;
+    section('checkpoints', () => {
     for (const c of ledger.checkpoints()) {
       nCheckpoints++;
       const statement = checkpointStatement(ledgerId, c);
@@ -134,10 +167,12 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       eh.forEach((h, i) => signedEvent.set(fromE + 1 + i, h));
       last = c;
     }
+    });
 
     // Every local-ca this ledger recorded and whose certificate is kept (a replaced one beside the
     // current file): a certificate issued before a replacement is checked against its own local-ca.
     const cas = [ca];
+    section('local-ca imports', () => {
     for (const e of ledger.eventsOfKind('ca_import', 0, Number.MAX_SAFE_INTEGER)) {
       const sha = /^local-ca ([0-9a-f]{64}) /.exec(e.message ?? '')?.[1];
       if (!sha || sha === sha256Hex(new Uint8Array(ca.raw))) continue;
@@ -148,6 +183,7 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
         // not kept (replaced before this version kept them): its certificates are named below
       }
     }
+    });
 
     // Issuances: the chain, the certificates, and what the checkpoints vouch for.
     let checked = 0;
@@ -162,11 +198,10 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       }
       rehashed = [];
     };
+    section('issuances', () => {
     for (const row of ledger.since(0)) {
       checked++;
-      for (; expect < row.seq; expect++) {
-        problem('issuances', expect, `seq ${expect} is missing${signedIssuance.has(expect) ? ' (deleted after a checkpoint signed it)' : ''}`);
-      }
+      if (expect < row.seq) missing('issuances', expect, row.seq - 1, signedIssuance, (seq) => `seq ${seq} is missing${signedIssuance.has(seq) ? ' (deleted after a checkpoint signed it)' : ''}`);
       if (issuanceHash(prev, row) !== row.entryHash && !(signedIssuance.get(row.seq) && signedIssuance.get(row.seq) !== row.entryHash)) {
         problem('issuances', row.seq, 'entry_hash does not match the row and the previous hash');
       }
@@ -184,17 +219,19 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       expect = row.seq + 1;
     }
     flushRehashed('issuances');
+    });
     const lastI = last?.issuanceSeq ?? 0;
-    for (; expect <= lastI; expect++) problem('issuances', expect, `seq ${expect} is missing (deleted after checkpoint ${last!.n} signed it)`);
+    if (expect <= lastI) missing('issuances', expect, lastI, signedIssuance, (seq) => `seq ${seq} is missing (deleted after checkpoint ${last!.n} signed it)`);
 
     // Events, the same way; export events are kept to check the batches table.
     let events = 0;
     prev = GENESIS_HASH;
     expect = 1;
     const exports = new Map<number, { message: string; seq: number }>();
+    section('events', () => {
     for (const e of ledger.eventsSince(0)) {
       events++;
-      for (; expect < e.seq; expect++) problem('events', expect, `event seq ${expect} is missing`);
+      if (expect < e.seq) missing('events', expect, e.seq - 1, signedEvent, (seq) => `event seq ${seq} is missing`);
       const signed = signedEvent.get(e.seq);
       if (eventHash(prev, e) !== e.entryHash && !(signed && signed !== e.entryHash)) problem('events', e.seq, 'entry_hash does not match the row and the previous hash');
       if (signed && signed !== e.entryHash) {
@@ -205,7 +242,7 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
           problem('events', e.seq, 'the event was changed after a checkpoint signed it');
         }
       } else flushRehashed('events');
-      if (e.kind === 'export' && e.message) {
+      if (e.kind === 'export' && typeof e.message === 'string') {
         const m = /^batch (\d+): /.exec(e.message);
         if (m) exports.set(Number(m[1]), { message: e.message, seq: e.seq });
       }
@@ -213,11 +250,13 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       expect = e.seq + 1;
     }
     flushRehashed('events');
+    });
     const lastE = last?.eventSeq ?? 0;
-    for (; expect <= lastE; expect++) problem('events', expect, `event seq ${expect} is missing (deleted after checkpoint ${last!.n} signed it)`);
+    if (expect <= lastE) missing('events', expect, lastE, signedEvent, (seq) => `event seq ${seq} is missing (deleted after checkpoint ${last!.n} signed it)`);
 
     // The batches table: contiguous, and each one as its export event says.
     let prevBatch: { number: number; lastSeq: number; lastEventSeq: number } | null = null;
+    section('batches', () => {
     for (const b of ledger.allBatches()) {
       if (b.number !== (prevBatch?.number ?? 0) + 1) problem('batches', b.number, `batch ${(prevBatch?.number ?? 0) + 1} is missing`);
       if (b.firstSeq !== (prevBatch?.lastSeq ?? 0) + 1) problem('batches', b.number, `its issuances start at seq ${b.firstSeq}, not right after the previous batch`);
@@ -237,9 +276,12 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       exports.delete(b.number);
     }
     for (const n of exports.keys()) problem('batches', n, 'the chain records its export, but its row in the batches table is gone');
+    });
 
     // The policy state tables against the events they project: an edit there changes what the station issues.
-    for (const p of ledger.projectionProblems()) problem('state', 0, `${p.table} ${quote(p.key)}: ${p.reason}`);
+    section('policy state', () => {
+      for (const p of ledger.projectionProblems()) problem('state', 0, `${p.table} ${quote(String(p.key))}: ${p.reason}`);
+    });
 
     // The token's newest checkpoint against this file.
     if (tokenRead) {
@@ -257,7 +299,8 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
     if (uncovered.i > 0 || uncovered.e > 0) {
       notes.push(`${uncovered.i} issuances and ${uncovered.e} events after the newest checkpoint: covered by the SHA-256 chain only until the station signs its next checkpoint`);
     }
-    problems.sort((a, b) => a.table.localeCompare(b.table) || a.seq - b.seq);
+    // Rows first, each under its table and seq; what is wrong with the file as a whole after them.
+    problems.sort((a, b) => Number(a.table === 'file') - Number(b.table === 'file') || a.table.localeCompare(b.table) || a.seq - b.seq);
     return { checked, events, checkpoints: nCheckpoints, problems, problem: problems[0] ?? null, notes };
   } finally {
     ledger.close();

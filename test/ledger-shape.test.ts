@@ -1,0 +1,86 @@
+/**
+ * What SQL can change beyond rows, with the ledger file and without the
+ * token: a trigger that undoes a revocation inside the station's own
+ * writes, rows numbered below 1 (outside every chain walk, yet read by
+ * the policy replay and by lookups), values of the wrong type, a seq
+ * moved far ahead, a dropped table. `ledger verify` lists each instead of
+ * passing, hanging or crashing; `serve` and `sign` do not start on them.
+ */
+import test from 'ava';
+import Database from 'better-sqlite3';
+import { makeDeviceCsr } from '../src/x509/index.js';
+import { cli } from './helpers/cli.js';
+import { FACTORY, testStation, uuid } from './helpers/pki.js';
+
+const csr = (deviceId = uuid()): Uint8Array => makeDeviceCsr({ deviceId, factory: FACTORY, production: true }).der;
+
+async function stopped(n: number): Promise<{ configPath: string; ledger: string; devices: string[] }> {
+  const s = await testStation();
+  const devices: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const r = await s.station.handle({ csr: csr(), link: 't' });
+    if (r.ok) devices.push(r.deviceId);
+  }
+  await s.close();
+  return { configPath: s.configPath, ledger: s.config.station.ledger, devices };
+}
+
+function sql(ledger: string, text: string, ...params: unknown[]): void {
+  const db = new Database(ledger);
+  try {
+    if (params.length) db.prepare(text).run(...params);
+    else db.exec(text);
+  } finally {
+    db.close();
+  }
+}
+
+function verifyFails(t: import('ava').ExecutionContext, configPath: string, ...why: RegExp[]): void {
+  const v = cli(['ledger', 'verify', '--config', configPath]);
+  t.is(v.status, 1, v.stdout + v.stderr);
+  t.notRegex(v.stderr, /INTERNAL/);
+  for (const w of why) t.regex(v.stderr, w);
+}
+
+test('a trigger planted in the file is named by verify, and serve and sign refuse the ledger', async (t) => {
+  const s = await stopped(2);
+  const r = cli(['ledger', 'revoke', s.devices[0]!, '--reason', 'scrapped', '--config', s.configPath]);
+  t.is(r.status, 0, r.stderr);
+  sql(s.ledger, `CREATE TRIGGER unrevoke AFTER INSERT ON events WHEN NEW.kind = 'start' BEGIN DELETE FROM revoked WHERE device_id = '${s.devices[0]}'; END`);
+  verifyFails(t, s.configPath, /ERROR LEDGER file: trigger unrevoke: a trigger line-signer never makes/);
+  const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr(s.devices[0])) });
+  t.not(sign.status, 0);
+  t.regex(sign.stderr, /ERROR LEDGER not serving: .*trigger unrevoke.*changed outside line-signer/);
+  const db = new Database(s.ledger, { readonly: true });
+  t.is((db.prepare('SELECT count(*) AS n FROM revoked').get() as { n: number }).n, 1, 'the trigger never ran: nothing was written');
+  db.close();
+});
+
+test('rows numbered below 1 (a forged replay base and grant, a planted issuance) are named, not believed', async (t) => {
+  const s = await stopped(2);
+  sql(s.ledger, `INSERT INTO events (v, seq, at, kind, message, device_id, station_id, count, entry_hash) VALUES (2, -1, '2026-01-01T00:00:00.000Z', 'replay_base', '{"revoked":[],"grants":["${s.devices[0]}"]}', NULL, 'x', 1, '${'0'.repeat(64)}')`);
+  sql(s.ledger, `INSERT INTO reissue_grants VALUES ('${s.devices[0]}', '2026-01-01T00:00:00.000Z', 'forged')`);
+  sql(s.ledger, `INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before, not_after, issued_at, station_id, link, entry_hash)
+    VALUES (2, 0, 'DEAD', 'planted', 'CN=planted', 'x', 'y', X'00', 'a', 'b', 'c', 'x', 't', 'z')`);
+  verifyFails(t, s.configPath, /events\.seq: 1 row numbered below 1/, /issuances\.seq: 1 row numbered below 1/);
+  const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr(s.devices[0])) });
+  t.not(sign.status, 0);
+  t.regex(sign.stderr, /ERROR LEDGER not serving/);
+});
+
+test('a value of the wrong type and a seq moved to 10^12 are listed in seconds, not a crash or a hang', async (t) => {
+  const s = await stopped(3);
+  const e = cli(['export', '--config', s.configPath, '--out', `${s.ledger}.out`]);
+  t.is(e.status, 0, e.stderr);
+  sql(s.ledger, "UPDATE events SET message = CAST(message AS BLOB) WHERE kind = 'export'");
+  sql(s.ledger, 'UPDATE issuances SET seq = 1000000000000 WHERE seq = 2');
+  const t0 = Date.now();
+  verifyFails(t, s.configPath, /file: events\.message: 1 value not of its declared type TEXT/, /issuances seq 2: seq 2 is missing \(deleted after a checkpoint signed it\)/, /issuances seq 4: seq 4-999999999999 are missing \(999999999996 rows\)/);
+  t.true(Date.now() - t0 < 30_000, `verify took ${Date.now() - t0} ms`);
+});
+
+test('a dropped table is named, with what could not be checked because of it', async (t) => {
+  const s = await stopped(1);
+  sql(s.ledger, 'DROP TABLE orders');
+  verifyFails(t, s.configPath, /file: table orders: is missing/, /file: cannot read the ledger: no such table: orders/);
+});
