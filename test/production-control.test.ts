@@ -177,6 +177,9 @@ test('revocation and re-issue through line-signer sign; revoke takes a serial an
   t.regex(bySerial.stdout, new RegExp(`device ${id} revoked`));
   expectCliRefusal(t, signCli(s, csrFor(id, newKey())), 'DUPLICATE_DEVICE', /revoked \("returned"\)|revoked \(returned\)/);
   t.is(cli(['ledger', 'allow-reissue', id, '--reason', 'back', '--config', s.configPath]).status, 0);
+  // The grant is for a new key: the revoked key (leaked, say) does not come back with it, and the grant still stands.
+  expectCliRefusal(t, signCli(s, csrFor(id, k1)), 'DUPLICATE_DEVICE', /was revoked \("returned"\): its re-issue is for a new key, and the revoked one is refused|was revoked \(returned\): its re-issue is for a new key/);
+  t.is(issuedCount(s), 1);
   t.is(signCli(s, csrFor(id, newKey())).status, 0);
   expectCliRefusal(t, signCli(s, csrFor(id, k1)), 'DUPLICATE_DEVICE', /another key/);
   t.is(issuedCount(s), 2);

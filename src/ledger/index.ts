@@ -648,8 +648,8 @@ export class SqliteLedger implements Ledger {
     const newest = this.q.newestOfDevice.get(entry.deviceId);
     const revoked = this.q.revokedRow.get(entry.deviceId) !== undefined;
     const granted = this.q.grantOf.get(entry.deviceId) !== undefined;
-    if (!revoked && granted && newest && newest.public_key_sha256 === entry.publicKeySha256) {
-      refuse('DUPLICATE_DEVICE', `a re-issue for a new key is pending for device ${entry.deviceId}: its old key is refused`);
+    if (granted && newest && newest.public_key_sha256 === entry.publicKeySha256) {
+      refuse('DUPLICATE_DEVICE', revoked ? `device ${entry.deviceId} was revoked: its re-issue is for a new key, and the revoked one is refused` : `a re-issue for a new key is pending for device ${entry.deviceId}: its old key is refused`);
     }
     if (revoked || (newest && newest.public_key_sha256 !== entry.publicKeySha256)) {
       if (this.q.deleteGrant.run(entry.deviceId).changes !== 1) {

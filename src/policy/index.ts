@@ -216,10 +216,14 @@ export function checkIssuance(f: IssuanceFacts, rules: PolicyRules): Refusal | n
       `device ${f.deviceId} was revoked (${clip(f.revoked.reason)}); if it may come back: line-signer ledger allow-reissue ${f.deviceId} --reason ...`,
     );
   }
-  if (!f.revoked && f.reissueAllowed && f.currentKey === f.publicKeySha256) {
+  // A grant is for a new key, after a revocation too: a device is most often revoked because its key
+  // leaked or its board was scrapped, and the revoked key must not come back with the grant.
+  if (f.reissueAllowed && f.currentKey === f.publicKeySha256) {
     return refuse(
       'DUPLICATE_DEVICE',
-      `a re-issue for a new key is pending for device ${f.deviceId}: its old key is refused (the reworked board sends a CSR for its new key)`,
+      f.revoked
+        ? `device ${f.deviceId} was revoked (${clip(f.revoked.reason)}): its re-issue is for a new key, and the revoked one is refused`
+        : `a re-issue for a new key is pending for device ${f.deviceId}: its old key is refused (the reworked board sends a CSR for its new key)`,
     );
   }
   if (f.currentKey !== undefined && f.currentKey !== f.publicKeySha256 && !f.reissueAllowed) {
