@@ -10,7 +10,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { SqliteLedger, type LogRow } from '../src/ledger/index.js';
@@ -183,6 +183,26 @@ test('revocation and re-issue through line-signer sign; revoke takes a serial an
   t.is(signCli(s, csrFor(id, newKey())).status, 0);
   expectCliRefusal(t, signCli(s, csrFor(id, k1)), 'DUPLICATE_DEVICE', /another key/);
   t.is(issuedCount(s), 2);
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+});
+
+test('a revocation of a device issued while the clock ran ahead still revokes it in the batch (the mark counts seqs, not times)', async (t) => {
+  const s = await testStation();
+  await s.close();
+  const id = uuid();
+  t.is(signCli(s, csrFor(id), { fake: '+2 hours' }).status, 0);
+  t.is(cli(['clock', 'confirm', '--reason', 'RTC put right', '--config', s.configPath]).status, 0);
+  t.is(cli(['ledger', 'revoke', id, '--reason', 'scrapped', '--config', s.configPath]).status, 0);
+  t.is(cli(['ledger', 'allow-reissue', id, '--reason', 'new board', '--config', s.configPath]).status, 0);
+  t.is(signCli(s, csrFor(id, newKey())).status, 0);
+  const out = join(s.dir, 'out-ahead');
+  mkdirSync(out);
+  const e = cli(['export', '--config', s.configPath, '--out', out]);
+  t.is(e.status, 0, e.stderr);
+  const lines = readFileSync(join(out, readdirSync(out).find((f) => f.endsWith('.lsbatch'))!), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { type: string; seq?: number; device_id?: string; after_seq?: number });
+  const seqs = lines.filter((l) => l.type === 'issuance' && l.device_id === id).map((l) => l.seq);
+  t.deepEqual(seqs, [1, 2]);
+  t.is(lines.find((l) => l.type === 'revocation')?.after_seq, 1, 'the mark revokes the certificate issued before it, whatever its time, and not the re-issue after it');
   t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
 });
 

@@ -9,7 +9,7 @@ import { renameIntoPlace } from '../files.js';
 import { join } from 'node:path';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { eventHash, GENESIS_HASH, issuanceHash, SqliteLedger, type Batch } from '../ledger/index.js';
+import { eventHash, GENESIS_HASH, issuanceHash, SqliteLedger, type Batch, type LedgerEvent } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { certificateDer, certificateKeyMismatch, pemEncode } from '../x509/index.js';
 import { signDetached, verifyDetached } from './cms.js';
@@ -64,13 +64,29 @@ function readPem(path: string, what: string): string {
 }
 
 /**
- * The newest issuance of the device that the mark revokes: issued at or
- * before the mark (one station, one clock), never past the batch. Sync
- * applies a device's issuances and marks in this order.
+ * The newest issuance of the device that the mark revokes, never past the
+ * batch. Sync applies a device's issuances and marks in this order. By
+ * seq, not time (a clock may have been ahead when the device was issued):
+ * the first certificate the device got after the revocation recorded the
+ * grant it used in a `reissue_used` event naming its seq, and everything
+ * before that is revoked. Ledgers from before that event (no replay base
+ * ahead of the mark) keep the time rule their batches were written with.
  */
-function revokedUpTo(ledger: SqliteLedger, deviceId: string, at: string, lastSeq: number): number {
+function revokedUpTo(ledger: SqliteLedger, revocation: LedgerEvent, lastSeq: number): number {
+  const deviceId = revocation.deviceId ?? '';
   let upTo = 0;
-  for (const r of ledger.issuancesOf(deviceId)) if (r.issuedAt <= at && r.seq <= lastSeq && r.seq > upTo) upTo = r.seq;
+  if (ledger.hasEventsOfKind('replay_base', 0, revocation.seq)) {
+    let bound = lastSeq;
+    for (const u of ledger.eventsOfKind('reissue_used', revocation.seq + 1, Number.MAX_SAFE_INTEGER)) {
+      if (u.deviceId !== deviceId) continue;
+      const seq = /^seq (\d+):/.exec(u.message ?? '')?.[1];
+      if (seq) bound = Math.min(bound, Number(seq) - 1);
+      break;
+    }
+    for (const r of ledger.issuancesOf(deviceId)) if (r.seq <= bound && r.seq > upTo) upTo = r.seq;
+    return upTo;
+  }
+  for (const r of ledger.issuancesOf(deviceId)) if (r.issuedAt <= revocation.at && r.seq <= lastSeq && r.seq > upTo) upTo = r.seq;
   return upTo;
 }
 
@@ -145,7 +161,7 @@ function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b
   for (const e of revocations) {
     const line: RevocationLine = { type: 'revocation', event_seq: e.seq, entry_hash: e.entryHash, device_id: e.deviceId ?? '', reason: e.message ?? '', at: e.at };
     // Format-1 marks stay as they were written, so an old batch is written again byte for byte.
-    if (e.v !== 1) Object.assign(line, { v: e.v, after_seq: revokedUpTo(ledger, e.deviceId ?? '', e.at, b.lastSeq) });
+    if (e.v !== 1) Object.assign(line, { v: e.v, after_seq: revokedUpTo(ledger, e, b.lastSeq) });
     sink.line(line);
   }
   onProgress?.(done, count);
