@@ -27,10 +27,12 @@ export const TEXT_LIMITS = {
 
 // C0 (U+0000-U+001F), DEL (U+007F) and C1 (U+0080-U+009F).
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
-// Invisible format characters (bidi overrides and isolates, zero-width ones, the BOM) and the line and
-// paragraph separators: "dev1" and "dev1\u200b" look alike in the device cloud, and U+202E shows a
-// file name on the stick reversed.
-const INVISIBLE = /[\p{Cf}\u2028\u2029\u034f\u115f\u1160\u3164\uffa0]/u; // and the combining grapheme joiner and Hangul fillers, which render as nothing
+// Invisible format characters (bidi overrides and isolates, zero-width ones, the BOM), everything else
+// Unicode says renders as nothing where unsupported (Default_Ignorable_Code_Point: variation selectors,
+// the combining grapheme joiner, Hangul fillers, Mongolian selectors, Khmer inherent vowels), the braille
+// blank, and the line and paragraph separators: "dev1" and "dev1\u200b" look alike in the device cloud,
+// and U+202E shows a file name on the stick reversed.
+const INVISIBLE = /[\p{Cf}\p{Default_Ignorable_Code_Point}\u2028\u2029\u2800]/u;
 
 /** Why `value` is not acceptable client text, or null when it is. */
 export function textProblem(value: string, max: number): string | null {
@@ -89,9 +91,11 @@ export function printable(value: string): string {
 export function deviceNameProblem(value: string): string | null {
   const text = textProblem(value, TEXT_LIMITS.name);
   if (text) return text;
-  // One name must not be writable two ways that look the same in the device cloud.
-  // Decomposed text (e + U+0301 for é) is refused; singletons NFC maps (CJK compatibility ideographs, the ohm sign) are other characters to a reader and stay.
-  if (value.normalize('NFC') !== value && value.normalize('NFD') === value) return `${quote(value)} is not in Unicode NFC form: the same text can be written two ways`;
+  // One name must not be writable two ways that look the same in the device cloud: NFC, the form
+  // text input makes, and nothing else (e + U+0301 for é, the Kelvin sign for K, U+F900 for 豈).
+  if (value.normalize('NFC') !== value) return `${quote(value)} is not in Unicode NFC form: the same text can be written another way`;
+  // A pile of combining marks draws over its neighbours (no script needs more than four in a row).
+  if (/\p{M}{5}/u.test(value)) return `${quote(value)} stacks more than four combining marks on one character`;
   if (/^\s|\s$/u.test(value)) return `${quote(value)} begins or ends with a space`;
   // Spaces that look like U+0020 (the ideographic space of CJK input stays a space of its own).
   const space = /[\u00a0\u1680\u2000-\u200a\u202f\u205f]/u.exec(value);
@@ -109,21 +113,24 @@ export function checkDeviceName(field: string, value: string): string {
 }
 
 const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
-const LATIN = /^\p{Script=Latin}$/u;
-const LETTER_OR_DIGIT = /^[\p{L}\p{N}]$/u;
+const SPACE = /^\p{Zs}$/u;
+// The letters of the languages written in Latin script: Latin-1, Extended-A and -B (less the click
+// letters ǀ ǁ ǂ ǃ, which are drawn as | and !) and the Vietnamese block. IPA and other phonetic
+// letters (ɡ, ɑ, ɪ) are not a factory's alphabet and are looked at like any other script's.
+const OWN_LATIN = /^[\u00c0-\u01bf\u01c4-\u024f\u1e00-\u1eff]$/u;
+// Superscripts, subscripts, fractions and the ordinal indicators: a reader sees their size (m², ½, Nº).
+const SIZED_APART = /^[\p{No}\u00aa\u00ba]$/u;
 
 /**
- * The ASCII a letter or digit passes for, or null: its compatibility form
- * (fullwidth letters and digits, ligatures) with Unicode's
+ * The ASCII a character passes for, or null: its compatibility form
+ * (fullwidth letters, digits and punctuation, ligatures) with Unicode's
  * confusables (unhomoglyph's table of confusables.txt) replaced. A Latin
- * letter of its own (ı, æ, ä) is a letter of the factory's language, not
- * a disguise, so only other scripts, symbols and compatibility forms count.
+ * letter of a language (ı, æ, ä) is not a disguise; spaces are judged
+ * above.
  */
 function asciiDisguise(ch: string): string | null {
-  // Letters and digits: what a name is read by. A dash or a space of its own is typography (the spaces that pass for U+0020 are refused above).
-  if (!LETTER_OR_DIGIT.test(ch)) return null;
-  const compatibility = ch.normalize('NFKC') !== ch.normalize('NFC');
-  if (LATIN.test(ch) && !compatibility) return null;
+  if (SIZED_APART.test(ch)) return null;
+  if (OWN_LATIN.test(ch) && ch.normalize('NFKC') === ch) return null;
   const reads = unhomoglyph(ch.normalize('NFKD')).normalize('NFD');
   return PRINTABLE_ASCII.test(reads) ? reads : null;
 }
@@ -133,10 +140,11 @@ function asciiDisguise(ch: string): string | null {
  * device cloud, or null. Two cross-script cases (Unicode TS #39's mixed-
  * and whole-script confusables, narrowed to ASCII, which is what device
  * names on a line are): a character that only looks like ASCII beside
- * ASCII letters ("dev" with a Cyrillic "е", "Line７", "ﬁlter"), and a
- * name made only of such characters and ASCII ("Кос" for "Koc", "АВ-12").
- * Names in one other script ("ライン　７", "Жавод-7") and Latin names
- * with their own letters ("Sæby", "Kırıkkale") pass.
+ * ASCII letters ("dev" with a Cyrillic "е", "Line７", "ﬁlter", "dev‐9"
+ * with U+2010), and a name made only of such characters, ASCII and
+ * spaces ("Кос" for "Koc", "АВ-12"). Names in one other script ("ライン　
+ * ７", "Жавод-7") and Latin names with their own letters ("Sæby",
+ * "Kırıkkale", "m²", "Nº7") pass.
  */
 export function lookAlikeProblem(value: string): string | null {
   if (PRINTABLE_ASCII.test(value)) return null;
@@ -145,7 +153,7 @@ export function lookAlikeProblem(value: string): string | null {
   let first: { ch: string; reads: string } | null = null;
   let allDisguised = true;
   for (const ch of value) {
-    if (ch.charCodeAt(0) < 0x80) continue;
+    if (ch.charCodeAt(0) < 0x80 || SPACE.test(ch)) continue;
     const reads = asciiDisguise(ch);
     if (reads === null) {
       allDisguised = false;
