@@ -74,6 +74,24 @@ async function servedWithControl(opts: StationOptions = {}, clock?: () => Date):
   return sv;
 }
 
+test.serial('an operator command run while serve starts (lock taken, socket not yet listening) goes through the station once it listens', async (t) => {
+  const sv = await served({});
+  let control: Awaited<ReturnType<typeof serveControl>> | null = null;
+  t.teardown(async () => {
+    await control?.close();
+    await sv.close();
+  });
+  const t0 = Date.now();
+  const command = cliAsync(['order', 'open', 'WO-START', '--quantity', '5', '--config', sv.s.configPath, '--operator', 'olga']);
+  await new Promise((r) => setTimeout(r, 1500));
+  control = await serveControl(sv.s.config, sv.s);
+  const r = await command;
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stderr, /waiting for the ledger/);
+  t.true(Date.now() - t0 < 15_000, `took ${Date.now() - t0} ms`);
+  t.true(logRows(sv.s.configPath, '--order', 'WO-START').some((row) => row.kind === 'order_open' && row.operator === 'olga'));
+});
+
 test.serial('a work order of 50 with a jig sending 80 CSRs yields exactly 50 certificates and 30 QUOTA_EXCEEDED; log --order lists the 50 with the operator', async (t) => {
   const sv = await servedWithControl({ policy: 'require_order = true' });
   t.teardown(() => sv.close());

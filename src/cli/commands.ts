@@ -160,11 +160,18 @@ export async function signCommand(args: GlobalArgs & { csr: string; out?: string
   const hardwareId = args['hardware-id'] === undefined ? undefined : checkClientText('--hardware-id', args['hardware-id'], TEXT_LIMITS.hardwareId);
   const name = args.name === undefined ? undefined : checkClientText('--name', args.name, TEXT_LIMITS.name);
   // A serving station owns the ledger: it signs. Else this process takes the ledger for the one CSR.
-  const remote = await callOwner(cfg.station.ledger, { op: 'sign', csr: Buffer.from(csr).toString('base64'), hardwareId, name });
+  // A station that is starting holds the lock before its socket listens: it is asked again while this waits.
+  let remote: { result: unknown } | undefined;
+  const lock = await LedgerLock.wait(
+    cfg.station.ledger,
+    'sign',
+    60_000,
+    (holder) => process.stderr.write(`waiting for the ledger: it is held by ${holder}\n`),
+    async () => (remote = await callOwner(cfg.station.ledger, { op: 'sign', csr: Buffer.from(csr).toString('base64'), hardwareId, name })) !== undefined,
+  );
   let result: SignResult;
-  if (remote) result = remote.result as SignResult;
+  if (!lock) result = remote!.result as SignResult;
   else {
-    const lock = await LedgerLock.wait(cfg.station.ledger, 'sign', 60_000, (holder) => process.stderr.write(`waiting for the ledger: it is held by ${holder}\n`));
     try {
       const open = await openStation(cfg, { lock: 'held', command: 'sign', oneShot: true });
       try {

@@ -3,6 +3,7 @@ import { configPath, loadConfig } from '../config/index.js';
 import { resolve } from 'node:path';
 import { exportBatch, sync, verifyBatches, type ExportResult } from '../export/index.js';
 import { callOwner } from '../operator/control.js';
+import { LedgerLock } from '../ledger/index.js';
 import { operatorName, withOwnedLedger } from '../operator/index.js';
 import { printable } from '../text.js';
 
@@ -19,13 +20,16 @@ export async function exportCommand(args: { config?: string; out: string; batch?
   const outDir = resolve(args.out);
   const operator = operatorName(config, args.operator);
   // A serving station owns the ledger: it exports (the batch is recorded by the ledger's one writer).
-  const remote = await callOwner(config.station.ledger, { op: 'export', outDir, batch: args.batch, operator });
+  // A station that is starting holds the lock before its socket listens: it is asked again while this waits.
+  const waiting = (holder: string): void => void process.stderr.write(`waiting for the ledger: it is held by ${holder}\n`);
+  let remote: { result: unknown } | undefined;
+  const lock = await LedgerLock.wait(config.station.ledger, 'export', 60_000, waiting, async () => (remote = await callOwner(config.station.ledger, { op: 'export', outDir, batch: args.batch, operator })) !== undefined);
   let result: ExportResult | null;
-  if (remote) result = remote.result as ExportResult | null;
+  if (!lock) result = remote!.result as ExportResult | null;
   else {
     const progress = bar('export');
     let started = false;
-    result = await withOwnedLedger(config, 'export', (holder) => process.stderr.write(`waiting for the ledger: it is held by ${holder}\n`), async (ctx) => {
+    result = await withOwnedLedger(config, 'export', waiting, async (ctx) => {
       const r = await exportBatch(config, {
         outDir,
         batch: args.batch,
@@ -39,7 +43,7 @@ export async function exportCommand(args: { config?: string; out: string; batch?
       });
       await ctx.checkpoint('export');
       return r;
-    });
+    }, lock);
     progress?.stop();
   }
   if (!result) {

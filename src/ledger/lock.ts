@@ -145,10 +145,18 @@ export class LedgerLock {
   }
 
   /** Waits for the lock (saying once who holds it), up to `timeoutMs`. */
-  static async wait(ledger: string, command: string, timeoutMs: number, onWait?: (holder: string) => void): Promise<LedgerLock> {
+  static async wait(ledger: string, command: string, timeoutMs: number, onWait?: (holder: string) => void): Promise<LedgerLock>;
+  /**
+   * The same, asking `instead` before each try: when it answers true (a
+   * station that was starting now serves on its socket and did the work),
+   * null and no lock.
+   */
+  static async wait(ledger: string, command: string, timeoutMs: number, onWait: ((holder: string) => void) | undefined, instead: () => Promise<boolean>): Promise<LedgerLock | null>;
+  static async wait(ledger: string, command: string, timeoutMs: number, onWait?: (holder: string) => void, instead?: () => Promise<boolean>): Promise<LedgerLock | null> {
     const end = Date.now() + timeoutMs;
     let told = false;
     for (;;) {
+      if (instead && (await instead())) return null;
       const lock = LedgerLock.tryAcquire(ledger, command);
       if (lock) return lock;
       if (!told) onWait?.(holderText(ledger));

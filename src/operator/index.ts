@@ -159,9 +159,12 @@ function checkBackupDestination(dest: string): void {
  */
 export async function operate<T>(config: StationConfig, req: OperatorRequest, onWait?: (holder: string) => void): Promise<T> {
   if (req.op === 'backup' && !isAbsolute(req.dest)) req = { ...req, dest: resolve(req.dest) };
-  const remote = await callOwner(config.station.ledger, req);
-  if (remote) return remote.result as T;
-  return withOwnedLedger(config, req.op, onWait, (ctx) => perform(ctx, req)) as Promise<T>;
+  // The serving station does it, if one serves; else this process takes the lock. A station that is
+  // starting holds the lock before its socket listens: keep asking it while waiting for the lock.
+  let remote: { result: unknown } | undefined;
+  const lock = await LedgerLock.wait(config.station.ledger, req.op, 60_000, onWait, async () => (remote = await callOwner(config.station.ledger, req)) !== undefined);
+  if (!lock) return remote!.result as T;
+  return withOwnedLedger(config, req.op, onWait, (ctx) => perform(ctx, req), lock) as Promise<T>;
 }
 
 /** Takes the ledger's lock, opens it and the token for checkpoints, runs `work`, and lets go. */
@@ -170,8 +173,9 @@ export async function withOwnedLedger<T>(
   command: string,
   onWait: ((holder: string) => void) | undefined,
   work: (ctx: OperatorContext) => Promise<T>,
+  held?: LedgerLock,
 ): Promise<T> {
-  const lock = await LedgerLock.wait(config.station.ledger, command, 60_000, onWait);
+  const lock = held ?? (await LedgerLock.wait(config.station.ledger, command, 60_000, onWait));
   try {
     const ledger = new SqliteLedger(config.station.ledger, config.station.id);
     // One login per operator action: the token vouches for the file before anything is written, and signs after.
