@@ -13,7 +13,7 @@
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadConfig, readPin } from '../src/config/index.js';
 import { caShow, localCaFrom, openStation, openToken, readCertificateFile } from '../src/station/index.js';
@@ -308,6 +308,7 @@ init = 0
   const mem = JSON.parse(child.stdout) as { at1k: number; atK: number };
   say(`station RSS after 1,000 / ${fmt(K)} issuances (MB), a process of its own`, `${fmt(mem.at1k)} / ${fmt(mem.atK)} (+${fmt(mem.atK - mem.at1k)})`);
   const stick = join(big.dir, 'stick');
+  mkdirSync(stick, { recursive: true });
   const run = (args: string[]): { seconds: number; rssMb: number; out: string } => {
     const t0 = process.hrtime.bigint();
     const r = spawnSync(process.execPath, ['--require', join(import.meta.dirname, '../../scripts/rss-report.cjs'), join(import.meta.dirname, '../../bin/line-signer.js'), ...args], { encoding: 'utf8' });

@@ -8,6 +8,7 @@
  */
 import test from 'ava';
 import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { cli } from './helpers/cli.js';
 import { FACTORY, testStation, uuid } from './helpers/pki.js';
@@ -70,6 +71,7 @@ test('rows numbered below 1 (a forged replay base and grant, a planted issuance)
 
 test('a value of the wrong type and a seq moved to 10^12 are listed in seconds, not a crash or a hang', async (t) => {
   const s = await stopped(3);
+  mkdirSync(`${s.ledger}.out`);
   const e = cli(['export', '--config', s.configPath, '--out', `${s.ledger}.out`]);
   t.is(e.status, 0, e.stderr);
   sql(s.ledger, "UPDATE events SET message = CAST(message AS BLOB) WHERE kind = 'export'");

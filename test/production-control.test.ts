@@ -10,7 +10,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { SqliteLedger, type LogRow } from '../src/ledger/index.js';
@@ -297,10 +297,38 @@ test('names are text and a path segment: "." and ".." are refused; log shows a n
   t.is(issuedCount(s), 1);
 });
 
+test('operator input: a quantity in decimal digits only, a reason that says something, errors that name the argument', async (t) => {
+  const s = await testStation();
+  await s.close();
+  for (const q of ['0x10', '1e3', '12.0', ' 7']) {
+    const r = cli(['order', 'open', 'WO-Q', '--quantity', q, '--config', s.configPath]);
+    t.is(r.status, 64, `${q}: ${r.stderr}`);
+    t.regex(r.stderr, /--quantity: a whole number of certificates in decimal digits/);
+  }
+  const blank = cli(['clock', 'confirm', '--reason', ' ', '--config', s.configPath]);
+  t.is(blank.status, 64);
+  t.regex(blank.stderr, /ERROR USAGE --reason: say why, in words/);
+  const escape = cli(['ledger', 'revoke', '\u001b[31m', '--reason', 'x', '--config', s.configPath]);
+  t.is(escape.status, 64);
+  t.regex(escape.stderr, /ERROR USAGE DEVICE contains a control character/);
+  t.false(logRows(s.configPath).some((r) => r.kind === 'order_open' || r.kind === 'clock_confirm'), 'nothing recorded');
+});
+
+test.serial('status says why a serving station refuses every request: a used-up station limit is a WARNING line', async (t) => {
+  const sv = await servedWithControl({ policy: 'max_certificates = 1' });
+  t.teardown(() => sv.close());
+  t.is((await sv.jig.request('SIGN', 'a', Buffer.from(csrFor(uuid())))).type, 'CERT');
+  t.is((await sv.jig.request('SIGN', 'b', Buffer.from(csrFor(uuid())))).code, 'QUOTA_EXCEEDED');
+  const st = await cliAsync(['status', '--config', sv.s.configPath]);
+  t.is(st.status, 0, st.stderr);
+  t.regex(st.stdout, /^WARNING QUOTA_EXCEEDED: the station's limit of 1 certificates is used up/m);
+});
+
 test('export and ca import record their operator; a refused backup records nothing', async (t) => {
   const s = await testStation();
   await s.station.handle({ csr: csrFor(uuid()), link: 't' });
   await s.close();
+  mkdirSync(join(s.dir, 'stick'), { recursive: true });
   t.is(cli(['export', '--out', join(s.dir, 'stick'), '--config', s.configPath, '--operator', 'eve']).status, 0);
   const existing = join(s.dir, 'exists.db');
   writeFileSync(existing, 'x');
@@ -309,6 +337,18 @@ test('export and ca import record their operator; a refused backup records nothi
   const rows = logRows(s.configPath);
   t.true(rows.some((r) => r.kind === 'export' && r.operator === 'eve'));
   t.false(rows.some((r) => r.kind === 'backup'));
+  // A stick that is not mounted: its mount point's folder is missing, and nothing is written under it.
+  const unmounted = cli(['export', '--out', join(s.dir, 'media', 'usb'), '--config', s.configPath]);
+  t.is(unmounted.status, 64, unmounted.stderr);
+  t.regex(unmounted.stderr, /ERROR USAGE .*media\/usb is not a folder \(is the stick mounted\?\); nothing exported/);
+  t.false(existsSync(join(s.dir, 'media')));
+  // A copy that fails after its event was written (a folder that takes no files): the log says it failed.
+  const failed = cli(['ledger', 'backup', '/proc/line-signer-backup.db', '--config', s.configPath, '--operator', 'fay']);
+  t.is(failed.status, 1, failed.stderr);
+  t.regex(failed.stderr, /ERROR LEDGER backup to \/proc\/line-signer-backup\.db failed/);
+  const backups = logRows(s.configPath).filter((r) => r.kind === 'backup');
+  t.true(backups.some((r) => /^backup to \/proc\/line-signer-backup\.db failed: /.test(r.message ?? '') && r.operator === 'fay'), JSON.stringify(backups));
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
 });
 
 test.serial('through the HTTP link: no open order under require_order, another hardware id, and the rate cap; HEAD says so first', async (t) => {

@@ -141,6 +141,9 @@ asRoot('root on an installed station acts as the service user for ca, ledger, ex
   ok(['ca', 'import', signed]);
   ok(['ledger', 'verify']);
   ok(['status']);
+  // A folder made for the batches, as for a stick: export no longer makes a missing one.
+  mkdirSync(join(s.state, 'batches'));
+  chownSync(join(s.state, 'batches'), ids.uid, ids.gid);
   ok(['export', '--out', join(s.state, 'batches')]);
   const show = ok(['ca', 'show', '--check-pin']);
   t.regex(show.stdout, /ready:\s+yes/);

@@ -71,14 +71,16 @@ test('after faults and kills, the first clean run makes the API equal the ledger
         } else {
           const id = ids[o.dev]!;
           const known = keys[o.dev];
-          // A new key, or a revoked device coming back, needs the operator's re-issue grant.
-          if (known && (o.newKey || model.get(id) === null)) allowReissue(s, id);
+          // A new key, or a revoked device coming back, needs the operator's re-issue grant; a revoked
+          // device comes back with a new key (its revoked key stays refused).
+          const revoked = model.get(id) === null;
+          if (known && (o.newKey || revoked)) allowReissue(s, id);
           const name = o.name === 0 ? undefined : `${id.slice(0, 8)}-name-${o.name}`;
-          const r = await issue(s, id, { ...(known && !o.newKey ? { key: known } : {}), ...(name ? { name } : {}) });
+          const r = await issue(s, id, { ...(known && !o.newKey && !revoked ? { key: known } : {}), ...(name ? { name } : {}) });
           keys[o.dev] = r.key;
           model.set(id, { name: name ?? id, pem: r.certificatePem });
         }
-        // Revocation marks are placed among issuances by time, to the millisecond.
+        // (Revocation marks are placed among issuances by seq; the pause keeps times apart all the same.)
         await sleep(2);
       }
       const last = await exportNext(s, stick);

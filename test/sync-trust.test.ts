@@ -6,7 +6,7 @@
 import test from 'ava';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { chmodSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { exportBatch, sync } from '../src/export/index.js';
@@ -122,6 +122,7 @@ test('two stations with the same id share nothing in one state', async (t) => {
   await stationKeyInit(sameId);
   await issue(b, uuid());
   await issue(b, uuid());
+  mkdirSync(join(b.dir, 'stick'), { recursive: true });
   const bFile = (await exportBatch(sameId, { outDir: join(b.dir, 'stick') }))!.path;
   const a = await api(t);
   const state = join(a1.s.dir, 'st.db');
@@ -141,6 +142,7 @@ test('a batch number reused with other bytes is refused loudly, and nothing is s
   await sync({ files: a1.files, api: a.url, tokenFile: tf, statePath: state, stationKey: pin(a1.s) });
   // The same station's batch 1 written again after its ledger lost it (a restored backup): other bytes, same number.
   const other = join(a1.s.dir, 'other-stick');
+  mkdirSync(other);
   const { SqliteLedger } = await import('../src/ledger/index.js');
   const l = new SqliteLedger(a1.s.config.station.ledger, a1.s.config.station.id);
   (l as unknown as { db: { exec(sql: string): void } }).db.exec('DELETE FROM batches');

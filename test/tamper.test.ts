@@ -24,6 +24,7 @@ async function stopped(n: number): Promise<{ configPath: string; dir: string; le
   const s = await testStation();
   for (let i = 0; i < n; i++) await s.station.handle({ csr: csr(), link: 't' });
   await s.close();
+  mkdirSync(join(s.dir, 'stick'), { recursive: true });
   return { configPath: s.configPath, dir: s.dir, ledger: s.config.station.ledger, stick: join(s.dir, 'stick') };
 }
 

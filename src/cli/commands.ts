@@ -283,7 +283,8 @@ export async function statusCommand(args: GlobalArgs & { json: boolean }): Promi
   const live = (await callOwner(cfg.station.ledger, { op: 'health' }, 5000).catch(() => undefined))?.result as
     | { health: { code: string; message: string } | null; checkpoint: string | null; pid: number }
     | undefined;
-  if (live?.health?.code === 'TOKEN_UNAVAILABLE') s.warnings.push(`TOKEN_UNAVAILABLE: ${live.health.message}`);
+  // Whatever the serving station refuses every request for (the token, a used-up station limit, the rate cap), unless the file already says it.
+  if (live?.health && !s.warnings.some((w) => w.startsWith(`${live.health!.code}:`))) s.warnings.push(`${live.health.code}: ${live.health.message}`);
   if (live?.checkpoint) s.warnings.push(`checkpoints are failing: ${live.checkpoint}`);
   const serving = live ? `serving (pid ${live.pid})` : 'not serving';
   if (args.json) return printJson({ ...s, serving: live ? { pid: live.pid, health: live.health } : null });

@@ -1,6 +1,8 @@
 import cliProgress from 'cli-progress';
 import { configPath, loadConfig } from '../config/index.js';
 import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { LineSignerError } from '../errors.js';
 import { exportBatch, sync, verifyBatches, type ExportResult } from '../export/index.js';
 import { callOwner } from '../operator/control.js';
 import { LedgerLock } from '../ledger/index.js';
@@ -45,6 +47,10 @@ export async function exportCommand(args: { config?: string; out: string; batch?
       return r;
     }, lock);
     progress?.stop();
+  }
+  // The serving station wrote it; under the unit, /tmp and /var/tmp are its own (PrivateTmp).
+  if (result && !existsSync(result.path)) {
+    throw new LineSignerError('EXPORT', `the serving station wrote batch ${result.number} to ${printable(result.path)}, but this shell does not see it there: a folder private to the service (the unit's PrivateTmp hides /tmp and /var/tmp); \`export --batch ${result.number} --out\` a stick under /media or a folder under /var/lib/line-signer writes it again`);
   }
   if (!result) {
     process.stdout.write('nothing to export: no issuance or revocation mark since the last batch; no file written\n');

@@ -5,6 +5,7 @@
  * lock; none writes a table itself.
  */
 import type { Argv } from 'yargs';
+import { existsSync } from 'node:fs';
 import { LineSignerError } from '../errors.js';
 import { SqliteLedger, type Order } from '../ledger/index.js';
 import { operate, operatorName, orderSummary } from '../operator/index.js';
@@ -30,16 +31,18 @@ export function orderCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
       (a) =>
         a
           .positional('order', { type: 'string', demandOption: true })
-          .option('quantity', { type: 'number', demandOption: true, describe: 'how many certificates it may yield' })
+          .option('quantity', { type: 'string', demandOption: true, describe: 'how many certificates it may yield (decimal digits)' })
           .option('hardware-id', { type: 'string', describe: 'refuse requests that report another hardware id' })
           .option('operator', operatorOption),
       async (args) => {
         const cfg = config(args);
-        if (!Number.isInteger(args.quantity) || args.quantity < 1) throw new LineSignerError('USAGE', '--quantity: a whole number of certificates, at least 1');
+        // Decimal digits only: yargs would read 0x10 as 16 and 1e3 as 1000.
+        if (!/^[0-9]{1,8}$/.test(args.quantity) || Number(args.quantity) < 1) throw new LineSignerError('USAGE', `--quantity: a whole number of certificates in decimal digits, at least 1 (not ${quote(args.quantity)})`);
+        const quantity = Number(args.quantity);
         const id = checkClientText('ORDER', args.order, 64);
         if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(id)) throw new LineSignerError('USAGE', 'ORDER: letters, digits, ".", "_" and "-" only');
         const hardwareId = args['hardware-id'] === undefined ? null : checkClientText('--hardware-id', args['hardware-id'], 128);
-        const o = await operate<Order>(cfg, { op: 'order-open', id, quantity: args.quantity, hardwareId, operator: operatorName(cfg, args.operator) }, waiting);
+        const o = await operate<Order>(cfg, { op: 'order-open', id, quantity, hardwareId, operator: operatorName(cfg, args.operator) }, waiting);
         process.stdout.write(`opened work order ${printable(orderSummary(o))}\n`);
       },
     )
@@ -109,6 +112,10 @@ export async function acceptCommand(args: WithOperator & { reason: string }): Pr
 export async function backupCommand(args: WithOperator & { dest: string }): Promise<void> {
   const cfg = config(args);
   const r = await operate<{ dest: string; bytes: number; ms: number }>(cfg, { op: 'backup', dest: args.dest, operator: operatorName(cfg, args.operator) }, waiting);
+  // The serving station wrote it; under the unit, /tmp and /var/tmp are its own (PrivateTmp).
+  if (!existsSync(r.dest)) {
+    throw new LineSignerError('LEDGER', `the serving station wrote ${printable(r.dest)}, but this shell does not see it there: a folder private to the service (the unit's PrivateTmp hides /tmp and /var/tmp); back up under /var/lib/line-signer or to a stick under /media`);
+  }
   process.stdout.write(`ledger copied to ${printable(r.dest)} (${r.bytes} bytes in ${Math.round(r.ms)} ms); check it with: line-signer ledger verify --ledger ${r.dest}\n`);
 }
 

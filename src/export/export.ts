@@ -4,7 +4,7 @@
  * for byte, for a lost stick.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, fsyncSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
 import { renameIntoPlace } from '../files.js';
 import { join } from 'node:path';
 import { readPin, type StationConfig } from '../config/index.js';
@@ -268,7 +268,20 @@ export function checkRecordedBatches(config: StationConfig, ledgerPath = config.
 }
 
 export async function exportBatch(config: StationConfig, opts: ExportOptions): Promise<ExportResult | null> {
-  mkdirSync(opts.outDir, { recursive: true });
+  // The folder must be there: a stick that is not mounted would otherwise get its batch written onto the
+  // station's own disk under the mount point, hidden once the stick is mounted over it.
+  let folder = false;
+  try {
+    folder = statSync(opts.outDir).isDirectory();
+  } catch {
+    // said below
+  }
+  if (!folder) throw new LineSignerError('USAGE', `${opts.outDir} is not a folder (is the stick mounted?); nothing exported`);
+  try {
+    accessSync(opts.outDir, constants.W_OK);
+  } catch {
+    throw new LineSignerError('USAGE', `${opts.outDir} is not writable by the process that writes the ledger (uid ${process.getuid?.() ?? '?'}); nothing exported`);
+  }
   const ledger = new SqliteLedger(config.station.ledger, config.station.id);
   try {
     if (opts.batch !== undefined) return await rewrite(config, ledger, opts.batch, opts);

@@ -8,7 +8,7 @@
  * writer, and each action is an event with its operator in the hash chain,
  * followed by a signed checkpoint.
  */
-import { existsSync, lstatSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, lstatSync, statSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
@@ -16,7 +16,7 @@ import { LineSignerError } from '../errors.js';
 import { LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
-import { checkClientText, TEXT_LIMITS } from '../text.js';
+import { checkClientText, clipMessage, TEXT_LIMITS } from '../text.js';
 import { backupLedger } from './backup.js';
 import { callOwner } from './control.js';
 
@@ -75,14 +75,18 @@ export const MAX_ORDER_QUANTITY = 10_000_000;
 function checkRequest(req: OperatorRequest): void {
   const r = req as Record<string, unknown>;
   const limits: Record<string, number> = { reason: TEXT_LIMITS.field, operator: 64, target: TEXT_LIMITS.name, device: TEXT_LIMITS.name, id: TEXT_LIMITS.workOrder, hardwareId: TEXT_LIMITS.hardwareId, dest: 4096 };
+  // As the CLI names them: positional arguments in capitals.
+  const label: Record<string, string> = { target: 'DEVICE', device: 'DEVICE', id: 'ORDER', dest: 'DEST', hardwareId: '--hardware-id' };
   for (const [field, max] of Object.entries(limits)) {
     if (typeof r[field] !== 'string') continue;
     try {
-      checkClientText(`--${field}`, r[field] as string, max);
+      checkClientText(label[field] ?? `--${field}`, r[field] as string, max);
     } catch (err) {
       throw new LineSignerError('USAGE', (err as Error).message);
     }
   }
+  // The audit trail says why: an empty reason says nothing.
+  if (typeof r.reason === 'string' && r.reason.trim() === '') throw new LineSignerError('USAGE', '--reason: say why, in words');
   if (req.op === 'order-open' && (!Number.isSafeInteger(req.quantity) || req.quantity < 1 || req.quantity > MAX_ORDER_QUANTITY)) {
     throw new LineSignerError('USAGE', `--quantity: a whole number of certificates from 1 to ${MAX_ORDER_QUANTITY.toLocaleString('en-US')}`);
   }
@@ -118,7 +122,14 @@ export async function perform(ctx: OperatorContext, req: OperatorRequest): Promi
       await ctx.recordEvent({ kind: 'backup', message: `backup to ${req.dest}`, operator: req.operator });
       // The copy then holds a signed checkpoint covering everything before it started.
       await ctx.checkpoint('backup');
-      return backupLedger(ctx.config.station.ledger, req.dest);
+      try {
+        return await backupLedger(ctx.config.station.ledger, req.dest);
+      } catch (err) {
+        // The log must not show a backup that is not there.
+        await ctx.recordEvent({ kind: 'backup', message: clipMessage(`backup to ${req.dest} failed: ${(err as Error).message}`), operator: req.operator });
+        await ctx.checkpoint('backup').catch(() => undefined); // an operator event is checkpointed as it is made
+        throw err;
+      }
     }
     case 'accept': {
       const h = ledger.heads();
@@ -150,6 +161,11 @@ function checkBackupDestination(dest: string): void {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new LineSignerError('USAGE', `${dest}: ${(err as Error).message}`);
   }
   if (!existsSync(dirname(dest)) || !statSync(dirname(dest)).isDirectory()) throw new LineSignerError('USAGE', `${dirname(dest)} is not a folder`);
+  try {
+    accessSync(dirname(dest), constants.W_OK);
+  } catch {
+    throw new LineSignerError('USAGE', `${dirname(dest)} is not writable by the process that writes the ledger (uid ${process.getuid?.() ?? '?'}); nothing recorded`);
+  }
 }
 
 /**

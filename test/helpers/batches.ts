@@ -51,6 +51,7 @@ export function revoke(s: TestStation, deviceId: string, reason = 'test revocati
 
 /** The next batch, or null when there is nothing new. */
 export async function exportNext(s: TestStation, stick: string): Promise<string | null> {
+  mkdirSync(stick, { recursive: true }); // the stick is mounted
   return (await exportBatch(s.config, { outDir: stick }))?.path ?? null;
 }
 
