@@ -48,3 +48,39 @@ test('1,500 junk files on a stick: serial PING p99 stays under 20 ms, and the sp
   t.true(rtts[98]! < 20, `PING p99 ${rtts[98]!.toFixed(1)} ms`);
   t.true(stopMs < 2000, `stop took ${stopMs.toFixed(0)} ms`);
 });
+
+test('30,000 junk files on a stick: the listing and the look at each file do not hold the links\' thread (serial PING p99 under 20 ms), and the junk is answered', async (t) => {
+  const s = await testStation();
+  const stick = join(s.dir, 'stick-big');
+  mkdirSync(join(stick, 'inbox'), { recursive: true });
+  for (let i = 0; i < 30_000; i++) writeFileSync(join(stick, 'inbox', `junk-${String(i).padStart(6, '0')}.csr`), 'x');
+  const pty = await ptyPair(s.dir, 'sb');
+  const serial = new SerialLink(s.station, { path: pty.station, baud: 115200, idleTimeoutMs: 10_000 });
+  await serial.start();
+  await waitFor(() => serial.status.state === 'open');
+  const jig = await TestJig.open(pty.jig);
+  // The default quiet period: files wait out a second and two polls, so most passes only look.
+  const spool = new SpoolLink(s.station, { dir: stick, pollMs: 250 });
+  t.teardown(async () => {
+    await spool.stop();
+    await jig.close();
+    await serial.stop();
+    await pty.kill();
+    await s.close();
+  });
+  await spool.start();
+  const rtts: number[] = [];
+  const t0 = performance.now();
+  // Six seconds: the first listing, the passes that look, a listing read again, and answers.
+  while (performance.now() - t0 < 6000) {
+    const p0 = performance.now();
+    t.is((await jig.request('PING', `p${rtts.length}`, null)).type, 'PONG');
+    rtts.push(performance.now() - p0);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  rtts.sort((a, b) => a - b);
+  const p99 = rtts[Math.floor(rtts.length * 0.99)]!;
+  t.log(`${rtts.length} PINGs: p50 ${rtts[Math.floor(rtts.length / 2)]!.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${rtts[rtts.length - 1]!.toFixed(1)} ms; spool answered ${spool.status.refused}`);
+  t.true(p99 < 20, `PING p99 ${p99.toFixed(1)} ms`);
+  t.true(spool.status.refused > 0, 'the junk is being answered');
+});

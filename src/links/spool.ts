@@ -47,11 +47,10 @@ import {
   lstatSync,
   mkdirSync,
   openSync,
-  readdirSync,
   readSync,
   type Stats,
 } from 'node:fs';
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, readdir, rename, unlink } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { createHash, randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
@@ -83,6 +82,11 @@ export const SPOOL_LIMITS = {
   folderRetryMaxMs: 5000,
   /** Files answered in one pass; a fuller inbox is worked through over the following passes. */
   answersPerPass: 50,
+  /** Files looked at (lstat) in one pass, from where the last pass stopped; the links' thread is yielded every `yieldEvery`. */
+  examinedPerPass: 256,
+  yieldEvery: 32,
+  /** The inbox's listing is read again when the folder changed, and at least this often. */
+  relistMs: 5000,
   /** stop() waits this long for the answer being written, then lets it go. */
   stopMs: 1500,
 } as const;
@@ -158,6 +162,10 @@ export class SpoolLink implements Link {
   private more = false;
   private folderDelayMs = 0;
   private readonly watched = new Map<string, Watched>();
+  /** The inbox's `.csr` names (latin1: one character a byte), sorted, as of the folder state `version`. */
+  private listing: { version: string; at: number; names: string[] } | null = null;
+  /** Where the next pass goes on: the first name after this one. */
+  private cursor = '';
   private readonly pending = new Map<string, Pending>();
 
   constructor(
@@ -230,26 +238,76 @@ export class SpoolLink implements Link {
     }
   }
 
+  /**
+   * The inbox's request names, sorted. A stick of 60,000 junk files once held
+   * the links' thread for half a second a pass (the listing, its sort, an
+   * lstat of every file): the listing is read on libuv's pool, kept while
+   * the folder is unchanged (its own moves are taken out as they happen),
+   * and read again at least every few seconds.
+   */
+  private async names(inbox: Dir): Promise<string[]> {
+    const st = fstatSync(inbox.fd, { bigint: true });
+    const version = `${st.dev}:${st.ino}:${st.mtimeNs}`;
+    const now = Date.now();
+    if (this.listing && this.listing.version === version && now - this.listing.at < SPOOL_LIMITS.relistMs) return this.listing.names;
+    const raw = await readdir(inbox.child(''), { encoding: 'buffer' });
+    const names: string[] = [];
+    // Not hidden, and ending in ".csr" (bytes 2e 63 73 72).
+    for (const n of raw) {
+      const l = n.length;
+      if (l > 0 && n[0] !== 0x2e && l >= 4 && n[l - 4] === 0x2e && n[l - 3] === 0x63 && n[l - 2] === 0x73 && n[l - 1] === 0x72) names.push(n.toString('latin1'));
+    }
+    names.sort(); // latin1 strings sort as their bytes do
+    const present = new Set(names);
+    for (const map of [this.watched, this.pending]) for (const key of map.keys()) if (!present.has(key)) map.delete(key);
+    this.listing = { version, at: now, names };
+    return names;
+  }
+
+  /** After this pass's own moves: the listing stands for the folder as it is now, less the files moved. */
+  private keepListing(inbox: Dir, moved: Set<string>): void {
+    if (!this.listing) return;
+    const st = fstatSync(inbox.fd, { bigint: true });
+    this.listing.version = `${st.dev}:${st.ino}:${st.mtimeNs}`;
+    if (moved.size) this.listing.names = this.listing.names.filter((n) => !moved.has(n));
+  }
+
   private async serve(inbox: Dir, outbox: Dir, done: Dir): Promise<void> {
     const now = Date.now();
-    const names = (readdirSync(inbox.child(''), { encoding: 'buffer' }) as Buffer[])
-      .filter((n) => n[0] !== 0x2e && n.subarray(-4).toString('latin1') === '.csr')
-      .sort(Buffer.compare);
-    const present = new Set(names.map((n) => n.toString('hex')));
-    for (const map of [this.watched, this.pending]) for (const key of map.keys()) if (!present.has(key)) map.delete(key);
+    const names = await this.names(inbox);
+    const moved = new Set<string>();
+    try {
+      await this.servePass(names, now, moved, inbox, outbox, done);
+    } finally {
+      this.keepListing(inbox, moved);
+    }
+  }
 
+  private async servePass(names: string[], now: number, moved: Set<string>, inbox: Dir, outbox: Dir, done: Dir): Promise<void> {
     let answered = 0;
+    let examined = 0;
     this.more = false;
-    for (const raw of names) {
+    // Go on from where the last pass stopped, and round to the start once the end is reached.
+    let lo = 0;
+    for (let hi = names.length; lo < hi; ) {
+      const mid = (lo + hi) >> 1;
+      if (names[mid]! <= this.cursor) lo = mid + 1;
+      else hi = mid;
+    }
+    const from = this.cursor ? lo : 0;
+    for (let i = from; i < names.length; i++) {
       if (this.stopping) return;
       // A stick full of files must not hold the other links or a stop: the
-      // loop yields to the event loop after each answer, and a pass answers
-      // at most so many; the rest wait for the next pass.
-      if (answered >= SPOOL_LIMITS.answersPerPass) {
+      // loop yields to the event loop after each answer and every few files,
+      // and a pass answers and looks at so many; the rest wait for the next.
+      if (answered >= SPOOL_LIMITS.answersPerPass || examined >= SPOOL_LIMITS.examinedPerPass) {
         this.more = true;
         return;
       }
-      const key = raw.toString('hex');
+      const key = names[i]!;
+      this.cursor = key;
+      const raw = Buffer.from(key, 'latin1');
+      if (++examined % SPOOL_LIMITS.yieldEvery === 0) await new Promise((r) => setImmediate(r));
       let st: Stats;
       try {
         st = lstatSync(inbox.child(raw));
@@ -259,7 +317,7 @@ export class SpoolLink implements Link {
       const identity = identityOf(st);
       const pending = this.pending.get(key);
       if (pending && pending.identity === identity) {
-        if (now >= pending.nextAt) await this.deliver(key, raw, pending, inbox, outbox, done);
+        if (now >= pending.nextAt && (await this.deliver(key, raw, pending, inbox, outbox, done))) moved.add(key);
         continue;
       }
       this.pending.delete(key); // a different file under the same name: a new request
@@ -287,10 +345,13 @@ export class SpoolLink implements Link {
             : { stem: stemOf(name), ext: 'error', content: `${r.code} ${printable(r.message)}\n`, doneName: name };
         }
       }
-      await this.deliver(key, raw, { answer, identity, written: false, nextAt: 0, delayMs: 0, reason: '' }, inbox, outbox, done);
+      if (await this.deliver(key, raw, { answer, identity, written: false, nextAt: 0, delayMs: 0, reason: '' }, inbox, outbox, done)) moved.add(key);
       answered++;
       await new Promise((r) => setImmediate(r));
     }
+    // The end of the listing: the next pass starts from the top, at once if this one began further down.
+    this.cursor = '';
+    if (from > 0) this.more = true;
   }
 
   /** True once the file has stood still for two polls and the quiet period, counted from when this link first saw it so. */
@@ -311,8 +372,8 @@ export class SpoolLink implements Link {
     return { stem, ext: 'error', content: `${code} ${message}\n`, doneName };
   }
 
-  /** Puts an answer on the stick and the request in done/; on failure keeps both for a later pass. */
-  private async deliver(key: string, raw: Buffer, p: Pending, inbox: Dir, outbox: Dir, done: Dir): Promise<void> {
+  /** Puts an answer on the stick and the request in done/; on failure keeps both for a later pass. True when the request left the inbox. */
+  private async deliver(key: string, raw: Buffer, p: Pending, inbox: Dir, outbox: Dir, done: Dir): Promise<boolean> {
     const { stem, ext, content, doneName } = p.answer;
     try {
       if (!p.written) {
@@ -329,18 +390,20 @@ export class SpoolLink implements Link {
       // until the new one replaces it).
       if (!sameFile(inbox.child(raw), p.identity)) {
         this.pending.delete(key);
-        return;
+        return false;
       }
       await rename(inbox.child(raw), done.child(exists(done.child(doneName)) ? `${stemOf(doneName)}.${Date.now()}.csr` : doneName));
       await outbox.sync();
       await done.sync();
       this.pending.delete(key);
+      return true;
     } catch (err) {
       const first = !this.pending.has(key);
       p.delayMs = first ? (this.opts.retryMs ?? SPOOL_LIMITS.retryMs) : Math.min(this.opts.retryMaxMs ?? SPOOL_LIMITS.retryMaxMs, p.delayMs * 2);
       p.nextAt = Date.now() + p.delayMs;
       p.reason = `cannot ${p.written ? `move ${quote(doneName)} to done` : `write ${quote(`${stem}.${ext}`)}`}: ${fsReason(err)}`;
       this.pending.set(key, p);
+      return false;
     }
   }
 
