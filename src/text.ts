@@ -112,6 +112,24 @@ export function checkDeviceName(field: string, value: string): string {
   return value;
 }
 
+/**
+ * What a name looks like, for telling two names apart (Unicode TS #39's
+ * skeleton, with compatibility forms folded as well): two names with one
+ * skeleton pass for each other in the device cloud ("Завод-З" with a
+ * Cyrillic Ze and "Завод-3", "dev-m" and "dev-rn"), so the ledger keeps
+ * one name per skeleton.
+ */
+export function nameSkeleton(name: string): string {
+  return unhomoglyph(name.normalize('NFKD')).normalize('NFD');
+}
+
+/** Why a name is refused: another device has it, or one that looks the same. */
+export function nameTakenMessage(name: string, holderId: string, holderName: string): string {
+  return holderName === name || holderId === name
+    ? `name ${quote(name)} is device ${holderId}'s already; a name is one device's in the device cloud`
+    : `name ${quote(name)} looks the same as ${quote(holderName)}, device ${holderId}'s name; a name is one device's in the device cloud`;
+}
+
 const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
 const SPACE = /^\p{Zs}$/u;
 // The letters of the languages written in Latin script: Latin-1, Extended-A and -B (less the click

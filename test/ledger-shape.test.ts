@@ -86,3 +86,9 @@ test('a dropped table is named, with what could not be checked because of it', a
   sql(s.ledger, 'DROP TABLE orders');
   verifyFails(t, s.configPath, /file: table orders: is missing/, /file: cannot read the ledger: no such table: orders/);
 });
+
+test('a name skeleton changed in the file (so a look-alike would pass) is named by verify', async (t) => {
+  const s = await stopped(2);
+  sql(s.ledger, "UPDATE issuances SET name_skeleton = 'x' WHERE seq = 2");
+  verifyFails(t, s.configPath, /issuances seq 2: name_skeleton is not what the name looks like/);
+});

@@ -6,7 +6,14 @@
  */
 import test from 'ava';
 import fc from 'fast-check';
-import { deviceNameProblem, lookAlikeProblem } from '../src/text.js';
+import Database from 'better-sqlite3';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SqliteLedger } from '../src/ledger/index.js';
+import { MIGRATIONS } from '../src/ledger/schema.js';
+import { deviceNameProblem, lookAlikeProblem, nameSkeleton } from '../src/text.js';
 import { makeDeviceCsr } from '../src/x509/device-csr.js';
 import { FACTORY, testStation } from './helpers/pki.js';
 
@@ -90,4 +97,40 @@ test('a station whose device id pattern lets any text in refuses a look-alike CN
   const plain = await s.station.handle({ csr: csr('press-a-17'), link: 'test' });
   t.true(plain.ok, plain.ok ? '' : plain.message);
   t.deepEqual([...s.ledger.since(0)].map((r) => r.name), ['press-a-17']);
+});
+
+test('one skeleton, one device: a name that looks the same as a device\'s name (another script, rn for m) is refused, also while both are in flight', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const device = (name: string) => ({ csr: makeDeviceCsr({ deviceId: randomUUID(), factory: FACTORY, production: true }).der, link: 'test', name });
+  const first = await s.station.handle(device('\u0417\u0430\u0432\u043e\u0434-\u0417'));
+  t.true(first.ok, first.ok ? '' : first.message);
+  const digit = await s.station.handle(device('\u0417\u0430\u0432\u043e\u0434-3'));
+  t.is(!digit.ok && digit.code, 'POLICY_SUBJECT');
+  t.regex(!digit.ok ? digit.message : '', /looks the same as "\\u0417\\u0430\\u0432\\u043e\\u0434-\\u0417", device [0-9a-f-]{36}'s name/);
+  t.true((await s.station.handle(device('press-m7'))).ok);
+  t.is(((await s.station.handle(device('press-rn7'))) as { code?: string }).code, 'POLICY_SUBJECT');
+  // Eight look-alikes of one new name at once: one gets it.
+  const racing = await Promise.all(['line-m9', 'line-rn9', 'line-m9', 'line-rn9', 'line-\uff4d9', 'line-m9', 'line-rn9', 'line-m9'].map((n) => s.station.handle(device(n))));
+  t.is(racing.filter((r) => r.ok).length, 1, JSON.stringify(racing.map((r) => (r.ok ? 'ok' : r.code))));
+  t.true(racing.every((r) => r.ok || r.code === 'POLICY_SUBJECT' || r.code === 'BAD_FRAME'));
+  t.deepEqual(new Set([...s.ledger.since(0)].map((r) => nameSkeleton(r.name ?? r.deviceId))).size, [...s.ledger.since(0)].length, 'no two names in the ledger look the same');
+});
+
+test('a ledger from before name skeletons gets them when it is opened, and its schema is then what a new ledger has', (t) => {
+  const path = join(mkdtempSync(join(tmpdir(), 'ls-skeleton-')), 'old.db');
+  const db = new Database(path);
+  for (const m of MIGRATIONS.slice(0, 3)) db.exec(m);
+  db.pragma('user_version = 3');
+  const insert = db.prepare(`INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before, not_after, issued_at, station_id, link, entry_hash, name)
+    VALUES (2, ?, ?, ?, 'CN=x', 'k', ?, X'00', 'a', 'b', 'c', 's', 't', 'h', ?)`);
+  insert.run(1, '01', 'dev-a', 'c1', 'line-m1');
+  insert.run(2, '02', 'dev-b', 'c2', null);
+  db.close();
+  const ledger = new SqliteLedger(path, 's');
+  t.teardown(() => ledger.close());
+  t.deepEqual(ledger.shapeProblems({ values: false }), []);
+  t.is(ledger.nameHolder('line-rn1', 'dev-z')?.deviceId, 'dev-a');
+  t.is(ledger.nameHolder('dev-b', 'dev-z')?.deviceId, 'dev-b');
+  t.is(ledger.nameHolder('line-m2', 'dev-z'), undefined);
 });

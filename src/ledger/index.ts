@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { LineSignerError } from '../errors.js';
 import { eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT } from './chain.js';
 import { serialKey } from '../serial.js';
-import { quote } from '../text.js';
+import { nameSkeleton, nameTakenMessage, quote } from '../text.js';
 import { whyNotWritable } from '../files.js';
 import { checkpointStatement, sha256, type Checkpoint, type Heads, type TokenCheckpoint } from './checkpoint.js';
 import { MIGRATIONS } from './schema.js';
@@ -221,7 +221,7 @@ export interface Ledger {
    */
   recordIssuance(entry: NewIssuance, hint?: { alone?: boolean; guard?: CommitGuard }): Promise<Issuance>;
   /** Another device that has `name` as its name or id. */
-  nameHolder(name: string, deviceId: string): string | undefined;
+  nameHolder(name: string, deviceId: string, skeleton?: string): NameHolder | undefined;
   /** The open order, counts, and the clock's reference, for the station-wide checks (the minute's count up to `minuteCap`). */
   stationContext(now: Date, minuteCap?: number): StationContext;
   /** Appends an event; durable when this resolves. */
@@ -232,6 +232,12 @@ export interface Ledger {
   verifyChain(check?: (row: Issuance) => string | null): ChainProblem | null;
   stats(): LedgerStats;
   close(): void | Promise<void>;
+}
+
+/** The device that holds a name, and its name as the ledger has it (the same text, or one that looks the same). */
+export interface NameHolder {
+  deviceId: string;
+  name: string;
 }
 
 interface IssuanceRow {
@@ -450,7 +456,7 @@ export class SqliteLedger implements Ledger {
                 (SELECT at FROM revoked WHERE device_id = @id) AS revoked_at,
                 EXISTS (SELECT 1 FROM reissue_grants WHERE device_id = @id) AS granted`,
       ),
-      keys: db.prepare<[], [string, string, string | null]>('SELECT csr_sha256, device_id, name FROM issuances').raw(),
+      keys: db.prepare<[], [string, string, string | null]>('SELECT csr_sha256, device_id, name_skeleton FROM issuances').raw(),
       count: db.prepare<[], { n: number | null }>('SELECT max(seq) AS n FROM issuances'),
       stationContext: db.prepare<[{ since: string; now: string; cap: number }], { order_json: string | null; n: number | null; minute: number; last: string | null; confirmed: string | null; confirmed_seq: string | null }>(
         `SELECT (SELECT json_object('id', id, 'quantity', quantity, 'issued', issued, 'hardwareId', hardware_id, 'operator', operator, 'openedAt', opened_at)
@@ -506,9 +512,9 @@ export class SqliteLedger implements Ledger {
       eventsSince: db.prepare<[number], EventRow>('SELECT * FROM events WHERE seq > ? ORDER BY seq'),
       insertIssuance: db.prepare(
         `INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before,
-           not_after, issued_at, station_id, link, hardware_id, work_order, name, supersedes, entry_hash)
+           not_after, issued_at, station_id, link, hardware_id, work_order, name, supersedes, entry_hash, name_skeleton)
          VALUES (@v, @seq, @serial, @device_id, @subject, @public_key_sha256, @csr_sha256, @certificate, @not_before,
-           @not_after, @issued_at, @station_id, @link, @hardware_id, @work_order, @name, @supersedes, @entry_hash)`,
+           @not_after, @issued_at, @station_id, @link, @hardware_id, @work_order, @name, @supersedes, @entry_hash, @name_skeleton)`,
       ),
       insertEvent: db.prepare(
         `INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash)
@@ -516,8 +522,9 @@ export class SqliteLedger implements Ledger {
       ),
       deleteGrant: db.prepare<[string]>('DELETE FROM reissue_grants WHERE device_id = ?'),
       grantOf: db.prepare<[string], { device_id: string }>('SELECT device_id FROM reissue_grants WHERE device_id = ?'),
-      nameTaken: db.prepare<[{ n: string; d: string }], { device_id: string }>(
-        'SELECT device_id FROM issuances WHERE (name = @n OR device_id = @n) AND device_id != @d LIMIT 1',
+      // Another device whose name looks the same (its skeleton), or whose id is this name.
+      nameTaken: db.prepare<[{ n: string; s: string; d: string }], { device_id: string; name: string | null }>(
+        'SELECT device_id, coalesce(name, device_id) AS name FROM issuances WHERE (name_skeleton = @s OR device_id = @n) AND device_id != @d LIMIT 1',
       ),
       insertGrant: db.prepare<[string, string, string]>(
         'INSERT OR REPLACE INTO reissue_grants (device_id, granted_at, reason) VALUES (?, ?, ?)',
@@ -572,7 +579,7 @@ export class SqliteLedger implements Ledger {
         };
         wellFormed(row);
         row.entry_hash = issuanceHash(tail?.entry_hash ?? GENESIS_HASH, toIssuance(row));
-        this.q.insertIssuance.run(row);
+        this.q.insertIssuance.run({ ...row, name_skeleton: nameSkeleton(entry.name ?? entry.deviceId) });
         if (entry.workOrder) this.q.countOrder.run(entry.workOrder);
         return toIssuance(row);
       })
@@ -611,6 +618,12 @@ export class SqliteLedger implements Ledger {
     for (let v = version; v < MIGRATIONS.length; v++) {
       this.db.transaction(() => {
         this.db.exec(MIGRATIONS[v]!);
+        // 4: the skeletons of the names already there.
+        if (v + 1 === 4) {
+          const set = this.db.prepare<[string, number]>('UPDATE issuances SET name_skeleton = ? WHERE seq = ?');
+          const rows = this.db.prepare<[], { seq: number; name: string }>('SELECT seq, coalesce(name, device_id) AS name FROM issuances').all();
+          for (const r of rows) set.run(nameSkeleton(r.name), r.seq);
+        }
         this.db.pragma(`user_version = ${v + 1}`);
       }).immediate();
     }
@@ -643,8 +656,9 @@ export class SqliteLedger implements Ledger {
       if (o.issued >= o.quantity) refuse('QUOTA_EXCEEDED', `work order ${o.id} is used up (${o.issued} of ${o.quantity})`);
     } else if (guard.requireOrder) refuse('QUOTA_EXCEEDED', 'no open work order');
     // One name, one device: another writer (or a request that raced this one) may have taken it since the decision.
-    const holder = this.q.nameTaken.get({ n: entry.name ?? entry.deviceId, d: entry.deviceId })?.device_id;
-    if (holder !== undefined) refuse('POLICY_SUBJECT', `name ${quote(entry.name ?? entry.deviceId)} is device ${holder}'s already; a name is one device's in the device cloud`);
+    const name = entry.name ?? entry.deviceId;
+    const holder = this.q.nameTaken.get({ n: name, s: nameSkeleton(name), d: entry.deviceId });
+    if (holder !== undefined) refuse('POLICY_SUBJECT', nameTakenMessage(name, holder.device_id, holder.name ?? holder.device_id));
     const newest = this.q.newestOfDevice.get(entry.deviceId);
     const revoked = this.q.revokedRow.get(entry.deviceId) !== undefined;
     const granted = this.q.grantOf.get(entry.deviceId) !== undefined;
@@ -855,6 +869,15 @@ export class SqliteLedger implements Ledger {
     return shapeProblems(this.db, opts);
   }
 
+  /** Rows whose stored name skeleton is not what their name looks like: a look-alike would pass them (text.ts nameSkeleton). */
+  *skeletonProblems(): IterableIterator<number> {
+    // A ledger opened read-only before its migration to skeletons has none yet.
+    if ((this.db.pragma('user_version', { simple: true }) as number) < 4) return;
+    for (const r of this.db.prepare<[], { seq: number; name: unknown; name_skeleton: unknown }>('SELECT seq, coalesce(name, device_id) AS name, name_skeleton FROM issuances ORDER BY seq').iterate()) {
+      if (typeof r.name !== 'string' || r.name_skeleton !== nameSkeleton(r.name)) yield r.seq;
+    }
+  }
+
   /** The policy state tables against the events they project (projections.ts). */
   projectionProblems(): ProjectionProblem[] {
     return projectionProblems(this.db);
@@ -868,9 +891,10 @@ export class SqliteLedger implements Ledger {
     for (const r of this.q.eventsSince.iterate(seq)) yield toEvent(r);
   }
 
-  /** Another device that has `name` as its name or its id, if any: a name is one device's in the device cloud. */
-  nameHolder(name: string, deviceId: string): string | undefined {
-    return this.q.nameTaken.get({ n: name, d: deviceId })?.device_id;
+  /** Another device that has `name` (or one that looks the same) as its name, or `name` as its id, if any: a name is one device's in the device cloud. */
+  nameHolder(name: string, deviceId: string, skeleton = nameSkeleton(name)): NameHolder | undefined {
+    const r = this.q.nameTaken.get({ n: name, s: skeleton, d: deviceId });
+    return r && { deviceId: r.device_id, name: r.name ?? r.device_id };
   }
 
   /** The issuance with this serial, given in any form (case, colons, leading zeros). */
@@ -895,7 +919,7 @@ export class SqliteLedger implements Ledger {
   }
 
   /** Every issuance's CSR hash and device id, one row at a time (what the serving ledger's SeenFilters start from). */
-  *issuanceKeys(): IterableIterator<[csrSha256: string, deviceId: string, name: string | null]> {
+  *issuanceKeys(): IterableIterator<[csrSha256: string, deviceId: string, nameSkeleton: string | null]> {
     yield* this.q.keys.iterate();
   }
 

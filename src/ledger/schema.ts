@@ -114,4 +114,11 @@ export const MIGRATIONS: readonly string[] = [
   -- A name for this ledger file, so the token's checkpoint names the ledger it belongs to.
   INSERT INTO settings (key, value) VALUES ('ledger_id', lower(hex(randomblob(16))));
   `,
+  // 4: what each device's name looks like (text.ts nameSkeleton), so that a name that passes for
+  // another is refused with one indexed lookup. Derived from the name, not hashed: the ledger fills
+  // it in for older rows (index.ts migrate) and verify recomputes it.
+  `
+  ALTER TABLE issuances ADD COLUMN name_skeleton TEXT;
+  CREATE INDEX issuances_name_skeleton ON issuances(name_skeleton);
+  `,
 ];

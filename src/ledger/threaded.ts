@@ -15,8 +15,9 @@
  */
 import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
+import { nameSkeleton } from '../text.js';
 import { SeenFilter } from './seen.js';
-import { SqliteLedger, UNKNOWN_DEVICE, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext, type Checkpoint, type TokenCheckpoint } from './index.js';
+import { SqliteLedger, UNKNOWN_DEVICE, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext, type Checkpoint, type TokenCheckpoint, type NameHolder } from './index.js';
 
 export class ThreadedLedger implements Ledger {
   private readonly reader: SqliteLedger;
@@ -30,10 +31,10 @@ export class ThreadedLedger implements Ledger {
     this.reader = new SqliteLedger(path, stationId);
     this.seen = opts.knownFromMemory ? { csrs: new SeenFilter(), devices: new SeenFilter(), names: new SeenFilter() } : null;
     if (this.seen) {
-      for (const [csrSha256, deviceId, name] of this.reader.issuanceKeys()) {
+      for (const [csrSha256, deviceId, skeleton] of this.reader.issuanceKeys()) {
         this.seen.csrs.add(csrSha256);
         this.seen.devices.add(deviceId);
-        if (name !== null) this.seen.names.add(name);
+        if (skeleton !== null) this.seen.names.add(skeleton);
       }
     }
     this.writer = new WorkerRpc(
@@ -49,7 +50,7 @@ export class ThreadedLedger implements Ledger {
     // Before the commit: a lookup made while it is on its way reads SQLite (and the station's in-flight overlay); one that fails leaves a harmless "maybe".
     this.seen?.csrs.add(entry.csrSha256);
     this.seen?.devices.add(entry.deviceId);
-    if (entry.name) this.seen?.names.add(entry.name);
+    this.seen?.names.add(nameSkeleton(entry.name ?? entry.deviceId));
     if (hint?.alone && this.writer.idle) return this.reader.appendIssuance(entry, hint.guard);
     const row = await this.writer.call<Issuance>({ op: 'issuance', entry, guard: hint?.guard });
     return { ...row, certificate: new Uint8Array(row.certificate) };
@@ -67,10 +68,10 @@ export class ThreadedLedger implements Ledger {
     return this.reader.stationContext(now, minuteCap);
   }
 
-  nameHolder(name: string, deviceId: string): string | undefined {
-    // A name is held by a device of that name or of that id: neither ever seen, nobody holds it.
-    if (this.seen && !this.seen.names.mayHave(name) && !this.seen.devices.mayHave(name)) return undefined;
-    return this.reader.nameHolder(name, deviceId);
+  nameHolder(name: string, deviceId: string, skeleton = nameSkeleton(name)): NameHolder | undefined {
+    // A name is held by a device whose name looks the same, or whose id it is: neither ever seen, nobody holds it.
+    if (this.seen && !this.seen.names.mayHave(skeleton) && !this.seen.devices.mayHave(name)) return undefined;
+    return this.reader.nameHolder(name, deviceId, skeleton);
   }
 
   checkAgainstToken(tc: TokenCheckpoint): string | null {

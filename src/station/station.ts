@@ -40,7 +40,7 @@ import {
 import type { Issued, SignRequest, SignResult, StationHello, Unhealthy } from './types.js';
 import { EventCoalescer } from './coalesce.js';
 import type { WorkerRpc } from '../worker-rpc.js';
-import { checkClientText, checkDeviceName, clipMessage, quote, TEXT_LIMITS } from '../text.js';
+import { checkClientText, checkDeviceName, clipMessage, nameSkeleton, nameTakenMessage, quote, TEXT_LIMITS } from '../text.js';
 
 export const MAX_FRAME = 16384;
 
@@ -83,7 +83,8 @@ export class Station {
   /** Their public keys, by device id, with a count each. */
   private readonly inFlightKeys = new Map<string, Map<string, number>>();
   /** Their names (a device's name, or its id), each with the device it is for. */
-  private readonly inFlightNames = new Map<string, { deviceId: string; count: number }>();
+  /** Names of certificates on their way into the ledger, by what they look like (nameSkeleton). */
+  private readonly inFlightNames = new Map<string, { deviceId: string; name: string; count: number }>();
   /** How many of them each work order has. */
   private readonly inFlightByOrder = new Map<string, number>();
   /** The ledger's station-wide facts as last read, and what this station committed since (see stationFacts). */
@@ -285,9 +286,9 @@ export class Station {
     if (!keys) this.inFlightKeys.set(deviceId, (keys = new Map()));
     keys.set(publicKeySha256, (keys.get(publicKeySha256) ?? 0) + 1);
     if (workOrder) this.inFlightByOrder.set(workOrder, (this.inFlightByOrder.get(workOrder) ?? 0) + 1);
-    const name = entry.name ?? deviceId;
+    const name = nameSkeleton(entry.name ?? deviceId);
     const named = this.inFlightNames.get(name);
-    this.inFlightNames.set(name, { deviceId, count: (named?.count ?? 0) + 1 });
+    this.inFlightNames.set(name, { deviceId, name: entry.name ?? deviceId, count: (named?.count ?? 0) + 1 });
     const guard: CommitGuard = {
       maxCertificates: this.rules.maxCertificates,
       maxPerMinute: this.rules.maxPerMinute,
@@ -345,9 +346,10 @@ export class Station {
 
   /** POLICY_SUBJECT when another device holds `name`, in the ledger or on its way into it. */
   private refuseTakenName(name: string, deviceId: string): void {
-    const pending = this.inFlightNames.get(name);
-    const holder = pending && pending.deviceId !== deviceId ? pending.deviceId : this.ledger.nameHolder(name, deviceId);
-    if (holder) throw new LineSignerError('POLICY_SUBJECT', `name ${quote(name)} is device ${holder}'s already; a name is one device's in the device cloud`);
+    const skeleton = nameSkeleton(name);
+    const pending = this.inFlightNames.get(skeleton);
+    const holder = pending && pending.deviceId !== deviceId ? pending : this.ledger.nameHolder(name, deviceId, skeleton);
+    if (holder) throw new LineSignerError('POLICY_SUBJECT', nameTakenMessage(name, holder.deviceId, holder.name));
   }
 
   /** The station-wide facts: the ledger's, plus the issuances still on their way into it. */

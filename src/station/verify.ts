@@ -278,6 +278,11 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
     for (const n of exports.keys()) problem('batches', n, 'the chain records its export, but its row in the batches table is gone');
     });
 
+    // What each name looks like, kept beside it for the one-name-one-device check: not hashed, so recomputed.
+    section('name skeletons', () => {
+      for (const seq of ledger.skeletonProblems()) problem('issuances', seq, 'name_skeleton is not what the name looks like: a name that looks the same would be let through');
+    });
+
     // The policy state tables against the events they project: an edit there changes what the station issues.
     section('policy state', () => {
       for (const p of ledger.projectionProblems()) problem('state', 0, `${p.table} ${quote(String(p.key))}: ${p.reason}`);
