@@ -240,6 +240,19 @@ test.serial('429 and 503 with Retry-After hold back every request of the run, th
   t.is(capped.registered, 1);
 });
 
+test('an API that throttles, answers 400, and throttles again cannot hold a run for long: the run stops once its waits add up past the budget', async (t) => {
+  const { s, files } = await stationWithBatches([12]);
+  t.teardown(() => s.close());
+  const a = await api(t);
+  for (let i = 0; i < 12; i++) a.anyFaults.push('throttle429', 'reject400');
+  a.retryAfter = '3600';
+  const t0 = Date.now();
+  const err = await t.throwsAsync(sync({ files, api: a.url, tokenFile: tokenFile(s.dir), statePath: join(s.dir, 'st.db'), stationKey: pin(s), concurrency: 1, maxRetryAfterMs: 200, maxRunWaitMs: 1000 }));
+  t.regex(err!.message, /the API kept this run waiting \d+ s in all .*stopped, nothing more sent: run sync again later, it resumes/);
+  t.true(Date.now() - t0 < 5000, `took ${Date.now() - t0} ms`);
+  t.true(a.log.filter((l) => l.outcome === 429).length <= 7, `${a.log.filter((l) => l.outcome === 429).length} throttles sat through`);
+});
+
 test('error bodies are read up to 64 KiB: four 256 MB answers are not downloaded', async (t) => {
   const { s, files } = await stationWithBatches([1]);
   t.teardown(() => s.close());

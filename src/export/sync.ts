@@ -45,6 +45,8 @@ export interface SyncOptions {
   retryBaseMs?: number | undefined;
   /** Longest wait a Retry-After may impose (default 5 minutes). */
   maxRetryAfterMs?: number | undefined;
+  /** The most a run waits on the API's throttles and outages in all; past it the run stops (the next resumes). */
+  maxRunWaitMs?: number | undefined;
   /** Ends the run at once, recording nothing more (a kill, for tests). */
   signal?: AbortSignal | undefined;
   onProgress?: ((done: number, total: number) => void) | undefined;
@@ -370,6 +372,10 @@ async function reconcile(
   // One gate for the whole run: a throttle or an outage slows every worker, not one request.
   let openAt = 0;
   let outage = 0;
+  // And one budget: an API that throttles, then answers something final, then throttles again never
+  // fails many in a row, yet could hold a run for days.
+  const runWaitBudget = opts.maxRunWaitMs ?? 30 * 60_000;
+  let waited = 0;
   let refused: string | null = null;
   const checkRunning = (): void => {
     if (opts.signal?.aborted) throw new Killed('killed');
@@ -432,7 +438,13 @@ async function reconcile(
       const hinted = 'status' in answer && (answer.status === 429 || answer.status === 503) ? retryAfterMs(answer.retryAfter) : null;
       const wait = Math.min(maxWait, hinted ?? baseMs * 2 ** Math.min(outage, 16) * (0.75 + Math.random() / 2));
       outage++;
+      const before = openAt;
       openAt = Math.max(openAt, Date.now() + wait);
+      waited += Math.max(0, openAt - Math.max(before, Date.now()));
+      if (waited > runWaitBudget) {
+        refused ??= `the API kept this run waiting ${Math.round(waited / 1000)} s in all (throttles and failures, last: ${describe(answer)}); stopped, nothing more sent: run sync again later, it resumes`;
+        throw new TokenRefused(refused);
+      }
       // An API that fails everything in a row is down (or throttling hard): the run stops, and the next one resumes.
       if (outage >= Math.max(8, 2 * tries)) {
         refused ??= `the API failed ${outage} requests in a row (last: ${describe(answer)}); stopped, nothing more sent: run sync again later, it resumes`;
