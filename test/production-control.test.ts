@@ -297,6 +297,17 @@ test('names are text and a path segment: "." and ".." are refused; log shows a n
   t.is(issuedCount(s), 1);
 });
 
+test('a certificate signed by hand names its signer: sign --operator is recorded as the link cli:NAME, and the log says whose order it counted against', async (t) => {
+  const s = await testStation();
+  await s.close();
+  t.is(cli(['order', 'open', 'R1', '--quantity', '5', '--config', s.configPath, '--operator', 'root-shift']).status, 0);
+  const id = uuid();
+  t.is(signCli(s, csrFor(id), { flags: ['--operator', 'mallory'] }).status, 0);
+  const line = cli(['log', '--device', id, '--config', s.configPath]).stdout;
+  t.regex(line, /issued {2}seq 1 .* via cli:mallory order R1 \(order opened by root-shift\)/);
+  t.is(logRows(s.configPath, '--device', id).find((r) => r.type === 'issuance')?.link, 'cli:mallory');
+});
+
 test('operator input: a quantity in decimal digits only, a reason that says something, errors that name the argument', async (t) => {
   const s = await testStation();
   await s.close();

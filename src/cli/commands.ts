@@ -14,7 +14,7 @@ import type { SignResult } from '../station/index.js';
 import { caCsr, caDemo, caImport, caInit, caInitToken, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
 import { printJson } from './output.js';
 import { checkClientText, printable, TEXT_LIMITS } from '../text.js';
-import { operatorName } from '../operator/index.js';
+import { cliLink, operatorName } from '../operator/index.js';
 import { acceptCommand, allowReissueCommand, backupCommand, revokeCommand } from './operator-commands.js';
 
 export interface GlobalArgs {
@@ -154,11 +154,13 @@ function showText(s: ReturnType<typeof caShow>): string {
   return lines.join('\n') + '\n';
 }
 
-export async function signCommand(args: GlobalArgs & { csr: string; out?: string | undefined; 'hardware-id'?: string; name?: string }): Promise<void> {
+export async function signCommand(args: GlobalArgs & { csr: string; out?: string | undefined; 'hardware-id'?: string; name?: string; operator?: string }): Promise<void> {
   const cfg = config(args);
   const csr = readInput(args.csr);
   const hardwareId = args['hardware-id'] === undefined ? undefined : checkClientText('--hardware-id', args['hardware-id'], TEXT_LIMITS.hardwareId);
   const name = args.name === undefined ? undefined : checkClientText('--name', args.name, TEXT_LIMITS.name);
+  // A certificate signed by hand names who signed it: its link is cli:NAME.
+  const operator = operatorName(cfg, args.operator);
   // A serving station owns the ledger: it signs. Else this process takes the ledger for the one CSR.
   // A station that is starting holds the lock before its socket listens: it is asked again while this waits.
   let remote: { result: unknown } | undefined;
@@ -167,7 +169,7 @@ export async function signCommand(args: GlobalArgs & { csr: string; out?: string
     'sign',
     60_000,
     (holder) => process.stderr.write(`waiting for the ledger: it is held by ${holder}\n`),
-    async () => (remote = await callOwner(cfg.station.ledger, { op: 'sign', csr: Buffer.from(csr).toString('base64'), hardwareId, name })) !== undefined,
+    async () => (remote = await callOwner(cfg.station.ledger, { op: 'sign', csr: Buffer.from(csr).toString('base64'), hardwareId, name, operator })) !== undefined,
   );
   let result: SignResult;
   if (!lock) result = remote!.result as SignResult;
@@ -175,7 +177,7 @@ export async function signCommand(args: GlobalArgs & { csr: string; out?: string
     try {
       const open = await openStation(cfg, { lock: 'held', command: 'sign', oneShot: true });
       try {
-        result = await open.station.handle({ csr, link: 'cli', hardwareId, name });
+        result = await open.station.handle({ csr, link: cliLink(operator), hardwareId, name });
       } finally {
         await open.close();
       }

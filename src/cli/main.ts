@@ -28,7 +28,8 @@ const cli = yargs(hideBin(process.argv))
         .positional('csr', { type: 'string', demandOption: true })
         .option('out', { type: 'string', describe: 'write the chain here' })
         .option('hardware-id', { type: 'string', describe: "the board's hardware id (checked against the open work order's)" })
-        .option('name', { type: 'string', describe: "the device's name for the device cloud (default: its id)" }),
+        .option('name', { type: 'string', describe: "the device's name for the device cloud (default: its id)" })
+        .option('operator', { type: 'string', describe: 'who signs it by hand (default: [station] operator, or the login name); the ledger records the link as cli:NAME' }),
     (args) => signCommand(args as never),
   )
   .command('ledger', 'the ledger: verify, allow-reissue, revoke, backup', (y) => ledgerCommands(y as never))

@@ -141,7 +141,8 @@ export function logCommand(args: GlobalArgs & { since?: string; until?: string; 
         process.stdout.write(JSON.stringify(row) + '\n');
         continue;
       }
-      const who = row.operator ? ` by ${row.operator}` : '';
+      // An issuance's operator is its order's: the one who opened it, not who was at the line (a hand signing names its signer in its link).
+      const who = row.operator ? (row.type === 'issuance' ? ` (order opened by ${row.operator})` : ` by ${row.operator}`) : '';
       const line =
         row.type === 'issuance'
           ? `${row.at} issued  seq ${row.seq} ${row.device}${row.name && row.name !== row.device ? ` name ${quote(row.name)}` : ''} serial ${row.serial} via ${row.link}${row.work_order ? ` order ${row.work_order}` : ''}${row.supersedes ? ` supersedes seq ${row.supersedes}` : ''}${who}`

@@ -9,13 +9,13 @@ import { LineSignerError } from '../errors.js';
 import { exportBatch } from '../export/index.js';
 import { SqliteLedger, type NewEvent } from '../ledger/index.js';
 import { ControlServer } from '../operator/control.js';
-import { perform, type OperatorRequest } from '../operator/index.js';
+import { cliLink, perform, type OperatorRequest } from '../operator/index.js';
 import type { OpenStation } from '../station/index.js';
 import { checkClientText, TEXT_LIMITS } from '../text.js';
 
 export type OwnerRequest =
   | OperatorRequest
-  | { op: 'sign'; csr: string; hardwareId?: string | undefined; name?: string | undefined }
+  | { op: 'sign'; csr: string; hardwareId?: string | undefined; name?: string | undefined; operator?: string | undefined }
   | { op: 'export'; outDir: string; batch?: number | undefined; operator?: string | undefined }
   | { op: 'health' };
 
@@ -36,6 +36,7 @@ export function ownerRequest(raw: unknown): OwnerRequest {
         csr: str(r.csr, 'csr'),
         hardwareId: r.hardwareId === undefined ? undefined : checkClientText('hardwareId', str(r.hardwareId, 'hardwareId'), TEXT_LIMITS.hardwareId),
         name: r.name === undefined ? undefined : checkClientText('name', str(r.name, 'name'), TEXT_LIMITS.name),
+        operator: r.operator === undefined ? undefined : checkClientText('operator', str(r.operator, 'operator'), 64),
       };
     case 'export':
       return { op, outDir: str(r.outDir, 'outDir'), batch: typeof r.batch === 'number' ? r.batch : undefined, operator: r.operator === undefined ? undefined : checkClientText('operator', str(r.operator, 'operator'), 64) };
@@ -83,7 +84,7 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
     const req = ownerRequest(raw);
     switch (req.op) {
       case 'sign':
-        return open.station.handle({ csr: new Uint8Array(Buffer.from(req.csr, 'base64')), link: 'cli', hardwareId: req.hardwareId, name: req.name });
+        return open.station.handle({ csr: new Uint8Array(Buffer.from(req.csr, 'base64')), link: cliLink(req.operator), hardwareId: req.hardwareId, name: req.name });
       case 'export': {
         const r = await exportBatch(config, { outDir: req.outDir, batch: req.batch, operator: req.operator });
         await open.checkpointer.take('export');
