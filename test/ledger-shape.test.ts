@@ -8,6 +8,7 @@
  */
 import test from 'ava';
 import Database from 'better-sqlite3';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { cli } from './helpers/cli.js';
@@ -91,4 +92,49 @@ test('a name skeleton changed in the file (so a look-alike would pass) is named 
   const s = await stopped(2);
   sql(s.ledger, "UPDATE issuances SET name_skeleton = 'x' WHERE seq = 2");
   verifyFails(t, s.configPath, /issuances seq 2: name_skeleton is not what the name looks like/);
+});
+
+test('a trigger named to look like SQLite\'s own objects, and an index rewired to an empty b-tree through writable_schema, are named; the rewired revocation index stops sign', async (t) => {
+  const s = await stopped(1);
+  const device = s.devices[0]!;
+  t.is(cli(['ledger', 'revoke', device, '--reason', 'key leaked', '--config', s.configPath]).status, 0);
+  sql(s.ledger, `CREATE TRIGGER sqliteXunrevoke AFTER INSERT ON events WHEN NEW.kind = 'start' BEGIN DELETE FROM revoked WHERE device_id = '${device}'; END`);
+  verifyFails(t, s.configPath, /file: trigger sqliteXunrevoke: a trigger line-signer never makes/);
+  sql(s.ledger, 'DROP TRIGGER sqliteXunrevoke');
+  // The sqlite3 shell, as an attacker would use it (better-sqlite3 runs in defensive mode, which refuses writable_schema).
+  execFileSync('sqlite3', [s.ledger], {
+    input: `CREATE INDEX zz1 ON revoked(device_id) WHERE 0;
+     PRAGMA writable_schema = ON;
+     UPDATE sqlite_master SET rootpage = (SELECT rootpage FROM sqlite_master WHERE name = 'zz1') WHERE name = 'sqlite_autoindex_revoked_1';
+     DELETE FROM sqlite_master WHERE name = 'zz1';
+     PRAGMA writable_schema = OFF;`,
+  });
+  verifyFails(t, s.configPath, /file: the file: SQLite's integrity check: /);
+  const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr(device)) });
+  t.not(sign.status, 0);
+  t.regex(sign.stderr, /ERROR LEDGER not serving: .*table revoked: SQLite's integrity check/);
+});
+
+test('a trigger planted while the station has the ledger open: its next write refuses, and the trigger never runs', async (t) => {
+  const s = await testStation();
+  const first = await s.station.handle({ csr: csr(), link: 't' });
+  t.true(first.ok);
+  sql(s.config.station.ledger, "CREATE TRIGGER meddle AFTER INSERT ON issuances BEGIN UPDATE settings SET value = 'meddled' WHERE key = 'ledger_id'; END");
+  const second = await s.station.handle({ csr: csr(), link: 't' });
+  t.false(second.ok);
+  t.regex(second.ok ? '' : second.message, /schema was changed outside line-signer while this process had it open/);
+  t.is(s.ledger.issuedCount(), 1);
+  const db = new Database(s.config.station.ledger, { readonly: true });
+  t.not((db.prepare("SELECT value FROM settings WHERE key = 'ledger_id'").get() as { value: string }).value, 'meddled');
+  db.close();
+  // Nor does the closing checkpoint write into the changed file.
+  await t.throwsAsync(s.close(), { message: /schema was changed outside line-signer/ });
+});
+
+test('an operator command run here (no station serving) refuses a file with a trigger: it would run inside the command\'s own writes', async (t) => {
+  const s = await stopped(1);
+  sql(s.ledger, 'CREATE TRIGGER inflate AFTER INSERT ON orders BEGIN UPDATE orders SET quantity = 999999; END');
+  const r = cli(['order', 'open', 'WO-1', '--quantity', '10', '--config', s.configPath]);
+  t.not(r.status, 0);
+  t.regex(r.stderr, /ERROR LEDGER nothing written: .*trigger inflate/);
 });

@@ -165,7 +165,8 @@ test.serial('revoked and reworked devices through J1: revoked gets DUPLICATE_DEV
   // The grant is used up, and the old key is no longer accepted.
   const old = await sv.jig.request('SIGN', 'd', Buffer.from(csrFor(id, k1)));
   t.is(old.code, 'DUPLICATE_DEVICE');
-  t.regex(old.message!, /another key; if the board was reworked: line-signer ledger allow-reissue/);
+  // Not "grant a re-issue": no grant lets a replaced key back.
+  t.regex(old.message!, /this key was device .*'s before a re-issue replaced it: an old key is refused for good/);
   t.is((await sv.jig.request('SIGN', 'e', Buffer.from(first))).code, 'DUPLICATE_DEVICE', 'the old certificate is not handed out again');
   // Both certificates stay, linked.
   const l = new SqliteLedger(sv.s.config.station.ledger, sv.s.config.station.id, { readonly: true });
@@ -198,9 +199,17 @@ test('revocation and re-issue through line-signer sign; revoke takes a serial an
   // The grant is for a new key: the revoked key (leaked, say) does not come back with it, and the grant still stands.
   expectCliRefusal(t, signCli(s, csrFor(id, k1)), 'DUPLICATE_DEVICE', /was revoked \("returned"\): its re-issue is for a new key, and the revoked one is refused|was revoked \(returned\): its re-issue is for a new key/);
   t.is(issuedCount(s), 1);
-  t.is(signCli(s, csrFor(id, newKey())).status, 0);
-  expectCliRefusal(t, signCli(s, csrFor(id, k1)), 'DUPLICATE_DEVICE', /another key/);
+  const k2 = newKey();
+  t.is(signCli(s, csrFor(id, k2)).status, 0);
+  expectCliRefusal(t, signCli(s, csrFor(id, k1)), 'DUPLICATE_DEVICE', /an old key is refused for good/);
   t.is(issuedCount(s), 2);
+  // A later grant (the board reworked again) is for a new key too: neither the revoked key nor the current one.
+  t.is(cli(['ledger', 'allow-reissue', id, '--reason', 'reworked again', '--config', s.configPath]).status, 0);
+  expectCliRefusal(t, signCli(s, csrFor(id, k1)), 'DUPLICATE_DEVICE', /an old key is refused for good/);
+  expectCliRefusal(t, signCli(s, csrFor(id, k2)), 'DUPLICATE_DEVICE', /re-issue for a new key is pending/);
+  t.is(issuedCount(s), 2);
+  t.is(signCli(s, csrFor(id, newKey())).status, 0);
+  t.is(issuedCount(s), 3);
   t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
 });
 

@@ -5,7 +5,7 @@
  * lock; none writes a table itself.
  */
 import type { Argv } from 'yargs';
-import { existsSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { LineSignerError } from '../errors.js';
 import { SqliteLedger, type Order } from '../ledger/index.js';
 import { operate, operatorName, orderSummary } from '../operator/index.js';
@@ -111,9 +111,17 @@ export async function acceptCommand(args: WithOperator & { reason: string }): Pr
 
 export async function backupCommand(args: WithOperator & { dest: string }): Promise<void> {
   const cfg = config(args);
+  const startedAt = Date.now();
   const r = await operate<{ dest: string; bytes: number; ms: number }>(cfg, { op: 'backup', dest: args.dest, operator: operatorName(cfg, args.operator) }, waiting);
-  // The serving station wrote it; under the unit, /tmp and /var/tmp are its own (PrivateTmp).
-  if (!existsSync(r.dest)) {
+  // The serving station wrote it; under the unit, /tmp and /var/tmp are its own (PrivateTmp). What this
+  // shell sees there must be this copy: its size, written since the command began (not an older copy of the same name).
+  let seen: { size: number; mtimeMs: number } | null = null;
+  try {
+    seen = statSync(r.dest);
+  } catch {
+    // not there for this shell
+  }
+  if (!seen || seen.size !== r.bytes || seen.mtimeMs < startedAt - 2000) {
     throw new LineSignerError('LEDGER', `the serving station wrote ${printable(r.dest)}, but this shell does not see it there: a folder private to the service (the unit's PrivateTmp hides /tmp and /var/tmp); back up under /var/lib/line-signer or to a stick under /media`);
   }
   process.stdout.write(`ledger copied to ${printable(r.dest)} (${r.bytes} bytes in ${Math.round(r.ms)} ms); check it with: line-signer ledger verify --ledger ${r.dest}\n`);

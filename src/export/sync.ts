@@ -425,6 +425,7 @@ async function reconcile(
     inDoubt?: () => Promise<'done' | 'resend' | 'unknown'>,
   ): Promise<{ answer: Answer; attempts: number; settled?: true }> => {
     for (let n = 1; ; n++) {
+      const sentAt = Date.now();
       const answer = await call(method, name, body);
       if ('status' in answer && (answer.status === 401 || answer.status === 403)) {
         refused ??= `the API refused the token (HTTP ${answer.status}: ${redact(answer.body)}); stopped at once, nothing more sent: check --token-file`;
@@ -440,7 +441,8 @@ async function reconcile(
       outage++;
       const before = openAt;
       openAt = Math.max(openAt, Date.now() + wait);
-      waited += Math.max(0, openAt - Math.max(before, Date.now()));
+      // The time lost: the wait ahead, and a request that failed only after its time-out (a stall).
+      waited += Math.max(0, openAt - Math.max(before, Date.now())) + ('error' in answer ? Date.now() - sentAt : 0);
       if (waited > runWaitBudget) {
         refused ??= `the API kept this run waiting ${Math.round(waited / 1000)} s in all (throttles and failures, last: ${describe(answer)}); stopped, nothing more sent: run sync again later, it resumes`;
         throw new TokenRefused(refused);

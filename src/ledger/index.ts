@@ -164,6 +164,8 @@ export interface DeviceContext {
   reissueAllowed: boolean;
   /** seq of this device's newest issuance, which a new one for it supersedes. */
   newestSeq: number | undefined;
+  /** seq of this device's newest issuance for the key asked about, if it ever had that key. */
+  keySeq?: number | undefined;
 }
 
 /** What a device with no issuance in the ledger has: no key, no revocation (both need an issuance), no grant. */
@@ -212,7 +214,7 @@ export interface CommitGuard {
 export interface Ledger {
   findByCsrHash(csrSha256: string): Issuance | undefined;
   /** One read for the issuance checks (one read transaction instead of four). */
-  deviceContext(deviceId: string): DeviceContext;
+  deviceContext(deviceId: string, publicKeySha256?: string): DeviceContext;
   grantReissue(deviceId: string, reason: string): void;
   issuedCount(): number;
   /**
@@ -412,6 +414,8 @@ function wellFormed(row: object): void {
 
 export class SqliteLedger implements Ledger {
   private readonly db: Database.Database;
+  /** SQLite's schema cookie as this process found the file: any change to the schema bumps it. */
+  private schemaVersion: number;
   private readonly q;
   private readonly insertIssuance: (entry: NewIssuance, guard: CommitGuard | undefined) => Issuance;
   private readonly insertEvent: (event: NewEvent) => number;
@@ -440,6 +444,7 @@ export class SqliteLedger implements Ledger {
     this.db.pragma('busy_timeout = 5000');
     this.db.pragma('foreign_keys = ON');
     if (!opts.readonly) this.migrate();
+    this.schemaVersion = this.db.pragma('schema_version', { simple: true }) as number;
     const db = this.db;
     this.q = {
       byCsr: db.prepare<[string], IssuanceRow>('SELECT * FROM issuances WHERE csr_sha256 = ?'),
@@ -449,9 +454,10 @@ export class SqliteLedger implements Ledger {
       lastIssuanceHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM issuances ORDER BY seq DESC LIMIT 1'),
       lastEventHash: db.prepare<[], { seq: number; entry_hash: string }>('SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1'),
       // seq is gap-free from 1 (verifyChain checks it), so max(seq) is the count without a table scan.
-      context: db.prepare<[{ id: string }], { key: string | null; newest: number | null; revoked_reason: string | null; revoked_at: string | null; granted: number }>(
+      context: db.prepare<[{ id: string; k: string | null }], { key: string | null; newest: number | null; key_seq: number | null; revoked_reason: string | null; revoked_at: string | null; granted: number }>(
         `SELECT (SELECT public_key_sha256 FROM issuances WHERE device_id = @id ORDER BY seq DESC LIMIT 1) AS key,
                 (SELECT max(seq) FROM issuances WHERE device_id = @id) AS newest,
+                (SELECT max(seq) FROM issuances WHERE device_id = @id AND public_key_sha256 = @k) AS key_seq,
                 (SELECT reason FROM revoked WHERE device_id = @id) AS revoked_reason,
                 (SELECT at FROM revoked WHERE device_id = @id) AS revoked_at,
                 EXISTS (SELECT 1 FROM reissue_grants WHERE device_id = @id) AS granted`,
@@ -478,6 +484,7 @@ export class SqliteLedger implements Ledger {
       deleteRevoked: db.prepare<[string]>('DELETE FROM revoked WHERE device_id = ?'),
       setting: db.prepare<[string], { value: string }>('SELECT value FROM settings WHERE key = ?'),
       setSetting: db.prepare<[string, string]>('INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)'),
+      keyOfDevice: db.prepare<[string, string], { seq: number }>('SELECT seq FROM issuances WHERE device_id = ? AND public_key_sha256 = ? LIMIT 1'),
       newestOfDevice: db.prepare<[string], { seq: number; public_key_sha256: string }>('SELECT seq, public_key_sha256 FROM issuances WHERE device_id = ? ORDER BY seq DESC LIMIT 1'),
       // A row stamped in the future (a clock that was wrong) is not "in the last minute".
       minuteCount: db.prepare<[string, string], { n: number }>('SELECT count(*) AS n FROM issuances WHERE issued_at > ? AND issued_at <= ?'),
@@ -555,6 +562,7 @@ export class SqliteLedger implements Ledger {
     // sharing a ledger file still build one chain.
     this.insertIssuance = db
       .transaction((entry: NewIssuance, guard: CommitGuard | undefined): Issuance => {
+        this.guardSchema();
         const tail = this.q.lastIssuanceHash.get();
         const supersedes = this.recheck(entry, guard ?? {}, tail?.seq ?? 0);
         const row: IssuanceRow = {
@@ -586,6 +594,7 @@ export class SqliteLedger implements Ledger {
       .immediate.bind(null);
     this.insertEvent = db
       .transaction((event: NewEvent) => {
+        this.guardSchema();
         const tail = this.q.lastEventHash.get();
         const row: EventRow = {
           v: ROW_FORMAT,
@@ -608,6 +617,19 @@ export class SqliteLedger implements Ledger {
         return row.seq;
       })
       .immediate.bind(null);
+  }
+
+  /**
+   * Inside each write transaction: the schema is still the one this process
+   * opened (and, at a start, checked). A trigger planted while the station
+   * serves would run inside its next write; SQLite bumps the schema cookie
+   * on any schema change, so nothing is written once it moved.
+   */
+  private guardSchema(): void {
+    const now = this.db.pragma('schema_version', { simple: true }) as number;
+    if (now !== this.schemaVersion) {
+      throw new LineSignerError('LEDGER', `the ledger's schema was changed outside line-signer while this process had it open (schema version ${this.schemaVersion}, now ${now}); nothing written: stop the station and run \`line-signer ledger verify\``);
+    }
   }
 
   private migrate(): void {
@@ -662,6 +684,10 @@ export class SqliteLedger implements Ledger {
     const newest = this.q.newestOfDevice.get(entry.deviceId);
     const revoked = this.q.revokedRow.get(entry.deviceId) !== undefined;
     const granted = this.q.grantOf.get(entry.deviceId) !== undefined;
+    // A key the device had before its current one was replaced or revoked with it: refused for good.
+    if (newest && newest.public_key_sha256 !== entry.publicKeySha256 && this.q.keyOfDevice.get(entry.deviceId, entry.publicKeySha256)) {
+      refuse('DUPLICATE_DEVICE', `this key was device ${entry.deviceId}'s before a re-issue replaced it: an old key is refused for good`);
+    }
     if (granted && newest && newest.public_key_sha256 === entry.publicKeySha256) {
       refuse('DUPLICATE_DEVICE', revoked ? `device ${entry.deviceId} was revoked: its re-issue is for a new key, and the revoked one is refused` : `a re-issue for a new key is pending for device ${entry.deviceId}: its old key is refused`);
     }
@@ -699,6 +725,7 @@ export class SqliteLedger implements Ledger {
 
   openOrder(o: { id: string; quantity: number; hardwareId: string | null; operator: string }): Order {
     return this.db.transaction(() => {
+      this.guardSchema();
       const open = this.q.openOrder.get();
       if (open) {
         if (open.issued < open.quantity) {
@@ -716,6 +743,7 @@ export class SqliteLedger implements Ledger {
 
   closeOrder(id: string, operator: string, reason = 'closed by the operator'): Order {
     return this.db.transaction(() => {
+      this.guardSchema();
       const o = this.q.orderById.get(id);
       if (!o) throw new LineSignerError('USAGE', `no work order ${id}`);
       if (o.closed_at !== null) throw new LineSignerError('USAGE', `work order ${id} was closed at ${o.closed_at}`);
@@ -737,6 +765,7 @@ export class SqliteLedger implements Ledger {
   /** The operator's word that the clock is right now: the clock checks measure from this until the next issuance. */
   confirmClock(operator: string, reason: string, now: Date): void {
     this.db.transaction(() => {
+      this.guardSchema();
       const after = this.issuedCount();
       this.q.setSetting.run('clock_confirmed_at', now.toISOString());
       this.q.setSetting.run('clock_confirmed_after_seq', String(after));
@@ -908,13 +937,14 @@ export class SqliteLedger implements Ledger {
     return this.q.byDevice.all(deviceId).map(toIssuance);
   }
 
-  deviceContext(deviceId: string): DeviceContext {
-    const r = this.q.context.get({ id: deviceId })!;
+  deviceContext(deviceId: string, publicKeySha256?: string): DeviceContext {
+    const r = this.q.context.get({ id: deviceId, k: publicKeySha256 ?? null })!;
     return {
       currentKey: r.key ?? undefined,
       revoked: r.revoked_reason !== null ? { reason: r.revoked_reason, at: r.revoked_at! } : undefined,
       reissueAllowed: r.granted === 1,
       newestSeq: r.newest ?? undefined,
+      keySeq: r.key_seq ?? undefined,
     };
   }
 
@@ -925,6 +955,7 @@ export class SqliteLedger implements Ledger {
 
   grantReissue(deviceId: string, reason: string, operator?: string | null): void {
     this.db.transaction(() => {
+      this.guardSchema();
       if (!this.q.newestOfDevice.get(deviceId)) {
         throw new LineSignerError('USAGE', `device ${deviceId} has no certificate in this ledger; a re-issue is for a device that has one`);
       }
@@ -970,15 +1001,16 @@ export class SqliteLedger implements Ledger {
     };
     try {
       return this.db
-        .transaction(() =>
-          writes.map((w): GroupResult => {
+        .transaction(() => {
+          this.guardSchema();
+          return writes.map((w): GroupResult => {
             try {
               return { ok: true, result: run(w) };
             } catch (err) {
               return { ok: false, error: this.commitError(err) };
             }
-          }),
-        )
+          });
+        })
         .immediate();
     } catch (err) {
       const e = this.commitError(err);
@@ -1088,6 +1120,7 @@ export class SqliteLedger implements Ledger {
    */
   revoke(deviceOrSerial: string, reason: string, operator?: string | null): string {
     return this.db.transaction(() => {
+      this.guardSchema();
       let deviceId = deviceOrSerial;
       if (!this.q.newestOfDevice.get(deviceId)) {
         const bySerial = this.findBySerial(deviceOrSerial);

@@ -123,8 +123,8 @@ export class ThreadedLedger implements Ledger {
     if (row) this.seen?.devices.add(row.deviceId);
     return row;
   }
-  deviceContext(deviceId: string): DeviceContext {
-    return this.seen && !this.seen.devices.mayHave(deviceId) ? UNKNOWN_DEVICE : this.reader.deviceContext(deviceId);
+  deviceContext(deviceId: string, publicKeySha256?: string): DeviceContext {
+    return this.seen && !this.seen.devices.mayHave(deviceId) ? UNKNOWN_DEVICE : this.reader.deviceContext(deviceId, publicKeySha256);
   }
   grantReissue(deviceId: string, reason: string): void {
     this.reader.grantReissue(deviceId, reason);

@@ -208,6 +208,11 @@ export async function withOwnedLedger<T>(
         const problem = ledgerTokenProblem(ledger, tokenCheckpoint((l) => t.readData(l), config.station.id), config.station.id, config.station.ledger);
         if (problem) throw new LineSignerError('LEDGER', `nothing written: ${problem}`);
       }
+      // A trigger in the file would run inside this command's own writes (an order's quantity rewritten as it opens).
+      const reshaped = ledger.shapeProblems({ values: false });
+      if (reshaped.length > 0) {
+        throw new LineSignerError('LEDGER', `nothing written: ${config.station.ledger}: ${reshaped[0]!.what}: ${reshaped[0]!.reason}${reshaped.length > 1 ? ` (and ${reshaped.length - 1} more)` : ''}; the file was changed outside line-signer. \`line-signer ledger verify\` lists every difference`);
+      }
       const signer = t.signer(config.token.station_key_label);
       const ctx: OperatorContext = {
         config,

@@ -161,6 +161,8 @@ export interface IssuanceFacts extends StationFacts {
   revoked: { reason: string; at: string } | undefined;
   /** The operator allowed this device one certificate for a new key (or after a revocation). */
   reissueAllowed: boolean;
+  /** The key was this device's before its current one (replaced by a re-issue, or revoked with it). */
+  formerKey?: boolean;
 }
 
 /** The clock's checks: inside the local-ca's validity, not behind, not far ahead. */
@@ -215,6 +217,9 @@ export function checkIssuance(f: IssuanceFacts, rules: PolicyRules): Refusal | n
       'DUPLICATE_DEVICE',
       `device ${f.deviceId} was revoked (${clip(f.revoked.reason)}); if it may come back: line-signer ledger allow-reissue ${f.deviceId} --reason ...`,
     );
+  }
+  if (f.formerKey) {
+    return refuse('DUPLICATE_DEVICE', `this key was device ${f.deviceId}'s before a re-issue replaced it: an old key is refused for good`);
   }
   // A grant is for a new key, after a revocation too: a device is most often revoked because its key
   // leaked or its board was scrapped, and the revoked key must not come back with the grant.

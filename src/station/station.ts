@@ -429,16 +429,18 @@ export class Station {
 
   /** One device's facts plus the station's, in flight included. */
   private issuanceFacts(deviceId: string, publicKeySha256: string, now: Date, req: SignRequest, fresh = false): IssuanceFacts {
-    const known = this.ledger.deviceContext(deviceId);
+    const known = this.ledger.deviceContext(deviceId, publicKeySha256);
     const pending = this.inFlightKeys.get(deviceId);
     // A certificate on its way for this device is its newest: its key is the current one.
     const pendingKey = pending ? [...pending.keys()].find((k) => k !== publicKeySha256) ?? publicKeySha256 : undefined;
+    const currentKey = pendingKey ?? known.currentKey;
     return {
       ...this.stationFacts(now, fresh),
       deviceId,
       publicKeySha256,
       hardwareId: req.hardwareId,
-      currentKey: pendingKey ?? known.currentKey,
+      currentKey,
+      formerKey: known.keySeq !== undefined && currentKey !== publicKeySha256,
       revoked: pending ? undefined : known.revoked,
       // A re-issue grant is used up by the first certificate that needs it.
       reissueAllowed: known.reissueAllowed && !pending,
