@@ -96,6 +96,13 @@ export function deviceNameProblem(value: string): string | null {
   if (value.normalize('NFC') !== value) return `${quote(value)} is not in Unicode NFC form: the same text can be written another way`;
   // A pile of combining marks draws over its neighbours (no script needs more than four in a row).
   if (/\p{M}{5}/u.test(value)) return `${quote(value)} stacks more than four combining marks on one character`;
+  // Private-use, unassigned and noncharacter code points have no glyph a device cloud's font draws: all look alike (a box).
+  const unknown = /[\p{Co}\p{Cn}]/u.exec(value);
+  if (unknown) return `${quote(value)} has a character with no glyph (U+${unknown[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}: private use or unassigned)`;
+  // i and j lose their own dot under a mark above: i + U+0307 draws as i.
+  if (/\p{Soft_Dotted}\u0307/u.test(value)) return `${quote(value)} puts a dot above a letter that has one (it draws as the letter alone)`;
+  // A web page shows a run of spaces as one.
+  if (/\s{2}/u.test(value)) return `${quote(value)} has spaces in a row (a web page shows them as one)`;
   if (/^\s|\s$/u.test(value)) return `${quote(value)} begins or ends with a space`;
   // Spaces that look like U+0020 (the ideographic space of CJK input stays a space of its own).
   const space = /[\u00a0\u1680\u2000-\u200a\u202f\u205f]/u.exec(value);
@@ -120,7 +127,12 @@ export function checkDeviceName(field: string, value: string): string {
  * one name per skeleton.
  */
 export function nameSkeleton(name: string): string {
-  return unhomoglyph(name.normalize('NFKD')).normalize('NFD');
+  // ASCII stays as it is: a factory's own scheme (SN-00000I and SN-000001, base36 counters) is not an
+  // attack, and folding 0/O, 1/l/I and rn/m refused every 18th uppercase base36 serial. What a device
+  // could slip in is the rest: another script's or a compatibility form's look-alike of ASCII.
+  let out = '';
+  for (const ch of name.normalize('NFKD')) out += ch.charCodeAt(0) < 0x80 ? ch : unhomoglyph(ch);
+  return out.normalize('NFD');
 }
 
 /** Why a name is refused: another device has it, or one that looks the same. */
@@ -138,6 +150,7 @@ const SPACE = /^\p{Zs}$/u;
 const OWN_LATIN = /^[\u00c0-\u01bf\u01c4-\u024f\u1e00-\u1eff]$/u;
 // Superscripts, subscripts, fractions and the ordinal indicators: a reader sees their size (m², ½, Nº).
 const SIZED_APART = /^[\p{No}\u00aa\u00ba]$/u;
+const LATIN_LETTER = /[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01bf\u01c4-\u024f\u1e00-\u1eff]/u;
 
 /**
  * The ASCII a character passes for, or null: its compatibility form
@@ -147,9 +160,11 @@ const SIZED_APART = /^[\p{No}\u00aa\u00ba]$/u;
  * above.
  */
 function asciiDisguise(ch: string): string | null {
-  if (SIZED_APART.test(ch)) return null;
   if (OWN_LATIN.test(ch) && ch.normalize('NFKC') === ch) return null;
-  const reads = unhomoglyph(ch.normalize('NFKD')).normalize('NFD');
+  const compatibility = ch.normalize('NFKD');
+  // A compatibility form of ASCII (fullwidth ％) reads as that ASCII, whatever the confusables table says of the ASCII.
+  if (compatibility !== ch && PRINTABLE_ASCII.test(compatibility)) return compatibility;
+  const reads = unhomoglyph(compatibility).normalize('NFD');
   return PRINTABLE_ASCII.test(reads) ? reads : null;
 }
 
@@ -166,12 +181,14 @@ function asciiDisguise(ch: string): string | null {
  */
 export function lookAlikeProblem(value: string): string | null {
   if (PRINTABLE_ASCII.test(value)) return null;
-  // ASCII letters, not digits: digits are every script's, and "Жавод-7" is one Cyrillic name.
-  const besideAscii = /[A-Za-z]/.test(value);
+  // Latin letters, not digits: digits are every script's, and "Жавод-7" is one Cyrillic name; but a
+  // Greek ΤΕΑΜ beside an Ö passes for TEAM-Ö as much as beside an O.
+  const besideAscii = LATIN_LETTER.test(value);
   let first: { ch: string; reads: string } | null = null;
   let allDisguised = true;
   for (const ch of value) {
-    if (ch.charCodeAt(0) < 0x80 || SPACE.test(ch)) continue;
+    // Spaces, and marks of size that read as themselves (², ½), count for neither side.
+    if (ch.charCodeAt(0) < 0x80 || SPACE.test(ch) || SIZED_APART.test(ch)) continue;
     const reads = asciiDisguise(ch);
     if (reads === null) {
       allDisguised = false;

@@ -49,6 +49,16 @@ test('names that only look like ASCII ones are refused, naming the character and
     ['\u2800', /invisible format character \(U\+2800\)/],
     ['dev1\u17b4', /invisible format character \(U\+17B4\)/],
     ['x\u0300\u0301\u0302\u0303\u0304', /stacks more than four combining marks/],
+    // Second review: no glyph at all, a dot that vanishes into i's own, a run of spaces a web page folds,
+    // a Greek TEAM beside a Latin Ö, Cyrillic ABC made whole by a superscript, a fullwidth percent sign.
+    ['press-7\ue000', /has a character with no glyph \(U\+E000: private use or unassigned\)/],
+    ['press-7\u0378', /has a character with no glyph \(U\+0378/],
+    ['press-7\u{10fffd}', /has a character with no glyph \(U\+10FFFD/],
+    ['press-i\u03077', /puts a dot above a letter that has one/],
+    ['Line 7  Unit 3', /has spaces in a row/],
+    ['\u03a4\u0395\u0391\u039c-\u00d67', /U\+03A4, which looks like "T"/],
+    ['\u0410\u0412\u0421-12\u00b2', /reads as ASCII but is not \(U\+0410/],
+    ['Mix-50\uff05', /U\+FF05, which looks like "%"/],
   ];
   for (const [name, why] of refused) t.regex(deviceNameProblem(name) ?? 'accepted', why, JSON.stringify(name));
   for (const name of ['dev-1', 'line 7', 'caf\u00e9 line 7', 'S\u00e6by-1', 'K\u0131r\u0131kkale-3', 'G\u00e4rtringen', '\u0416\u0430\u0432\u043e\u0434-7', '\u30e9\u30a4\u30f3\u3000\uff17', '\u5de5\u5834 1', 'Line 7 \u00b7 \u00dcnit 42', 'dev\u30001', 'N\u00ba7', 'm\u00b2-press', 'Tank \u00bd', 'Vi\u1ec7t Nam', '\u0939\u093f\u0928\u094d\u0926\u0940-3', 'x\u0300\u0301', '\u0394\u03b9\u03ac\u03bd\u03bf\u03b9\u03b1-2']) {
@@ -99,7 +109,7 @@ test('a station whose device id pattern lets any text in refuses a look-alike CN
   t.deepEqual([...s.ledger.since(0)].map((r) => r.name), ['press-a-17']);
 });
 
-test('one skeleton, one device: a name that looks the same as a device\'s name (another script, rn for m) is refused, also while both are in flight', async (t) => {
+test('one skeleton, one device: a name that looks the same as a device\'s name (another script) is refused, also while both are in flight; ASCII schemes are left as they are', async (t) => {
   const s = await testStation();
   t.teardown(() => s.close());
   const device = (name: string) => ({ csr: makeDeviceCsr({ deviceId: randomUUID(), factory: FACTORY, production: true }).der, link: 'test', name });
@@ -108,10 +118,12 @@ test('one skeleton, one device: a name that looks the same as a device\'s name (
   const digit = await s.station.handle(device('\u0417\u0430\u0432\u043e\u0434-3'));
   t.is(!digit.ok && digit.code, 'POLICY_SUBJECT');
   t.regex(!digit.ok ? digit.message : '', /looks the same as "\\u0417\\u0430\\u0432\\u043e\\u0434-\\u0417", device [0-9a-f-]{36}'s name/);
-  t.true((await s.station.handle(device('press-m7'))).ok);
-  t.is(((await s.station.handle(device('press-rn7'))) as { code?: string }).code, 'POLICY_SUBJECT');
+  t.true((await s.station.handle(device('\u5de5\u5834-O7'))).ok);
+  t.is(((await s.station.handle(device('\u5de5\u5834-\u041e7'))) as { code?: string }).code, 'POLICY_SUBJECT', 'a Cyrillic O for a Latin one');
+  // A factory's uppercase base36 counter: SN-00000I and SN-000001 are two serials, not a disguise.
+  for (const n of ['SN-00000I', 'SN-000001', 'SN-0000O0', 'SN-000000', 'press-m7', 'press-rn7']) t.true((await s.station.handle(device(n))).ok, n);
   // Eight look-alikes of one new name at once: one gets it.
-  const racing = await Promise.all(['line-m9', 'line-rn9', 'line-m9', 'line-rn9', 'line-\uff4d9', 'line-m9', 'line-rn9', 'line-m9'].map((n) => s.station.handle(device(n))));
+  const racing = await Promise.all(['\u5de5\u5834-O9', '\u5de5\u5834-\u041e9', '\u5de5\u5834-\u039f9', '\u5de5\u5834-O9', '\u5de5\u5834-\u041e9', '\u5de5\u5834-O9', '\u5de5\u5834-\u039f9', '\u5de5\u5834-\u041e9'].map((n) => s.station.handle(device(n))));
   t.is(racing.filter((r) => r.ok).length, 1, JSON.stringify(racing.map((r) => (r.ok ? 'ok' : r.code))));
   t.true(racing.every((r) => r.ok || r.code === 'POLICY_SUBJECT' || r.code === 'BAD_FRAME'));
   t.deepEqual(new Set([...s.ledger.since(0)].map((r) => nameSkeleton(r.name ?? r.deviceId))).size, [...s.ledger.since(0)].length, 'no two names in the ledger look the same');
@@ -130,7 +142,27 @@ test('a ledger from before name skeletons gets them when it is opened, and its s
   const ledger = new SqliteLedger(path, 's');
   t.teardown(() => ledger.close());
   t.deepEqual(ledger.shapeProblems({ values: false }), []);
-  t.is(ledger.nameHolder('line-rn1', 'dev-z')?.deviceId, 'dev-a');
+  t.is(ledger.nameHolder('line-m1', 'dev-z')?.deviceId, 'dev-a');
+  t.is(ledger.nameHolder('line-rn1', 'dev-z'), undefined, 'ASCII is not folded');
   t.is(ledger.nameHolder('dev-b', 'dev-z')?.deviceId, 'dev-b');
   t.is(ledger.nameHolder('line-m2', 'dev-z'), undefined);
+});
+
+test('two look-alike names issued before skeletons were kept stay their devices\' names after the upgrade, are listed as such, and a third is refused', (t) => {
+  const path = join(mkdtempSync(join(tmpdir(), 'ls-skeleton-')), 'old.db');
+  const db = new Database(path);
+  for (const m of MIGRATIONS.slice(0, 3)) db.exec(m);
+  db.pragma('user_version = 3');
+  const insert = db.prepare(`INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before, not_after, issued_at, station_id, link, entry_hash, name)
+    VALUES (2, ?, ?, ?, 'CN=x', 'k', ?, X'00', 'a', 'b', 'c', 's', 't', 'h', ?)`);
+  insert.run(1, '01', 'dev-a', 'c1', '\u5de5\u5834-O1');
+  insert.run(2, '02', 'dev-b', 'c2', '\u5de5\u5834-\u041e1');
+  db.close();
+  const ledger = new SqliteLedger(path, 's');
+  t.teardown(() => ledger.close());
+  t.is(ledger.nameHolder('\u5de5\u5834-O1', 'dev-a'), undefined, 'device a keeps its name');
+  t.is(ledger.nameHolder('\u5de5\u5834-\u041e1', 'dev-b'), undefined, 'device b keeps its name');
+  t.is(ledger.nameHolder('\u5de5\u5834-\u039f1', 'dev-c')?.deviceId !== undefined, true, 'a third look-alike is refused');
+  t.is(ledger.nameHolder('\u5de5\u5834-\u041e1', 'dev-a')?.deviceId, 'dev-b', 'and neither takes the other one');
+  t.deepEqual(ledger.lookAlikeNames().map((p) => p.devices.sort()), [['dev-a', 'dev-b']]);
 });

@@ -84,3 +84,32 @@ test('30,000 junk files on a stick: the listing and the look at each file do not
   t.true(p99 < 20, `PING p99 ${p99.toFixed(1)} ms`);
   t.true(spool.status.refused > 0, 'the junk is being answered');
 });
+
+test('300 requests stuck behind answers that cannot be written: the link polls, it does not spin', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const stick = join(s.dir, 'stick-stuck');
+  mkdirSync(join(stick, 'inbox'), { recursive: true });
+  mkdirSync(join(stick, 'outbox'), { recursive: true });
+  for (let i = 0; i < 300; i++) {
+    writeFileSync(join(stick, 'inbox', `x${String(i).padStart(3, '0')}.csr`), 'junk');
+    // A folder where the answer would go: every write fails, as on a full stick.
+    mkdirSync(join(stick, 'outbox', `x${String(i).padStart(3, '0')}.error`));
+  }
+  const spool = new SpoolLink(s.station, { dir: stick, pollMs: 250, quietMs: 0 });
+  let passes = 0;
+  const scan = spool.scan.bind(spool);
+  spool.scan = async () => {
+    passes++;
+    return scan();
+  };
+  await spool.start();
+  await waitFor(() => spool.status.refused >= 300, 20_000);
+  const before = passes;
+  await new Promise((r) => setTimeout(r, 3000));
+  const during = passes - before;
+  await spool.stop();
+  t.log(`${during} passes in 3 s with 300 answers stuck`);
+  // Two passes a round (256 files a pass) every 250 ms poll is 24; the busy loop made over a thousand.
+  t.true(during <= 40, `${during} passes in 3 s`);
+});

@@ -529,9 +529,15 @@ export class SqliteLedger implements Ledger {
       ),
       deleteGrant: db.prepare<[string]>('DELETE FROM reissue_grants WHERE device_id = ?'),
       grantOf: db.prepare<[string], { device_id: string }>('SELECT device_id FROM reissue_grants WHERE device_id = ?'),
-      // Another device whose name looks the same (its skeleton), or whose id is this name.
+      // Another device whose name is this one, or whose id is; or whose name looks the same (its skeleton),
+      // unless this device had this very name already (two look-alikes issued before skeletons were kept
+      // go on being their own devices' names).
       nameTaken: db.prepare<[{ n: string; s: string; d: string }], { device_id: string; name: string | null }>(
-        'SELECT device_id, coalesce(name, device_id) AS name FROM issuances WHERE (name_skeleton = @s OR device_id = @n) AND device_id != @d LIMIT 1',
+        `SELECT device_id, coalesce(name, device_id) AS name FROM issuances
+          WHERE device_id != @d
+            AND (name = @n OR device_id = @n
+                 OR (name_skeleton = @s AND NOT EXISTS (SELECT 1 FROM issuances WHERE device_id = @d AND coalesce(name, device_id) = @n)))
+          LIMIT 1`,
       ),
       insertGrant: db.prepare<[string, string, string]>(
         'INSERT OR REPLACE INTO reissue_grants (device_id, granted_at, reason) VALUES (?, ?, ?)',
@@ -905,6 +911,18 @@ export class SqliteLedger implements Ledger {
     for (const r of this.db.prepare<[], { seq: number; name: unknown; name_skeleton: unknown }>('SELECT seq, coalesce(name, device_id) AS name, name_skeleton FROM issuances ORDER BY seq').iterate()) {
       if (typeof r.name !== 'string' || r.name_skeleton !== nameSkeleton(r.name)) yield r.seq;
     }
+  }
+
+  /** Names of different devices that look the same (issued before skeletons were kept): each goes on being its device's. */
+  lookAlikeNames(limit = 20): Array<{ names: string[]; devices: string[] }> {
+    if ((this.db.pragma('user_version', { simple: true }) as number) < 4) return [];
+    return this.db
+      .prepare<[number], { names: string; devices: string }>(
+        `SELECT json_group_array(DISTINCT coalesce(name, device_id)) AS names, json_group_array(DISTINCT device_id) AS devices
+           FROM issuances GROUP BY name_skeleton HAVING count(DISTINCT device_id) > 1 LIMIT ?`,
+      )
+      .all(limit)
+      .map((r) => ({ names: JSON.parse(r.names) as string[], devices: JSON.parse(r.devices) as string[] }));
   }
 
   /** The policy state tables against the events they project (projections.ts). */

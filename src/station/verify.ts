@@ -281,6 +281,9 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
     // What each name looks like, kept beside it for the one-name-one-device check: not hashed, so recomputed.
     section('name skeletons', () => {
       for (const seq of ledger.skeletonProblems()) problem('issuances', seq, 'name_skeleton is not what the name looks like: a name that looks the same would be let through');
+      for (const pair of ledger.lookAlikeNames()) {
+        notes.push(`the names ${pair.names.map((n) => quote(n)).join(', ')} of devices ${pair.devices.join(', ')} look the same in the device cloud (issued before line-signer kept what names look like): each stays its device's, and no other device gets one like them`);
+      }
     });
 
     // The policy state tables against the events they project: an edit there changes what the station issues.
