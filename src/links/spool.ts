@@ -243,9 +243,10 @@ export class SpoolLink implements Link {
   /**
    * The inbox's request names, sorted. A stick of 60,000 junk files once held
    * the links' thread for half a second a pass (the listing, its sort, an
-   * lstat of every file): the listing is read on libuv's pool, kept while
-   * the folder is unchanged (its own moves are taken out as they happen),
-   * and read again at least every few seconds.
+   * lstat of every file): the listing is read in batches on libuv's pool,
+   * kept while the folder is unchanged (its own moves are taken out as they
+   * happen), and read again at least every second (ten times its own cost
+   * for a big one: vfat's mtime moves in 2 s steps).
    */
   private async names(inbox: Dir): Promise<string[]> {
     const st = fstatSync(inbox.fd, { bigint: true });
