@@ -129,17 +129,21 @@ test('one skeleton, one device: a name that looks the same as a device\'s name (
   t.deepEqual(new Set([...s.ledger.since(0)].map((r) => nameSkeleton(r.name ?? r.deviceId))).size, [...s.ledger.since(0)].length, 'no two names in the ledger look the same');
 });
 
-test('a ledger from before name skeletons gets them when it is opened, and its schema is then what a new ledger has', (t) => {
+/** A ledger file as line-signer left it before migration 4 (schema version 3), holding one issuance row per device and name. */
+function ledgerBeforeSkeletons(rows: Array<[deviceId: string, name: string | null]>): string {
   const path = join(mkdtempSync(join(tmpdir(), 'ls-skeleton-')), 'old.db');
   const db = new Database(path);
   for (const m of MIGRATIONS.slice(0, 3)) db.exec(m);
   db.pragma('user_version = 3');
   const insert = db.prepare(`INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before, not_after, issued_at, station_id, link, entry_hash, name)
     VALUES (2, ?, ?, ?, 'CN=x', 'k', ?, X'00', 'a', 'b', 'c', 's', 't', 'h', ?)`);
-  insert.run(1, '01', 'dev-a', 'c1', 'line-m1');
-  insert.run(2, '02', 'dev-b', 'c2', null);
+  rows.forEach(([deviceId, name], i) => insert.run(i + 1, `0${i + 1}`, deviceId, `c${i + 1}`, name));
   db.close();
-  const ledger = new SqliteLedger(path, 's');
+  return path;
+}
+
+test('a ledger from before name skeletons gets them when it is opened, and its schema is then what a new ledger has', (t) => {
+  const ledger = new SqliteLedger(ledgerBeforeSkeletons([['dev-a', 'line-m1'], ['dev-b', null]]), 's');
   t.teardown(() => ledger.close());
   t.deepEqual(ledger.shapeProblems({ values: false }), []);
   t.is(ledger.nameHolder('line-m1', 'dev-z')?.deviceId, 'dev-a');
@@ -149,16 +153,7 @@ test('a ledger from before name skeletons gets them when it is opened, and its s
 });
 
 test('two look-alike names issued before skeletons were kept stay their devices\' names after the upgrade, are listed as such, and a third is refused', (t) => {
-  const path = join(mkdtempSync(join(tmpdir(), 'ls-skeleton-')), 'old.db');
-  const db = new Database(path);
-  for (const m of MIGRATIONS.slice(0, 3)) db.exec(m);
-  db.pragma('user_version = 3');
-  const insert = db.prepare(`INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before, not_after, issued_at, station_id, link, entry_hash, name)
-    VALUES (2, ?, ?, ?, 'CN=x', 'k', ?, X'00', 'a', 'b', 'c', 's', 't', 'h', ?)`);
-  insert.run(1, '01', 'dev-a', 'c1', '\u5de5\u5834-O1');
-  insert.run(2, '02', 'dev-b', 'c2', '\u5de5\u5834-\u041e1');
-  db.close();
-  const ledger = new SqliteLedger(path, 's');
+  const ledger = new SqliteLedger(ledgerBeforeSkeletons([['dev-a', '\u5de5\u5834-O1'], ['dev-b', '\u5de5\u5834-\u041e1']]), 's');
   t.teardown(() => ledger.close());
   t.is(ledger.nameHolder('\u5de5\u5834-O1', 'dev-a'), undefined, 'device a keeps its name');
   t.is(ledger.nameHolder('\u5de5\u5834-\u041e1', 'dev-b'), undefined, 'device b keeps its name');
