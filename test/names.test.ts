@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SqliteLedger } from '../src/ledger/index.js';
 import { MIGRATIONS } from '../src/ledger/schema.js';
+import unhomoglyph from 'unhomoglyph';
 import { deviceNameProblem, lookAlikeProblem, nameSkeleton } from '../src/text.js';
 import { makeDeviceCsr } from '../src/x509/device-csr.js';
 import { FACTORY, testStation } from './helpers/pki.js';
@@ -129,18 +130,27 @@ test('one skeleton, one device: a name that looks the same as a device\'s name (
   t.deepEqual(new Set([...s.ledger.since(0)].map((r) => nameSkeleton(r.name ?? r.deviceId))).size, [...s.ledger.since(0)].length, 'no two names in the ledger look the same');
 });
 
-/** A ledger file as line-signer left it before migration 4 (schema version 3), holding one issuance row per device and name. */
-function ledgerBeforeSkeletons(rows: Array<[deviceId: string, name: string | null]>): string {
+/** A ledger file as line-signer left it before migration `version + 1`, holding one issuance row per device and name. */
+function ledgerBeforeSkeletons(rows: Array<[deviceId: string, name: string | null]>, version = 3, skeleton?: (name: string) => string): string {
   const path = join(mkdtempSync(join(tmpdir(), 'ls-skeleton-')), 'old.db');
   const db = new Database(path);
-  for (const m of MIGRATIONS.slice(0, 3)) db.exec(m);
-  db.pragma('user_version = 3');
+  for (const m of MIGRATIONS.slice(0, version)) db.exec(m);
+  db.pragma(`user_version = ${version}`);
   const insert = db.prepare(`INSERT INTO issuances (v, seq, serial, device_id, subject, public_key_sha256, csr_sha256, certificate, not_before, not_after, issued_at, station_id, link, entry_hash, name)
     VALUES (2, ?, ?, ?, 'CN=x', 'k', ?, X'00', 'a', 'b', 'c', 's', 't', 'h', ?)`);
   rows.forEach(([deviceId, name], i) => insert.run(i + 1, `0${i + 1}`, deviceId, `c${i + 1}`, name));
+  if (skeleton) for (const [deviceId, name] of rows) db.prepare('UPDATE issuances SET name_skeleton = ? WHERE device_id = ?').run(skeleton(name ?? deviceId), deviceId);
   db.close();
   return path;
 }
+
+test('a ledger whose skeletons were computed with ASCII folded (migration 4 of an earlier build) gets them computed again', (t) => {
+  const folded = (n: string): string => unhomoglyph(n.normalize('NFKD')).normalize('NFD');
+  const ledger = new SqliteLedger(ledgerBeforeSkeletons([['dev-a', '\u0417\u0430\u0432\u043e\u0434-1']], 4, folded), 's');
+  t.teardown(() => ledger.close());
+  t.is(ledger.nameHolder('\u0417\u0430\u0432\u043e\u0434-\uff11', 'dev-b')?.deviceId, 'dev-a', 'the fullwidth look-alike is found');
+  t.deepEqual([...ledger.skeletonProblems()], []);
+});
 
 test('a ledger from before name skeletons gets them when it is opened, and its schema is then what a new ledger has', (t) => {
   const ledger = new SqliteLedger(ledgerBeforeSkeletons([['dev-a', 'line-m1'], ['dev-b', null]]), 's');

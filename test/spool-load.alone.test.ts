@@ -3,7 +3,7 @@
  * through, and a stop does not wait for the whole inbox.
  */
 import test from 'ava';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SerialLink } from '../src/links/index.js';
 import { SpoolLink } from '../src/links/spool.js';
@@ -85,7 +85,7 @@ test('30,000 junk files on a stick: the listing and the look at each file do not
   t.true(spool.status.refused > 0, 'the junk is being answered');
 });
 
-test('300 requests stuck behind answers that cannot be written: the link polls, it does not spin', async (t) => {
+test('300 requests stuck behind answers that cannot be written, and one still being written: the link polls, it does not spin', async (t) => {
   const s = await testStation();
   t.teardown(() => s.close());
   const stick = join(s.dir, 'stick-stuck');
@@ -96,6 +96,11 @@ test('300 requests stuck behind answers that cannot be written: the link polls, 
     // A folder where the answer would go: every write fails, as on a full stick.
     mkdirSync(join(stick, 'outbox', `x${String(i).padStart(3, '0')}.error`));
   }
+  // And one request a slow jig is still writing: it changes at every poll.
+  const growing = join(stick, 'inbox', 'zzz-slow.csr');
+  writeFileSync(growing, 'x');
+  const grow = setInterval(() => appendFileSync(growing, 'x'), 100);
+  t.teardown(() => clearInterval(grow));
   const spool = new SpoolLink(s.station, { dir: stick, pollMs: 250, quietMs: 0 });
   let passes = 0;
   const scan = spool.scan.bind(spool);

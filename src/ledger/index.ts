@@ -646,8 +646,8 @@ export class SqliteLedger implements Ledger {
     for (let v = version; v < MIGRATIONS.length; v++) {
       this.db.transaction(() => {
         this.db.exec(MIGRATIONS[v]!);
-        // 4: the skeletons of the names already there.
-        if (v + 1 === 4) {
+        // 4 and 5: the skeletons of the names already there.
+        if (v + 1 === 4 || v + 1 === 5) {
           const set = this.db.prepare<[string, number]>('UPDATE issuances SET name_skeleton = ? WHERE seq = ?');
           const rows = this.db.prepare<[], { seq: number; name: string }>('SELECT seq, coalesce(name, device_id) AS name FROM issuances').all();
           for (const r of rows) set.run(nameSkeleton(r.name), r.seq);
@@ -907,7 +907,7 @@ export class SqliteLedger implements Ledger {
   /** Rows whose stored name skeleton is not what their name looks like: a look-alike would pass them (text.ts nameSkeleton). */
   *skeletonProblems(): IterableIterator<number> {
     // A ledger opened read-only before its migration to skeletons has none yet.
-    if ((this.db.pragma('user_version', { simple: true }) as number) < 4) return;
+    if ((this.db.pragma('user_version', { simple: true }) as number) < 5) return;
     for (const r of this.db.prepare<[], { seq: number; name: unknown; name_skeleton: unknown }>('SELECT seq, coalesce(name, device_id) AS name, name_skeleton FROM issuances ORDER BY seq').iterate()) {
       if (typeof r.name !== 'string' || r.name_skeleton !== nameSkeleton(r.name)) yield r.seq;
     }
@@ -915,7 +915,7 @@ export class SqliteLedger implements Ledger {
 
   /** Names of different devices that look the same (issued before skeletons were kept): each goes on being its device's. */
   lookAlikeNames(limit = 20): Array<{ names: string[]; devices: string[] }> {
-    if ((this.db.pragma('user_version', { simple: true }) as number) < 4) return [];
+    if ((this.db.pragma('user_version', { simple: true }) as number) < 5) return [];
     return this.db
       .prepare<[number], { names: string; devices: string }>(
         `SELECT json_group_array(DISTINCT coalesce(name, device_id)) AS names, json_group_array(DISTINCT device_id) AS devices

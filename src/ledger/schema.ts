@@ -121,4 +121,9 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE issuances ADD COLUMN name_skeleton TEXT;
   CREATE INDEX issuances_name_skeleton ON issuances(name_skeleton);
   `,
+  // 5: the skeletons computed again: from this version on ASCII is not folded (index.ts migrate fills
+  // them in; a ledger that ran 4 before kept skeletons that no lookup would match).
+  `
+  UPDATE issuances SET name_skeleton = NULL WHERE 0;
+  `,
 ];

@@ -87,6 +87,8 @@ export const SPOOL_LIMITS = {
   yieldEvery: 32,
   /** The inbox's listing is read again when the folder changed, and at least this often (longer for a listing that costs more: ten times its own cost). */
   relistMs: 1000,
+  /** Request names taken from one listing: sorting and indexing a hundred thousand held the links' thread 370 ms. The rest come as these are answered. */
+  listedMax: 8192,
   /** stop() waits this long for the answer being written, then lets it go. */
   stopMs: 1500,
 } as const;
@@ -166,7 +168,7 @@ export class SpoolLink implements Link {
   private listing: { version: string; at: number; names: string[]; costMs: number } | null = null;
   /** Where the next pass goes on: the first name after this one. */
   private cursor = '';
-  /** Whether the round of passes under way (from the top of the listing to its end) answered or saw anything new. */
+  /** Whether the round of passes under way (from the top of the listing to its end) answered anything. */
   private roundProgress = false;
   private readonly pending = new Map<string, Pending>();
 
@@ -266,7 +268,7 @@ export class SpoolLink implements Link {
       // Not hidden, and ending in ".csr" (bytes 2e 63 73 72).
       if (l > 4 && n[0] !== 0x2e && n[l - 4] === 0x2e && n[l - 3] === 0x63 && n[l - 2] === 0x73 && n[l - 1] === 0x72) names.push(n.toString('latin1'));
       if (++seen % 4096 === 0) await new Promise((r) => setImmediate(r));
-      if (this.stopping) break;
+      if (this.stopping || names.length >= SPOOL_LIMITS.listedMax) break;
     }
     names.sort(); // latin1 strings sort as their bytes do
     const present = new Set(names);
@@ -341,10 +343,7 @@ export class SpoolLink implements Link {
       } else if (!st.isFile()) {
         answer = await this.refuse('BAD_CSR', `${quote(name)} is not a regular file (${kindOf(st)}); not read`, stemOf(name), name);
       } else {
-        if (!this.stable(key, identity, now)) {
-          this.roundProgress = true; // a file seen for the first time or changed: the next pass comes soon
-          continue;
-        }
+        if (!this.stable(key, identity, now)) continue;
         this.watched.delete(key);
         const got = readRequest(inbox.child(raw), st);
         if (got === 'changed') continue;
@@ -365,8 +364,9 @@ export class SpoolLink implements Link {
       this.roundProgress = true;
       await new Promise((r) => setImmediate(r));
     }
-    // The end of the listing: the next round starts from the top, at once if this one answered or saw
-    // something new, else after the poll (300 files stuck behind a full stick once made a busy loop).
+    // The end of the listing: the next round starts from the top, at once if this one answered, else
+    // after the poll (files waiting out their quiet period or growing need polls, not passes: 300 of
+    // them, or 300 answers stuck behind a full stick, once made a busy loop).
     this.cursor = '';
     this.more = this.roundProgress && from > 0;
     this.roundProgress = false;
