@@ -532,7 +532,7 @@ export class SqliteLedger implements Ledger {
       // Another device whose name is this one, or whose id is; or whose name looks the same (its skeleton),
       // unless this device had this very name already (two look-alikes issued before skeletons were kept
       // go on being their own devices' names).
-      nameTaken: db.prepare<[{ n: string; s: string; d: string }], { device_id: string; name: string | null }>(
+      nameTaken: db.prepare<[{ n: string; s: string; d: string }], { device_id: string; name: string }>(
         `SELECT device_id, coalesce(name, device_id) AS name FROM issuances
           WHERE device_id != @d
             AND (name = @n OR device_id = @n
@@ -686,7 +686,7 @@ export class SqliteLedger implements Ledger {
     // One name, one device: another writer (or a request that raced this one) may have taken it since the decision.
     const name = entry.name ?? entry.deviceId;
     const holder = this.q.nameTaken.get({ n: name, s: nameSkeleton(name), d: entry.deviceId });
-    if (holder !== undefined) refuse('POLICY_SUBJECT', nameTakenMessage(name, holder.device_id, holder.name ?? holder.device_id));
+    if (holder !== undefined) refuse('POLICY_SUBJECT', nameTakenMessage(name, holder.device_id, holder.name));
     const newest = this.q.newestOfDevice.get(entry.deviceId);
     const revoked = this.q.revokedRow.get(entry.deviceId) !== undefined;
     const granted = this.q.grantOf.get(entry.deviceId) !== undefined;
@@ -904,10 +904,14 @@ export class SqliteLedger implements Ledger {
     return shapeProblems(this.db, opts);
   }
 
+  /** Whether the names' skeletons are as this version computes them (a ledger opened read-only before migration 5 has older ones, or none). */
+  private hasSkeletons(): boolean {
+    return (this.db.pragma('user_version', { simple: true }) as number) >= 5;
+  }
+
   /** Rows whose stored name skeleton is not what their name looks like: a look-alike would pass them (text.ts nameSkeleton). */
   *skeletonProblems(): IterableIterator<number> {
-    // A ledger opened read-only before its migration to skeletons has none yet.
-    if ((this.db.pragma('user_version', { simple: true }) as number) < 5) return;
+    if (!this.hasSkeletons()) return;
     for (const r of this.db.prepare<[], { seq: number; name: unknown; name_skeleton: unknown }>('SELECT seq, coalesce(name, device_id) AS name, name_skeleton FROM issuances ORDER BY seq').iterate()) {
       if (typeof r.name !== 'string' || r.name_skeleton !== nameSkeleton(r.name)) yield r.seq;
     }
@@ -915,7 +919,7 @@ export class SqliteLedger implements Ledger {
 
   /** Names of different devices that look the same (issued before skeletons were kept): each goes on being its device's. */
   lookAlikeNames(limit = 20): Array<{ names: string[]; devices: string[] }> {
-    if ((this.db.pragma('user_version', { simple: true }) as number) < 5) return [];
+    if (!this.hasSkeletons()) return [];
     return this.db
       .prepare<[number], { names: string; devices: string }>(
         `SELECT json_group_array(DISTINCT coalesce(name, device_id)) AS names, json_group_array(DISTINCT device_id) AS devices
@@ -941,7 +945,7 @@ export class SqliteLedger implements Ledger {
   /** Another device that has `name` (or one that looks the same) as its name, or `name` as its id, if any: a name is one device's in the device cloud. */
   nameHolder(name: string, deviceId: string, skeleton = nameSkeleton(name)): NameHolder | undefined {
     const r = this.q.nameTaken.get({ n: name, s: skeleton, d: deviceId });
-    return r && { deviceId: r.device_id, name: r.name ?? r.device_id };
+    return r && { deviceId: r.device_id, name: r.name };
   }
 
   /** The issuance with this serial, given in any form (case, colons, leading zeros). */

@@ -286,9 +286,9 @@ export class Station {
     if (!keys) this.inFlightKeys.set(deviceId, (keys = new Map()));
     keys.set(publicKeySha256, (keys.get(publicKeySha256) ?? 0) + 1);
     if (workOrder) this.inFlightByOrder.set(workOrder, (this.inFlightByOrder.get(workOrder) ?? 0) + 1);
-    const name = nameSkeleton(entry.name ?? deviceId);
-    const named = this.inFlightNames.get(name);
-    this.inFlightNames.set(name, { deviceId, name: entry.name ?? deviceId, count: (named?.count ?? 0) + 1 });
+    const skeleton = nameSkeleton(entry.name ?? deviceId);
+    const named = this.inFlightNames.get(skeleton);
+    this.inFlightNames.set(skeleton, { deviceId, name: entry.name ?? deviceId, count: (named?.count ?? 0) + 1 });
     const guard: CommitGuard = {
       maxCertificates: this.rules.maxCertificates,
       maxPerMinute: this.rules.maxPerMinute,
@@ -306,9 +306,9 @@ export class Station {
     });
     const forget = (): void => {
       this.inFlight.delete(csrSha256);
-      const n = this.inFlightNames.get(name)!;
+      const n = this.inFlightNames.get(skeleton)!;
       if (n.count > 1) n.count--;
-      else this.inFlightNames.delete(name);
+      else this.inFlightNames.delete(skeleton);
       if (workOrder) {
         const left = this.inFlightByOrder.get(workOrder)! - 1;
         if (left > 0) this.inFlightByOrder.set(workOrder, left);
