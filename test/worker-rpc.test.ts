@@ -1,6 +1,7 @@
 import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { readdirSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { WorkerRpc } from '../src/worker-rpc.js';
 import { LineSignerError } from '../src/errors.js';
@@ -37,7 +38,7 @@ test('a call made in the same turn as stop() fails instead of hanging', async (t
 const ECHO = new URL('./helpers/echo-worker.js', import.meta.url);
 const died = (why: string): LineSignerError => new LineSignerError('INTERNAL', `echo worker stopped (${why})`);
 const threadCount = (): number => readdirSync('/proc/self/task').length;
-type Echo = { threadId: number; value: number };
+type Echo = { threadId: number; value: number; loadedAt: number };
 
 test.serial('a worker replaced after N calls: every call answered by the worker it went to, N to a worker, and the replaced ones end', async (t) => {
   const rpc = new WorkerRpc(ECHO, {}, died, true, 5);
@@ -82,4 +83,36 @@ test.serial('stop() ends every worker before it resolves, replaced ones still ow
   await rpc.stop();
   t.is(threadCount(), before, 'no worker thread left once stop() resolved');
   for (const c of calls) await t.throwsAsync(c, { message: /stopped/ });
+});
+
+test.serial('the worker that takes over after N calls was started a tenth of the way before, and has loaded when the calls switch to it', async (t) => {
+  const rpc = new WorkerRpc(ECHO, {}, died, true, 20);
+  t.teardown(() => rpc.stop());
+  const before = threadCount();
+  const answers: Echo[] = [];
+  for (let i = 0; i < 18; i++) answers.push(await rpc.call<Echo>({ op: 'echo', value: i }));
+  t.is(threadCount(), before + 1, 'one worker for the first 18 calls');
+  answers.push(await rpc.call<Echo>({ op: 'echo', value: 18 })); // the 19th: its successor starts now
+  await new Promise((r) => setTimeout(r, 500)); // the successor loads meanwhile
+  t.is(threadCount(), before + 2, 'the successor runs beside the current worker');
+  answers.push(await rpc.call<Echo>({ op: 'echo', value: 19 }));
+  const switchedAt = performance.timeOrigin + performance.now();
+  const next = await rpc.call<Echo>({ op: 'echo', value: 20 });
+  t.true(answers.every((a) => a.threadId === answers[0]!.threadId), 'the first 20 calls to the first worker');
+  t.not(next.threadId, answers[0]!.threadId, 'the 21st to the successor');
+  t.true(next.loadedAt < switchedAt - 300, `the successor loaded ${Math.round(switchedAt - next.loadedAt)} ms before the calls switched to it`);
+  const t0 = Date.now();
+  while (threadCount() > before + 1 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 50));
+  t.is(threadCount(), before + 1, 'the replaced worker ended');
+});
+
+test.serial('a station has every token session open and every checking worker loaded before it serves, so that none loads under the first requests', async (t) => {
+  const before = threadCount();
+  const s = await testStation({ token: 'sessions = 3' });
+  t.teardown(() => s.close());
+  const started = threadCount() - before;
+  const expected = 1 + 3 + Math.min(4, availableParallelism()); // the ledger writer, three sessions, a checking worker a core
+  t.true(started >= expected, `${started} threads started by openStation, ${expected} expected`);
+  const r = await s.station.handle({ csr: makeDeviceCsr({ deviceId: randomUUID(), factory: FACTORY, production: true }).der, link: 'test' });
+  t.true(r.ok);
 });

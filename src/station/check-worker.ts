@@ -12,10 +12,20 @@ import { serveRpc } from '../worker-rpc.js';
 import { finishCertificate, proveKeyPossession, type CertificateRequestFacts, type IssuerProfile } from '../x509/index.js';
 
 export type CheckRequest =
+  | { id: number; op: 'ready' }
   | { id: number; op: 'prove'; csr: Uint8Array }
   | { id: number; op: 'finish'; tbs: Uint8Array; signature: Uint8Array; facts: CertificateRequestFacts };
 
 const { caSpki, profile } = workerData as { caSpki: Uint8Array; profile: IssuerProfile };
 const caKey = createPublicKey({ key: Buffer.from(caSpki), format: 'der', type: 'spki' });
 
-serveRpc<CheckRequest>((req) => (req.op === 'prove' ? proveKeyPossession(req.csr) : finishCertificate(req.tbs, req.signature, profile, caKey, req.facts)));
+serveRpc<CheckRequest>((req) => {
+  switch (req.op) {
+    case 'ready': // loaded: the station waits for this before it serves
+      return null;
+    case 'prove':
+      return proveKeyPossession(req.csr);
+    case 'finish':
+      return finishCertificate(req.tbs, req.signature, profile, caKey, req.facts);
+  }
+});

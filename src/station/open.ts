@@ -216,6 +216,11 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
   await owned.recordEvent({ kind: 'start', message: `line-signer ${opts.command ?? 'serve'} pid ${process.pid}`, operator: opts.operator ?? null });
   await checkpointer.take('start');
   checkpointer.start();
+  // Every thread loaded, every token session open, before the first request: loading them
+  // under the first load (100-150 ms of CPU each on a two-core station) held the links'
+  // thread's PINGs up to 20 ms and made the first requests wait. Best effort: a part that
+  // cannot start now is started again when it is used, as after a fault.
+  if (!opts.oneShot) await Promise.allSettled([workerSigner.openSessions(), ...checkers.map((c) => c.call({ op: 'ready' }))]);
   let closed = false;
   return {
     station,

@@ -26,6 +26,7 @@ export interface SignWorkerData extends TokenOptions {
 
 export type SignWorkerRequest =
   | { id: number; op?: undefined; digest: Uint8Array }
+  | { id: number; op: 'open' }
   | { id: number; op: 'station-sign'; digest: Uint8Array }
   | { id: number; op: 'store'; label: string; value: Uint8Array };
 
@@ -63,6 +64,9 @@ async function run(req: SignWorkerRequest): Promise<unknown> {
     case undefined:
       if (data.slowSessionMs) holdThread(data.slowSessionMs);
       return signer(data.keyLabel).sign(req.digest);
+    case 'open': // the session opened and logged in before the first signature needs it
+      signer(data.keyLabel);
+      return null;
     case 'station-sign':
       if (!data.stationKeyLabel) throw new LineSignerError('TOKEN_UNAVAILABLE', 'no station key configured');
       return signer(data.stationKeyLabel).sign(req.digest);

@@ -85,6 +85,17 @@ export class WorkerSigner implements Signer {
     return this.call<Uint8Array>({ digest }, this.leastBusy());
   }
 
+  /**
+   * Opens every session's worker and its session now, the first one's
+   * login having succeeded (one login attempt per start, whatever
+   * `sessions` is), so that none of them loads and logs in under the first
+   * load. A session that cannot open now is tried again when it is used.
+   */
+  async openSessions(): Promise<void> {
+    await this.call<void>({ op: 'open' });
+    await Promise.allSettled(this.rpcs.slice(1).map((r) => this.call<void>({ op: 'open' }, r)));
+  }
+
   /** A signature by the station key (ledger checkpoints), made in the worker. */
   stationSign(digest: Uint8Array): Promise<Uint8Array> {
     return this.call<Uint8Array>({ op: 'station-sign', digest });
