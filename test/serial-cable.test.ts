@@ -6,8 +6,9 @@
  * nobody reads, so the station's replies pile up until the pty is full.
  */
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, openSync, realpathSync, rmSync, writeSync } from 'node:fs';
+import { open as fsOpen, stat as fsStat } from 'node:fs/promises';
 import { SerialLink } from '../src/links/index.js';
 import { openProblem } from '../src/links/serial.js';
 import type { LinkEvent } from '../src/links/types.js';
@@ -264,3 +265,42 @@ test('open failures have reasons: permission denied, for a station not running a
   t.is(await openProblem(new Error('Error: odd \u001b[31m thing'), '/dev/null'), 'Error: odd \\u001b[31m thing', 'shown printable');
 });
 
+
+test("libuv's four pool threads all held (a dying USB stick's reads, a slow signature on the pool): serial links still answer", async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const pty = await ptyPair(s.dir, 'pool');
+  t.teardown(() => pty.kill());
+  const link = new SerialLink(s.station, { path: pty.station, baud: 115200, idleTimeoutMs: 10_000 });
+  await link.start();
+  t.teardown(() => link.stop());
+  await waitFor(() => link.status.state === 'open');
+  // Opening a FIFO for reading waits, on a pool thread, for a writer: eight such opens hold every pool thread.
+  const fifos = Array.from({ length: 8 }, (_, i) => `${s.dir}/held-${i}`);
+  for (const f of fifos) execFileSync('mkfifo', [f]);
+  const opens = fifos.map((f) => fsOpen(f, 'r'));
+  const stat = fsStat(s.dir).then(() => 'answered');
+  t.is(await Promise.race([stat, sleep(300).then(() => 'held')]), 'held', "the pool is held: a stat of the test's folder waits");
+  try {
+    // The jig in a process of its own, with a pool of its own.
+    const script = `import { J1Client } from ${JSON.stringify(new URL('../src/jig/client.js', import.meta.url).href)};
+       const jig = await J1Client.open(${JSON.stringify(pty.jig)});
+       const types = [];
+       for (let i = 0; i < 3; i++) types.push((await jig.request('PING', null, 2000, 1)).type);
+       process.stdout.write(JSON.stringify(types));
+       await jig.close();`;
+    const out = await new Promise<string>((resolve) => {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let text = '';
+      child.stdout.on('data', (d) => (text += d));
+      child.on('close', () => resolve(text));
+    });
+    t.deepEqual(out ? JSON.parse(out) : out, ['PONG', 'PONG', 'PONG'], 'three PINGs answered while the pool is held');
+  } finally {
+    // A FIFO opened for reading and writing never waits, and lets the held opens through.
+    const writers = fifos.map((f) => openSync(f, constants.O_RDWR | constants.O_NONBLOCK));
+    for (const h of await Promise.all(opens)) await h.close();
+    for (const fd of writers) closeSync(fd);
+  }
+  t.is(await stat, 'answered');
+});

@@ -9,7 +9,10 @@
  */
 import { existsSync, type BigIntStats } from 'node:fs';
 import { readFile, readdir, readlink, realpath, stat } from 'node:fs/promises';
-import { SerialPort } from 'serialport';
+import { SerialPortStream } from '@serialport/stream';
+import { ReadyBinding } from './serial-binding.js';
+
+type SerialPort = SerialPortStream<typeof ReadyBinding>;
 import { printable } from '../text.js';
 import { J1LineSplitter } from './j1/line-splitter.js';
 import { J1Session } from './j1/session.js';
@@ -81,7 +84,7 @@ export class SerialLink implements Link {
   private open(): void {
     if (this.stopping) return;
     if (!existsSync(this.opts.path)) return this.retryLater('no such device', false);
-    const port = new SerialPort({ path: this.opts.path, baudRate: this.opts.baud, autoOpen: false });
+    const port: SerialPort = new SerialPortStream({ binding: ReadyBinding, path: this.opts.path, baudRate: this.opts.baud, autoOpen: false });
     port.on('error', (err) => this.lost(port, err.message));
     port.on('close', () => this.lost(port, 'port closed'));
     port.open((err) => {
