@@ -312,3 +312,50 @@ test('a batch made before its factory root was renewed (the same key, no ca impo
   t.regex(renewed.stdout, /note: batch 1 cannot be made again byte for byte: a certificate it carries/);
   t.regex(renewed.stdout, /note: batch 2 cannot be made again/);
 });
+
+test('a revocation event turned into another kind in place, the revoked table emptied to match: sign, export, operator commands and serve refuse the file, and the revoked key gets nothing', async (t) => {
+  const s = await testStation();
+  const device = uuid();
+  const first = makeDeviceCsr({ deviceId: device, factory: FACTORY, production: true });
+  t.true((await s.station.handle({ csr: first.der, link: 't' })).ok);
+  await s.close();
+  t.is(cli(['ledger', 'revoke', device, '--reason', 'key leaked', '--config', s.configPath]).status, 0);
+  const db = new Database(s.config.station.ledger);
+  const seq = (db.prepare("SELECT seq FROM events WHERE kind = 'revocation'").get() as { seq: number }).seq;
+  db.close();
+  // Below the head, no hash recomputed: the stored hashes and the token's checkpoint still agree.
+  sql(s.config.station.ledger, `UPDATE events SET kind = 'start' WHERE seq = ${seq}; DELETE FROM revoked`);
+  const again = join(s.dir, 'again.der');
+  writeFileSync(again, makeDeviceCsr({ deviceId: device, factory: FACTORY, production: true }, first.privateKey).der);
+  const sign = cli(['sign', again, '--config', s.configPath]);
+  t.is(sign.status, 1);
+  t.regex(sign.stderr, new RegExp(`ERROR LEDGER not serving: event seq ${seq} does not match the ledger's hash chain`));
+  t.notRegex(sign.stdout, /BEGIN CERTIFICATE/);
+  mkdirSync(join(s.dir, 'stick'));
+  const exp = cli(['export', '--out', join(s.dir, 'stick'), '--config', s.configPath]);
+  t.not(exp.status, 0);
+  t.regex(exp.stderr, new RegExp(`ERROR EXPORT event seq ${seq} does not match the ledger's hash chain .*nothing exported`));
+  t.deepEqual(readdirSync(join(s.dir, 'stick')), []);
+  const order = cli(['order', 'open', 'R1', '--quantity', '5', '--config', s.configPath]);
+  t.not(order.status, 0);
+  t.regex(order.stderr, new RegExp(`ERROR LEDGER event seq ${seq} does not match the ledger's hash chain .*nothing written`));
+  await t.throwsAsync(openStation(loadConfig(s.configPath)), { message: new RegExp(`not serving: event seq ${seq} does not match the ledger's hash chain`) });
+  const check = new Database(s.config.station.ledger, { readonly: true });
+  t.is((check.prepare('SELECT count(*) AS n FROM issuances').get() as { n: number }).n, 1, 'nothing issued to the revoked key');
+  check.close();
+});
+
+test('an issuance row edited in place below the head (its device id changed, so the device looks new): sign refuses the file instead of issuing the device a second certificate', async (t) => {
+  const s = await testStation();
+  const device = uuid();
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: device, factory: FACTORY, production: true }).der, link: 't' })).ok);
+  t.true((await s.station.handle({ csr: csr(), link: 't' })).ok);
+  await s.close();
+  sql(s.config.station.ledger, `UPDATE issuances SET device_id = 'someone-else' WHERE device_id = '${device}'`);
+  const second = join(s.dir, 'second.der');
+  writeFileSync(second, makeDeviceCsr({ deviceId: device, factory: FACTORY, production: true }).der);
+  const sign = cli(['sign', second, '--config', s.configPath]);
+  t.is(sign.status, 1);
+  t.regex(sign.stderr, /ERROR LEDGER not serving: issuance seq 1 does not match the ledger's hash chain \(entry_hash does not match the row and the previous hash\)/);
+  t.notRegex(sign.stdout, /BEGIN CERTIFICATE/);
+});

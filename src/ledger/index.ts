@@ -148,6 +148,11 @@ export interface ChainProblem {
   reason: string;
 }
 
+/** A chain problem as a refusal to write says it. */
+export function chainProblemText(path: string, p: ChainProblem): string {
+  return `${p.table === 'issuances' ? 'issuance' : 'event'} seq ${p.seq} does not match the ledger's hash chain (${p.reason}): ${path} was changed outside line-signer; \`line-signer ledger verify\` lists every difference`;
+}
+
 export interface LedgerStats {
   issued: number;
   rejectedByCode: Record<string, number>;

@@ -13,7 +13,7 @@ import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
+import { chainProblemText, LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
 import { checkClientText, clipMessage, TEXT_LIMITS } from '../text.js';
@@ -213,6 +213,9 @@ export async function withOwnedLedger<T>(
       if (reshaped.length > 0) {
         throw new LineSignerError('LEDGER', `nothing written: ${config.station.ledger}: ${reshaped[0]!.what}: ${reshaped[0]!.reason}${reshaped.length > 1 ? ` (and ${reshaped.length - 1} more)` : ''}; the file was changed outside line-signer. \`line-signer ledger verify\` lists every difference`);
       }
+      // Rows edited below the chain's head keep their stored hashes: only recomputing the chain finds them.
+      const broken = command === 'accept' ? null : ledger.verifyChain();
+      if (broken) throw new LineSignerError(command === 'export' ? 'EXPORT' : 'LEDGER', `${chainProblemText(config.station.ledger, broken)}; nothing ${command === 'export' ? 'exported' : 'written'}`);
       const signer = t.signer(config.token.station_key_label);
       const ctx: OperatorContext = {
         config,

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { ledgerTokenProblem, LedgerLock, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
+import { chainProblemText, ledgerTokenProblem, LedgerLock, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
 import { Checkpointer } from './checkpointer.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { Pkcs11Token, WorkerSigner } from '../token/index.js';
@@ -161,6 +161,11 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
         `not serving: ${config.station.ledger}: ${first.what}: ${first.reason}${reshaped.length > 1 ? ` (and ${reshaped.length - 1} more)` : ''}; the file was changed outside line-signer. \`line-signer ledger verify\` lists every difference; restore the ledger from a backup`,
       );
     }
+    // Every row must still be what its hash chain says, from the first: the checks above compare the
+    // head with the token's checkpoint, and a row edited below the head (a revocation event turned
+    // into a note, with the revoked table emptied to match) kept its stored hash and passed them.
+    const broken = opts.lock === 'none' ? null : ledger.verifyChain();
+    if (broken) throw new LineSignerError('LEDGER', `not serving: ${chainProblemText(config.station.ledger, broken)}; restore the ledger from a backup`);
     // The policy state it would decide on must be what its hash-chained events say.
     const edited = opts.lock === 'none' ? [] : ledger.projectionProblems();
     if (edited.length > 0) {
