@@ -14,6 +14,8 @@ import { openStation } from '../src/station/index.js';
 import { BIN, cli } from './helpers/cli.js';
 import { spawnSync } from 'node:child_process';
 import { FACTORY, testStation, uuid } from './helpers/pki.js';
+import { revoke } from './helpers/batches.js';
+import { generateKeyPairSync } from 'node:crypto';
 
 const csrOf = (deviceId: string): Uint8Array => makeDeviceCsr({ deviceId, factory: FACTORY, production: true }).der;
 
@@ -112,20 +114,36 @@ test('histories with a clock that jumped verify clean and serve: a revocation ma
   t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
 });
 
-test('a grant forged while the station serves is caught after the fact: the certificate that used it names no reissue_granted event', async (t) => {
+test('a grant forged while the station serves is refused on the spot: the grant table must be what the events say for the device, and nothing is issued', async (t) => {
   const s = await testStation();
   t.teardown(() => s.close());
   const id = uuid();
   t.true((await s.station.handle({ csr: csrOf(id), link: 't' })).ok);
   sql(s.config.station.ledger, "INSERT INTO reissue_grants VALUES (?, '2026-01-01T00:00:00.000Z', 'forged')", id);
   s.station.invalidate();
-  // A new key for the device: the forged grant lets it through, and the commit records that it used one.
+  // A new key for the device: the forged grant would let it through.
   const r = await s.station.handle({ csr: csrOf(id), link: 't' });
-  t.true(r.ok, !r.ok ? r.message : '');
-  sql(s.config.station.ledger, 'DELETE FROM reissue_grants WHERE device_id = ?', id);
+  t.false(r.ok);
+  if (!r.ok) t.regex(r.message, new RegExp(`reissue_grants table disagrees with its hash-chained events for device "${id}"`));
+  t.is(s.ledger.issuedCount(), 1, 'nothing issued to the new key');
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(v.status, 1);
-  t.regex(v.stderr, new RegExp(`reissue_grants "${id}": the certificate of event seq \\d+ used a re-issue grant no reissue_granted event made`));
+  t.regex(v.stderr, new RegExp(`reissue_grants "${id}": a re-issue grant that no reissue_granted event left standing`));
+});
+
+test('a revocation deleted while the station serves (one SQL statement): the revoked key is still refused, at the decision and at the commit', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const id = uuid();
+  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }, key).der, link: 't' })).ok);
+  revoke(s, id);
+  sql(s.config.station.ledger, 'DELETE FROM revoked WHERE device_id = ?', id);
+  s.station.invalidate();
+  const r = await s.station.handle({ csr: makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }, key).der, link: 't' });
+  t.false(r.ok);
+  if (!r.ok) t.regex(r.message, new RegExp(`revoked table disagrees with its hash-chained events for device "${id}"`));
+  t.is(s.ledger.issuedCount(), 1);
 });
 
 test('from the replay base on, a revocation dropped with its grant is named even though a grant followed it: one grant cannot yield two certificates', async (t) => {

@@ -421,6 +421,8 @@ export class SqliteLedger implements Ledger {
   private readonly db: Database.Database;
   /** SQLite's schema cookie as this process found the file: any change to the schema bumps it. */
   private schemaVersion: number;
+  /** The ledger's replay base (projections.ts), read once: it is written once, at the first start under this version. */
+  private replayBase: { seq: number; revoked: Map<string, number>; grants: Set<string> } | null = null;
   private readonly q;
   private readonly insertIssuance: (entry: NewIssuance, guard: CommitGuard | undefined) => Issuance;
   private readonly insertEvent: (event: NewEvent) => number;
@@ -485,6 +487,10 @@ export class SqliteLedger implements Ledger {
       closeOrder: db.prepare<[string, string, string]>('UPDATE orders SET closed_at = ?, closed_by = ? WHERE id = ? AND closed_at IS NULL'),
       countOrder: db.prepare<[string]>('UPDATE orders SET issued = issued + 1 WHERE id = ?'),
       revokedRow: db.prepare<[string], { device_id: string }>('SELECT device_id FROM revoked WHERE device_id = ?'),
+      replayBaseEvent: db.prepare<[], { seq: number; message: string | null }>("SELECT seq, message FROM events WHERE kind = 'replay_base' ORDER BY seq LIMIT 1"),
+      devicePolicyEvents: db.prepare<[string, number], { seq: number; kind: string }>(
+        "SELECT seq, kind FROM events WHERE device_id = ? AND seq > ? AND kind IN ('revocation', 'reissue_granted', 'reissue_used') ORDER BY seq",
+      ),
       insertRevoked: db.prepare('INSERT OR REPLACE INTO revoked (device_id, event_seq, reason, at) VALUES (@device_id, @event_seq, @reason, @at)'),
       deleteRevoked: db.prepare<[string]>('DELETE FROM revoked WHERE device_id = ?'),
       setting: db.prepare<[string], { value: string }>('SELECT value FROM settings WHERE key = ?'),
@@ -631,6 +637,56 @@ export class SqliteLedger implements Ledger {
   }
 
   /**
+   * A device's standing revocation and re-issue grant as its hash-chained
+   * events say (the replay of projections.ts, for one device): from the
+   * replay base on, through its revocation, reissue_granted and
+   * reissue_used events. Null for a ledger without a replay base.
+   */
+  private policyOfDevice(deviceId: string): { revokedBy: number | null; grantBy: number | null } | null {
+    if (!this.replayBase) {
+      const e = this.q.replayBaseEvent.get();
+      if (!e) return null;
+      try {
+        const base = JSON.parse(e.message ?? '') as { revoked: Array<[string, number]>; grants: string[] };
+        this.replayBase = { seq: e.seq, revoked: new Map(base.revoked), grants: new Set(base.grants) };
+      } catch {
+        throw new LineSignerError('LEDGER', `the ledger's replay base (event seq ${e.seq}) is not readable: the file was changed outside line-signer; nothing issued: stop the station and run \`line-signer ledger verify\``);
+      }
+    }
+    const base = this.replayBase;
+    let revokedBy = base.revoked.get(deviceId) ?? null;
+    let grantBy = base.grants.has(deviceId) ? base.seq : null;
+    for (const e of this.q.devicePolicyEvents.iterate(deviceId, base.seq)) {
+      if (e.kind === 'revocation') {
+        revokedBy = e.seq;
+        grantBy = null;
+      } else if (e.kind === 'reissue_granted') grantBy = e.seq;
+      else {
+        revokedBy = null;
+        grantBy = null;
+      }
+    }
+    return { revokedBy, grantBy };
+  }
+
+  /**
+   * The revoked and reissue_grants rows a decision (and the commit's
+   * re-check) reads for a device must be what its events say. A start
+   * checks the whole of both tables against the events; this keeps a row
+   * deleted or added while the station serves (one SQL statement from
+   * anyone who can write the file) from letting a revoked key through.
+   */
+  private checkDevicePolicy(deviceId: string, revoked: boolean, granted: boolean): void {
+    const p = this.policyOfDevice(deviceId);
+    if (!p || (p.revokedBy !== null) === revoked && (p.grantBy !== null) === granted) return;
+    const table = (p.revokedBy !== null) !== revoked ? 'revoked' : 'reissue_grants';
+    throw new LineSignerError(
+      'LEDGER',
+      `the ledger's ${table} table disagrees with its hash-chained events for device ${quote(deviceId)}: the file was changed outside line-signer while the station had it open; nothing issued: stop the station and run \`line-signer ledger verify\``,
+    );
+  }
+
+  /**
    * Inside each write transaction: the schema is still the one this process
    * opened (and, at a start, checked). A trigger planted while the station
    * serves would run inside its next write; SQLite bumps the schema cookie
@@ -695,6 +751,7 @@ export class SqliteLedger implements Ledger {
     const newest = this.q.newestOfDevice.get(entry.deviceId);
     const revoked = this.q.revokedRow.get(entry.deviceId) !== undefined;
     const granted = this.q.grantOf.get(entry.deviceId) !== undefined;
+    this.checkDevicePolicy(entry.deviceId, revoked, granted);
     // A key the device had before its current one was replaced or revoked with it: refused for good.
     if (newest && newest.public_key_sha256 !== entry.publicKeySha256 && this.q.keyOfDevice.get(entry.deviceId, entry.publicKeySha256)) {
       refuse('DUPLICATE_DEVICE', `this key was device ${entry.deviceId}'s before a re-issue replaced it: an old key is refused for good`);
@@ -966,6 +1023,7 @@ export class SqliteLedger implements Ledger {
 
   deviceContext(deviceId: string, publicKeySha256?: string): DeviceContext {
     const r = this.q.context.get({ id: deviceId, k: publicKeySha256 ?? null })!;
+    this.checkDevicePolicy(deviceId, r.revoked_reason !== null, r.granted === 1);
     return {
       currentKey: r.key ?? undefined,
       revoked: r.revoked_reason !== null ? { reason: r.revoked_reason, at: r.revoked_at! } : undefined,
