@@ -2,7 +2,7 @@ import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { exportBatch, verifyBatches } from '../src/export/index.js';
+import { exportBatch, verifyBatch, verifyBatches } from '../src/export/index.js';
 import { SqliteLedger } from '../src/ledger/index.js';
 import { caShow } from '../src/station/index.js';
 import { stationWithBatches } from './helpers/batches.js';
@@ -99,6 +99,11 @@ test('a missing batch between two others is a gap; a batch given twice and a wro
   t.true((await verifyBatches([files[0]!, twice])).problems.some((p) => /given twice/.test(p)));
   const pinned = await verifyBatches([files[0]!], { stationKey: 'ab'.repeat(32) });
   t.true(pinned.problems.some((p) => /not the pinned one/.test(p)));
+  // Another station's batch is refused at its certificates line: none of its records is read (a 300 MB one took 76 s).
+  let read = 0;
+  const refused = await verifyBatch(files[0]!, { stationKey: 'ab'.repeat(32), onRecord: () => read++ });
+  t.true(refused.problems.some((p) => /not the pinned one/.test(p)));
+  t.is(read, 0, 'no record read past the unpinned station key');
   const right = await verifyBatches(files, { stationKey: caShow(s.config).station_key.public_key_sha256! });
   t.deepEqual(right.problems, []);
 });
