@@ -13,7 +13,12 @@ import { OID } from '../src/oids.js';
 import { der, name, signed, tlv } from '../src/x509/asn1.js';
 import { deviceSubject } from '../src/x509/device-csr.js';
 import { verifyLedger } from '../src/station/index.js';
-import { FACTORY, openssl, testStation, uuid, type TestStation } from './helpers/pki.js';
+import { FACTORY, openssl, opensslCsr, testStation, uuid, type TestStation } from './helpers/pki.js';
+import * as asn1js from 'asn1js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { parseCsr, signatureTwin } from '../src/x509/index.js';
+import { join } from 'node:path';
 
 const NULL = new Uint8Array([0x05, 0x00]);
 const oidDer = (dotted: string): Uint8Array => {
@@ -172,4 +177,55 @@ test.serial('after all of these the ledger verifies: only the controls are in it
   const { checked, problem } = verifyLedger(s.config);
   t.is(problem, null);
   t.is(checked, 2);
+});
+
+const P256_ORDER = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+
+/** The CSR with its ECDSA signature's other valid form, (r, n - s): what anyone who saw the CSR can make, without its key. */
+function signatureTwinOf(csrDer: Uint8Array): Uint8Array {
+  const outer = asn1js.fromBER(csrDer).result as asn1js.Sequence;
+  const [info, alg, bits] = outer.valueBlock.value as [asn1js.Sequence, asn1js.Sequence, asn1js.BitString];
+  const sig = asn1js.fromBER(bits.valueBlock.valueHexView).result as asn1js.Sequence;
+  const [r, s] = sig.valueBlock.value as [asn1js.Integer, asn1js.Integer];
+  const twinSig = new asn1js.Sequence({ value: [r, asn1js.Integer.fromBigInt(P256_ORDER - s.toBigInt())] }).toBER();
+  return tlv(0x30, info.valueBeforeDecodeView, alg.valueBeforeDecodeView, tlv(0x03, new Uint8Array([0]), new Uint8Array(twinSig)));
+}
+
+test("a CSR's signature twin, which anyone who saw the CSR can make: the same certificate again, never a second one that would replace the device's own", async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+  for (const twinFirst of [false, true]) {
+    const { csr } = opensslCsr(s.dir);
+    const twin = signatureTwinOf(csr);
+    t.not(sha(twin), sha(csr), 'other bytes');
+    // OpenSSL takes the twin as a CSR whose signature verifies.
+    const file = join(s.dir, `twin-${twinFirst}.der`);
+    writeFileSync(file, twin);
+    openssl(['req', '-verify', '-inform', 'DER', '-in', file, '-noout']);
+    const [a, b] = twinFirst ? [twin, csr] : [csr, twin];
+    const first = await s.station.handle({ csr: a, link: 'serial:/dev/ttyACM0' });
+    const second = await s.station.handle({ csr: b, link: 'http:127.0.0.1' });
+    const again = await s.station.handle({ csr: a, link: 'serial:/dev/ttyACM0' });
+    t.true(first.ok && second.ok && again.ok, [first, second, again].map((r) => (r.ok ? 'ok' : r.message)).join('; '));
+    if (first.ok && second.ok && again.ok) {
+      t.is(second.certificatePem, first.certificatePem, 'the twin gets the certificate already made');
+      t.is(again.certificatePem, first.certificatePem, 'and the device its own, still');
+    }
+  }
+  t.is(s.ledger.issuedCount(), 2, 'one certificate a CSR, whichever form came first');
+});
+
+test('signatureTwin on P-256 and P-384 CSRs: OpenSSL verifies each twin, and the twin of the twin is the CSR itself', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'twin-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const curve of ['prime256v1', 'secp384r1', 'prime256v1', 'secp384r1', 'prime256v1', 'secp384r1']) {
+    const { csr } = opensslCsr(dir, { newkey: ['-newkey', 'ec', '-pkeyopt', `ec_paramgen_curve:${curve}`] });
+    const twin = signatureTwin(parseCsr(csr));
+    t.truthy(twin, curve);
+    const file = join(dir, 'twin.der');
+    writeFileSync(file, twin!);
+    t.notThrows(() => openssl(['req', '-verify', '-inform', 'DER', '-in', file, '-noout']), `${curve}: OpenSSL verifies the twin`);
+    t.deepEqual(Buffer.from(signatureTwin(parseCsr(twin!))!), Buffer.from(csr), `${curve}: the twin's twin is the CSR`);
+  }
 });

@@ -29,6 +29,7 @@ import {
   newSerial,
   notAfterFor,
   parseCsr,
+  signatureTwin,
   pemEncode,
   serialHex,
   verifyCsrSignature,
@@ -221,6 +222,11 @@ export class Station {
       if (earlier) return await earlier;
 
       const csr = parseCsr(der);
+      // The CSR with its signature's other valid form, made without the key by anyone who saw it: the same request.
+      const twin = signatureTwin(csr);
+      const twinSha256 = twin ? sha256(twin) : null;
+      const earlierTwin = twinSha256 ? this.previousAnswer(twinSha256, req) : null;
+      if (earlierTwin) return await earlierTwin;
       refuseIf(checkKey(csr, this.rules));
       await this.prove(csr);
       const subject = checkSubject(csr, this.rules, this.isDeviceId);
@@ -250,7 +256,7 @@ export class Station {
       // Other requests ran while the token signed. Look again, at the ledger
       // and at the commits still on their way to it, and hand this one to the
       // writer in the same synchronous step: nothing can slip in between.
-      const meanwhile = this.previousAnswer(csrSha256, req);
+      const meanwhile = this.previousAnswer(csrSha256, req) ?? (twinSha256 ? this.previousAnswer(twinSha256, req) : null);
       if (meanwhile) return await meanwhile;
       this.refuseTakenName(name, deviceId);
       const decision = this.decide(deviceId, publicKeySha256, now, req);

@@ -177,10 +177,52 @@ function ecSpkiPrefix(curve: string, pointLength: number): Buffer {
 }
 
 /** The curves a device key may use, and the canonical key block of each up to the uncompressed point. */
-const EC_CURVES: Record<string, { crv: string; size: number; spkiPrefix: Buffer }> = {
-  [OID.p256]: { crv: 'P-256', size: 32, spkiPrefix: ecSpkiPrefix(OID.p256, 65) },
-  [OID.p384]: { crv: 'P-384', size: 48, spkiPrefix: ecSpkiPrefix(OID.p384, 97) },
+const EC_CURVES: Record<string, { crv: string; size: number; spkiPrefix: Buffer; order: bigint }> = {
+  [OID.p256]: { crv: 'P-256', size: 32, spkiPrefix: ecSpkiPrefix(OID.p256, 65), order: 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n },
+  [OID.p384]: {
+    crv: 'P-384',
+    size: 48,
+    spkiPrefix: ecSpkiPrefix(OID.p384, 97),
+    order: 0xffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973n,
+  },
 };
+
+/** A non-negative INTEGER's DER content: minimal big-endian bytes, a 00 in front when the top bit is set. */
+function integerContent(n: bigint): Uint8Array {
+  let hex = n.toString(16);
+  if (hex.length % 2) hex = '0' + hex;
+  if (/^[89a-f]/.test(hex)) hex = '00' + hex;
+  return Buffer.from(hex, 'hex');
+}
+
+/**
+ * The same CSR with its ECDSA signature's other valid form: (r, n - s)
+ * verifies exactly as (r, s) does, so anyone who sees a CSR can make its
+ * twin without the key, and the twin's bytes (and SHA-256) differ. The
+ * station takes the twin of a CSR it signed as a retry of it, so a CSR
+ * seen on a stick, a serial line or plain HTTP cannot be turned into a
+ * second certificate that replaces the device's own. Null when the
+ * signature is not a DER ECDSA-Sig-Value on a curve the station knows.
+ */
+export function signatureTwin(csr: ParsedCsr): Uint8Array | null {
+  const curve = csr.curve ? EC_CURVES[csr.curve] : undefined;
+  if (!curve || !ECDSA_HASH[csr.signatureAlgorithm]) return null;
+  try {
+    const sig = csr.signature;
+    const top = readTlv(sig, 0);
+    if (top.tag !== TAG.SEQUENCE || top.end !== sig.length) return null;
+    const [rT, sT, ...rest] = childrenOf(sig, top);
+    if (!rT || !sT || rest.length || rT.tag !== TAG.INTEGER || sT.tag !== TAG.INTEGER) return null;
+    const sValue = BigInt('0x' + (Buffer.from(content(sig, sT)).toString('hex') || '0'));
+    if (sValue <= 0n || sValue >= curve.order) return null;
+    const twinSig = tlv(TAG.SEQUENCE, whole(sig, rT), tlv(TAG.INTEGER, integerContent(curve.order - sValue)));
+    const buf = csr.der;
+    const [, algT] = childrenOf(buf, readTlv(buf, 0));
+    return tlv(TAG.SEQUENCE, csr.info, whole(buf, algT!), tlv(TAG.BIT_STRING, new Uint8Array([0]), twinSig));
+  } catch {
+    return null;
+  }
+}
 
 function refuseKey(message: string): never {
   throw new LineSignerError('POLICY_KEY', message);

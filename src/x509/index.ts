@@ -1,4 +1,4 @@
-export { parseCsr, canonicalSpki, csrPublicKey, verifyCsrSignature, proveKeyPossession, type ParsedCsr, type NameAttribute, type KeyParameters } from './csr.js';
+export { parseCsr, signatureTwin, canonicalSpki, csrPublicKey, verifyCsrSignature, proveKeyPossession, type ParsedCsr, type NameAttribute, type KeyParameters } from './csr.js';
 export {
   buildTbs,
   assembleCertificate,
