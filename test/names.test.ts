@@ -130,6 +130,26 @@ test('one skeleton, one device: a name that looks the same as a device\'s name (
   t.deepEqual(new Set([...s.ledger.since(0)].map((r) => nameSkeleton(r.name ?? r.deviceId))).size, [...s.ledger.since(0)].length, 'no two names in the ledger look the same');
 });
 
+test("a name is a device's while it is the device's current name, and a name with the form of a device id only its own device's: no device collects names, one certificate each, or takes the id of a device not made yet", async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const [rogue, victim, other] = [randomUUID(), randomUUID(), randomUUID()];
+  const key = makeDeviceCsr({ deviceId: rogue, factory: FACTORY, production: true }).privateKey;
+  const asRogue = (name: string) => s.station.handle({ csr: makeDeviceCsr({ deviceId: rogue, factory: FACTORY, production: true }, key).der, link: 'http', name });
+  // The id of a device that has not come yet, as a name: refused, so the device gets its own name when it comes.
+  const squat = await asRogue(victim);
+  t.is(!squat.ok && squat.code, 'POLICY_SUBJECT');
+  t.regex(!squat.ok ? squat.message : '', new RegExp(`name "${victim}" has the form of a device id and is not this device's`));
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: victim, factory: FACTORY, production: true }).der, link: 'serial' })).ok, "the device's own id is its name");
+  // A device renamed by a re-issue leaves its old name free: it holds one name, not every name it ever had.
+  t.true((await asRogue('press-1')).ok);
+  t.true((await asRogue('press-2')).ok);
+  const taken = await s.station.handle({ csr: makeDeviceCsr({ deviceId: other, factory: FACTORY, production: true }).der, link: 'http', name: 'press-2' });
+  t.is(!taken.ok && taken.code, 'POLICY_SUBJECT', 'the current name is still one device\'s');
+  const freed = await s.station.handle({ csr: makeDeviceCsr({ deviceId: other, factory: FACTORY, production: true }).der, link: 'http', name: 'press-1' });
+  t.true(freed.ok, freed.ok ? '' : freed.message);
+});
+
 /** A ledger file as line-signer left it before migration `version + 1`, holding one issuance row per device and name. */
 function ledgerBeforeSkeletons(rows: Array<[deviceId: string, name: string | null]>, version = 3, skeleton?: (name: string) => string): string {
   const path = join(mkdtempSync(join(tmpdir(), 'ls-skeleton-')), 'old.db');

@@ -540,14 +540,16 @@ export class SqliteLedger implements Ledger {
       ),
       deleteGrant: db.prepare<[string]>('DELETE FROM reissue_grants WHERE device_id = ?'),
       grantOf: db.prepare<[string], { device_id: string }>('SELECT device_id FROM reissue_grants WHERE device_id = ?'),
-      // Another device whose name is this one, or whose id is; or whose name looks the same (its skeleton),
-      // unless this device had this very name already (two look-alikes issued before skeletons were kept
-      // go on being their own devices' names).
+      // Another device whose id is this name; or whose current name (its newest issuance's) is this one or
+      // looks the same (its skeleton), unless this device had this very name already (two look-alikes
+      // issued before skeletons were kept go on being their own devices' names). A name a device had
+      // before a re-issue renamed it is free again: a device cannot collect names, one certificate each.
       nameTaken: db.prepare<[{ n: string; s: string; d: string }], { device_id: string; name: string }>(
-        `SELECT device_id, coalesce(name, device_id) AS name FROM issuances
+        `SELECT device_id, coalesce(name, device_id) AS name FROM issuances AS i
           WHERE device_id != @d
-            AND (name = @n OR device_id = @n
-                 OR (name_skeleton = @s AND NOT EXISTS (SELECT 1 FROM issuances WHERE device_id = @d AND coalesce(name, device_id) = @n)))
+            AND (device_id = @n
+                 OR ((name = @n OR (name_skeleton = @s AND NOT EXISTS (SELECT 1 FROM issuances WHERE device_id = @d AND coalesce(name, device_id) = @n)))
+                     AND seq = (SELECT max(seq) FROM issuances WHERE device_id = i.device_id)))
           LIMIT 1`,
       ),
       insertGrant: db.prepare<[string, string, string]>(

@@ -76,6 +76,17 @@ export function deviceIdMatcher(pattern: string): (cn: string) => boolean {
   return (cn) => re.test(cn);
 }
 
+/**
+ * A name the device asked for (the HTTP link's `name`) that has the form of
+ * a device id must be the device's own id: otherwise one device could take,
+ * as names, the ids of devices not made yet, and each would be refused its
+ * own name when it came.
+ */
+export function checkNameForm(name: string, deviceId: string, isDeviceId: (s: string) => boolean): Refusal | null {
+  if (name === deviceId || !isDeviceId(name)) return null;
+  return refuse('POLICY_SUBJECT', `name ${quote(name)} has the form of a device id and is not this device's (${quote(deviceId)}): a device id is only its own device's name`);
+}
+
 export interface SubjectDecision {
   refusal: Refusal | null;
   /** The CN when the subject passed. */

@@ -8,6 +8,7 @@ import { asLineSignerError, isProtocolCode, LineSignerError, type ProtocolCode }
 import type { CommitGuard, Issuance, Ledger, NewIssuance, StationContext } from '../ledger/index.js';
 import {
   checkExtensions,
+  checkNameForm,
   checkIssuance,
   checkKey,
   checkStation,
@@ -235,6 +236,7 @@ export class Station {
       refuseIf(checkExtensions(csr));
       // The device cloud knows a device by its name (its id when none is given): one name, one device.
       const name = req.name ?? deviceId;
+      refuseIf(checkNameForm(name, deviceId, this.isDeviceId));
       this.refuseTakenName(name, deviceId);
       const publicKeySha256 = sha256(csr.spki);
       const now = this.clock();
