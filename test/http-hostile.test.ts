@@ -166,6 +166,21 @@ test('text rules everywhere: a body that is not UTF-8, a csr that is not PEM tex
   t.is(ok.status, 201, 'arrays of strings, integers and booleans are values');
 });
 
+test('a body of a thousand overrides (each parsed as TOML and written out again on the links\' thread) is refused before any is parsed; 64 are served', async (t) => {
+  const { link } = await shared;
+  const many = (n: number, per = 500): Record<string, Record<string, string>> => {
+    const out: Record<string, Record<string, string>> = {};
+    for (let i = 0; i < n; i++) (out[`s${Math.floor(i / per)}`] ??= {})[`k${i}`] = '[1,2,3,4]';
+    return out;
+  };
+  const flood = await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: many(1000) }).fields));
+  t.regex(refusal(t, flood, 413, 'TOO_LARGE'), /overrides: more than 64 keys in all/);
+  const spread = await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: many(65, 1) }).fields));
+  t.regex(refusal(t, spread, 413, 'TOO_LARGE'), /more than 64 keys/, 'counted over every section');
+  const ok = await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: many(64, 8) }).fields));
+  t.is(ok.status, 201, ok.text);
+});
+
 test('HEAD /sign answers 503 with the station-wide reason when the station is unhealthy, 200 when it is healthy', async (t) => {
   const { s, link } = await shared;
   t.is((await send(link.port, 'HEAD')).status, 200, 'the real station');
