@@ -378,3 +378,27 @@ test('names a factory may use stay names: an ideographic space inside, its own l
     t.is(r.status, 201, `${JSON.stringify(name)}: ${r.text}`);
   }
 });
+
+test.serial('a client that resets its connection in the middle of its headers or of its body: each a refusal in the event log, once; a reset before any byte is none', async (t) => {
+  const { s, link } = await shared;
+  const reset = async (bytes: string): Promise<void> => {
+    const sock = connect(link.port, '127.0.0.1');
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    if (bytes) await new Promise<void>((r) => sock.write(bytes, () => r()));
+    await new Promise((r) => setTimeout(r, 100)); // the station has read them
+    sock.resetAndDestroy();
+  };
+  const before = recordedRefusals(s).length;
+  await reset('');
+  await reset('POST /sign HTTP/1.1\r\nHost: x\r\nContent-Le');
+  await reset(`POST /sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{"csr": "-----BEGIN CERT`);
+  await waitFor(() => recordedRefusals(s).length >= before + 2, 5000);
+  await new Promise((r) => setTimeout(r, 300)); // nothing more comes
+  const added = recordedRefusals(s).slice(before);
+  t.deepEqual(
+    added.filter((m) => /^the (connection was reset|request ended) before/.test(m)).sort(),
+    ['the connection was reset before the request was complete', 'the request ended before its body was complete'],
+    added.join('\n'),
+  );
+  await provisions(t, link.port);
+});

@@ -77,6 +77,8 @@ export class HttpLink implements Link {
   private readonly answering = new WeakMap<Socket, IncomingMessage>();
   /** Connections already refused by clientError: a second error on one records nothing. */
   private readonly refusedSockets = new WeakSet<Duplex>();
+  /** Connections whose request reached serve(): a reset after that is serve()'s to record, or no refusal at all. */
+  private readonly requested = new WeakSet<Duplex>();
   /** Open connections, oldest first. */
   private readonly open = new Set<Socket>();
   private retry: NodeJS.Timeout | null = null;
@@ -156,6 +158,7 @@ export class HttpLink implements Link {
       (req, res) => {
         const socket = req.socket;
         this.answering.set(socket, req);
+        this.requested.add(socket);
         const work = this.serve(req, res)
           .catch(() => {
             if (!res.headersSent) this.reply(res, 500, { code: 'INTERNAL', message: 'internal error' });
@@ -212,6 +215,14 @@ export class HttpLink implements Link {
     void this.station.recordRefusal(this.reporter.status.name, code, message).catch(() => undefined);
   }
 
+  /** A request whose client went away before it was whole: nobody reads an answer; recorded once a connection. */
+  private refuseGone(socket: Duplex, message: string): void {
+    socket.destroy();
+    if (this.refusedSockets.has(socket)) return;
+    this.refusedSockets.add(socket);
+    this.recordRaw('BAD_FRAME', message);
+  }
+
   /** Answers on the bare socket with the link's JSON and records it. */
   private refuseRaw(socket: Duplex, status: number, reason: string, code: ProtocolCode, message: string): void {
     const text = JSON.stringify({ code, message });
@@ -222,7 +233,12 @@ export class HttpLink implements Link {
 
   /** What Node's HTTP parser refused before a request existed: too slow, too big, not HTTP. */
   private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    if (err.code === 'ECONNRESET') return void socket.destroy();
+    if (err.code === 'ECONNRESET') {
+      // Reset in the middle of its headers: a request refused, and recorded. Reset before any byte, or
+      // once its request reached serve() (which records a body cut short), is not one more.
+      if ((socket as Socket).bytesRead > 0 && !this.requested.has(socket)) this.refuseGone(socket, 'the connection was reset before the request was complete');
+      return void socket.destroy();
+    }
     // One refusal a connection: a timed-out request whose client then hangs up is one event, not two.
     if (this.refusedSockets.has(socket)) return void socket.destroy();
     this.refusedSockets.add(socket);
@@ -270,7 +286,12 @@ export class HttpLink implements Link {
       req.resume();
       return this.refuse(res, undefined, 'TOO_LARGE', tooLarge);
     }
-    const bytes = await readBody(req);
+    let bytes: Buffer | null;
+    try {
+      bytes = await readBody(req);
+    } catch {
+      return this.refuseGone(req.socket, 'the request ended before its body was complete');
+    }
     if (bytes === null) return this.refuse(res, undefined, 'TOO_LARGE', tooLarge);
 
     let body: SignBody;
