@@ -229,3 +229,16 @@ test('signatureTwin on P-256 and P-384 CSRs: OpenSSL verifies each twin, and the
     t.deepEqual(Buffer.from(signatureTwin(parseCsr(twin!))!), Buffer.from(csr), `${curve}: the twin's twin is the CSR`);
   }
 });
+
+test('a CSR as `openssl req -text` prints it (over a kilobyte of text, then the PEM block) is read past its text; as a J1 DER body it is named PEM text', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const { csr } = opensslCsr(s.dir, { outform: 'PEM' });
+  const text = openssl(['req', '-text'], csr);
+  t.true(text.indexOf('-----BEGIN CERTIFICATE REQUEST-----') > 1000, 'the block comes after a kilobyte of text');
+  const r = await s.station.handle({ csr: text, link: 'spool:/media/stick' });
+  t.true(r.ok, r.ok ? '' : `${r.code} ${r.message}`);
+  const j1 = await s.station.handle({ csr: text, link: 'serial:/dev/ttyACM0', encoding: 'der' });
+  t.is(!j1.ok && j1.code, 'BAD_CSR');
+  t.regex(!j1.ok ? j1.message : '', /not PEM text/);
+});

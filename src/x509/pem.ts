@@ -59,7 +59,10 @@ export function pemDecodeAll(text: string, label: string): Uint8Array[] {
 }
 
 export function looksLikePem(bytes: Uint8Array): boolean {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, 64)).toString('latin1').includes('-----BEGIN ');
+  // DER starts with its SEQUENCE; text may say anything before its block (`openssl req -text` prints the
+  // request as text first, over a kilobyte), so the BEGIN line is looked for in the whole of it.
+  if (bytes.byteLength === 0 || bytes[0] === 0x30) return false;
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1').includes('-----BEGIN ');
 }
 
 const CSR_LABELS = ['CERTIFICATE REQUEST', 'NEW CERTIFICATE REQUEST'];
