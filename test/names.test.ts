@@ -139,7 +139,7 @@ test("a name is a device's while it is the device's current name, and a name wit
   // The id of a device that has not come yet, as a name: refused, so the device gets its own name when it comes.
   const squat = await asRogue(victim);
   t.is(!squat.ok && squat.code, 'POLICY_SUBJECT');
-  t.regex(!squat.ok ? squat.message : '', new RegExp(`name "${victim}" has the form of a device id and is not this device's`));
+  t.regex(!squat.ok ? squat.message : '', new RegExp(`name "${victim}" is a UUID, the form of a device id, and not this device's`));
   t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: victim, factory: FACTORY, production: true }).der, link: 'serial' })).ok, "the device's own id is its name");
   // A device renamed by a re-issue leaves its old name free: it holds one name, not every name it ever had.
   t.true((await asRogue('press-1')).ok);

@@ -77,14 +77,16 @@ export function deviceIdMatcher(pattern: string): (cn: string) => boolean {
 }
 
 /**
- * A name the device asked for (the HTTP link's `name`) that has the form of
- * a device id must be the device's own id: otherwise one device could take,
- * as names, the ids of devices not made yet, and each would be refused its
- * own name when it came.
+ * Under the default device ids (UUIDs), a name the device asked for (the
+ * HTTP link's `name`) that is a UUID must be the device's own id: otherwise
+ * one device could take, as names, the ids of devices not made yet, and
+ * each would be refused its own name when it came. A factory's own id
+ * pattern may match ordinary names (`[A-Za-z0-9-]+`), so there the naming
+ * scheme keeps names and ids apart.
  */
-export function checkNameForm(name: string, deviceId: string, isDeviceId: (s: string) => boolean): Refusal | null {
-  if (name === deviceId || !isDeviceId(name)) return null;
-  return refuse('POLICY_SUBJECT', `name ${quote(name)} has the form of a device id and is not this device's (${quote(deviceId)}): a device id is only its own device's name`);
+export function checkNameForm(name: string, deviceId: string, rules: Pick<PolicyRules, 'deviceId'>): Refusal | null {
+  if (rules.deviceId !== 'uuid' || name === deviceId || !UUID.test(name)) return null;
+  return refuse('POLICY_SUBJECT', `name ${quote(name)} is a UUID, the form of a device id, and not this device's (${quote(deviceId)}): a device id is only its own device's name`);
 }
 
 export interface SubjectDecision {

@@ -236,7 +236,7 @@ export class Station {
       refuseIf(checkExtensions(csr));
       // The device cloud knows a device by its name (its id when none is given): one name, one device.
       const name = req.name ?? deviceId;
-      refuseIf(checkNameForm(name, deviceId, this.isDeviceId));
+      refuseIf(checkNameForm(name, deviceId, this.rules));
       this.refuseTakenName(name, deviceId);
       const publicKeySha256 = sha256(csr.spki);
       const now = this.clock();

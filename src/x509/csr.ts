@@ -91,7 +91,9 @@ function keyParameters(t: Tlv | undefined): KeyParameters {
 function flag(buf: Uint8Array, t: Tlv): boolean {
   const c = content(buf, t);
   if (c.length !== 1) bad('a BOOLEAN must have one content byte');
-  return c[0] !== 0;
+  // DER: FALSE is 00 and TRUE is FF, nothing else.
+  if (c[0] !== 0x00 && c[0] !== 0xff) bad('a BOOLEAN must be 00 or FF (DER)');
+  return c[0] === 0xff;
 }
 
 /** A BIT STRING's bits, which must be whole bytes here (keys and signatures). */
@@ -144,6 +146,8 @@ export function parseCsr(der: Uint8Array): ParsedCsr {
         const oid = oidText(content(buf, expect(parts[0], TAG.OID, 'extension id')));
         if (parts.length < 2 || parts.length > 3) bad(`extension ${oid} is malformed`);
         const critical = parts.length === 3 && flag(buf, expect(parts[1], TAG.BOOLEAN, `extension ${oid} critical`));
+        // DER leaves a DEFAULT value out: critical FALSE spelt out is another encoding of the same request.
+        if (parts.length === 3 && !critical) bad(`extension ${oid}: critical FALSE must be left out (DER)`);
         const value = content(buf, expect(parts[parts.length - 1], TAG.OCTET_STRING, `extension ${oid} value`));
         extensions.push({ oid, critical, value, asksForCa: requestsCa(oid, value) });
       }
@@ -294,14 +298,15 @@ export async function proveKeyPossession(der: Uint8Array): Promise<void> {
 function requestsCa(oid: string, value: Uint8Array): string | null {
   if (oid !== OID.basicConstraints && oid !== OID.keyUsage) return null;
   const parsed = asn1js.fromBER(new Uint8Array(value));
-  if (parsed.offset === -1) return `unreadable ${oid} extension`;
+  // A value that does not read is a malformed request, not a policy question.
+  if (parsed.offset === -1) bad(`the requested ${oid === OID.basicConstraints ? 'basicConstraints' : 'keyUsage'} extension's value is not readable`);
   if (oid === OID.basicConstraints) {
     const fields = parsed.result instanceof asn1js.Sequence ? parsed.result.valueBlock.value : null;
-    if (!fields) return 'unreadable basicConstraints';
+    if (!fields) bad("the requested basicConstraints extension's value is not a SEQUENCE");
     if (fields[0] instanceof asn1js.Boolean && fields[0].valueBlock.value) return 'basicConstraints CA:TRUE';
   }
   if (oid === OID.keyUsage) {
-    if (!(parsed.result instanceof asn1js.BitString)) return 'unreadable keyUsage';
+    if (!(parsed.result instanceof asn1js.BitString)) bad("the requested keyUsage extension's value is not a BIT STRING");
     const bits = parsed.result.valueBlock.valueHexView;
     // Bit 5 keyCertSign = 0x04, bit 6 cRLSign = 0x02 of the first byte.
     if ((bits[0] ?? 0) & 0x04) return 'keyUsage keyCertSign';
