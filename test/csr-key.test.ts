@@ -242,3 +242,19 @@ test('a CSR as `openssl req -text` prints it (over a kilobyte of text, then the 
   t.is(!j1.ok && j1.code, 'BAD_CSR');
   t.regex(!j1.ok ? j1.message : '', /not PEM text/);
 });
+
+/** A CSR for a new production device that requests these extensions (each a DER Extension), correctly signed. */
+function csrRequesting(...extensions: Uint8Array[]): Uint8Array {
+  const k = deviceKey();
+  const request = tlv(0x30, oidDer('1.2.840.113549.1.9.14'), tlv(0x31, tlv(0x30, ...extensions)));
+  const info = tlv(0x30, new Uint8Array([0x02, 0x01, 0x00]), der(name(deviceSubject({ deviceId: uuid(), factory: FACTORY, production: true }))), canonical(k), tlv(0xa0, request));
+  return signed(info, OID.ecdsaSha256, new Uint8Array(sign('sha256', info, k.key)));
+}
+
+test('requested extensions in DER only: a BOOLEAN other than 00 or FF, critical FALSE spelt out, and an unreadable basicConstraints are BAD_CSR', async (t) => {
+  const basicConstraints = oidDer('2.5.29.19');
+  const caFalse = tlv(0x04, tlv(0x30));
+  await expectRefusal(t, csrRequesting(tlv(0x30, basicConstraints, new Uint8Array([0x01, 0x01, 0x01]), caFalse)), 'BAD_CSR', /a BOOLEAN must be 00 or FF \(DER\)/);
+  await expectRefusal(t, csrRequesting(tlv(0x30, basicConstraints, new Uint8Array([0x01, 0x01, 0x00]), caFalse)), 'BAD_CSR', /critical FALSE must be left out \(DER\)/);
+  await expectRefusal(t, csrRequesting(tlv(0x30, basicConstraints, tlv(0x04, new Uint8Array([0xff, 0xff])))), 'BAD_CSR', /basicConstraints extension's value is not readable/);
+});
