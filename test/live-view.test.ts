@@ -58,6 +58,8 @@ for (const width of [80, 120]) {
       t.is(row[end - value.length - 1], ' ', col);
     }
     t.true(lines.some((l) => / 9\.9M /.test(l) || / 9876543 /.test(l)), 'a big count stays in its column');
+    // LAST ISSUED keeps its time whole and the end of the device id, however narrow.
+    t.regex(row, / 12:03:05 (\.\.\.)?[0-9a-f-]*4b5c$/, row);
   });
 }
 

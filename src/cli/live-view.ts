@@ -61,12 +61,13 @@ export function renderLiveView(rows: LinkStatus[], width: number, frame: Frame):
   const nameW = Math.max(8, Math.min(Math.max(4, ...names.map((n) => n.length)), Math.floor((w - fixed) * 0.45)));
   const lastW = w - fixed - nameW;
   const row = (name: string, state: string, issued: string, refused: string, noise: string, last: string): string =>
-    `${fit(name, nameW).padEnd(nameW)} ${fit(state, 9).padEnd(9)} ${issued.padStart(6)} ${refused.padStart(7)} ${noise.padStart(5)}  ${fit(last, lastW)}`.trimEnd();
+    `${fit(name, nameW).padEnd(nameW)} ${fit(state, 9).padEnd(9)} ${issued.padStart(6)} ${refused.padStart(7)} ${noise.padStart(5)}  ${clip(last, lastW)}`.trimEnd();
   lines.push(row('LINK', 'STATE', 'ISSUED', 'REFUSED', 'NOISE', 'LAST ISSUED'));
   const shown = names.map((n) => fit(n, nameW));
   const ambiguous = new Set(shown.filter((n, i) => shown.indexOf(n) !== i));
   rows.forEach((s, i) => {
-    const last = s.lastIssued ? `${clock(s.lastIssued.at)} ${printable(s.lastIssued.deviceId)}` : '-';
+    // The time whole, the device id's end (where ids differ) as far as it fits: fit() would take `hh:` for a link's kind.
+    const last = s.lastIssued ? `${clock(s.lastIssued.at)} ${tail(printable(s.lastIssued.deviceId), lastW - 9)}` : '-';
     lines.push(row(names[i]!, printable(s.state), count(s.issued, 6), count(s.refused, 7), count(s.noise, 5), last));
     // Two links whose shortened names look alike get their full names on a line of their own.
     if (ambiguous.has(fit(names[i]!, nameW))) lines.push(...wrap(`  = ${names[i]}`, w, 2));
@@ -118,6 +119,12 @@ function fit(s: string, w: number): string {
   const colon = s.indexOf(':');
   const head = colon > 0 && colon < 8 ? colon + 1 : 0;
   return `${s.slice(0, head)}...${s.slice(s.length - (w - 3 - head))}`;
+}
+
+/** The end of `s` in `w` characters, `...` in front when shortened. */
+function tail(s: string, w: number): string {
+  if (s.length <= w) return s;
+  return w <= 3 ? s.slice(s.length - Math.max(0, w)) : `...${s.slice(s.length - (w - 3))}`;
 }
 
 /** `text` over at most `max` lines of `w`, continuation lines indented, the last one clipped. */
