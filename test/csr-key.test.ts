@@ -11,7 +11,7 @@ import Database from 'better-sqlite3';
 import type { ProtocolCode } from '../src/errors.js';
 import { OID } from '../src/oids.js';
 import { der, name, signed, tlv } from '../src/x509/asn1.js';
-import { deviceSubject } from '../src/x509/device-csr.js';
+import { deviceSubject, makeDeviceCsr } from '../src/x509/device-csr.js';
 import { verifyLedger } from '../src/station/index.js';
 import { FACTORY, openssl, opensslCsr, testStation, uuid, type TestStation } from './helpers/pki.js';
 import * as asn1js from 'asn1js';
@@ -257,4 +257,14 @@ test('requested extensions in DER only: a BOOLEAN other than 00 or FF, critical 
   await expectRefusal(t, csrRequesting(tlv(0x30, basicConstraints, new Uint8Array([0x01, 0x01, 0x01]), caFalse)), 'BAD_CSR', /a BOOLEAN must be 00 or FF \(DER\)/);
   await expectRefusal(t, csrRequesting(tlv(0x30, basicConstraints, new Uint8Array([0x01, 0x01, 0x00]), caFalse)), 'BAD_CSR', /critical FALSE must be left out \(DER\)/);
   await expectRefusal(t, csrRequesting(tlv(0x30, basicConstraints, tlv(0x04, new Uint8Array([0xff, 0xff])))), 'BAD_CSR', /basicConstraints extension's value is not readable/);
+});
+
+test('a CSR superseded by a newer CSR for the same key, sent again: told to send the newer one, not that its key is no longer accepted', async (t) => {
+  const s = await station;
+  const id = uuid();
+  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+  const older = makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }, key).der;
+  t.true((await s.station.handle({ csr: older, link: 'test' })).ok);
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }, key).der, link: 'test' })).ok);
+  await expectRefusal(t, older, 'DUPLICATE_DEVICE', /superseded by seq \d+, made for the same key from a newer CSR: send that CSR again/);
 });

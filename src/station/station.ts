@@ -347,7 +347,12 @@ export class Station {
       throw new LineSignerError('DUPLICATE_DEVICE', `device ${earlier.deviceId} was revoked (${quote(device.revoked.reason)}); its certificate is not handed out again`);
     }
     if (device.newestSeq !== undefined && device.newestSeq > earlier.seq) {
-      throw new LineSignerError('DUPLICATE_DEVICE', `this CSR's certificate (seq ${earlier.seq}) was superseded by seq ${device.newestSeq}; the device's old key is no longer accepted`);
+      // Superseded by a certificate for a new key, or for the same key from a newer CSR: say which.
+      const sameKey = device.currentKey === earlier.publicKeySha256;
+      throw new LineSignerError(
+        'DUPLICATE_DEVICE',
+        `this CSR's certificate (seq ${earlier.seq}) was superseded by seq ${device.newestSeq}${sameKey ? ', made for the same key from a newer CSR: send that CSR again' : "; the device's old key is no longer accepted"}`,
+      );
     }
     return this.replay(earlier, req);
   }
