@@ -34,8 +34,6 @@ function portError(err: unknown): Error {
 }
 
 class ReadyPort implements BindingPortInterface {
-  private writing: Promise<void> | null = null;
-
   constructor(private readonly inner: LinuxPortBinding) {}
 
   get openOptions(): Required<LinuxOpenOptions> {
@@ -55,35 +53,35 @@ class ReadyPort implements BindingPortInterface {
     for (;;) {
       const fd = this.inner.fd;
       if (fd === null) throw new BindingsError('Port is not open', { canceled: true });
-      let bytesRead = 0;
+      let bytesRead: number;
       try {
         bytesRead = readSync(fd, buffer, offset, length, null);
       } catch (err) {
         if (!WOULD_BLOCK.has((err as NodeJS.ErrnoException).code ?? '')) throw portError(err);
+        // Nothing now: wait for the poller.
+        await this.ready('readable');
+        continue;
       }
-      // At least one byte, as the interface promises; nothing now means wait for the poller.
       if (bytesRead > 0) return { buffer, bytesRead };
-      await this.ready('readable');
+      // End of file: a tty that hung up (a USB device pulled) reads 0 for ever, and its poller says
+      // readable for ever. Asking again would spin this thread; the port is gone, as for ENXIO.
+      throw Object.assign(new Error('the port hung up (end of file)'), { disconnect: true });
     }
   }
 
-  write(buffer: Buffer): Promise<void> {
-    this.writing = (async () => {
-      let offset = 0;
-      while (offset < buffer.length) {
-        const fd = this.inner.fd;
-        if (fd === null) throw new BindingsError('Port is not open', { canceled: true });
-        try {
-          offset += writeSync(fd, buffer, offset, buffer.length - offset);
-          continue;
-        } catch (err) {
-          if (!WOULD_BLOCK.has((err as NodeJS.ErrnoException).code ?? '')) throw portError(err);
-        }
-        await this.ready('writable');
+  async write(buffer: Buffer): Promise<void> {
+    let offset = 0;
+    while (offset < buffer.length) {
+      const fd = this.inner.fd;
+      if (fd === null) throw new BindingsError('Port is not open', { canceled: true });
+      try {
+        offset += writeSync(fd, buffer, offset, buffer.length - offset);
+        continue;
+      } catch (err) {
+        if (!WOULD_BLOCK.has((err as NodeJS.ErrnoException).code ?? '')) throw portError(err);
       }
-      this.writing = null;
-    })();
-    return this.writing;
+      await this.ready('writable');
+    }
   }
 
   close(): Promise<void> {
