@@ -58,7 +58,7 @@ export class WorkerRpc {
     return this.pending.size;
   }
 
-  /** Starts the worker now, so that it loads before the first call needs it. */
+  /** A fresh worker, the current one from now on (the ledger writer starts its own at once). */
   start(): Worker {
     const worker = this.spawn();
     this.worker = worker;
