@@ -268,3 +268,33 @@ test('a CSR superseded by a newer CSR for the same key, sent again: told to send
   t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }, key).der, link: 'test' })).ok);
   await expectRefusal(t, older, 'DUPLICATE_DEVICE', /superseded by seq \d+, made for the same key from a newer CSR: send that CSR again/);
 });
+
+test('a signature whose s is not minimal DER (a 00 in front of n - s) is BAD_SIGNATURE, not a replay of the CSR it is the twin of', async (t) => {
+  const s = await station;
+  // A CSR whose n - s has its top bit clear, so that a 00 in front of it is not DER.
+  for (;;) {
+    const { csr } = opensslCsr(s.dir);
+    const outer = asn1js.fromBER(csr).result as asn1js.Sequence;
+    const [info, alg, bits] = outer.valueBlock.value as [asn1js.Sequence, asn1js.Sequence, asn1js.BitString];
+    const sig = asn1js.fromBER(bits.valueBlock.valueHexView).result as asn1js.Sequence;
+    const [r, sInt] = sig.valueBlock.value as [asn1js.Integer, asn1js.Integer];
+    const other = Buffer.from((P256_ORDER - sInt.toBigInt()).toString(16).padStart(64, '0'), 'hex');
+    if (other[0]! >= 0x80) continue;
+    t.true((await s.station.handle({ csr, link: 'test' })).ok);
+    const padded = tlv(0x30, new Uint8Array(r.toBER()), tlv(0x02, new Uint8Array([0]), other));
+    const bad = tlv(0x30, info.valueBeforeDecodeView, alg.valueBeforeDecodeView, tlv(0x03, new Uint8Array([0]), padded));
+    await expectRefusal(t, bad, 'BAD_SIGNATURE', /does not verify/);
+    return;
+  }
+});
+
+test('text that starts with "0" (0x30, as DER does) and holds a PEM block is PEM text, not DER', async (t) => {
+  const s = await station;
+  const { csr } = opensslCsr(s.dir, { outform: 'PEM' });
+  const text = Buffer.concat([Buffer.from('0 the request below\n'), csr]);
+  const r = await s.station.handle({ csr: text, link: 'spool:/media/stick' });
+  t.true(r.ok, r.ok ? '' : `${r.code} ${r.message}`);
+  const j1 = await s.station.handle({ csr: text, link: 'serial:/dev/ttyACM0', encoding: 'der' });
+  t.is(!j1.ok && j1.code, 'BAD_CSR');
+  t.regex(!j1.ok ? j1.message : '', /not PEM text/);
+});

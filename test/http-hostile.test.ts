@@ -175,7 +175,7 @@ test('a body of a thousand overrides (each parsed as TOML and written out again 
   };
   const flood = await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: many(1000) }).fields));
   t.regex(refusal(t, flood, 413, 'TOO_LARGE'), /overrides: more than 64 keys in all/);
-  const spread = await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: many(65, 1) }).fields));
+  const spread = await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: many(65, 5) }).fields));
   t.regex(refusal(t, spread, 413, 'TOO_LARGE'), /more than 64 keys/, 'counted over every section');
   const ok = await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: many(64, 8) }).fields));
   t.is(ok.status, 201, ok.text);
@@ -401,4 +401,31 @@ test.serial('a client that resets its connection in the middle of its headers or
     added.join('\n'),
   );
   await provisions(t, link.port);
+});
+
+test.serial('two requests pipelined on one connection: the first is answered and signed; the second is neither signed nor left unrecorded', async (t) => {
+  const { s, link } = await shared;
+  const post = (body: string): string =>
+    `POST /sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  const [a, b] = [deviceFields(), deviceFields()];
+  const before = s.ledger.issuedCount();
+  const refusalsBefore = recordedRefusals(s).length;
+  const { answer } = await rawExchange(link.port, post(ptreeJson(a.fields)) + post(ptreeJson(b.fields)));
+  t.is(answer.match(/^HTTP\/1\.1 /gm)?.length, 1, 'one answer');
+  t.regex(answer, /^HTTP\/1\.1 201/);
+  await waitFor(() => recordedRefusals(s).length > refusalsBefore, 5000);
+  t.is(s.ledger.issuedCount(), before + 1, 'only the answered request was signed');
+  t.true(recordedRefusals(s).slice(refusalsBefore).some((m) => /a second request on one connection \(HTTP pipelining\) is not served/.test(m)));
+});
+
+test('overrides that cost work without being many keys: empty sections count, and a value nested deeper than 4 is refused before it is parsed', async (t) => {
+  const { link } = await shared;
+  const sections: Record<string, Record<string, string>> = {};
+  for (let i = 0; i < 17; i++) sections[`s${i}`] = {};
+  t.regex(refusal(t, await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: sections }).fields)), 413, 'TOO_LARGE'), /more than 16 sections/);
+  const deep = `${'['.repeat(5)}1${']'.repeat(5)}`;
+  t.regex(refusal(t, await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: { pacman: { tags: deep } } }).fields)), 400, 'BAD_FRAME'), /nests arrays deeper than 4/);
+  // Brackets inside a string are text, not nesting.
+  const ok = await send(link.port, 'POST', ptreeJson(deviceFields({ overrides: { pacman: { tags: `[[["[[[[[[", "a"]]]`, note: '"]]]]]]"' } } }).fields));
+  t.is(ok.status, 201, ok.text);
 });

@@ -133,13 +133,21 @@ test('one skeleton, one device: a name that looks the same as a device\'s name (
 test("a name is a device's while it is the device's current name, and a name with the form of a device id only its own device's: no device collects names, one certificate each, or takes the id of a device not made yet", async (t) => {
   const s = await testStation();
   t.teardown(() => s.close());
-  const [rogue, victim, other] = [randomUUID(), randomUUID(), randomUUID()];
+  const [rogue, other] = [randomUUID(), randomUUID()];
+  let victim = randomUUID();
+  while (!victim.includes('3')) victim = randomUUID();
   const key = makeDeviceCsr({ deviceId: rogue, factory: FACTORY, production: true }).privateKey;
   const asRogue = (name: string) => s.station.handle({ csr: makeDeviceCsr({ deviceId: rogue, factory: FACTORY, production: true }, key).der, link: 'http', name });
   // The id of a device that has not come yet, as a name: refused, so the device gets its own name when it comes.
   const squat = await asRogue(victim);
   t.is(!squat.ok && squat.code, 'POLICY_SUBJECT');
-  t.regex(!squat.ok ? squat.message : '', new RegExp(`name "${victim}" is a UUID, the form of a device id, and not this device's`));
+  t.regex(!squat.ok ? squat.message : '', new RegExp(`name "${victim}" reads as a UUID, the form of a device id, and is not this device's`));
+  // As it reads, not only as it is spelt: upper case, or a letter that looks like a digit.
+  const lookAlike = victim.replace(/3/g, '\u01b7');
+  for (const disguise of [victim.toUpperCase(), ...(lookAlike !== victim ? [lookAlike] : [])]) {
+    const r = await asRogue(disguise);
+    t.is(!r.ok && r.code, 'POLICY_SUBJECT', disguise);
+  }
   t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: victim, factory: FACTORY, production: true }).der, link: 'serial' })).ok, "the device's own id is its name");
   // A device renamed by a re-issue leaves its old name free: it holds one name, not every name it ever had.
   t.true((await asRogue('press-1')).ok);

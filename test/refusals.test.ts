@@ -264,7 +264,7 @@ test.serial('one name, one device: of 16 devices asking for one name at once exa
   const u = uuid();
   const x = await s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: 'test', name: u });
   t.is(!x.ok && x.code, 'POLICY_SUBJECT');
-  t.regex(!x.ok ? x.message : '', /is a UUID, the form of a device id, and not this device's/);
+  t.regex(!x.ok ? x.message : '', /reads as a UUID, the form of a device id, and is not this device's/);
   t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: u, factory: FACTORY, production: true }).der, link: 'test' })).ok);
 });
 

@@ -8,7 +8,7 @@
 import type { ProtocolCode } from '../errors.js';
 import type { ParsedCsr } from '../x509/csr.js';
 import { ATTRIBUTE_NAMES, OID } from '../oids.js';
-import { deviceNameProblem, quote } from '../text.js';
+import { deviceNameProblem, nameSkeleton, quote } from '../text.js';
 
 export interface Refusal {
   code: ProtocolCode;
@@ -85,8 +85,11 @@ export function deviceIdMatcher(pattern: string): (cn: string) => boolean {
  * scheme keeps names and ids apart.
  */
 export function checkNameForm(name: string, deviceId: string, rules: Pick<PolicyRules, 'deviceId'>): Refusal | null {
-  if (rules.deviceId !== 'uuid' || name === deviceId || !UUID.test(name)) return null;
-  return refuse('POLICY_SUBJECT', `name ${quote(name)} is a UUID, the form of a device id, and not this device's (${quote(deviceId)}): a device id is only its own device's name`);
+  if (rules.deviceId !== 'uuid' || name === deviceId) return null;
+  // As it reads, not only as it is spelt: in upper case, or with letters that look like digits
+  // (Ʒ for 3, Ƽ for 5), a UUID still blocks the device whose id it reads as.
+  if (!UUID.test(nameSkeleton(name).toLowerCase())) return null;
+  return refuse('POLICY_SUBJECT', `name ${quote(name)} reads as a UUID, the form of a device id, and is not this device's (${quote(deviceId)}): a device id is only its own device's name`);
 }
 
 export interface SubjectDecision {

@@ -217,7 +217,11 @@ export function signatureTwin(csr: ParsedCsr): Uint8Array | null {
     if (top.tag !== TAG.SEQUENCE || top.end !== sig.length) return null;
     const [rT, sT, ...rest] = childrenOf(sig, top);
     if (!rT || !sT || rest.length || rT.tag !== TAG.INTEGER || sT.tag !== TAG.INTEGER) return null;
-    const sValue = BigInt('0x' + (Buffer.from(content(sig, sT)).toString('hex') || '0'));
+    // Only a signature in DER has a twin: (r, 00 || n - s) is no signature (OpenSSL refuses it), and its
+    // "twin" would be the original, replayed for a request that should be BAD_SIGNATURE.
+    const sBytes = content(sig, sT);
+    if (sBytes.length === 0 || sBytes[0]! & 0x80 || (sBytes[0] === 0 && (sBytes.length === 1 || sBytes[1]! < 0x80))) return null;
+    const sValue = BigInt('0x' + Buffer.from(sBytes).toString('hex'));
     if (sValue <= 0n || sValue >= curve.order) return null;
     const twinSig = tlv(TAG.SEQUENCE, whole(sig, rT), tlv(TAG.INTEGER, integerContent(curve.order - sValue)));
     const buf = csr.der;

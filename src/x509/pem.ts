@@ -59,10 +59,26 @@ export function pemDecodeAll(text: string, label: string): Uint8Array[] {
 }
 
 export function looksLikePem(bytes: Uint8Array): boolean {
-  // DER starts with its SEQUENCE; text may say anything before its block (`openssl req -text` prints the
-  // request as text first, over a kilobyte), so the BEGIN line is looked for in the whole of it.
-  if (bytes.byteLength === 0 || bytes[0] === 0x30) return false;
+  // DER is one SEQUENCE whose length spans the input; text may say anything before its block (`openssl req
+  // -text` prints the request as text first, over a kilobyte, and a text may start with "0", which is 0x30),
+  // so the BEGIN line is looked for in the whole of it.
+  if (bytes.byteLength === 0 || isOneDerSequence(bytes)) return false;
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1').includes('-----BEGIN ');
+}
+
+/** The bytes are exactly one SEQUENCE (its tag, its length, that many bytes). */
+function isOneDerSequence(b: Uint8Array): boolean {
+  if (b.byteLength < 2 || b[0] !== 0x30) return false;
+  let length = b[1]!;
+  let header = 2;
+  if (length & 0x80) {
+    const n = length & 0x7f;
+    if (n === 0 || n > 4 || b.byteLength < 2 + n) return false;
+    length = 0;
+    for (let i = 0; i < n; i++) length = length * 256 + b[2 + i]!;
+    header += n;
+  }
+  return header + length === b.byteLength;
 }
 
 const CSR_LABELS = ['CERTIFICATE REQUEST', 'NEW CERTIFICATE REQUEST'];
