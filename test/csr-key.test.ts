@@ -251,7 +251,7 @@ function csrRequesting(...extensions: Uint8Array[]): Uint8Array {
   return signed(info, OID.ecdsaSha256, new Uint8Array(sign('sha256', info, k.key)));
 }
 
-test('requested extensions in DER only: a BOOLEAN other than 00 or FF, critical FALSE spelt out, and an unreadable basicConstraints are BAD_CSR', async (t) => {
+test.serial('requested extensions in DER only: a BOOLEAN other than 00 or FF, critical FALSE spelt out, and an unreadable basicConstraints are BAD_CSR', async (t) => {
   const basicConstraints = oidDer('2.5.29.19');
   const caFalse = tlv(0x04, tlv(0x30));
   await expectRefusal(t, csrRequesting(tlv(0x30, basicConstraints, new Uint8Array([0x01, 0x01, 0x01]), caFalse)), 'BAD_CSR', /a BOOLEAN must be 00 or FF \(DER\)/);
@@ -259,7 +259,7 @@ test('requested extensions in DER only: a BOOLEAN other than 00 or FF, critical 
   await expectRefusal(t, csrRequesting(tlv(0x30, basicConstraints, tlv(0x04, new Uint8Array([0xff, 0xff])))), 'BAD_CSR', /basicConstraints extension's value is not readable/);
 });
 
-test('a CSR superseded by a newer CSR for the same key, sent again: told to send the newer one, not that its key is no longer accepted', async (t) => {
+test.serial('a CSR superseded by a newer CSR for the same key, sent again: told to send the newer one, not that its key is no longer accepted', async (t) => {
   const s = await station;
   const id = uuid();
   const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
@@ -269,7 +269,7 @@ test('a CSR superseded by a newer CSR for the same key, sent again: told to send
   await expectRefusal(t, older, 'DUPLICATE_DEVICE', /superseded by seq \d+, made for the same key from a newer CSR: send that CSR again/);
 });
 
-test('a signature whose s is not minimal DER (a 00 in front of n - s) is BAD_SIGNATURE, not a replay of the CSR it is the twin of', async (t) => {
+test.serial('a signature whose s is not minimal DER (a 00 in front of n - s) is BAD_SIGNATURE, not a replay of the CSR it is the twin of', async (t) => {
   const s = await station;
   // A CSR whose n - s has its top bit clear, so that a 00 in front of it is not DER.
   for (;;) {
@@ -288,7 +288,7 @@ test('a signature whose s is not minimal DER (a 00 in front of n - s) is BAD_SIG
   }
 });
 
-test('text that starts with "0" (0x30, as DER does) and holds a PEM block is PEM text, not DER', async (t) => {
+test.serial('text that starts with "0" (0x30, as DER does) and holds a PEM block is PEM text, not DER', async (t) => {
   const s = await station;
   const { csr } = opensslCsr(s.dir, { outform: 'PEM' });
   const text = Buffer.concat([Buffer.from('0 the request below\n'), csr]);

@@ -123,3 +123,16 @@ test('revocation marks go into the next batch', async (t) => {
   t.is(rev.reason, 'returned to the factory, RMA 12');
   t.deepEqual((await verifyBatches([join(stick, `${s.config.station.id}-000001.lsbatch`), e!.path])).problems, []);
 });
+
+test("a batch of one genuine record repeated behind its pinned certificates line stops being read once its problems fill the list", async (t) => {
+  const { s, files } = await stationWithBatches([2]);
+  t.teardown(() => s.close());
+  const lines = readFileSync(files[0]!, 'utf8').split('\n');
+  const record = lines.find((l) => l.includes('"type":"issuance"'))!;
+  const big = join(s.dir, 'copies.lsbatch');
+  writeFileSync(big, [lines[0], lines[1], ...Array(5000).fill(record), ''].join('\n'));
+  let read = 0;
+  const r = await verifyBatch(big, { stationKey: caShow(s.config).station_key.public_key_sha256!, onRecord: () => read++ });
+  t.is(r.problems.length, 20);
+  t.true(read < 40, `${read} records read of 5,000`);
+});

@@ -15,7 +15,7 @@ import { caCsr, caInit, openStation, verifyLedger } from '../src/station/index.j
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { cli, cliAsync } from './helpers/cli.js';
 import { FACTORY, makeOpensslRoot, signCaCsrWithOpenssl, testPki, testStation, uuid } from './helpers/pki.js';
-import { stationWithBatches } from './helpers/batches.js';
+import { revoke as revokeDevice, stationWithBatches } from './helpers/batches.js';
 import { batchFileName } from '../src/export/index.js';
 
 const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
@@ -233,6 +233,8 @@ test('after an unclean stop, an operator event past the token\'s newest checkpoi
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(v.status, 1);
   t.regex(v.stderr, new RegExp(`event seq ${e.seq} \\(revocation\\) after the token's newest checkpoint`));
+  // The station that had the file meanwhile does not sign it as its own either: its stop checkpoint refuses.
+  await t.throwsAsync(s.close(), { message: new RegExp(`event seq ${e.seq} is not a row this station wrote; no checkpoint signed`) });
 });
 
 test('a row whose serial and device id were both changed gets both named, not only the first', async (t) => {
@@ -358,4 +360,59 @@ test('an issuance row edited in place below the head (its device id changed, so 
   t.is(sign.status, 1);
   t.regex(sign.stderr, /ERROR LEDGER not serving: issuance seq 1 does not match the ledger's hash chain \(entry_hash does not match the row and the previous hash\)/);
   t.notRegex(sign.stdout, /BEGIN CERTIFICATE/);
+});
+
+/** Every event's entry_hash from `fromSeq` on, recomputed as a forger with the file (and no token) would. */
+function rehashEvents(ledger: string, fromSeq: number): void {
+  const db = new Database(ledger);
+  try {
+    let prev = fromSeq > 1 ? (db.prepare('SELECT entry_hash FROM events WHERE seq = ?').get(fromSeq - 1) as { entry_hash: string }).entry_hash : '0'.repeat(64);
+    for (const r of db.prepare('SELECT * FROM events WHERE seq >= ? ORDER BY seq').all(fromSeq) as Array<Record<string, unknown>>) {
+      const e = { v: r.v, seq: r.seq, at: r.at, kind: r.kind, code: r.code, message: r.message, csrSha256: r.csr_sha256, deviceId: r.device_id, link: r.link, stationId: r.station_id, count: r.count, operator: r.operator };
+      const h = eventHash(prev, e as unknown as LedgerEvent);
+      db.prepare('UPDATE events SET entry_hash = ? WHERE seq = ?').run(h, r.seq);
+      prev = h;
+    }
+  } finally {
+    db.close();
+  }
+}
+
+test('while a station serves, its checkpoints vouch only for rows it wrote: a chain edited and recomputed, the newest rows deleted, the checkpoints table emptied, a correctly hashed grant appended; each stops the checkpoint, further issuance and export', async (t) => {
+  const attacks: Array<[string, (ledger: string) => void, RegExp]> = [
+    ['a revocation turned into another kind, every later hash recomputed', (l) => {
+      const db = new Database(l);
+      const seq = (db.prepare("SELECT seq FROM events WHERE kind = 'revocation'").get() as { seq: number }).seq;
+      db.close();
+      sql(l, `UPDATE events SET kind = 'start' WHERE seq = ${seq}; DELETE FROM revoked`);
+      rehashEvents(l, seq);
+    }, /rows this station had vouched for were changed or deleted/],
+    ['the newest issuances deleted', (l) => sql(l, 'DELETE FROM issuances WHERE seq > (SELECT max(seq) - 2 FROM issuances)'), /rows this station wrote since its newest checkpoint are gone/],
+    ['the checkpoints table emptied', (l) => sql(l, 'DELETE FROM checkpoints'), /the newest checkpoint in the ledger file is not the one this station left there/],
+    ['a re-issue grant appended with a correct hash, and its row', (l) => {
+      const db = new Database(l);
+      const last = db.prepare('SELECT * FROM events ORDER BY seq DESC LIMIT 1').get() as Record<string, unknown>;
+      const device = (db.prepare('SELECT device_id FROM issuances LIMIT 1').get() as { device_id: string }).device_id;
+      const e = { v: 2, seq: (last.seq as number) + 1, at: new Date().toISOString(), kind: 'reissue_granted', code: null, message: 'forged', csrSha256: null, deviceId: device, link: null, stationId: last.station_id as string, count: 1, operator: 'ana' };
+      db.prepare("INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash) VALUES (2, ?, ?, 'reissue_granted', NULL, 'forged', NULL, ?, NULL, ?, 1, 'ana', ?)").run(
+        e.seq, e.at, device, e.stationId, eventHash(last.entry_hash as string, e as unknown as LedgerEvent),
+      );
+      db.prepare("INSERT INTO reissue_grants VALUES (?, ?, 'forged')").run(device, e.at);
+      db.close();
+    }, /event seq \d+ is not a row this station wrote/],
+  ];
+  for (const [what, attack, caught] of attacks) {
+    const s = await testStation();
+    const revoked = uuid();
+    t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: revoked, factory: FACTORY, production: true }).der, link: 't' })).ok);
+    revokeDevice(s, revoked);
+    await s.checkpointer.take('test');
+    for (let i = 0; i < 3; i++) t.true((await s.station.handle({ csr: csr(), link: 't' })).ok);
+    attack(s.config.station.ledger);
+    await t.throwsAsync(s.checkpointer.take('test'), { message: caught }, what);
+    const after = await s.station.handle({ csr: csr(), link: 't' });
+    t.false(after.ok, `${what}: nothing more issued`);
+    t.throws(() => s.ledger.checkBeforeExport(), { message: /changed outside line-signer while this station had it/ }, `${what}: no export`);
+    await s.close().catch(() => undefined);
+  }
 });

@@ -112,6 +112,9 @@ export async function verifyBatch(file: string, opts: VerifyOptions = {}): Promi
   let n = 0;
   try {
     for await (const raw of lines(file)) {
+      // Refused already, and the list is full: 200,000 copies of one genuine record behind the pinned
+      // certificates line were otherwise each verified, 60 s and 130 MB for 300 MB.
+      if (s.problems.length >= 20) return s;
       whole.update(raw);
       n++;
       if (signature !== null) {

@@ -4,6 +4,7 @@
  * No SQL lives outside this folder; callers use the named operations of
  * the Ledger interface.
  */
+import { isMainThread } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
 import { LineSignerError } from '../errors.js';
@@ -146,6 +147,30 @@ export interface ChainProblem {
   table: 'issuances' | 'events';
   seq: number;
   reason: string;
+}
+
+/**
+ * Rows this process wrote, by ledger path and table: seq → entry_hash. A
+ * serving station's checkpoint vouches only for these (ThreadedLedger
+ * foreignWrites): rows someone else added, changed or recomputed between
+ * two checkpoints would otherwise be signed as the station's own. Entries
+ * a checkpoint covers are dropped.
+ */
+const writtenHere = new Map<string, { issuances: Map<number, string>; events: Map<number, string> }>();
+/** Forgets what is set in it: a worker thread's writes are noted by the thread it answers. */
+class Discard<K, V> extends Map<K, V> {
+  override set(): this {
+    return this;
+  }
+}
+const DISCARD = { issuances: new Discard<number, string>(), events: new Discard<number, string>() };
+
+export function rowsWrittenHere(path: string): { issuances: Map<number, string>; events: Map<number, string> } {
+  // Kept on the thread that checkpoints; the writer thread's rows come back to it with their answers.
+  if (!isMainThread) return DISCARD;
+  let w = writtenHere.get(path);
+  if (!w) writtenHere.set(path, (w = { issuances: new Map(), events: new Map() }));
+  return w;
 }
 
 /** A chain problem as a refusal to write says it. */
@@ -421,6 +446,9 @@ export class SqliteLedger implements Ledger {
   private readonly db: Database.Database;
   /** SQLite's schema cookie as this process found the file: any change to the schema bumps it. */
   private schemaVersion: number;
+  private devicePolicyEvents: Database.Statement<[string, number], { seq: number; kind: string }> | null = null;
+  /** The newest event this connection wrote (what the writer thread reports back for an event). */
+  lastEvent: { seq: number; hash: string } | null = null;
   /** The ledger's replay base (projections.ts), read once: it is written once, at the first start under this version. */
   private replayBase: { seq: number; revoked: Map<string, number>; grants: Set<string> } | null = null;
   private readonly q;
@@ -428,7 +456,7 @@ export class SqliteLedger implements Ledger {
   private readonly insertEvent: (event: NewEvent) => number;
 
   constructor(
-    path: string,
+    private readonly path: string,
     private readonly stationId: string,
     opts: { readonly?: boolean } = {},
   ) {
@@ -488,9 +516,6 @@ export class SqliteLedger implements Ledger {
       countOrder: db.prepare<[string]>('UPDATE orders SET issued = issued + 1 WHERE id = ?'),
       revokedRow: db.prepare<[string], { device_id: string }>('SELECT device_id FROM revoked WHERE device_id = ?'),
       replayBaseEvent: db.prepare<[], { seq: number; message: string | null }>("SELECT seq, message FROM events WHERE kind = 'replay_base' ORDER BY seq LIMIT 1"),
-      devicePolicyEvents: db.prepare<[string, number], { seq: number; kind: string }>(
-        "SELECT seq, kind FROM events WHERE device_id = ? AND seq > ? AND kind IN ('revocation', 'reissue_granted', 'reissue_used') ORDER BY seq",
-      ),
       insertRevoked: db.prepare('INSERT OR REPLACE INTO revoked (device_id, event_seq, reason, at) VALUES (@device_id, @event_seq, @reason, @at)'),
       deleteRevoked: db.prepare<[string]>('DELETE FROM revoked WHERE device_id = ?'),
       setting: db.prepare<[string], { value: string }>('SELECT value FROM settings WHERE key = ?'),
@@ -607,6 +632,7 @@ export class SqliteLedger implements Ledger {
         wellFormed(row);
         row.entry_hash = issuanceHash(tail?.entry_hash ?? GENESIS_HASH, toIssuance(row));
         this.q.insertIssuance.run({ ...row, name_skeleton: nameSkeleton(entry.name ?? entry.deviceId) });
+        rowsWrittenHere(this.path).issuances.set(row.seq, row.entry_hash);
         if (entry.workOrder) this.q.countOrder.run(entry.workOrder);
         return toIssuance(row);
       })
@@ -633,6 +659,8 @@ export class SqliteLedger implements Ledger {
         wellFormed(row);
         row.entry_hash = eventHash(tail?.entry_hash ?? GENESIS_HASH, toEvent(row));
         this.q.insertEvent.run(row);
+        rowsWrittenHere(this.path).events.set(row.seq, row.entry_hash);
+        this.lastEvent = { seq: row.seq, hash: row.entry_hash };
         return row.seq;
       })
       .immediate.bind(null);
@@ -658,7 +686,11 @@ export class SqliteLedger implements Ledger {
     const base = this.replayBase;
     let revokedBy = base.revoked.get(deviceId) ?? null;
     let grantBy = base.grants.has(deviceId) ? base.seq : null;
-    for (const e of this.q.devicePolicyEvents.iterate(deviceId, base.seq)) {
+    // Prepared when first needed: a read-only look at a file from before migration 6 never needs it.
+    this.devicePolicyEvents ??= this.db.prepare<[string, number], { seq: number; kind: string }>(
+      "SELECT seq, kind FROM events INDEXED BY events_device_kind WHERE device_id = ? AND kind IN ('revocation', 'reissue_granted', 'reissue_used') AND seq > ? ORDER BY seq",
+    );
+    for (const e of this.devicePolicyEvents.iterate(deviceId, base.seq)) {
       if (e.kind === 'revocation') {
         revokedBy = e.seq;
         grantBy = null;
@@ -873,9 +905,10 @@ export class SqliteLedger implements Ledger {
    * since the previous checkpoint, and the statement the station key signs
    * (its SHA-256). Null when nothing changed and `always` is false.
    */
-  prepareCheckpoint(reason: string, always = true): { unsigned: Omit<Checkpoint, 'signature'>; digest: Uint8Array } | null {
+  /** `upTo`: the heads to vouch for (a serving station's own rows so far), else the file's. */
+  prepareCheckpoint(reason: string, always = true, upTo?: Heads): { unsigned: Omit<Checkpoint, 'signature'>; digest: Uint8Array } | null {
     const last = this.lastCheckpoint();
-    const heads = this.heads();
+    const heads = upTo ?? this.heads();
     if (!always && last && last.issuanceSeq === heads.issuanceSeq && last.eventSeq === heads.eventSeq) return null;
     const from = { i: last?.issuanceSeq ?? 0, e: last?.eventSeq ?? 0 };
     const hashes = (rows: Array<{ entry_hash: string }>): Uint8Array => Buffer.concat(rows.map((r) => Buffer.from(r.entry_hash, 'hex')));
@@ -950,6 +983,27 @@ export class SqliteLedger implements Ledger {
     const out: Record<string, number> = {};
     for (const r of this.q.perLink.all(since, until)) out[r.link] = r.n;
     return out;
+  }
+
+  /** seq and entry_hash of the rows after `from` up to `to`, each table: what a checkpoint to `to` would cover. */
+  rowsBetween(from: { issuanceSeq: number; eventSeq: number }, to: { issuanceSeq: number; eventSeq: number }): { issuances: Array<{ seq: number; entry_hash: string }>; events: Array<{ seq: number; entry_hash: string }> } {
+    type Row = { seq: number; entry_hash: string };
+    return {
+      issuances: this.db.prepare<[number, number], Row>('SELECT seq, entry_hash FROM issuances WHERE seq > ? AND seq <= ? ORDER BY seq').all(from.issuanceSeq, to.issuanceSeq),
+      events: this.db.prepare<[number, number], Row>('SELECT seq, entry_hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq').all(from.eventSeq, to.eventSeq),
+    };
+  }
+
+  /** entry_hash of issuance `seq`; the genesis hash for seq 0; null when there is no such row. */
+  entryHashAtOrNull(seq: number): string | null {
+    if (seq === 0) return GENESIS_HASH;
+    return this.q.hashAt.get(seq)?.entry_hash ?? null;
+  }
+
+  /** entry_hash of event `seq`; the genesis hash for seq 0; null when there is no such row. */
+  eventHashAt(seq: number): string | null {
+    if (seq === 0) return GENESIS_HASH;
+    return this.q.eventHashAt.get(seq)?.entry_hash ?? null;
   }
 
   operatorEventsAfter(eventSeq: number): Array<{ seq: number; kind: string }> {
@@ -1082,8 +1136,17 @@ export class SqliteLedger implements Ledger {
    */
   commitGroup(writes: readonly GroupWrite[]): GroupResult[] {
     const run = (w: GroupWrite): unknown => {
-      if (w.op === 'issuance') return this.insertIssuance(w.entry, w.guard);
-      if (w.op === 'event') return this.insertEvent(w.event);
+      if (w.op === 'issuance') {
+        // The events an issuance writes in its own transaction (reissue_used) go back with it: the serving
+        // station's checkpoint vouches only for rows it knows it wrote.
+        const before = this.lastEvent;
+        const row = this.insertIssuance(w.entry, w.guard);
+        return this.lastEvent !== before && this.lastEvent ? { ...row, sideEvent: this.lastEvent } : row;
+      }
+      if (w.op === 'event') {
+        this.insertEvent(w.event);
+        return this.lastEvent;
+      }
       return this.recordCheckpoint(w.checkpoint);
     };
     try {

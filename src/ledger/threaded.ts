@@ -17,7 +17,10 @@ import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { nameSkeleton } from '../text.js';
 import { SeenFilter } from './seen.js';
-import { SqliteLedger, UNKNOWN_DEVICE, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext, type Checkpoint, type TokenCheckpoint, type NameHolder } from './index.js';
+import { chainProblemText, rowsWrittenHere, SqliteLedger, UNKNOWN_DEVICE, type Heads, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext, type Checkpoint, type TokenCheckpoint, type NameHolder } from './index.js';
+
+const sameHeads = (a: Heads, b: Heads): boolean =>
+  a.issuanceSeq === b.issuanceSeq && a.issuanceHash === b.issuanceHash && a.eventSeq === b.eventSeq && a.eventHash === b.eventHash;
 
 export class ThreadedLedger implements Ledger {
   private readonly reader: SqliteLedger;
@@ -25,8 +28,23 @@ export class ThreadedLedger implements Ledger {
   /** Null unless this process is the ledger's one writer and serves. */
   private readonly seen: { csrs: SeenFilter; devices: SeenFilter; names: SeenFilter } | null;
 
+  /**
+   * The heads this station vouches for: the file's as its start accepted them, then each checkpoint
+   * it signed; every row after them must be its own. Null until acceptFile() (a process sharing the
+   * file without the lock, tests racing two writers, checks nothing).
+   */
+  private vouched: Heads | null = null;
+  /** The file's newest checkpoint as this station last left it: n and heads. */
+  private newestCheckpoint: (Heads & { n: number }) | null = null;
+  /** Why the file is no longer this station's alone, once found: sticky, nothing more is issued or checkpointed. */
+  foreign: string | null = null;
+
   /** `knownFromMemory`: only for the ledger's one writer, and worth its fill (about a second per million issuances) only for a station that serves. */
-  constructor(path: string, stationId: string, opts: { knownFromMemory: boolean }) {
+  constructor(
+    private readonly path: string,
+    stationId: string,
+    opts: { knownFromMemory: boolean },
+  ) {
     // Opening here first runs the migrations before the writer starts.
     this.reader = new SqliteLedger(path, stationId);
     this.seen = opts.knownFromMemory ? { csrs: new SeenFilter(), devices: new SeenFilter(), names: new SeenFilter() } : null;
@@ -51,8 +69,13 @@ export class ThreadedLedger implements Ledger {
     this.seen?.csrs.add(entry.csrSha256);
     this.seen?.devices.add(entry.deviceId);
     this.seen?.names.add(nameSkeleton(entry.name ?? entry.deviceId));
+    if (this.foreign) throw new LineSignerError('LEDGER', `${this.foreign}; nothing issued: stop the station and run \`line-signer ledger verify\``);
     if (hint?.alone && this.writer.idle) return this.reader.appendIssuance(entry, hint.guard);
-    const row = await this.writer.call<Issuance>({ op: 'issuance', entry, guard: hint?.guard });
+    const { sideEvent, ...row } = await this.writer.call<Issuance & { sideEvent?: { seq: number; hash: string } }>({ op: 'issuance', entry, guard: hint?.guard });
+    // Written in the writer thread: noted here, where the checkpoint looks (rowsWrittenHere).
+    const written = rowsWrittenHere(this.path);
+    written.issuances.set(row.seq, row.entryHash);
+    if (sideEvent) written.events.set(sideEvent.seq, sideEvent.hash);
     return { ...row, certificate: new Uint8Array(row.certificate) };
   }
 
@@ -61,7 +84,85 @@ export class ThreadedLedger implements Ledger {
       this.reader.appendEvent(event);
       return;
     }
-    await this.writer.call<void>({ op: 'event', event });
+    const e = await this.writer.call<{ seq: number; hash: string }>({ op: 'event', event });
+    rowsWrittenHere(this.path).events.set(e.seq, e.hash);
+  }
+
+  /**
+   * What in the file this station did not write since the newest checkpoint
+   * it signed, or null. The next checkpoint would otherwise sign it as the
+   * station's own: a chain edited and recomputed from a revocation on, the
+   * newest rows deleted, the checkpoints table emptied (the next
+   * checkpoint then covered the whole forged chain), a correctly hashed
+   * re-issue grant appended with its table row.
+   */
+  foreignWrites(): string | null {
+    const base = this.vouched;
+    if (!base) return null;
+    const last = this.reader.lastCheckpoint();
+    const known = this.newestCheckpoint;
+    if ((last?.n ?? 0) !== (known?.n ?? 0) || (last && known && !sameHeads(last, known))) return 'the newest checkpoint in the ledger file is not the one this station left there';
+    if (this.reader.entryHashAtOrNull(base.issuanceSeq) !== base.issuanceHash || this.reader.eventHashAt(base.eventSeq) !== base.eventHash) {
+      return 'rows this station had vouched for were changed or deleted';
+    }
+    // Up to the newest row this station knows it wrote: a row committed whose answer is still on its
+    // way is past that, and the next checkpoint looks at it (as at anything appended after it).
+    const to = this.frontier();
+    const written = rowsWrittenHere(this.path);
+    const rows = this.reader.rowsBetween(base, to);
+    for (const r of rows.issuances) if (written.issuances.get(r.seq) !== r.entry_hash) return `issuance seq ${r.seq} is not a row this station wrote`;
+    for (const r of rows.events) if (written.events.get(r.seq) !== r.entry_hash) return `event seq ${r.seq} is not a row this station wrote`;
+    // Seqs run without gaps: fewer rows than that is rows this station wrote, deleted.
+    if (rows.issuances.length !== to.issuanceSeq - base.issuanceSeq || rows.events.length !== to.eventSeq - base.eventSeq) return 'rows this station wrote since its newest checkpoint are gone';
+    // With no write of its own on the way, nothing may follow them.
+    if (this.writer.idle) {
+      const h = this.reader.heads();
+      if (h.issuanceSeq > to.issuanceSeq) return `issuance seq ${to.issuanceSeq + 1} is not a row this station wrote`;
+      if (h.eventSeq > to.eventSeq) return `event seq ${to.eventSeq + 1} is not a row this station wrote`;
+    }
+    return null;
+  }
+
+  /** The heads of what this station vouches for now: its newest checkpoint's, or the newest rows it wrote since. */
+  private frontier(): Heads {
+    const base = this.vouched!;
+    const written = rowsWrittenHere(this.path);
+    let issuance = { seq: base.issuanceSeq, hash: base.issuanceHash };
+    for (const [seq, hash] of written.issuances) if (seq > issuance.seq) issuance = { seq, hash };
+    let event = { seq: base.eventSeq, hash: base.eventHash };
+    for (const [seq, hash] of written.events) if (seq > event.seq) event = { seq, hash };
+    return { issuanceSeq: issuance.seq, issuanceHash: issuance.hash, eventSeq: event.seq, eventHash: event.hash };
+  }
+
+  /** Everything in the file now is what a start checked and accepted: from here on, rows are this station's or foreign. */
+  acceptFile(): void {
+    this.vouched = this.reader.heads();
+    const last = this.reader.lastCheckpoint();
+    this.newestCheckpoint = last ? { n: last.n, issuanceSeq: last.issuanceSeq, issuanceHash: last.issuanceHash, eventSeq: last.eventSeq, eventHash: last.eventHash } : null;
+  }
+
+  /** Throws when the file holds what this station did not write (foreignWrites); sticky. */
+  private assertOwn(): void {
+    if (!this.foreign) {
+      const why = this.foreignWrites();
+      if (why) this.foreign = `the ledger file was changed outside line-signer while this station had it: ${why}`;
+    }
+    if (this.foreign) throw new LineSignerError('LEDGER', `${this.foreign}; no checkpoint signed, nothing more issued: stop the station and run \`line-signer ledger verify\``);
+  }
+
+  /**
+   * Before an export through the serving station signs a batch: the rows are
+   * all this station's since its last checkpoint, and the whole file is what
+   * a start would accept (every chain recomputed, the policy tables as the
+   * events say). Edits made while it serves would otherwise reach a signed
+   * batch, and sync, before the next start refuses them.
+   */
+  checkBeforeExport(): void {
+    this.assertOwn();
+    const broken = this.reader.verifyChain();
+    if (broken) throw new LineSignerError('EXPORT', `${chainProblemText(this.path, broken)}; nothing exported`);
+    const edited = this.reader.projectionProblems();
+    if (edited.length > 0) throw new LineSignerError('EXPORT', `${this.path}: ${edited[0]!.table} ${JSON.stringify(String(edited[0]!.key))}: ${edited[0]!.reason}; the file was changed outside line-signer; nothing exported`);
   }
 
   stationContext(now: Date, minuteCap?: number): StationContext {
@@ -106,14 +207,25 @@ export class ThreadedLedger implements Ledger {
     return this.reader.lastCheckpoint();
   }
 
-  /** The next checkpoint to sign (reads on this thread). */
+  /** The next checkpoint to sign (reads on this thread): only over rows this station wrote. */
   prepareCheckpoint(reason: string, always = true): ReturnType<SqliteLedger['prepareCheckpoint']> {
-    return this.reader.prepareCheckpoint(reason, always);
+    if (!this.vouched) return this.reader.prepareCheckpoint(reason, always);
+    this.assertOwn();
+    return this.reader.prepareCheckpoint(reason, always, this.frontier());
   }
 
   /** Stores a signed checkpoint through the writer, in order with the rows it covers. */
-  recordCheckpoint(c: Checkpoint): Promise<TokenCheckpoint> {
-    return this.writer.call<TokenCheckpoint>({ op: 'checkpoint', checkpoint: c });
+  async recordCheckpoint(c: Checkpoint): Promise<TokenCheckpoint> {
+    const kept = await this.writer.call<TokenCheckpoint>({ op: 'checkpoint', checkpoint: c });
+    if (this.vouched) {
+      this.vouched = { issuanceSeq: c.issuanceSeq, issuanceHash: c.issuanceHash, eventSeq: c.eventSeq, eventHash: c.eventHash };
+      this.newestCheckpoint = { n: c.n, ...this.vouched };
+    }
+    // What it covers needs no remembering.
+    const written = rowsWrittenHere(this.path);
+    for (const q of written.issuances.keys()) if (q <= c.issuanceSeq) written.issuances.delete(q);
+    for (const q of written.events.keys()) if (q <= c.eventSeq) written.events.delete(q);
+    return kept;
   }
 
   findByCsrHash(csrSha256: string): Issuance | undefined {

@@ -212,6 +212,8 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     rules: rulesFrom(config),
     ...(opts.clock ? { clock: opts.clock } : {}),
   });
+  // What the start checked is the station's; any row after it must be one this station writes.
+  if (opts.lock !== 'none') ledger.acceptFile();
   const checkpointer = new Checkpointer(ledger, { sign: (d) => workerSigner.stationSign(d), store: (l, v) => workerSigner.store(l, v) }, 1000, opts.lock !== 'none');
   const owned = ledger;
   // Once per ledger: the revocations and grants standing now, from which the policy replay
