@@ -412,7 +412,21 @@ test('while a station serves, its checkpoints vouch only for rows it wrote: a ch
     await t.throwsAsync(s.checkpointer.take('test'), { message: caught }, what);
     const after = await s.station.handle({ csr: csr(), link: 't' });
     t.false(after.ok, `${what}: nothing more issued`);
-    t.throws(() => s.ledger.checkBeforeExport(), { message: /changed outside line-signer while this station had it/ }, `${what}: no export`);
+    await t.throwsAsync(s.ledger.checkBeforeExport(), { message: /changed outside line-signer while this station had it/ }, `${what}: no export`);
     await s.close().catch(() => undefined);
   }
+});
+
+test('an event changed in place while the station serves (its stored hash kept), the revoked table emptied to match: an export through the station refuses before it signs', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close().catch(() => undefined));
+  const device = uuid();
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: device, factory: FACTORY, production: true }).der, link: 't' })).ok);
+  revokeDevice(s, device);
+  await s.checkpointer.take('test');
+  const db = new Database(s.config.station.ledger);
+  const seq = (db.prepare("SELECT seq FROM events WHERE kind = 'revocation'").get() as { seq: number }).seq;
+  db.close();
+  sql(s.config.station.ledger, `UPDATE events SET kind = 'start' WHERE seq = ${seq}; DELETE FROM revoked`);
+  await t.throwsAsync(s.ledger.checkBeforeExport(), { message: new RegExp(`event seq ${seq} does not match the ledger's hash chain .*nothing exported`) });
 });

@@ -87,7 +87,7 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
         return open.station.handle({ csr: new Uint8Array(Buffer.from(req.csr, 'base64')), link: cliLink(req.operator), hardwareId: req.hardwareId, name: req.name });
       case 'export': {
         // Edits made while it serves must not reach a signed batch (and sync) before the next start refuses them.
-        open.ledger.checkBeforeExport();
+        await open.ledger.checkBeforeExport();
         const r = await exportBatch(config, { outDir: req.outDir, batch: req.batch, operator: req.operator });
         await open.checkpointer.take('export');
         return r;

@@ -447,6 +447,8 @@ export class SqliteLedger implements Ledger {
   /** SQLite's schema cookie as this process found the file: any change to the schema bumps it. */
   private schemaVersion: number;
   private devicePolicyEvents: Database.Statement<[string, number], { seq: number; kind: string }> | null = null;
+  /** Rows written by the transaction under way: this process's (rowsWrittenHere) once it commits. */
+  private pendingRows: Array<['issuances' | 'events', number, string]> = [];
   /** The newest event this connection wrote (what the writer thread reports back for an event). */
   lastEvent: { seq: number; hash: string } | null = null;
   /** The ledger's replay base (projections.ts), read once: it is written once, at the first start under this version. */
@@ -604,7 +606,7 @@ export class SqliteLedger implements Ledger {
     };
     // Read the chain's tail inside the write transaction, so two processes
     // sharing a ledger file still build one chain.
-    this.insertIssuance = db
+    const issue = db
       .transaction((entry: NewIssuance, guard: CommitGuard | undefined): Issuance => {
         this.guardSchema();
         const tail = this.q.lastIssuanceHash.get();
@@ -632,12 +634,12 @@ export class SqliteLedger implements Ledger {
         wellFormed(row);
         row.entry_hash = issuanceHash(tail?.entry_hash ?? GENESIS_HASH, toIssuance(row));
         this.q.insertIssuance.run({ ...row, name_skeleton: nameSkeleton(entry.name ?? entry.deviceId) });
-        rowsWrittenHere(this.path).issuances.set(row.seq, row.entry_hash);
+        this.pendingRows.push(['issuances', row.seq, row.entry_hash]);
         if (entry.workOrder) this.q.countOrder.run(entry.workOrder);
         return toIssuance(row);
       })
       .immediate.bind(null);
-    this.insertEvent = db
+    const append = db
       .transaction((event: NewEvent) => {
         this.guardSchema();
         const tail = this.q.lastEventHash.get();
@@ -659,11 +661,31 @@ export class SqliteLedger implements Ledger {
         wellFormed(row);
         row.entry_hash = eventHash(tail?.entry_hash ?? GENESIS_HASH, toEvent(row));
         this.q.insertEvent.run(row);
-        rowsWrittenHere(this.path).events.set(row.seq, row.entry_hash);
+        this.pendingRows.push(['events', row.seq, row.entry_hash]);
         this.lastEvent = { seq: row.seq, hash: row.entry_hash };
         return row.seq;
       })
       .immediate.bind(null);
+    this.insertIssuance = (entry, guard) => this.committed(() => issue(entry, guard));
+    this.insertEvent = (event) => this.committed(() => append(event));
+  }
+
+  /**
+   * Runs a write. Inside another transaction it is that one's; at the top,
+   * the rows it wrote are noted as this process's once it committed. A
+   * write that failed (a full disk) wrote nothing: noted, its rows read as
+   * this station's rows gone, and the station stopped for good.
+   */
+  private committed<T>(write: () => T): T {
+    if (this.db.inTransaction) return write();
+    try {
+      const result = write();
+      const mine = rowsWrittenHere(this.path);
+      for (const [table, seq, hash] of this.pendingRows) mine[table].set(seq, hash);
+      return result;
+    } finally {
+      this.pendingRows = [];
+    }
   }
 
   /**
@@ -826,7 +848,7 @@ export class SqliteLedger implements Ledger {
   // ---- operator actions (src/operator calls these; each is one transaction with its event)
 
   openOrder(o: { id: string; quantity: number; hardwareId: string | null; operator: string }): Order {
-    return this.db.transaction(() => {
+    return this.committed(() => this.db.transaction(() => {
       this.guardSchema();
       const open = this.q.openOrder.get();
       if (open) {
@@ -840,18 +862,18 @@ export class SqliteLedger implements Ledger {
       this.q.insertOrder.run({ id: o.id, quantity: o.quantity, hardware_id: o.hardwareId, operator: o.operator, opened_at: at });
       this.appendEvent({ kind: 'order_open', message: `work order ${o.id}: ${o.quantity} certificates${o.hardwareId ? `, hardware id ${o.hardwareId}` : ''}`, operator: o.operator });
       return toOrder(this.q.orderById.get(o.id)!);
-    }).immediate();
+    }).immediate());
   }
 
   closeOrder(id: string, operator: string, reason = 'closed by the operator'): Order {
-    return this.db.transaction(() => {
+    return this.committed(() => this.db.transaction(() => {
       this.guardSchema();
       const o = this.q.orderById.get(id);
       if (!o) throw new LineSignerError('USAGE', `no work order ${id}`);
       if (o.closed_at !== null) throw new LineSignerError('USAGE', `work order ${id} was closed at ${o.closed_at}`);
       this.closeOrderIn(id, operator, reason);
       return toOrder(this.q.orderById.get(id)!);
-    }).immediate();
+    }).immediate());
   }
 
   private closeOrderIn(id: string, operator: string, reason: string): void {
@@ -866,14 +888,14 @@ export class SqliteLedger implements Ledger {
 
   /** The operator's word that the clock is right now: the clock checks measure from this until the next issuance. */
   confirmClock(operator: string, reason: string, now: Date): void {
-    this.db.transaction(() => {
+    this.committed(() => this.db.transaction(() => {
       this.guardSchema();
       const after = this.issuedCount();
       this.q.setSetting.run('clock_confirmed_at', now.toISOString());
       this.q.setSetting.run('clock_confirmed_after_seq', String(after));
       // The seq in the hashed event too: the settings row is checked against it (projections.ts).
       this.appendEvent({ kind: 'clock_confirm', message: `clock confirmed as ${now.toISOString()} after issuance seq ${after}: ${reason}`, operator });
-    }).immediate();
+    }).immediate());
   }
 
   // ---- checkpoints (checkpoint.ts)
@@ -1095,14 +1117,14 @@ export class SqliteLedger implements Ledger {
   }
 
   grantReissue(deviceId: string, reason: string, operator?: string | null): void {
-    this.db.transaction(() => {
+    this.committed(() => this.db.transaction(() => {
       this.guardSchema();
       if (!this.q.newestOfDevice.get(deviceId)) {
         throw new LineSignerError('USAGE', `device ${deviceId} has no certificate in this ledger; a re-issue is for a device that has one`);
       }
       this.q.insertGrant.run(deviceId, new Date().toISOString(), reason);
       this.appendEvent({ kind: 'reissue_granted', deviceId, message: reason, operator: operator ?? null });
-    }).immediate();
+    }).immediate());
   }
 
   issuedCount(): number {
@@ -1150,7 +1172,7 @@ export class SqliteLedger implements Ledger {
       return this.recordCheckpoint(w.checkpoint);
     };
     try {
-      return this.db
+      return this.committed(() => this.db
         .transaction(() => {
           this.guardSchema();
           return writes.map((w): GroupResult => {
@@ -1161,7 +1183,7 @@ export class SqliteLedger implements Ledger {
             }
           });
         })
-        .immediate();
+        .immediate());
     } catch (err) {
       const e = this.commitError(err);
       return writes.map(() => ({ ok: false, error: e }));
@@ -1186,29 +1208,50 @@ export class SqliteLedger implements Ledger {
   }
 
   verifyChain(check?: (row: Issuance) => string | null): ChainProblem | null {
+    for (const step of this.chainWalk(check)) if (step) return step;
+    return null;
+  }
+
+  /**
+   * The same walk, letting the thread go every `rowsAWhile` rows: for a
+   * serving station's export, on a connection of its own, so that a
+   * million rows do not hold the links' thread for seconds.
+   */
+  async verifyChainYielding(rowsAWhile = 500): Promise<ChainProblem | null> {
+    let n = 0;
+    for (const step of this.chainWalk()) {
+      if (step) return step;
+      if (++n % rowsAWhile === 0) await new Promise((r) => setImmediate(r));
+    }
+    return null;
+  }
+
+  /** Both chains row by row: null after each row that checks, the problem where one does not (and no further). */
+  private *chainWalk(check?: (row: Issuance) => string | null): Generator<ChainProblem | null> {
     let prev = GENESIS_HASH;
     let expectSeq = 1;
     for (const row of this.q.since.iterate(0)) {
-      if (row.seq !== expectSeq) return { table: 'issuances', seq: row.seq, reason: `seq ${expectSeq} is missing` };
+      if (row.seq !== expectSeq) return yield { table: 'issuances', seq: row.seq, reason: `seq ${expectSeq} is missing` };
       if (issuanceHash(prev, toIssuance(row)) !== row.entry_hash) {
-        return { table: 'issuances', seq: row.seq, reason: 'entry_hash does not match the row and the previous hash' };
+        return yield { table: 'issuances', seq: row.seq, reason: 'entry_hash does not match the row and the previous hash' };
       }
       const why = check?.(toIssuance(row));
-      if (why) return { table: 'issuances', seq: row.seq, reason: why };
+      if (why) return yield { table: 'issuances', seq: row.seq, reason: why };
       prev = row.entry_hash;
       expectSeq++;
+      yield null;
     }
     prev = GENESIS_HASH;
     expectSeq = 1;
     for (const row of this.q.allEvents.iterate()) {
-      if (row.seq !== expectSeq) return { table: 'events', seq: row.seq, reason: `event seq ${expectSeq} is missing` };
+      if (row.seq !== expectSeq) return yield { table: 'events', seq: row.seq, reason: `event seq ${expectSeq} is missing` };
       if (eventHash(prev, toEvent(row)) !== row.entry_hash) {
-        return { table: 'events', seq: row.seq, reason: 'entry_hash does not match the row and the previous hash' };
+        return yield { table: 'events', seq: row.seq, reason: 'entry_hash does not match the row and the previous hash' };
       }
       prev = row.entry_hash;
       expectSeq++;
+      yield null;
     }
-    return null;
   }
 
   /** Issuances first..last, in order, one row in memory at a time. */
@@ -1269,7 +1312,7 @@ export class SqliteLedger implements Ledger {
    * and sync deletes the device. Refused for an id the ledger never issued.
    */
   revoke(deviceOrSerial: string, reason: string, operator?: string | null): string {
-    return this.db.transaction(() => {
+    return this.committed(() => this.db.transaction(() => {
       this.guardSchema();
       let deviceId = deviceOrSerial;
       if (!this.q.newestOfDevice.get(deviceId)) {
@@ -1282,7 +1325,7 @@ export class SqliteLedger implements Ledger {
       this.q.insertRevoked.run({ device_id: deviceId, event_seq: seq, reason, at: new Date().toISOString() });
       this.q.deleteGrant.run(deviceId);
       return deviceId;
-    }).immediate();
+    }).immediate());
   }
 
   stats(): LedgerStats {
