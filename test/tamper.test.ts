@@ -16,7 +16,7 @@ import { makeDeviceCsr } from '../src/x509/index.js';
 import { cli, cliAsync } from './helpers/cli.js';
 import { FACTORY, makeOpensslRoot, signCaCsrWithOpenssl, testPki, testStation, uuid } from './helpers/pki.js';
 import { revoke as revokeDevice, stationWithBatches } from './helpers/batches.js';
-import { batchFileName } from '../src/export/index.js';
+import { batchFileName, exportBatch } from '../src/export/index.js';
 
 const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
 
@@ -429,4 +429,52 @@ test('an event changed in place while the station serves (its stored hash kept),
   db.close();
   sql(s.config.station.ledger, `UPDATE events SET kind = 'start' WHERE seq = ${seq}; DELETE FROM revoked`);
   await t.throwsAsync(s.ledger.checkBeforeExport(), { message: new RegExp(`event seq ${seq} does not match the ledger's hash chain .*nothing exported`) });
+});
+
+test("an operator's row written on the station's thread just after a writer-thread row whose answer is still on its way: the checkpoint waits for that row, it does not take it for a foreign one", async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const device = uuid();
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: device, factory: FACTORY, production: true }).der, link: 't' })).ok);
+  await s.checkpointer.take('test');
+  const look = new Database(s.config.station.ledger, { readonly: true });
+  const newest = (): number => (look.prepare('SELECT max(seq) AS m FROM events').get() as { m: number }).m;
+  const before = newest();
+  // A refusal event through the writer thread; its commit becomes visible before its answer reaches this thread.
+  const viaWriter = s.ledger.recordEvent({ kind: 'rejection', code: 'BAD_CSR', message: 'test refusal', link: 't' });
+  await new Promise((r) => setImmediate(r));
+  while (newest() === before) {
+    // the writer thread commits
+  }
+  look.close();
+  // The control socket's connection, as an operator's revoke through the serving station writes.
+  const control = new SqliteLedger(s.config.station.ledger, s.config.station.id);
+  control.revoke(device, 'operator revokes');
+  control.close();
+  await t.notThrowsAsync(s.checkpointer.take('operator'));
+  await viaWriter;
+  await t.notThrowsAsync(s.checkpointer.take('test'));
+  t.true((await s.station.handle({ csr: csr(), link: 't' })).ok, 'the station still issues');
+});
+
+test('a row appended after the serving station checked the file for an export and before the batch is recorded: nothing is exported', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close().catch(() => undefined));
+  const device = uuid();
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: device, factory: FACTORY, production: true }).der, link: 't' })).ok);
+  await s.checkpointer.take('test');
+  await s.ledger.checkBeforeExport();
+  const bound = s.ledger.exportBound();
+  // A correctly hashed revocation, needing no key: written between the check and the batch.
+  const db = new Database(s.config.station.ledger);
+  const last = db.prepare('SELECT * FROM events ORDER BY seq DESC LIMIT 1').get() as Record<string, unknown>;
+  const e = { v: 2, seq: (last.seq as number) + 1, at: new Date().toISOString(), kind: 'revocation', code: null, message: 'forged', csrSha256: null, deviceId: device, link: null, stationId: last.station_id as string, count: 1, operator: 'ana' };
+  db.prepare("INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash) VALUES (2, ?, ?, 'revocation', NULL, 'forged', NULL, ?, NULL, ?, 1, 'ana', ?)").run(
+    e.seq, e.at, device, e.stationId, eventHash(last.entry_hash as string, e as unknown as LedgerEvent),
+  );
+  db.close();
+  const stick = join(s.dir, 'stick');
+  mkdirSync(stick);
+  await t.throwsAsync(exportBatch(s.config, { outDir: stick, upTo: bound.upTo, beforeRecord: bound.stillOwn }), { message: new RegExp(`event seq ${e.seq} is not a row this station wrote`) });
+  t.deepEqual(readdirSync(stick), [], 'no batch file');
 });

@@ -88,7 +88,8 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
       case 'export': {
         // Edits made while it serves must not reach a signed batch (and sync) before the next start refuses them.
         await open.ledger.checkBeforeExport();
-        const r = await exportBatch(config, { outDir: req.outDir, batch: req.batch, operator: req.operator });
+        const bound = open.ledger.exportBound();
+        const r = await exportBatch(config, { outDir: req.outDir, batch: req.batch, operator: req.operator, upTo: bound.upTo, beforeRecord: bound.stillOwn });
         await open.checkpointer.take('export');
         return r;
       }

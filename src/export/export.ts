@@ -22,6 +22,10 @@ export interface ExportOptions {
   onProgress?: ((done: number, total: number) => void) | undefined;
   /** Who exports, recorded on the export event. */
   operator?: string | undefined;
+  /** A serving station's export: no row past these seqs (what it has vouched for). */
+  upTo?: { issuanceSeq: number; eventSeq: number } | undefined;
+  /** Runs before the batch is recorded and named; throwing leaves nothing written. */
+  beforeRecord?: (() => void) | undefined;
 }
 
 export interface ExportResult {
@@ -289,9 +293,9 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
     const b = {
       number: (last?.number ?? 0) + 1,
       firstSeq: (last?.lastSeq ?? 0) + 1,
-      lastSeq: ledger.issuedCount(),
+      lastSeq: Math.min(ledger.issuedCount(), opts.upTo?.issuanceSeq ?? Infinity),
       firstEventSeq: (last?.lastEventSeq ?? 0) + 1,
-      lastEventSeq: ledger.maxEventSeq(),
+      lastEventSeq: Math.min(ledger.maxEventSeq(), opts.upTo?.eventSeq ?? Infinity),
       createdAt: new Date().toISOString(),
       previousSha256: last?.fileSha256 ?? GENESIS_HASH,
     };
@@ -323,6 +327,7 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
         // The ledger first, then the name: batches.number is the primary key,
         // so of two exports at once exactly one records batch N and only its
         // file ever appears; disk and ledger agree.
+        opts.beforeRecord?.();
         try {
           ledger.recordBatch({ ...b, signature, fileSha256 }, opts.operator, certificatesSha256);
         } catch (err) {

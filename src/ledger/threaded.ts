@@ -105,17 +105,28 @@ export class ThreadedLedger implements Ledger {
     if (this.reader.entryHashAtOrNull(base.issuanceSeq) !== base.issuanceHash || this.reader.eventHashAt(base.eventSeq) !== base.eventHash) {
       return 'rows this station had vouched for were changed or deleted';
     }
-    // Up to the newest row this station knows it wrote: a row committed whose answer is still on its
-    // way is past that, and the next checkpoint looks at it (as at anything appended after it).
-    const to = this.frontier();
     const written = rowsWrittenHere(this.path);
+    const newest = (m: Map<number, string>, from: number): number => {
+      let n = from;
+      for (const q of m.keys()) if (q > n) n = q;
+      return n;
+    };
+    const to = { issuanceSeq: newest(written.issuances, base.issuanceSeq), eventSeq: newest(written.events, base.eventSeq) };
     const rows = this.reader.rowsBetween(base, to);
-    for (const r of rows.issuances) if (written.issuances.get(r.seq) !== r.entry_hash) return `issuance seq ${r.seq} is not a row this station wrote`;
-    for (const r of rows.events) if (written.events.get(r.seq) !== r.entry_hash) return `event seq ${r.seq} is not a row this station wrote`;
+    // A row not noted yet may be the writer thread's, committed and its answer still on the way
+    // (an operator's row written on this thread just after it is noted at once): foreign only
+    // once no write of the station's is on the way. Never vouched for until then (frontier).
+    const idle = this.writer.idle;
+    for (const [table, list, mine] of [['issuance', rows.issuances, written.issuances], ['event', rows.events, written.events]] as const) {
+      for (const r of list) {
+        const h = mine.get(r.seq);
+        if (h === undefined ? idle : h !== r.entry_hash) return `${table} seq ${r.seq} is not a row this station wrote`;
+      }
+    }
     // Seqs run without gaps: fewer rows than that is rows this station wrote, deleted.
     if (rows.issuances.length !== to.issuanceSeq - base.issuanceSeq || rows.events.length !== to.eventSeq - base.eventSeq) return 'rows this station wrote since its newest checkpoint are gone';
     // With no write of its own on the way, nothing may follow them.
-    if (this.writer.idle) {
+    if (idle) {
       const h = this.reader.heads();
       if (h.issuanceSeq > to.issuanceSeq) return `issuance seq ${to.issuanceSeq + 1} is not a row this station wrote`;
       if (h.eventSeq > to.eventSeq) return `event seq ${to.eventSeq + 1} is not a row this station wrote`;
@@ -123,15 +134,23 @@ export class ThreadedLedger implements Ledger {
     return null;
   }
 
-  /** The heads of what this station vouches for now: its newest checkpoint's, or the newest rows it wrote since. */
-  private frontier(): Heads {
+  /**
+   * The heads this station vouches for now: from its newest checkpoint, as far as every row is one it
+   * noted as its own (a row whose answer is still on its way, or one not yet judged, ends it).
+   */
+  frontier(): Heads {
     const base = this.vouched!;
     const written = rowsWrittenHere(this.path);
-    let issuance = { seq: base.issuanceSeq, hash: base.issuanceHash };
-    for (const [seq, hash] of written.issuances) if (seq > issuance.seq) issuance = { seq, hash };
-    let event = { seq: base.eventSeq, hash: base.eventHash };
-    for (const [seq, hash] of written.events) if (seq > event.seq) event = { seq, hash };
-    return { issuanceSeq: issuance.seq, issuanceHash: issuance.hash, eventSeq: event.seq, eventHash: event.hash };
+    const run = (mine: Map<number, string>, seq: number, hash: string): [number, string] => {
+      for (let next = mine.get(seq + 1); next !== undefined; next = mine.get(seq + 1)) {
+        seq++;
+        hash = next;
+      }
+      return [seq, hash];
+    };
+    const [issuanceSeq, issuanceHash] = run(written.issuances, base.issuanceSeq, base.issuanceHash);
+    const [eventSeq, eventHash] = run(written.events, base.eventSeq, base.eventHash);
+    return { issuanceSeq, issuanceHash, eventSeq, eventHash };
   }
 
   /** Everything in the file now is what a start checked and accepted: from here on, rows are this station's or foreign. */
@@ -157,6 +176,25 @@ export class ThreadedLedger implements Ledger {
    * events say). Edits made while it serves would otherwise reach a signed
    * batch, and sync, before the next start refuses them.
    */
+  /**
+   * What an export through the serving station may take, and its last look before the batch is
+   * recorded and named: the rows up to these heads are still the ones this station vouched for (an
+   * edit made while the batch was written would otherwise go into it).
+   */
+  exportBound(): { upTo: Heads; stillOwn: () => void } {
+    const upTo = this.frontier();
+    return {
+      upTo,
+      stillOwn: () => {
+        this.assertOwn();
+        if (this.reader.entryHashAtOrNull(upTo.issuanceSeq) !== upTo.issuanceHash || this.reader.eventHashAt(upTo.eventSeq) !== upTo.eventHash) {
+          this.foreign = 'the ledger file was changed outside line-signer while this station had it: rows of the batch being exported were changed';
+          throw new LineSignerError('EXPORT', `${this.foreign}; nothing exported`);
+        }
+      },
+    };
+  }
+
   async checkBeforeExport(): Promise<void> {
     this.assertOwn();
     // On a read connection of its own, letting the links' thread go every 500 rows (1.7 s per 100,000 in one piece).
