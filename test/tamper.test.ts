@@ -37,6 +37,16 @@ function sql(ledger: string, text: string): void {
   }
 }
 
+/** A correctly hashed event appended as a forger with the file (and no token) would: `kind` for `deviceId` by "ana". Its seq and time. */
+function appendForgedEvent(db: Database.Database, kind: string, deviceId: string): { seq: number; at: string } {
+  const last = db.prepare('SELECT * FROM events ORDER BY seq DESC LIMIT 1').get() as Record<string, unknown>;
+  const e = { v: 2, seq: (last.seq as number) + 1, at: new Date().toISOString(), kind, code: null, message: 'forged', csrSha256: null, deviceId, link: null, stationId: last.station_id as string, count: 1, operator: 'ana' };
+  db.prepare('INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash) VALUES (2, ?, ?, ?, NULL, ?, NULL, ?, NULL, ?, 1, ?, ?)').run(
+    e.seq, e.at, e.kind, e.message, deviceId, e.stationId, e.operator, eventHash(last.entry_hash as string, e as unknown as LedgerEvent),
+  );
+  return { seq: e.seq, at: e.at };
+}
+
 test('a ledger whose id was changed, rows and checkpoints deleted, is caught; serve refuses it until an operator accepts it', async (t) => {
   const s = await stopped(6);
   sql(s.ledger, "DELETE FROM issuances WHERE seq > 3; DELETE FROM checkpoints; UPDATE settings SET value = '00000000000000000000000000000001' WHERE key = 'ledger_id'");
@@ -223,11 +233,7 @@ test('after an unclean stop, an operator event past the token\'s newest checkpoi
   t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: victim, factory: FACTORY, production: true }).der, link: 't' })).ok);
   await s.checkpointer.take('test');
   const db = new Database(s.config.station.ledger);
-  const last = db.prepare('SELECT * FROM events ORDER BY seq DESC LIMIT 1').get() as Record<string, unknown>;
-  const e = { v: 2, seq: (last.seq as number) + 1, at: new Date().toISOString(), kind: 'revocation', code: null, message: 'forged', csrSha256: null, deviceId: victim, link: null, stationId: last.station_id as string, count: 1, operator: 'ana' };
-  db.prepare('INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash) VALUES (2, ?, ?, ?, NULL, ?, NULL, ?, NULL, ?, 1, ?, ?)').run(
-    e.seq, e.at, e.kind, e.message, victim, e.stationId, e.operator, eventHash(last.entry_hash as string, e as unknown as LedgerEvent),
-  );
+  const e = appendForgedEvent(db, 'revocation', victim);
   db.prepare('INSERT INTO revoked (device_id, event_seq, reason, at) VALUES (?, ?, ?, ?)').run(victim, e.seq, 'forged', e.at);
   db.close();
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
@@ -391,12 +397,8 @@ test('while a station serves, its checkpoints vouch only for rows it wrote: a ch
     ['the checkpoints table emptied', (l) => sql(l, 'DELETE FROM checkpoints'), /the newest checkpoint in the ledger file is not the one this station left there/],
     ['a re-issue grant appended with a correct hash, and its row', (l) => {
       const db = new Database(l);
-      const last = db.prepare('SELECT * FROM events ORDER BY seq DESC LIMIT 1').get() as Record<string, unknown>;
       const device = (db.prepare('SELECT device_id FROM issuances LIMIT 1').get() as { device_id: string }).device_id;
-      const e = { v: 2, seq: (last.seq as number) + 1, at: new Date().toISOString(), kind: 'reissue_granted', code: null, message: 'forged', csrSha256: null, deviceId: device, link: null, stationId: last.station_id as string, count: 1, operator: 'ana' };
-      db.prepare("INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash) VALUES (2, ?, ?, 'reissue_granted', NULL, 'forged', NULL, ?, NULL, ?, 1, 'ana', ?)").run(
-        e.seq, e.at, device, e.stationId, eventHash(last.entry_hash as string, e as unknown as LedgerEvent),
-      );
+      const e = appendForgedEvent(db, 'reissue_granted', device);
       db.prepare("INSERT INTO reissue_grants VALUES (?, ?, 'forged')").run(device, e.at);
       db.close();
     }, /event seq \d+ is not a row this station wrote/],
@@ -467,11 +469,7 @@ test('a row appended after the serving station checked the file for an export an
   const bound = s.ledger.exportBound();
   // A correctly hashed revocation, needing no key: written between the check and the batch.
   const db = new Database(s.config.station.ledger);
-  const last = db.prepare('SELECT * FROM events ORDER BY seq DESC LIMIT 1').get() as Record<string, unknown>;
-  const e = { v: 2, seq: (last.seq as number) + 1, at: new Date().toISOString(), kind: 'revocation', code: null, message: 'forged', csrSha256: null, deviceId: device, link: null, stationId: last.station_id as string, count: 1, operator: 'ana' };
-  db.prepare("INSERT INTO events (v, seq, at, kind, code, message, csr_sha256, device_id, link, station_id, count, operator, entry_hash) VALUES (2, ?, ?, 'revocation', NULL, 'forged', NULL, ?, NULL, ?, 1, 'ana', ?)").run(
-    e.seq, e.at, device, e.stationId, eventHash(last.entry_hash as string, e as unknown as LedgerEvent),
-  );
+  const e = appendForgedEvent(db, 'revocation', device);
   db.close();
   const stick = join(s.dir, 'stick');
   mkdirSync(stick);

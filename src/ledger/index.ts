@@ -1273,10 +1273,9 @@ export class SqliteLedger implements Ledger {
 
   /** entry_hash of issuance `seq`; the genesis hash for seq 0. */
   entryHashAt(seq: number): string {
-    if (seq === 0) return GENESIS_HASH;
-    const row = this.q.hashAt.get(seq);
-    if (!row) throw new LineSignerError('LEDGER', `no issuance with seq ${seq}`);
-    return row.entry_hash;
+    const hash = this.entryHashAtOrNull(seq);
+    if (hash === null) throw new LineSignerError('LEDGER', `no issuance with seq ${seq}`);
+    return hash;
   }
 
   lastBatch(): Batch | undefined {
