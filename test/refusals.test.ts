@@ -107,6 +107,55 @@ test.serial('proof of possession: a CSR whose signature does not verify is BAD_S
   await expectRefusal(t, s, new Uint8Array(goodTop.toBER(false)), 'BAD_SIGNATURE');
 });
 
+test('under load the proof of possession is made after the signature: a forged CSR is still BAD_SIGNATURE before any later check and never issued, and for ten seconds after one the proof comes first again', async (t) => {
+  let signatures = 0;
+  const counting = (inner: Signer): Signer => ({
+    hash: inner.hash,
+    signatureAlgorithm: inner.signatureAlgorithm,
+    publicKeySpki: () => inner.publicKeySpki(),
+    publicKey: () => inner.publicKey(),
+    sign: (digest, hint) => {
+      signatures++;
+      return inner.sign(digest, hint);
+    },
+  });
+  let skew = 0;
+  const s = await testStation({}, { wrapSigner: counting, clock: () => new Date(Date.now() + skew) });
+  t.teardown(() => s.close());
+  const issuedId = uuid();
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: issuedId, factory: FACTORY, production: true }).der, link: 'test' })).ok);
+  const db = new Database(s.config.station.ledger, { readonly: true });
+  t.teardown(() => db.close());
+  const good = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
+  const otherFactory = (): Uint8Array => corruptSignature(makeDeviceCsr({ deviceId: uuid(), factory: 'other-factory', production: true }).der);
+  const issuedDevice = (): Uint8Array => corruptSignature(makeDeviceCsr({ deviceId: issuedId, factory: FACTORY, production: true }).der);
+  // Eight good requests first, so that the forged ones are not alone.
+  const round = async (forged: Uint8Array[]): Promise<{ codes: string[]; signed: number }> => {
+    const before = { issued: s.ledger.issuedCount(), signatures };
+    const results = await Promise.all([...Array.from({ length: 8 }, good), ...forged].map((csr) => s.station.handle({ csr, link: 'test' })));
+    t.true(results.slice(0, 8).every((r) => r.ok));
+    t.is(s.ledger.issuedCount(), before.issued + 8, 'only the good ones issued');
+    await s.station.flushEvents();
+    for (const csr of forged) {
+      const ev = db.prepare("SELECT code FROM events WHERE kind = 'rejection' AND csr_sha256 = ?").get(createHash('sha256').update(csr).digest('hex')) as { code: string } | undefined;
+      t.is(ev?.code, 'BAD_SIGNATURE');
+    }
+    return { codes: results.slice(8).map((r) => (r.ok ? 'issued' : r.code)), signed: signatures - before.signatures };
+  };
+  // A forged CSR that passes every later check: signed by the token, then refused, the signature dropped.
+  t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: 9 });
+  // Right after it, forged CSRs cost the token nothing.
+  t.deepEqual(await round([corruptSignature(good()), otherFactory(), issuedDevice()]), { codes: ['BAD_SIGNATURE', 'BAD_SIGNATURE', 'BAD_SIGNATURE'], signed: 8 });
+  // Ten quiet seconds on: the proof is left for after the signature again, and a forged CSR that a
+  // later check refuses before any signature is still BAD_SIGNATURE, as the profile orders the checks.
+  for (const forged of [otherFactory(), issuedDevice()]) {
+    skew += 10_001;
+    t.deepEqual(await round([forged]), { codes: ['BAD_SIGNATURE'], signed: 8 });
+  }
+  skew += 10_001;
+  t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: 9 });
+});
+
 test.serial('subject: anything but CN, OU and businessCategory=production is POLICY_SUBJECT', async (t) => {
   const s = await station;
   const id = uuid();

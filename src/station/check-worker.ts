@@ -1,10 +1,12 @@
 /**
  * Runs in a worker thread: the OpenSSL work of a request, which would cost
  * the thread that serves the links most of a millisecond a certificate.
- * Before signing, the CSR's proof of possession (`prove`: key import and
- * signature check); after, the token's signature against the local-ca
- * key, the assembly, and OpenSSL's read-back of the whole certificate.
- * Under load they run here, on the other core.
+ * After the token signed, in one call: the CSR's proof of possession (key
+ * import and signature check) when the station left it for here (`prove`
+ * makes it alone, before the signature, after a forged one), the token's
+ * signature against the local-ca key, the assembly, and OpenSSL's
+ * read-back of the whole certificate. Under load they run here, on the
+ * other core.
  */
 import { createPublicKey } from 'node:crypto';
 import { workerData } from 'node:worker_threads';
@@ -14,18 +16,20 @@ import { finishCertificate, proveKeyPossession, type CertificateRequestFacts, ty
 export type CheckRequest =
   | { id: number; op: 'ready' }
   | { id: number; op: 'prove'; csr: Uint8Array }
-  | { id: number; op: 'finish'; tbs: Uint8Array; signature: Uint8Array; facts: CertificateRequestFacts };
+  | { id: number; op: 'finish'; tbs: Uint8Array; signature: Uint8Array; facts: CertificateRequestFacts; csr?: Uint8Array };
 
 const { caSpki, profile } = workerData as { caSpki: Uint8Array; profile: IssuerProfile };
 const caKey = createPublicKey({ key: Buffer.from(caSpki), format: 'der', type: 'spki' });
 
-serveRpc<CheckRequest>((req) => {
+serveRpc<CheckRequest>(async (req) => {
   switch (req.op) {
     case 'ready': // loaded: the station waits for this before it serves
       return null;
     case 'prove':
       return proveKeyPossession(req.csr);
     case 'finish':
+      // A proof of possession left for after the signature comes first: it is the earlier check.
+      if (req.csr) await proveKeyPossession(req.csr);
       return finishCertificate(req.tbs, req.signature, profile, caKey, req.facts);
   }
 });

@@ -45,6 +45,8 @@ import type { WorkerRpc } from '../worker-rpc.js';
 import { checkClientText, checkDeviceName, clipMessage, nameSkeleton, nameTakenMessage, quote, TEXT_LIMITS } from '../text.js';
 
 export const MAX_FRAME = 16384;
+/** How long after a failed proof of possession the proofs come before the signature again. */
+export const PROOF_FIRST_MS = 10_000;
 
 export interface LocalCa {
   der: Uint8Array;
@@ -97,6 +99,13 @@ export class Station {
   private tokenCheckedAt = 0;
   /** Requests inside handle() now. */
   private active = 0;
+  /**
+   * When a CSR's proof of possession last failed. Under load the proof is
+   * made with the checks after the signature (see finish); for a while
+   * after a failed one it comes first again, so that a flood of forged
+   * CSRs costs the token nothing.
+   */
+  private proofFailedAt = -Infinity;
   /** Refusals and replays: identical ones within a second become one event with a count. */
   private readonly floods = new EventCoalescer((e) => this.safeEvent(e));
 
@@ -210,6 +219,8 @@ export class Station {
   private async handleOne(req: SignRequest): Promise<SignResult> {
     let csrSha256: string | null = null;
     let deviceId: string | null = null;
+    // Under load the proof of possession travels with the checks after the signature (see prove).
+    let proofLeft: ParsedCsr | null = null;
     try {
       // What the client said about itself is text, checked again whichever link it came by.
       if (req.name !== undefined) checkDeviceName('name', req.name);
@@ -229,7 +240,8 @@ export class Station {
       const earlierTwin = twinSha256 ? this.previousAnswer(twinSha256, req) : null;
       if (earlierTwin) return await earlierTwin;
       refuseIf(checkKey(csr, this.rules));
-      await this.prove(csr);
+      if (this.checker() && this.clock().getTime() - this.proofFailedAt > PROOF_FIRST_MS) proofLeft = csr;
+      else await this.prove(csr);
       const subject = checkSubject(csr, this.rules, this.isDeviceId);
       refuseIf(subject.refusal);
       deviceId = subject.deviceId;
@@ -253,7 +265,10 @@ export class Station {
       const tbs = buildTbs(this.ca.profile, request);
       const signature = await this.sign(createHash(this.ca.profile.hash).update(tbs).digest());
       // The token's signature checked, the certificate assembled, and read back by an independent parser, or nothing is issued.
-      const certificate = await this.finish(tbs, signature, request);
+      // From here the proof is finish's first step, whichever thread makes it.
+      const proof = proofLeft;
+      proofLeft = null;
+      const certificate = await this.finish(tbs, signature, request, proof);
 
       // Other requests ran while the token signed. Look again, at the ledger
       // and at the commits still on their way to it, and hand this one to the
@@ -280,7 +295,9 @@ export class Station {
         name,
       });
     } catch (err) {
-      return await this.refuse(err, req, csrSha256, deviceId);
+      // The profile's order: a refusal by a later check is BAD_SIGNATURE when the proof fails too.
+      const proofFailure = proofLeft ? await this.proofFailure(proofLeft) : null;
+      return await this.refuse(proofFailure ?? err, req, csrSha256, deviceId);
     }
   }
 
@@ -397,23 +414,35 @@ export class Station {
   /**
    * The checks after the token signed. A lone request makes them here; under
    * load the checking worker does (check-worker.ts), so that the thread that
-   * serves the links keeps to parsing and deciding.
+   * serves the links keeps to parsing and deciding. Under load the CSR's
+   * proof of possession waits until here and goes in the same call: one
+   * trip to a checking worker a certificate instead of two, which on two
+   * cores is worth more than the token signature it may waste on a CSR
+   * whose proof then fails (that signature is dropped; nothing is issued).
    */
-  private finish(tbs: Uint8Array, signature: Uint8Array, request: CertificateRequestFacts): Promise<Uint8Array> | Uint8Array {
+  private async finish(tbs: Uint8Array, signature: Uint8Array, request: CertificateRequestFacts, proofLeft: ParsedCsr | null): Promise<Uint8Array> {
     const checker = this.checker();
-    if (checker) return checker.call<Uint8Array>({ op: 'finish', tbs, signature, facts: request });
+    if (checker) return checker.call<Uint8Array>({ op: 'finish', tbs, signature, facts: request, csr: proofLeft ? ownBytes(proofLeft.der) : undefined });
+    if (proofLeft) verifyCsrSignature(proofLeft, await csrPublicKey(proofLeft));
     return finishCertificate(tbs, signature, this.ca.profile, this.caKey, request);
   }
 
-  /** The CSR's proof of possession: here for a lone request, in the checking worker under load. */
+  /** The CSR's proof of possession before the signature: in a checking worker under load, else here. */
   private async prove(csr: ParsedCsr): Promise<void> {
     const checker = this.checker();
-    if (checker) {
-      // A link's bytes may be a view into Buffer's shared pool: send the CSR's own bytes, not the pool.
-      const der = csr.der.byteLength === csr.der.buffer.byteLength ? csr.der : csr.der.slice();
-      return checker.call<void>({ op: 'prove', csr: der });
-    }
+    if (checker) return checker.call<void>({ op: 'prove', csr: ownBytes(csr.der) });
     verifyCsrSignature(csr, await csrPublicKey(csr));
+  }
+
+  /** The BAD_SIGNATURE error of a CSR whose proof of possession fails, or null when it holds. */
+  private async proofFailure(csr: ParsedCsr): Promise<LineSignerError | null> {
+    try {
+      verifyCsrSignature(csr, await csrPublicKey(csr));
+      return null;
+    } catch (err) {
+      const e = asLineSignerError(err);
+      return e.code === 'BAD_SIGNATURE' || e.code === 'POLICY_KEY' ? e : null;
+    }
   }
 
   /** The checking worker with the fewest calls waiting; null when the work is done here (a lone request, or no workers). */
@@ -483,6 +512,7 @@ export class Station {
     const code = isProtocolCode(e.code) ? e.code : e.code === 'TOKEN_PIN' ? 'TOKEN_UNAVAILABLE' : 'INTERNAL';
     // A message may carry what the request said (an OID, a name): bounded, it fits a J1 frame and a ledger row.
     const message = clipMessage(e.message);
+    if (code === 'BAD_SIGNATURE') this.proofFailedAt = this.clock().getTime();
     await this.floods.record({ kind: 'rejection', code, message, csrSha256, deviceId, link: req.link });
     return { ok: false, code, message, deviceId };
   }
@@ -499,6 +529,11 @@ export class Station {
 
 function refuseIf(refusal: Refusal | null): void {
   if (refusal) throw new LineSignerError(refusal.code, refusal.message);
+}
+
+/** A link's bytes may be a view into Buffer's shared pool: a worker gets the CSR's own bytes, not the pool. */
+function ownBytes(bytes: Uint8Array): Uint8Array {
+  return bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
 }
 
 function sha256(bytes: Uint8Array): string {
