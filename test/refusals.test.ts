@@ -107,7 +107,7 @@ test.serial('proof of possession: a CSR whose signature does not verify is BAD_S
   await expectRefusal(t, s, new Uint8Array(goodTop.toBER(false)), 'BAD_SIGNATURE');
 });
 
-test('under load the proof of possession is made after the signature: a forged CSR is still BAD_SIGNATURE before any later check and never issued, and for ten seconds after one the proof comes first again', async (t) => {
+test('the proof of possession is made while (a lone request) or after (under load) the token signs: a forged CSR is still BAD_SIGNATURE before any later check and never issued, and for ten seconds after one the proof comes first again', async (t) => {
   let signatures = 0;
   const counting = (inner: Signer): Signer => ({
     hash: inner.hash,
@@ -154,6 +154,21 @@ test('under load the proof of possession is made after the signature: a forged C
   }
   skew += 10_001;
   t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: 9 });
+
+  // A lone request makes the proof while the token signs: the same outcomes, one at a time.
+  const alone = async (csr: Uint8Array): Promise<{ code: string; signed: number }> => {
+    const before = { issued: s.ledger.issuedCount(), signatures };
+    const r = await s.station.handle({ csr, link: 'test' });
+    t.is(s.ledger.issuedCount(), before.issued, 'nothing issued');
+    return { code: r.ok ? 'issued' : r.code, signed: signatures - before.signatures };
+  };
+  skew += 10_001;
+  t.deepEqual(await alone(otherFactory()), { code: 'BAD_SIGNATURE', signed: 0 });
+  skew += 10_001;
+  t.deepEqual(await alone(issuedDevice()), { code: 'BAD_SIGNATURE', signed: 0 });
+  skew += 10_001;
+  t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 1 });
+  t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 0 });
 });
 
 test.serial('subject: anything but CN, OU and businessCategory=production is POLICY_SUBJECT', async (t) => {

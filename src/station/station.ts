@@ -100,10 +100,11 @@ export class Station {
   /** Requests inside handle() now. */
   private active = 0;
   /**
-   * When a CSR's proof of possession last failed. Under load the proof is
-   * made with the checks after the signature (see finish); for a while
-   * after a failed one it comes first again, so that a flood of forged
-   * CSRs costs the token nothing.
+   * When a CSR's proof of possession last failed. The proof is made while
+   * or after the token signs (a lone request: here, during the signature;
+   * under load: with the checks after it, see finish); for a while after a
+   * failed one it comes first again, so that a flood of forged CSRs costs
+   * the token nothing.
    */
   private proofFailedAt = -Infinity;
   /** Refusals and replays: identical ones within a second become one event with a count. */
@@ -240,7 +241,7 @@ export class Station {
       const earlierTwin = twinSha256 ? this.previousAnswer(twinSha256, req) : null;
       if (earlierTwin) return await earlierTwin;
       refuseIf(checkKey(csr, this.rules));
-      if (this.checker() && this.clock().getTime() - this.proofFailedAt > PROOF_FIRST_MS) proofLeft = csr;
+      if (this.clock().getTime() - this.proofFailedAt > PROOF_FIRST_MS) proofLeft = csr;
       else await this.prove(csr);
       const subject = checkSubject(csr, this.rules, this.isDeviceId);
       refuseIf(subject.refusal);
@@ -263,7 +264,15 @@ export class Station {
         publicKeyBits: csr.publicKeyBits.slice(), // its own bytes: it may travel to the checking worker
       };
       const tbs = buildTbs(this.ca.profile, request);
-      const signature = await this.sign(createHash(this.ca.profile.hash).update(tbs).digest());
+      const signing = this.sign(createHash(this.ca.profile.hash).update(tbs).digest());
+      if (proofLeft && !this.checker()) {
+        // A lone request: the proof is made here while the token signs on libuv's pool.
+        signing.catch(() => undefined); // dropped when the proof fails
+        const csrToProve = proofLeft;
+        proofLeft = null;
+        verifyCsrSignature(csrToProve, await csrPublicKey(csrToProve));
+      }
+      const signature = await signing;
       // The token's signature checked, the certificate assembled, and read back by an independent parser, or nothing is issued.
       // From here the proof is finish's first step, whichever thread makes it.
       const proof = proofLeft;
