@@ -156,6 +156,31 @@ test.serial('a point not on the curve is POLICY_KEY', async (t) => {
   await expectRefusal(t, csrWith(spki([EC_KEY, k.curveOid], bitsOf(off)), k.key), 'POLICY_KEY', /not a point on P-256/);
 });
 
+test('under load, where the proof of possession comes after the signature and uses the key OpenSSL read back, a point not on the curve is still POLICY_KEY and never issued', async (t) => {
+  // A station of its own: no proof has failed on it, so the proof is left for the checking worker.
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const offCurve = (): Uint8Array => {
+    const k = deviceKey();
+    const off = k.point.slice();
+    off[off.length - 1]! ^= 1;
+    return csrWith(spki([EC_KEY, k.curveOid], bitsOf(off)), k.key);
+  };
+  for (let round = 0; round < 2; round++) {
+    const good = Array.from({ length: 8 }, () => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der);
+    const before = s.ledger.issuedCount();
+    const results = await Promise.all([...good, offCurve()].map((csr) => s.station.handle({ csr, link: 'test' })));
+    t.true(results.slice(0, 8).every((r) => r.ok));
+    const last = results[8]!;
+    t.false(last.ok);
+    if (!last.ok) {
+      t.is(last.code, 'POLICY_KEY', last.message);
+      t.regex(last.message, /not a point on P-256/);
+    }
+    t.is(s.ledger.issuedCount(), before + 8);
+  }
+});
+
 test.serial('an extra element after the key bits, unused bits in the key BIT STRING, and trailing bytes are BAD_CSR', async (t) => {
   const k = deviceKey();
   await expectRefusal(t, csrWith(spki([EC_KEY, k.curveOid], bitsOf(k.point), NULL), k.key), 'BAD_CSR', /subjectPublicKeyInfo must have 2 fields/);

@@ -521,7 +521,8 @@ export class Station {
     const code = isProtocolCode(e.code) ? e.code : e.code === 'TOKEN_PIN' ? 'TOKEN_UNAVAILABLE' : 'INTERNAL';
     // A message may carry what the request said (an OID, a name): bounded, it fits a J1 frame and a ledger row.
     const message = clipMessage(e.message);
-    if (code === 'BAD_SIGNATURE') this.proofFailedAt = this.clock().getTime();
+    // POLICY_KEY too: a point off its curve is found in the proof.
+    if (code === 'BAD_SIGNATURE' || code === 'POLICY_KEY') this.proofFailedAt = this.clock().getTime();
     await this.floods.record({ kind: 'rejection', code, message, csrSha256, deviceId, link: req.link });
     return { ok: false, code, message, deviceId };
   }

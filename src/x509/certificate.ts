@@ -228,19 +228,22 @@ function nameAttributes(buf: Uint8Array, nameT: Tlv): Array<{ type: string; valu
  * gate's cost, and the key block was already checked to be the canonical
  * encoding of a point on its curve (csr.ts canonicalSpki, csrPublicKey).
  */
-export function checkAssembled(certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): void {
+export function checkAssembled(certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): KeyObject {
   let why: string | null;
+  let read: X509Certificate | null = null;
   try {
-    why = differenceFromBuilt(certificate, issuer, facts);
+    read = new X509Certificate(Buffer.from(certificate.buffer, certificate.byteOffset, certificate.byteLength));
+    why = differenceFromBuilt(read, certificate, issuer, facts);
   } catch (err) {
     why = `cannot be read back (${(err as Error).message})`;
   }
-  if (why) throw new LineSignerError('INTERNAL', `the assembled certificate ${why}; nothing issued`);
+  if (why || !read) throw new LineSignerError('INTERNAL', `the assembled certificate ${why}; nothing issued`);
+  // The device key as OpenSSL decoded it (the key block checked to be facts.spki): a proof of possession made next need not import it again.
+  return read.publicKey;
 }
 
-/** What differs between a certificate as OpenSSL reads it and what was built, or null. Throws when it cannot be read. */
-function differenceFromBuilt(certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): string | null {
-  const x = new X509Certificate(Buffer.from(certificate.buffer, certificate.byteOffset, certificate.byteLength));
+/** What differs between a certificate as OpenSSL read it (`x`) and what was built, or null. Throws when it cannot be read. */
+function differenceFromBuilt(x: X509Certificate, certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): string | null {
   if (x.serialNumber !== serialValueHex(facts.serial)) return `has serial ${x.serialNumber}, not the one drawn`;
   if (x.validFrom !== opensslTime(facts.notBefore)) return `has notBefore ${x.validFrom}, not the station's clock`;
   if (x.validTo !== opensslTime(notAfterFor(facts.notBefore, issuer.validityDays))) return `has notAfter ${x.validTo}, not the configured validity`;
@@ -271,8 +274,12 @@ function differenceFromBuilt(certificate: Uint8Array, issuer: IssuerProfile, fac
  * checking worker under load.
  */
 export function finishCertificate(tbs: Uint8Array, signature: Uint8Array, issuer: IssuerProfile, caKey: KeyObject, facts: CertificateRequestFacts): Uint8Array {
+  return finishReadingKey(tbs, signature, issuer, caKey, facts).certificate;
+}
+
+/** finishCertificate, also giving the device key as OpenSSL read it from the certificate. */
+export function finishReadingKey(tbs: Uint8Array, signature: Uint8Array, issuer: IssuerProfile, caKey: KeyObject, facts: CertificateRequestFacts): { certificate: Uint8Array; key: KeyObject } {
   checkIssuedSignature(tbs, issuer.hash, signature, caKey);
   const certificate = assembleCertificate(tbs, issuer.signatureAlgorithm, signature);
-  checkAssembled(certificate, issuer, facts);
-  return certificate;
+  return { certificate, key: checkAssembled(certificate, issuer, facts) };
 }

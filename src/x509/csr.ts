@@ -292,10 +292,13 @@ export function verifyCsrSignature(csr: ParsedCsr, key: KeyObject): void {
  * from the canonical encoding, its signature verified. What the station's
  * checking worker runs under load, so that the two OpenSSL steps (about a
  * third of a millisecond a CSR) leave the thread that serves the links.
+ * `known`: the key as already decoded from the same key block, if any.
  */
-export async function proveKeyPossession(der: Uint8Array): Promise<void> {
+export async function proveKeyPossession(der: Uint8Array, known?: { spki: Uint8Array; key: KeyObject }): Promise<void> {
   const csr = parseCsr(der);
-  verifyCsrSignature(csr, await csrPublicKey(csr));
+  // A key OpenSSL already decoded from this very key block (the certificate's read-back) is not imported again.
+  const key = known && Buffer.compare(canonicalSpki(csr), known.spki) === 0 ? known.key : await csrPublicKey(csr);
+  verifyCsrSignature(csr, key);
 }
 
 /** basicConstraints cA and keyUsage keyCertSign/cRLSign, read from a requested extension. */

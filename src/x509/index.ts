@@ -3,6 +3,7 @@ export {
   buildTbs,
   assembleCertificate,
   finishCertificate,
+  finishReadingKey,
   checkIssuedSignature,
   checkAssembled,
   newSerial,
