@@ -5,12 +5,14 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
 import { issuanceHash, SqliteLedger, type Issuance } from '../src/ledger/index.js';
+import { LedgerLock, lockPath } from '../src/ledger/lock.js';
+import { tmpdir } from 'node:os';
 import { openStation, stationKeyInit, verifyLedger } from '../src/station/index.js';
 import { makeCaCsr, makeDeviceCsr, pemEncode } from '../src/x509/index.js';
 import { cli, cliAsync } from './helpers/cli.js';
@@ -193,6 +195,32 @@ test('one owner: a second serve stops with LEDGER_BUSY naming the holder; sign, 
   t.true(rows.some((r) => r.type === 'issuance' && r.device === deviceId));
   const verify = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(verify.status, 0, verify.stderr);
+});
+
+test('ownership check: a lock file replaced and held for a moment (a refused serve asking the socket) is taken again; held at two checks in a row, the owner is told to stop', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'line-signer-lock-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const ledger = join(dir, 'ledger.db');
+  const owner = LedgerLock.acquire(ledger, 'serve');
+  t.teardown(() => owner.release());
+  const replaceAndHold = (): LedgerLock => {
+    for (const f of [lockPath(ledger), `${lockPath(ledger)}-journal`]) rmSync(f, { force: true });
+    const other = LedgerLock.tryAcquire(ledger, 'serve', false);
+    t.truthy(other, 'the replaced file is free for a moment');
+    return other!;
+  };
+  // Held for one check, then let go: the owner keeps serving and holds the new file.
+  const passing = replaceAndHold();
+  t.is(owner.stillOwned(), null);
+  passing.release(false);
+  t.is(owner.stillOwned(), null);
+  t.is(LedgerLock.tryAcquire(ledger, 'sign'), null, 'the owner holds the file now there');
+  t.is(JSON.parse(readFileSync(`${ledger}.owner`, 'utf8')).pid, process.pid, 'the owner file still names the owner');
+  // Held across two checks: another writer.
+  const staying = replaceAndHold();
+  t.teardown(() => staying.release(false));
+  t.is(owner.stillOwned(), null);
+  t.regex(owner.stillOwned() ?? '', /deleted or replaced.*two processes may be writing/);
 });
 
 test('serials are written as openssl x509 -serial prints them and found in any form', async (t) => {

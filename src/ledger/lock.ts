@@ -55,6 +55,8 @@ function holderText(ledger: string): string {
 export class LedgerLock {
   /** The lock file's inode when it was taken: a deleted or replaced file no longer excludes anyone. */
   private inode: number;
+  /** The last ownership check found the lock file replaced and held by another process. */
+  private contested = false;
 
   private constructor(
     private db: Database.Database,
@@ -67,8 +69,9 @@ export class LedgerLock {
   /**
    * Whether this process still owns the ledger. When the lock file was
    * deleted or replaced (a cleanup of `ledger.db.*`), the lock is taken
-   * again on the file now there; null when it is held (again), else why
-   * another process may be writing: the owner should stop.
+   * again on the file now there; null when it is held (again), or held by
+   * another process for the first check only; else why another process
+   * may be writing: the owner should stop.
    */
   stillOwned(): string | null {
     try {
@@ -77,7 +80,16 @@ export class LedgerLock {
       // deleted: take it again below
     }
     const fresh = LedgerLock.tryAcquire(this.ledger, this.command);
-    if (!fresh) return `the ledger's lock file ${lockPath(this.ledger)} was deleted or replaced, and ${holderText(this.ledger)} holds it now: two processes may be writing the ledger`;
+    if (!fresh) {
+      // A process that acquireChecked refuses holds the fresh file for up to half a second while it
+      // asks this station's socket, and then lets go: held at two checks in a row, it is another writer.
+      if (!this.contested) {
+        this.contested = true;
+        return null;
+      }
+      return `the ledger's lock file ${lockPath(this.ledger)} was deleted or replaced, and ${holderText(this.ledger)} holds it now: two processes may be writing the ledger`;
+    }
+    this.contested = false;
     // Ours again: keep the fresh lock, let the old (unlinked) one go.
     const old = this.db;
     this.db = fresh.db;
