@@ -12,6 +12,7 @@ import type { ProtocolCode } from '../src/errors.js';
 import { csrDer } from '../src/x509/index.js';
 import { tlv } from '../src/x509/asn1.js';
 import { MESSAGE_MAX } from '../src/text.js';
+import { MAX_UNPROVEN, PROOF_FIRST_MS } from '../src/station/station.js';
 import { FACTORY, opensslCsr, testStation, uuid, type TestStation } from './helpers/pki.js';
 import { served } from './helpers/served.js';
 
@@ -121,6 +122,7 @@ test('the proof of possession is made while (a lone request) or after (under loa
   });
   let skew = 0;
   const s = await testStation({}, { wrapSigner: counting, clock: () => new Date(Date.now() + skew) });
+  const GOOD = 6;
   t.teardown(() => s.close());
   const issuedId = uuid();
   t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: issuedId, factory: FACTORY, production: true }).der, link: 'test' })).ok);
@@ -129,31 +131,31 @@ test('the proof of possession is made while (a lone request) or after (under loa
   const good = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
   const otherFactory = (): Uint8Array => corruptSignature(makeDeviceCsr({ deviceId: uuid(), factory: 'other-factory', production: true }).der);
   const issuedDevice = (): Uint8Array => corruptSignature(makeDeviceCsr({ deviceId: issuedId, factory: FACTORY, production: true }).der);
-  // Eight good requests first, so that the forged ones are not alone.
+  // Six good requests first, so that the forged ones are not alone (and fewer than MAX_UNPROVEN wait with them).
   const round = async (forged: Uint8Array[]): Promise<{ codes: string[]; signed: number }> => {
     const before = { issued: s.ledger.issuedCount(), signatures };
-    const results = await Promise.all([...Array.from({ length: 8 }, good), ...forged].map((csr) => s.station.handle({ csr, link: 'test' })));
-    t.true(results.slice(0, 8).every((r) => r.ok));
-    t.is(s.ledger.issuedCount(), before.issued + 8, 'only the good ones issued');
+    const results = await Promise.all([...Array.from({ length: GOOD }, good), ...forged].map((csr) => s.station.handle({ csr, link: 'test' })));
+    t.true(results.slice(0, GOOD).every((r) => r.ok));
+    t.is(s.ledger.issuedCount(), before.issued + GOOD, 'only the good ones issued');
     await s.station.flushEvents();
     for (const csr of forged) {
       const ev = db.prepare("SELECT code FROM events WHERE kind = 'rejection' AND csr_sha256 = ?").get(createHash('sha256').update(csr).digest('hex')) as { code: string } | undefined;
       t.is(ev?.code, 'BAD_SIGNATURE');
     }
-    return { codes: results.slice(8).map((r) => (r.ok ? 'issued' : r.code)), signed: signatures - before.signatures };
+    return { codes: results.slice(GOOD).map((r) => (r.ok ? 'issued' : r.code)), signed: signatures - before.signatures };
   };
   // A forged CSR that passes every later check: signed by the token, then refused, the signature dropped.
-  t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: 9 });
+  t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: GOOD + 1 });
   // Right after it, forged CSRs cost the token nothing.
-  t.deepEqual(await round([corruptSignature(good()), otherFactory(), issuedDevice()]), { codes: ['BAD_SIGNATURE', 'BAD_SIGNATURE', 'BAD_SIGNATURE'], signed: 8 });
+  t.deepEqual(await round([corruptSignature(good()), otherFactory(), issuedDevice()]), { codes: ['BAD_SIGNATURE', 'BAD_SIGNATURE', 'BAD_SIGNATURE'], signed: GOOD });
   // Ten quiet seconds on: the proof is left for after the signature again, and a forged CSR that a
   // later check refuses before any signature is still BAD_SIGNATURE, as the profile orders the checks.
   for (const forged of [otherFactory(), issuedDevice()]) {
     skew += 10_001;
-    t.deepEqual(await round([forged]), { codes: ['BAD_SIGNATURE'], signed: 8 });
+    t.deepEqual(await round([forged]), { codes: ['BAD_SIGNATURE'], signed: GOOD });
   }
   skew += 10_001;
-  t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: 9 });
+  t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: GOOD + 1 });
 
   // A lone request makes the proof while the token signs: the same outcomes, one at a time.
   const alone = async (csr: Uint8Array): Promise<{ code: string; signed: number }> => {
@@ -169,6 +171,42 @@ test('the proof of possession is made while (a lone request) or after (under loa
   skew += 10_001;
   t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 1 });
   t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 0 });
+});
+
+test('a burst of forged CSRs costs the token at most MAX_UNPROVEN signatures, and their refusals name no device (the id in a forged CSR may be a victim\'s)', async (t) => {
+  let signatures = 0;
+  const counting = (inner: Signer): Signer => ({
+    hash: inner.hash,
+    signatureAlgorithm: inner.signatureAlgorithm,
+    publicKeySpki: () => inner.publicKeySpki(),
+    publicKey: () => inner.publicKey(),
+    sign: (digest, hint) => {
+      signatures++;
+      return inner.sign(digest, hint);
+    },
+  });
+  let skew = 0;
+  const s = await testStation({}, { wrapSigner: counting, clock: () => new Date(Date.now() + skew) });
+  t.teardown(() => s.close());
+  const victim = uuid();
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: victim, factory: FACTORY, production: true }).der, link: 'test' })).ok);
+  // A forged CSR in the victim's name, its proof left for later: refused as BAD_SIGNATURE, naming no device.
+  const forgedVictim = await s.station.handle({ csr: corruptSignature(makeDeviceCsr({ deviceId: victim, factory: FACTORY, production: true }).der), link: 'test' });
+  t.like(forgedVictim, { ok: false, code: 'BAD_SIGNATURE', deviceId: null });
+  skew += PROOF_FIRST_MS + 1;
+  const before = { issued: s.ledger.issuedCount(), signatures };
+  // 64 at once, as many as the HTTP link lets in, the window open again.
+  const burst = Array.from({ length: 64 }, () => corruptSignature(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der));
+  const results = await Promise.all(burst.map((csr) => s.station.handle({ csr, link: 'test' })));
+  t.true(results.every((r) => !r.ok && r.code === 'BAD_SIGNATURE'));
+  t.true(results.every((r) => !r.ok && r.deviceId === null), 'no refusal names the device in the CSR');
+  t.is(signatures - before.signatures, MAX_UNPROVEN);
+  t.is(s.ledger.issuedCount(), before.issued);
+  await s.station.flushEvents();
+  const db = new Database(s.config.station.ledger, { readonly: true });
+  t.teardown(() => db.close());
+  const named = db.prepare("SELECT count(*) AS n FROM events WHERE kind = 'rejection' AND code = 'BAD_SIGNATURE' AND device_id IS NOT NULL").get() as { n: number };
+  t.is(named.n, 0, 'no BAD_SIGNATURE event names a device');
 });
 
 test.serial('subject: anything but CN, OU and businessCategory=production is POLICY_SUBJECT', async (t) => {

@@ -47,6 +47,13 @@ import { checkClientText, checkDeviceName, clipMessage, nameSkeleton, nameTakenM
 export const MAX_FRAME = 16384;
 /** How long after a failed proof of possession the proofs come before the signature again. */
 export const PROOF_FIRST_MS = 10_000;
+/**
+ * At most this many requests wait for the token with their proof of
+ * possession not yet made; the next ones prove first. A burst of forged
+ * CSRs then costs the token at most this many signatures, whatever its
+ * size (1,000 at once had cost 1,000), and 8 in flight keep the one trip.
+ */
+export const MAX_UNPROVEN = 8;
 
 export interface LocalCa {
   der: Uint8Array;
@@ -107,6 +114,8 @@ export class Station {
    * the token nothing.
    */
   private proofFailedAt = -Infinity;
+  /** Requests past their decision whose proof of possession is not made yet (see MAX_UNPROVEN). */
+  private unproven = 0;
   /** Refusals and replays: identical ones within a second become one event with a count. */
   private readonly floods = new EventCoalescer((e) => this.safeEvent(e));
 
@@ -222,6 +231,11 @@ export class Station {
     let deviceId: string | null = null;
     // Under load the proof of possession travels with the checks after the signature (see prove).
     let proofLeft: ParsedCsr | null = null;
+    let unproven = false; // counted in this.unproven
+    const proven = (): void => {
+      if (unproven) this.unproven--;
+      unproven = false;
+    };
     try {
       // What the client said about itself is text, checked again whichever link it came by.
       if (req.name !== undefined) checkDeviceName('name', req.name);
@@ -241,8 +255,11 @@ export class Station {
       const earlierTwin = twinSha256 ? this.previousAnswer(twinSha256, req) : null;
       if (earlierTwin) return await earlierTwin;
       refuseIf(checkKey(csr, this.rules));
-      if (this.clock().getTime() - this.proofFailedAt > PROOF_FIRST_MS) proofLeft = csr;
-      else await this.prove(csr);
+      if (this.clock().getTime() - this.proofFailedAt > PROOF_FIRST_MS && this.unproven < MAX_UNPROVEN) {
+        proofLeft = csr;
+        unproven = true;
+        this.unproven++;
+      } else await this.prove(csr);
       const subject = checkSubject(csr, this.rules, this.isDeviceId);
       refuseIf(subject.refusal);
       deviceId = subject.deviceId;
@@ -271,6 +288,7 @@ export class Station {
         const csrToProve = proofLeft;
         proofLeft = null;
         verifyCsrSignature(csrToProve, await csrPublicKey(csrToProve));
+        proven();
       }
       const signature = await signing;
       // The token's signature checked, the certificate assembled, and read back by an independent parser, or nothing is issued.
@@ -278,6 +296,7 @@ export class Station {
       const proof = proofLeft;
       proofLeft = null;
       const certificate = await this.finish(tbs, signature, request, proof);
+      proven();
 
       // Other requests ran while the token signed. Look again, at the ledger
       // and at the commits still on their way to it, and hand this one to the
@@ -306,7 +325,13 @@ export class Station {
     } catch (err) {
       // The profile's order: a refusal by a later check is BAD_SIGNATURE when the proof fails too.
       const proofFailure = proofLeft ? await this.proofFailure(proofLeft) : null;
-      return await this.refuse(proofFailure ?? err, req, csrSha256, deviceId);
+      proven();
+      const e = asLineSignerError(proofFailure ?? err);
+      // A CSR that fails its proof says nothing about who sent it: its refusal names no device (the CSR's id may be a victim's).
+      const unprovenId = e.code === 'BAD_SIGNATURE' || e.code === 'POLICY_KEY';
+      return await this.refuse(e, req, csrSha256, unprovenId ? null : deviceId);
+    } finally {
+      proven();
     }
   }
 
