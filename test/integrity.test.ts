@@ -197,7 +197,7 @@ test('one owner: a second serve stops with LEDGER_BUSY naming the holder; sign, 
   t.is(verify.status, 0, verify.stderr);
 });
 
-test('ownership check: a lock file replaced and held for a moment (a refused serve asking the socket) is taken again; held at two checks in a row, the owner is told to stop', (t) => {
+test('ownership check: a lock file replaced and held for a moment (a refused serve asking the socket) is taken again; held at two checks in a row (the second within a second), the owner is told to stop', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'line-signer-lock-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const ledger = join(dir, 'ledger.db');
@@ -212,8 +212,10 @@ test('ownership check: a lock file replaced and held for a moment (a refused ser
   // Held for one check, then let go: the owner keeps serving and holds the new file.
   const passing = replaceAndHold();
   t.is(owner.stillOwned(), null);
+  t.true(owner.contested, 'the serving station looks again within a second');
   passing.release(false);
   t.is(owner.stillOwned(), null);
+  t.false(owner.contested);
   t.is(LedgerLock.tryAcquire(ledger, 'sign'), null, 'the owner holds the file now there');
   t.is(JSON.parse(readFileSync(`${ledger}.owner`, 'utf8')).pid, process.pid, 'the owner file still names the owner');
   // Held across two checks: another writer.

@@ -51,18 +51,23 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
     // Every 2 s: still the ledger's one owner? A deleted lock file is taken again, a deleted socket
-    // listened on again; a lock another process took meanwhile stops this station, leaving one owner.
-    guard = setInterval(() => {
+    // listened on again; a lock another process took meanwhile (still held 0.7 s later) stops this
+    // station, leaving one owner.
+    const check = (): void => {
       lostOwnership = open.stillOwned();
       if (lostOwnership) {
-        clearInterval(guard);
         view?.info(`ERROR LEDGER_BUSY ${lostOwnership}; this station stops`);
         resolve();
-      } else void control.ensure().catch((err: Error) => view?.info(`warning: control socket: ${err.message}`));
-    }, 2000);
+        return;
+      }
+      void control.ensure().catch((err: Error) => view?.info(`warning: control socket: ${err.message}`));
+      guard = setTimeout(check, open.ownershipContested() ? 700 : 2000);
+      guard.unref();
+    };
+    guard = setTimeout(check, 2000);
     guard.unref();
   });
-  clearInterval(guard);
+  clearTimeout(guard);
   await runner.stop();
   await control.close();
   await open.close({ write: lostOwnership === null });

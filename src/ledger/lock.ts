@@ -55,8 +55,8 @@ function holderText(ledger: string): string {
 export class LedgerLock {
   /** The lock file's inode when it was taken: a deleted or replaced file no longer excludes anyone. */
   private inode: number;
-  /** The last ownership check found the lock file replaced and held by another process. */
-  private contested = false;
+  /** The last ownership check found the lock file replaced and held by another process: look again soon (stillOwned). */
+  contested = false;
 
   private constructor(
     private db: Database.Database,
@@ -82,7 +82,8 @@ export class LedgerLock {
     const fresh = LedgerLock.tryAcquire(this.ledger, this.command);
     if (!fresh) {
       // A process that acquireChecked refuses holds the fresh file for up to half a second while it
-      // asks this station's socket, and then lets go: held at two checks in a row, it is another writer.
+      // asks this station's socket, and then lets go: held at two checks in a row (the owner looks
+      // again 0.7 s later), it is another writer.
       if (!this.contested) {
         this.contested = true;
         return null;

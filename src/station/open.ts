@@ -73,11 +73,13 @@ export interface OpenStation {
   warnings: string[];
   /** Null while this process still owns the ledger (its lock taken again if the file was deleted); else why it may not. */
   stillOwned(): string | null;
+  /** The last stillOwned() found the lock file replaced and held by another process for the first time: look again within a second. */
+  ownershipContested(): boolean;
   /** `{ write: false }`: another process owns the ledger now; nothing more is written to it (no stop event or checkpoint). */
   close(opts?: { write?: boolean }): Promise<void>;
 }
 
-/** A checking worker is replaced by a fresh one after this many calls (two a certificate): see WorkerRpc's replaceAfter. */
+/** A checking worker is replaced by a fresh one after this many calls (one a certificate under load): see WorkerRpc's replaceAfter. */
 const CHECKER_CALLS = 10_000;
 
 export interface OpenOptions {
@@ -235,6 +237,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     checkpointer,
     warnings,
     stillOwned: () => lock?.stillOwned() ?? null,
+    ownershipContested: () => lock?.contested ?? false,
     async close(closeOpts?: { write?: boolean }) {
       if (closed) return;
       closed = true;
