@@ -229,8 +229,10 @@ export class Station {
   private async handleOne(req: SignRequest): Promise<SignResult> {
     let csrSha256: string | null = null;
     let deviceId: string | null = null;
-    // Under load the proof of possession travels with the checks after the signature (see prove).
+    // The proof of possession not made first (see finish): made here while the token signs when the
+    // request came alone, else sent with the checks after the signature to a checking worker.
     let proofLeft: ParsedCsr | null = null;
+    let proofHere = false;
     let unproven = false; // counted in this.unproven
     const proven = (): void => {
       if (unproven) this.unproven--;
@@ -257,6 +259,7 @@ export class Station {
       refuseIf(checkKey(csr, this.rules));
       if (this.clock().getTime() - this.proofFailedAt > PROOF_FIRST_MS && this.unproven < MAX_UNPROVEN) {
         proofLeft = csr;
+        proofHere = this.checker() === null;
         unproven = true;
         this.unproven++;
       } else await this.prove(csr);
@@ -282,7 +285,7 @@ export class Station {
       };
       const tbs = buildTbs(this.ca.profile, request);
       const signing = this.sign(createHash(this.ca.profile.hash).update(tbs).digest());
-      if (proofLeft && !this.checker()) {
+      if (proofLeft && proofHere) {
         // A lone request: the proof is made here while the token signs on libuv's pool.
         signing.catch(() => undefined); // dropped when the proof fails
         const csrToProve = proofLeft;
@@ -455,7 +458,8 @@ export class Station {
    * whose proof then fails (that signature is dropped; nothing is issued).
    */
   private async finish(tbs: Uint8Array, signature: Uint8Array, request: CertificateRequestFacts, proofLeft: ParsedCsr | null): Promise<Uint8Array> {
-    const checker = this.checker();
+    // A proof left for here goes to a worker even if the request is alone by now: it came under load.
+    const checker = proofLeft && this.checkers.length > 0 ? this.leastBusyChecker() : this.checker();
     if (checker) return checker.call<Uint8Array>({ op: 'finish', tbs, signature, facts: request, csr: proofLeft ? ownBytes(proofLeft.der) : undefined });
     if (proofLeft) verifyCsrSignature(proofLeft, await csrPublicKey(proofLeft));
     return finishCertificate(tbs, signature, this.ca.profile, this.caKey, request);
@@ -483,6 +487,10 @@ export class Station {
   /** The checking worker with the fewest calls waiting; null when the work is done here (a lone request, or no workers). */
   private checker(): WorkerRpc | null {
     if (this.checkers.length === 0 || this.alone.alone) return null;
+    return this.leastBusyChecker();
+  }
+
+  private leastBusyChecker(): WorkerRpc {
     let best = this.checkers[0]!;
     for (const c of this.checkers) if (c.waiting < best.waiting) best = c;
     return best;
