@@ -108,8 +108,10 @@ test.serial('proof of possession: a CSR whose signature does not verify is BAD_S
   await expectRefusal(t, s, new Uint8Array(goodTop.toBER(false)), 'BAD_SIGNATURE');
 });
 
-test('the proof of possession is made while (a lone request) or after (under load) the token signs: a forged CSR is still BAD_SIGNATURE before any later check and never issued, and for ten seconds after one the proof comes first again', async (t) => {
+/** A test station whose token signatures are counted, on a clock the test can move forward. */
+async function countingStation(): Promise<{ s: TestStation; signatures: () => number; skip: (ms: number) => void }> {
   let signatures = 0;
+  let skew = 0;
   const counting = (inner: Signer): Signer => ({
     hash: inner.hash,
     signatureAlgorithm: inner.signatureAlgorithm,
@@ -120,8 +122,12 @@ test('the proof of possession is made while (a lone request) or after (under loa
       return inner.sign(digest, hint);
     },
   });
-  let skew = 0;
   const s = await testStation({}, { wrapSigner: counting, clock: () => new Date(Date.now() + skew) });
+  return { s, signatures: () => signatures, skip: (ms) => void (skew += ms) };
+}
+
+test('the proof of possession is made while (a lone request) or after (under load) the token signs: a forged CSR is still BAD_SIGNATURE before any later check and never issued, and for ten seconds after one the proof comes first again', async (t) => {
+  const { s, signatures, skip } = await countingStation();
   const GOOD = 6;
   t.teardown(() => s.close());
   const issuedId = uuid();
@@ -133,7 +139,7 @@ test('the proof of possession is made while (a lone request) or after (under loa
   const issuedDevice = (): Uint8Array => corruptSignature(makeDeviceCsr({ deviceId: issuedId, factory: FACTORY, production: true }).der);
   // Six good requests first, so that the forged ones are not alone (and fewer than MAX_UNPROVEN wait with them).
   const round = async (forged: Uint8Array[]): Promise<{ codes: string[]; signed: number }> => {
-    const before = { issued: s.ledger.issuedCount(), signatures };
+    const before = { issued: s.ledger.issuedCount(), signatures: signatures() };
     const results = await Promise.all([...Array.from({ length: GOOD }, good), ...forged].map((csr) => s.station.handle({ csr, link: 'test' })));
     t.true(results.slice(0, GOOD).every((r) => r.ok));
     t.is(s.ledger.issuedCount(), before.issued + GOOD, 'only the good ones issued');
@@ -142,7 +148,7 @@ test('the proof of possession is made while (a lone request) or after (under loa
       const ev = db.prepare("SELECT code FROM events WHERE kind = 'rejection' AND csr_sha256 = ?").get(createHash('sha256').update(csr).digest('hex')) as { code: string } | undefined;
       t.is(ev?.code, 'BAD_SIGNATURE');
     }
-    return { codes: results.slice(GOOD).map((r) => (r.ok ? 'issued' : r.code)), signed: signatures - before.signatures };
+    return { codes: results.slice(GOOD).map((r) => (r.ok ? 'issued' : r.code)), signed: signatures() - before.signatures };
   };
   // A forged CSR that passes every later check: signed by the token, then refused, the signature dropped.
   t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: GOOD + 1 });
@@ -151,56 +157,44 @@ test('the proof of possession is made while (a lone request) or after (under loa
   // Ten quiet seconds on: the proof is left for after the signature again, and a forged CSR that a
   // later check refuses before any signature is still BAD_SIGNATURE, as the profile orders the checks.
   for (const forged of [otherFactory(), issuedDevice()]) {
-    skew += 10_001;
+    skip(10_001);
     t.deepEqual(await round([forged]), { codes: ['BAD_SIGNATURE'], signed: GOOD });
   }
-  skew += 10_001;
+  skip(10_001);
   t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: GOOD + 1 });
 
   // A lone request makes the proof while the token signs: the same outcomes, one at a time.
   const alone = async (csr: Uint8Array): Promise<{ code: string; signed: number }> => {
-    const before = { issued: s.ledger.issuedCount(), signatures };
+    const before = { issued: s.ledger.issuedCount(), signatures: signatures() };
     const r = await s.station.handle({ csr, link: 'test' });
     t.is(s.ledger.issuedCount(), before.issued, 'nothing issued');
-    return { code: r.ok ? 'issued' : r.code, signed: signatures - before.signatures };
+    return { code: r.ok ? 'issued' : r.code, signed: signatures() - before.signatures };
   };
-  skew += 10_001;
+  skip(10_001);
   t.deepEqual(await alone(otherFactory()), { code: 'BAD_SIGNATURE', signed: 0 });
-  skew += 10_001;
+  skip(10_001);
   t.deepEqual(await alone(issuedDevice()), { code: 'BAD_SIGNATURE', signed: 0 });
-  skew += 10_001;
+  skip(10_001);
   t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 1 });
   t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 0 });
 });
 
 test('a burst of forged CSRs costs the token at most MAX_UNPROVEN signatures, and their refusals name no device (the id in a forged CSR may be a victim\'s)', async (t) => {
-  let signatures = 0;
-  const counting = (inner: Signer): Signer => ({
-    hash: inner.hash,
-    signatureAlgorithm: inner.signatureAlgorithm,
-    publicKeySpki: () => inner.publicKeySpki(),
-    publicKey: () => inner.publicKey(),
-    sign: (digest, hint) => {
-      signatures++;
-      return inner.sign(digest, hint);
-    },
-  });
-  let skew = 0;
-  const s = await testStation({}, { wrapSigner: counting, clock: () => new Date(Date.now() + skew) });
+  const { s, signatures, skip } = await countingStation();
   t.teardown(() => s.close());
   const victim = uuid();
   t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: victim, factory: FACTORY, production: true }).der, link: 'test' })).ok);
   // A forged CSR in the victim's name, its proof left for later: refused as BAD_SIGNATURE, naming no device.
   const forgedVictim = await s.station.handle({ csr: corruptSignature(makeDeviceCsr({ deviceId: victim, factory: FACTORY, production: true }).der), link: 'test' });
   t.like(forgedVictim, { ok: false, code: 'BAD_SIGNATURE', deviceId: null });
-  skew += PROOF_FIRST_MS + 1;
-  const before = { issued: s.ledger.issuedCount(), signatures };
+  skip(PROOF_FIRST_MS + 1);
+  const before = { issued: s.ledger.issuedCount(), signatures: signatures() };
   // 64 at once, as many as the HTTP link lets in, the window open again.
   const burst = Array.from({ length: 64 }, () => corruptSignature(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der));
   const results = await Promise.all(burst.map((csr) => s.station.handle({ csr, link: 'test' })));
   t.true(results.every((r) => !r.ok && r.code === 'BAD_SIGNATURE'));
   t.true(results.every((r) => !r.ok && r.deviceId === null), 'no refusal names the device in the CSR');
-  t.is(signatures - before.signatures, MAX_UNPROVEN);
+  t.is(signatures() - before.signatures, MAX_UNPROVEN);
   t.is(s.ledger.issuedCount(), before.issued);
   await s.station.flushEvents();
   const db = new Database(s.config.station.ledger, { readonly: true });
