@@ -1,9 +1,9 @@
 /**
  * Runs in a worker thread: the OpenSSL work of a request, which would cost
  * the thread that serves the links most of a millisecond a certificate.
- * After the token signed, in one call: the CSR's proof of possession (key
- * import and signature check) when the station left it for here (`prove`
- * makes it alone, before the signature, after a forged one), the token's
+ * After the token signed, in one call: the CSR's proof of possession (its
+ * signature checked with its own key) when the station left it for here
+ * (`prove` makes it alone, before the signature, after a forged one), the token's
  * signature against the local-ca key, the assembly, and OpenSSL's
  * read-back of the whole certificate. Under load they run here, on the
  * other core.

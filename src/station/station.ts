@@ -111,7 +111,7 @@ export class Station {
    * or after the token signs (a lone request: here, during the signature;
    * under load: with the checks after it, see finish); for a while after a
    * failed one it comes first again, so that a flood of forged CSRs costs
-   * the token nothing.
+   * the token nothing (and a burst at most MAX_UNPROVEN signatures).
    */
   private proofFailedAt = -Infinity;
   /** Requests past their decision whose proof of possession is not made yet (see MAX_UNPROVEN). */
@@ -328,11 +328,10 @@ export class Station {
     } catch (err) {
       // The profile's order: a refusal by a later check is BAD_SIGNATURE when the proof fails too.
       const proofFailure = proofLeft ? await this.proofFailure(proofLeft) : null;
-      proven();
       const e = asLineSignerError(proofFailure ?? err);
       // A CSR that fails its proof says nothing about who sent it: its refusal names no device (the CSR's id may be a victim's).
-      const unprovenId = e.code === 'BAD_SIGNATURE' || e.code === 'POLICY_KEY';
-      return await this.refuse(e, req, csrSha256, unprovenId ? null : deviceId);
+      const proofFailed = e.code === 'BAD_SIGNATURE' || e.code === 'POLICY_KEY';
+      return await this.refuse(e, req, csrSha256, proofFailed ? null : deviceId);
     } finally {
       proven();
     }
@@ -458,10 +457,10 @@ export class Station {
    * whose proof then fails (that signature is dropped; nothing is issued).
    */
   private async finish(tbs: Uint8Array, signature: Uint8Array, request: CertificateRequestFacts, proofLeft: ParsedCsr | null): Promise<Uint8Array> {
-    // A proof left for here goes to a worker even if the request is alone by now: it came under load.
-    const checker = proofLeft && this.checkers.length > 0 ? this.leastBusyChecker() : this.checker();
+    // A proof left for here came under load (a lone request proves while the token signs): it goes to a
+    // worker even if the request is alone by now.
+    const checker = proofLeft ? this.leastBusyChecker() : this.checker();
     if (checker) return checker.call<Uint8Array>({ op: 'finish', tbs, signature, facts: request, csr: proofLeft ? ownBytes(proofLeft.der) : undefined });
-    if (proofLeft) verifyCsrSignature(proofLeft, await csrPublicKey(proofLeft));
     return finishCertificate(tbs, signature, this.ca.profile, this.caKey, request);
   }
 

@@ -225,8 +225,9 @@ function nameAttributes(buf: Uint8Array, nameT: Tlv): Array<{ type: string; valu
  * any difference is INTERNAL and nothing is issued. Raw DER pieces are
  * compared where OpenSSL's view is a formatted string (issuer, subject) or
  * costly: exporting OpenSSL's key again for comparison would double the
- * gate's cost, and the key block was already checked to be the canonical
- * encoding of a point on its curve (csr.ts canonicalSpki, csrPublicKey).
+ * gate's cost: the key block is compared byte for byte with the CSR's
+ * canonical encoding (csr.ts canonicalSpki), and OpenSSL's decoding of it
+ * here refuses a point off its curve. Returns the key OpenSSL decoded.
  */
 export function checkAssembled(certificate: Uint8Array, issuer: IssuerProfile, facts: CertificateRequestFacts): KeyObject {
   let why: string | null;
