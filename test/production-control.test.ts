@@ -82,8 +82,13 @@ test.serial('an operator command run while serve starts (lock taken, socket not 
     await sv.close();
   });
   const t0 = Date.now();
-  const command = cliAsync(['order', 'open', 'WO-START', '--quantity', '5', '--config', sv.s.configPath, '--operator', 'olga']);
-  await new Promise((r) => setTimeout(r, 1500));
+  // The socket listens only once the command is waiting for the lock (a fixed 1.5 s was not always enough for it to start under load).
+  let waiting = (): void => undefined;
+  const saidWaiting = new Promise<void>((r) => (waiting = r));
+  const command = cliAsync(['order', 'open', 'WO-START', '--quantity', '5', '--config', sv.s.configPath, '--operator', 'olga'], {
+    onStderr: (soFar) => /waiting for the ledger/.test(soFar) && waiting(),
+  });
+  await Promise.race([saidWaiting, command]);
   control = await serveControl(sv.s.config, sv.s);
   const r = await command;
   t.is(r.status, 0, r.stderr);

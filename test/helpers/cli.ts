@@ -21,13 +21,17 @@ export function cli(args: string[], opts: { input?: string | Uint8Array; env?: N
 }
 
 /** The CLI without blocking this process: for tests whose servers run in it. */
-export function cliAsync(args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+/** `onStderr`: called with all of stderr so far each time more arrives (to act when the command says something). */
+export function cliAsync(args: string[], opts: { env?: NodeJS.ProcessEnv; onStderr?: (soFar: string) => void } = {}): Promise<CliResult> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      opts.onStderr?.(stderr);
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
     child.on('close', (status) => {
       clearTimeout(timer);
