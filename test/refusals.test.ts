@@ -157,10 +157,10 @@ test('the proof of possession is made while (a lone request) or after (under loa
   // Ten quiet seconds on: the proof is left for after the signature again, and a forged CSR that a
   // later check refuses before any signature is still BAD_SIGNATURE, as the profile orders the checks.
   for (const forged of [otherFactory(), issuedDevice()]) {
-    skip(10_001);
+    skip(PROOF_FIRST_MS + 1);
     t.deepEqual(await round([forged]), { codes: ['BAD_SIGNATURE'], signed: GOOD });
   }
-  skip(10_001);
+  skip(PROOF_FIRST_MS + 1);
   t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: GOOD + 1 });
 
   // A lone request makes the proof while the token signs: the same outcomes, one at a time.
@@ -170,11 +170,11 @@ test('the proof of possession is made while (a lone request) or after (under loa
     t.is(s.ledger.issuedCount(), before.issued, 'nothing issued');
     return { code: r.ok ? 'issued' : r.code, signed: signatures() - before.signatures };
   };
-  skip(10_001);
+  skip(PROOF_FIRST_MS + 1);
   t.deepEqual(await alone(otherFactory()), { code: 'BAD_SIGNATURE', signed: 0 });
-  skip(10_001);
+  skip(PROOF_FIRST_MS + 1);
   t.deepEqual(await alone(issuedDevice()), { code: 'BAD_SIGNATURE', signed: 0 });
-  skip(10_001);
+  skip(PROOF_FIRST_MS + 1);
   t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 1 });
   t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 0 });
 });
