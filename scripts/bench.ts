@@ -23,6 +23,7 @@ import { buildTbs, canonicalSpki, csrPublicKey, finishCertificate, makeDeviceCsr
 import { benchStation, fmt, percentile, pool } from './bench-lib.js';
 import { SerialLink } from '../src/links/index.js';
 import { HttpLink } from '../src/links/http.js';
+import { startReference } from './reference-server.js';
 
 async function until(cond: () => boolean, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
@@ -32,8 +33,12 @@ async function until(cond: () => boolean, ms = 10_000): Promise<void> {
   }
 }
 
-const args = new Set(process.argv.slice(2));
+const argv = process.argv.slice(2);
+const args = new Set(argv);
 const quick = args.has('--quick');
+/** A factory-registration-ref checkout: its server is measured beside the HTTP link (reference-server.ts). */
+const referenceDir = args.has('--reference') ? argv[argv.indexOf('--reference') + 1] : undefined;
+if (args.has('--reference') && !referenceDir) throw new Error('bench: --reference needs the folder of a factory-registration-ref checkout');
 const N = quick ? 1000 : 5000;
 const OPENSSL_N = quick ? 30 : 100;
 
@@ -274,9 +279,9 @@ init = 0
   await http.start();
   const H = quick ? 300 : 1000;
   // The clients run in a process of their own, as the jigs do: their work is not the station's.
-  const clients = (count: number, n: number): Promise<number> =>
+  const clients = (count: number, n: number, port = http.port): Promise<number> =>
     new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [join(import.meta.dirname, 'bench-http.js'), String(http.port), String(count), String(n), config.station.factory], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, [join(import.meta.dirname, 'bench-http.js'), String(port), String(count), String(n), config.station.factory], { stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       let err = '';
       child.stdout.on('data', (d) => (out += d));
@@ -289,6 +294,39 @@ init = 0
     });
   say('HTTP /sign certificates/s, one client, new connection each', fmt(await clients(H, 1)));
   say('HTTP /sign certificates/s, eight such clients', fmt(await clients(8 * H, 8)));
+  if (referenceDir) {
+    // Issue 10's ratios, measured as its reference figures were: the same client, the two servers
+    // taking turns, three rounds, so that the machine's mood of the moment is the same for both.
+    const reference = await startReference(referenceDir, config.station.factory);
+    try {
+      await clients(200, 8, reference.port); // warm-up: gunicorn's workers import and cache the local-ca
+      const R = quick ? 1 : 3;
+      for (const n of [1, 8]) {
+        const count = (n === 1 ? 1 : 4) * H;
+        const ours: number[] = [];
+        const theirs: number[] = [];
+        // Server CPU a certificate, every thread and process: this one is the station's alone while its clients run.
+        const oursCpu: number[] = [];
+        const theirsCpu: number[] = [];
+        for (let round = 0; round < R; round++) {
+          const u = process.cpuUsage();
+          ours.push(await clients(count, n));
+          const used = process.cpuUsage(u);
+          oursCpu.push((used.user + used.system) / 1000 / count);
+          const t = reference.cpuMs();
+          theirs.push(await clients(count, n, reference.port));
+          theirsCpu.push((reference.cpuMs() - t) / count);
+        }
+        const ratios = ours.map((x, i) => x / theirs[i]!);
+        const range = (xs: number[], digits = 0): string => (xs.length === 1 ? fmt(xs[0]!, digits) : `${fmt(Math.min(...xs), digits)}-${fmt(Math.max(...xs), digits)}`);
+        const who = n === 1 ? 'one client' : 'eight clients';
+        say(`HTTP side by side, ${who}, ${R} rounds: station / reference / ratio`, `${range(ours)} / ${range(theirs)} / ${range(ratios, 2)}x`);
+        say(`    server CPU a certificate (ms): station / reference`, `${range(oursCpu, 2)} / ${range(theirsCpu, 2)}`);
+      }
+    } finally {
+      await reference.stop();
+    }
+  }
   await http.stop();
   await open.close();
 }
