@@ -12,7 +12,7 @@ import type { ProtocolCode } from '../src/errors.js';
 import { csrDer } from '../src/x509/index.js';
 import { tlv } from '../src/x509/asn1.js';
 import { MESSAGE_MAX } from '../src/text.js';
-import { MAX_UNPROVEN, PROOF_FIRST_MS } from '../src/station/station.js';
+import { ALONE_AFTER_MS, MAX_UNPROVEN, PROOF_FIRST_MS } from '../src/station/station.js';
 import { FACTORY, opensslCsr, testStation, uuid, type TestStation } from './helpers/pki.js';
 import { served } from './helpers/served.js';
 
@@ -109,9 +109,11 @@ test.serial('proof of possession: a CSR whose signature does not verify is BAD_S
 });
 
 /** A test station whose token signatures are counted, on a clock the test can move forward. */
-async function countingStation(): Promise<{ s: TestStation; signatures: () => number; skip: (ms: number) => void }> {
+async function countingStation(): Promise<{ s: TestStation; signatures: () => number; skip: (ms: number) => void; lone: boolean[] }> {
   let signatures = 0;
   let skew = 0;
+  /** Each signature's hint: whether the station served its request as a lone one. */
+  const lone: boolean[] = [];
   const counting = (inner: Signer): Signer => ({
     hash: inner.hash,
     signatureAlgorithm: inner.signatureAlgorithm,
@@ -119,15 +121,38 @@ async function countingStation(): Promise<{ s: TestStation; signatures: () => nu
     publicKey: () => inner.publicKey(),
     sign: (digest, hint) => {
       signatures++;
+      lone.push(hint?.alone === true);
       return inner.sign(digest, hint);
     },
   });
   const s = await testStation({}, { wrapSigner: counting, clock: () => new Date(Date.now() + skew) });
-  return { s, signatures: () => signatures, skip: (ms) => void (skew += ms) };
+  return { s, signatures: () => signatures, skip: (ms) => void (skew += ms), lone };
 }
 
+/** Real time for the station to count as quiet again (its lone path), whatever its own clock says. */
+const quiet = (): Promise<void> => new Promise((r) => setTimeout(r, ALONE_AFTER_MS + 5));
+
+test('a request is served as a lone one only when no two requests overlapped for ALONE_AFTER_MS: one that comes in a gap of a busy station is served as under load', async (t) => {
+  const { s, lone } = await countingStation();
+  t.teardown(() => s.close());
+  const handle = (): Promise<unknown> => s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: 'test' });
+  await quiet();
+  await handle();
+  await handle();
+  t.deepEqual(lone, [true, true], 'one request after another: the lone path');
+  await Promise.all(Array.from({ length: 4 }, handle));
+  // The first of four signs before the others arrive (the station was quiet until then); the others overlap it.
+  t.deepEqual(lone.slice(2), [true, false, false, false]);
+  await handle(); // alone in the station, right after four at once
+  t.is(lone[6], false, 'a gap between overlapping requests is not quiet');
+  await quiet();
+  await handle();
+  t.is(lone[7], true, 'quiet again');
+  t.is(s.ledger.issuedCount(), 8);
+});
+
 test('the proof of possession is made while (a lone request) or after (under load) the token signs: a forged CSR is still BAD_SIGNATURE before any later check and never issued, and for ten seconds after one the proof comes first again', async (t) => {
-  const { s, signatures, skip } = await countingStation();
+  const { s, signatures, skip, lone } = await countingStation();
   const GOOD = 6;
   t.teardown(() => s.close());
   const issuedId = uuid();
@@ -166,6 +191,7 @@ test('the proof of possession is made while (a lone request) or after (under loa
   // A lone request makes the proof while the token signs: the same outcomes, one at a time.
   const alone = async (csr: Uint8Array): Promise<{ code: string; signed: number }> => {
     const before = { issued: s.ledger.issuedCount(), signatures: signatures() };
+    await quiet(); // right after the rounds above, the station still counts as busy
     const r = await s.station.handle({ csr, link: 'test' });
     t.is(s.ledger.issuedCount(), before.issued, 'nothing issued');
     return { code: r.ok ? 'issued' : r.code, signed: signatures() - before.signatures };
@@ -176,6 +202,7 @@ test('the proof of possession is made while (a lone request) or after (under loa
   t.deepEqual(await alone(issuedDevice()), { code: 'BAD_SIGNATURE', signed: 0 });
   skip(PROOF_FIRST_MS + 1);
   t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 1 });
+  t.true(lone.at(-1), 'signed as a lone request');
   t.deepEqual(await alone(corruptSignature(good())), { code: 'BAD_SIGNATURE', signed: 0 });
 });
 
