@@ -86,6 +86,8 @@ export interface OpenOptions {
   /** Stand in another signer (a deliberately slow one in tests); the token still provides the key check. */
   wrapSigner?: (signer: Signer) => Signer;
   clock?: () => Date;
+  /** Tests only: see StationParts.aloneAfterMs. */
+  aloneAfterMs?: number;
   /**
    * The ledger's owner lock: 'take' it (LEDGER_BUSY when another process
    * holds it; the default), the caller 'held' it already, or 'none' (tests
@@ -213,6 +215,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     rootPem: pemEncode(rootDer, 'CERTIFICATE'),
     rules: rulesFrom(config),
     ...(opts.clock ? { clock: opts.clock } : {}),
+    ...(opts.aloneAfterMs !== undefined ? { aloneAfterMs: opts.aloneAfterMs } : {}),
   });
   // What the start checked is the station's; any row after it must be one this station writes.
   if (opts.lock !== 'none') ledger.acceptFile();
