@@ -13,6 +13,7 @@ import { csrDer } from '../src/x509/index.js';
 import { tlv } from '../src/x509/asn1.js';
 import { MESSAGE_MAX } from '../src/text.js';
 import { ALONE_AFTER_MS, MAX_UNPROVEN, PROOF_FIRST_MS } from '../src/station/station.js';
+import type { SignResult } from '../src/station/index.js';
 import { FACTORY, opensslCsr, testStation, uuid, type TestStation } from './helpers/pki.js';
 import { served } from './helpers/served.js';
 
@@ -149,10 +150,25 @@ test('a request is served as a lone one only when no two requests overlapped for
   t.deepEqual(lone.slice(2), [true, false, false, false]);
   await handle(); // alone in the station, right after four at once
   t.is(lone[6], false, 'a gap between overlapping requests is not quiet');
+  // A forged CSR alone in the station inside the window: its proof after the signature, and still refused.
+  const forged = await s.station.handle({ csr: corruptSignature(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der), link: 'test' });
+  t.like(forged, { ok: false, code: 'BAD_SIGNATURE' });
+  t.is(lone[7], false);
   await quiet(WINDOW);
   await handle();
-  t.is(lone[7], true, 'quiet again');
-  t.is(s.ledger.issuedCount(), 8);
+  t.is(lone[8], true, 'quiet again');
+  t.is(s.ledger.issuedCount(), 8, 'the forged one not issued');
+});
+
+test('requests refused before the token do not count as overlapping: a flood of bad ones cannot take the lone path from a quiet line', async (t) => {
+  const WINDOW = 1000;
+  const { s, lone } = await countingStation({ aloneAfterMs: WINDOW });
+  t.teardown(() => s.close());
+  const refused = (): Promise<SignResult> => s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: 'other-factory', production: true }).der, link: 'test' });
+  const flood = await Promise.all(Array.from({ length: 3 }, refused));
+  t.true(flood.every((r) => !r.ok && r.code === 'POLICY_SUBJECT'));
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, link: 'test' })).ok);
+  t.deepEqual(lone, [true], 'served as a lone one right after three refused at once');
 });
 
 test('requests that stay in the station together longer than the window count as overlapping until the last of them leaves', async (t) => {
