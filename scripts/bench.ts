@@ -14,7 +14,7 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { loadConfig, readPin } from '../src/config/index.js';
 import { caShow, localCaFrom, openStation, openToken, readCertificateFile } from '../src/station/index.js';
 import { SqliteLedger, type GroupWrite } from '../src/ledger/index.js';
@@ -23,7 +23,7 @@ import { buildTbs, canonicalSpki, csrPublicKey, finishCertificate, makeDeviceCsr
 import { benchStation, fmt, percentile, pool } from './bench-lib.js';
 import { SerialLink } from '../src/links/index.js';
 import { HttpLink } from '../src/links/http.js';
-import { startReference } from './reference-server.js';
+import { referenceProblem, startReference } from './reference-server.js';
 
 async function until(cond: () => boolean, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
@@ -36,9 +36,21 @@ async function until(cond: () => boolean, ms = 10_000): Promise<void> {
 const argv = process.argv.slice(2);
 const args = new Set(argv);
 const quick = args.has('--quick');
-/** A factory-registration-ref checkout: its server is measured beside the HTTP link (reference-server.ts). */
-const referenceDir = args.has('--reference') ? argv[argv.indexOf('--reference') + 1] : undefined;
-if (args.has('--reference') && !referenceDir) throw new Error('bench: --reference needs the folder of a factory-registration-ref checkout');
+/**
+ * A factory-registration-ref checkout: its server is measured beside the HTTP link (reference-server.ts).
+ * Relative to where scripts/bench was started (it moves to the project's folder), checked before anything runs.
+ */
+const referenceArg = args.has('--reference') ? argv[argv.indexOf('--reference') + 1] : undefined;
+if (args.has('--reference') && (!referenceArg || referenceArg.startsWith('--'))) {
+  console.error('bench: --reference needs the folder of a factory-registration-ref checkout');
+  process.exit(64);
+}
+const referenceDir = referenceArg === undefined ? undefined : resolve(process.env.LINE_SIGNER_BENCH_CWD ?? process.cwd(), referenceArg);
+const referenceBad = referenceDir === undefined ? null : referenceProblem(referenceDir);
+if (referenceBad) {
+  console.error(`bench: ${referenceBad}`);
+  process.exit(64);
+}
 const N = quick ? 1000 : 5000;
 const OPENSSL_N = quick ? 30 : 100;
 
@@ -308,19 +320,31 @@ init = 0
         // Server CPU a certificate, every thread and process: this one is the station's alone while its clients run.
         const oursCpu: number[] = [];
         const theirsCpu: number[] = [];
-        for (let round = 0; round < R; round++) {
+        const station = async (): Promise<void> => {
           const u = process.cpuUsage();
           ours.push(await clients(count, n));
           const used = process.cpuUsage(u);
           oursCpu.push((used.user + used.system) / 1000 / count);
+        };
+        const theirTurn = async (): Promise<void> => {
           const t = reference.cpuMs();
           theirs.push(await clients(count, n, reference.port));
           theirsCpu.push((reference.cpuMs() - t) / count);
+        };
+        // Each goes first in turn.
+        for (let round = 0; round < R; round++) {
+          if (round % 2 === 0) {
+            await station();
+            await theirTurn();
+          } else {
+            await theirTurn();
+            await station();
+          }
         }
         const ratios = ours.map((x, i) => x / theirs[i]!);
         const range = (xs: number[], digits = 0): string => (xs.length === 1 ? fmt(xs[0]!, digits) : `${fmt(Math.min(...xs), digits)}-${fmt(Math.max(...xs), digits)}`);
         const who = n === 1 ? 'one client' : 'eight clients';
-        say(`HTTP side by side, ${who}, ${R} rounds: station / reference / ratio`, `${range(ours)} / ${range(theirs)} / ${range(ratios, 2)}x`);
+        say(`HTTP side by side, ${who}, ${R} round${R === 1 ? '' : 's'}: station / reference / ratio`, `${range(ours)} / ${range(theirs)} / ${range(ratios, 2)}x`);
         say(`    server CPU a certificate (ms): station / reference`, `${range(oursCpu, 2)} / ${range(theirsCpu, 2)}`);
       }
     } finally {

@@ -6,27 +6,38 @@
  * station's HTTP link with the same client in the same run. DIR is a
  * checkout the user made; nothing of it is part of this project.
  * Debian's gunicorn, python3-flask, python3-requests and
- * python3-cryptography run it (scripts/bench installs them when asked).
+ * python3-cryptography run it (scripts/bench installs them when asked):
+ * Debian 12 has gunicorn 20.1, Flask 2.2 and cryptography 38, where the
+ * project's own image pins newer ones. Its log goes to a file, as a
+ * container's would, in a temporary folder removed when it stops.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type AddressInfo } from 'node:net';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export interface ReferenceServer {
   port: number;
-  /** Where its own log went (its requests' log lines, as shipped). */
-  log: string;
   /** CPU time its processes (gunicorn's master and workers) have used, ms. */
   cpuMs(): number;
+  /** Ends it and removes its temporary folder (keys, log, a file per device). */
   stop(): Promise<void>;
 }
 
+/** The checkout's problem, or null when it looks like factory-registration-ref: checked before the bench's long sections. */
+export function referenceProblem(checkout: string): string | null {
+  return existsSync(join(checkout, 'registration_ref', 'app.py')) ? null : `--reference ${checkout}: not a factory-registration-ref checkout (no registration_ref/app.py)`;
+}
+
+/** Debian's gunicorn (python3-flask and friends beside it), not whatever else is on PATH. */
+const GUNICORN = '/usr/bin/gunicorn';
+
 export async function startReference(checkout: string, factory: string): Promise<ReferenceServer> {
-  if (!existsSync(join(checkout, 'registration_ref', 'app.py'))) {
-    throw new Error(`--reference ${checkout}: not a factory-registration-ref checkout (no registration_ref/app.py)`);
-  }
+  const problem = referenceProblem(checkout);
+  if (problem) throw new Error(problem);
+  if (!existsSync(GUNICORN)) throw new Error(`${GUNICORN} is missing: scripts/bench --reference installs Debian's gunicorn`);
   const dir = mkdtempSync(join(tmpdir(), 'line-signer-reference-'));
   const ca = throwawayCa(dir, factory);
   mkdirSync(join(dir, 'devices'));
@@ -34,11 +45,13 @@ export async function startReference(checkout: string, factory: string): Promise
   const log = join(dir, 'gunicorn.log');
   const out = openSync(log, 'a');
   // As docker_run.sh does: `gunicorn -n intel-esh -w4`, the local-ca and its key in the environment.
-  const child = spawn('gunicorn', ['-n', 'intel-esh', '-w4', '-b', `127.0.0.1:${port}`, 'registration_ref.app:app'], {
+  const child = spawn(GUNICORN, ['-n', 'intel-esh', '-w4', '-b', `127.0.0.1:${port}`, 'registration_ref.app:app'], {
     cwd: checkout,
     env: {
       PATH: process.env.PATH,
       PYTHONPATH: checkout,
+      // No __pycache__ left in the user's checkout.
+      PYTHONDONTWRITEBYTECODE: '1',
       DEVICE_GATEWAY_SERVER: 'https://ota-lite.example:8443',
       OSTREE_SERVER: 'https://ota-lite.example:8443',
       ROOT_CRT: ca.root,
@@ -49,17 +62,43 @@ export async function startReference(checkout: string, factory: string): Promise
     },
     stdio: ['ignore', out, out],
   });
-  await listening(port, child, log);
+  closeSync(out); // the child has its own
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let spawnError: Error | null = null;
+  child.once('error', (err) => (spawnError = err));
+  // Whatever ends the bench (an error, Ctrl-C, SIGTERM) ends gunicorn and its workers too.
+  const kill = (): void => void child.kill('SIGTERM');
+  const abandon = (): void => {
+    kill();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    abandon();
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.once('exit', abandon);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const stop = async (): Promise<void> => {
+    process.off('exit', abandon);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    if (child.exitCode === null && child.signalCode === null && !spawnError) {
+      kill();
+      await exited;
+    }
+    rmSync(dir, { recursive: true, force: true }); // its keys, log and one file per device
+  };
+  try {
+    await answering(port, child, log, () => spawnError);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
   return {
     port,
-    log,
     cpuMs: () => [child.pid!, ...childrenOf(child.pid!)].reduce((ms, pid) => ms + processCpuMs(pid), 0),
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      }),
+    stop,
   };
 }
 
@@ -103,20 +142,29 @@ function freePort(): Promise<number> {
   });
 }
 
-/** Waits until gunicorn accepts connections (its 4 workers load Flask first), or says why it did not. */
-async function listening(port: number, child: ChildProcess, log: string): Promise<void> {
+/**
+ * Waits until a gunicorn worker answers HTTP (the master binds the port
+ * before its workers have imported the app), or says why none does: a
+ * checkout whose app cannot load makes the master exit, and its log says why.
+ */
+async function answering(port: number, child: ChildProcess, log: string, spawnError: () => Error | null): Promise<void> {
   const end = Date.now() + 30_000;
+  const tail = (): string => (existsSync(log) ? readFileSync(log, 'utf8').slice(-800) : '');
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`reference server exited ${child.exitCode}: ${readFileSync(log, 'utf8').slice(-800)}`);
+    const failed = spawnError();
+    if (failed) throw new Error(`reference server: ${failed.message}`);
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`reference server exited (${child.exitCode ?? child.signalCode}): ${tail()}`);
     const up = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1', () => {
-        s.destroy();
+      const req = request({ host: '127.0.0.1', port, path: '/', method: 'HEAD', agent: false, timeout: 1000 }, (res) => {
+        res.resume();
         resolve(true);
       });
-      s.on('error', () => resolve(false));
+      req.on('timeout', () => req.destroy());
+      req.on('error', () => resolve(false));
+      req.end();
     });
     if (up) return;
-    if (Date.now() > end) throw new Error(`reference server not listening after 30 s: ${readFileSync(log, 'utf8').slice(-800)}`);
+    if (Date.now() > end) throw new Error(`reference server not answering after 30 s: ${tail()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
