@@ -71,6 +71,7 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
     ledger,
     checkpoint: (reason: string) => open.checkpointer.take(reason),
     recordEvent: (e: NewEvent) => open.ledger.recordEvent(e),
+    whileDiskBusy: <T>(work: () => Promise<T>) => open.ledger.whileDiskBusy(work),
     // A checkpoint first: what the one after the action needs (a signature and a token write) works now.
     async tokenReady(): Promise<void> {
       try {
@@ -89,7 +90,7 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
         // Edits made while it serves must not reach a signed batch (and sync) before the next start refuses them.
         await open.ledger.checkBeforeExport();
         const bound = open.ledger.exportBound();
-        const r = await exportBatch(config, { outDir: req.outDir, batch: req.batch, operator: req.operator, upTo: bound.upTo, beforeRecord: bound.stillOwn });
+        const r = await open.ledger.whileDiskBusy(() => exportBatch(config, { outDir: req.outDir, batch: req.batch, operator: req.operator, upTo: bound.upTo, beforeRecord: bound.stillOwn }));
         await open.checkpointer.take('export');
         return r;
       }

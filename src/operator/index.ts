@@ -47,6 +47,8 @@ export interface OperatorContext {
    * thread: the thread that serves the links never waits on a flush for it).
    */
   recordEvent(event: Parameters<SqliteLedger['appendEvent']>[0]): Promise<void>;
+  /** A serving station's: while `work` writes a large file (a backup), no commit flushes on the links' thread. */
+  whileDiskBusy?<T>(work: () => Promise<T>): Promise<T>;
 }
 
 /** The operator's name: the flag, else [station] operator, else the login name (SUDO_USER under sudo). */
@@ -128,7 +130,8 @@ export async function perform(ctx: OperatorContext, req: OperatorRequest): Promi
       // The copy then holds a signed checkpoint covering everything before it started.
       await ctx.checkpoint('backup');
       try {
-        return await backupLedger(ctx.config.station.ledger, req.dest);
+        const copy = (): ReturnType<typeof backupLedger> => backupLedger(ctx.config.station.ledger, req.dest);
+        return await (ctx.whileDiskBusy ? ctx.whileDiskBusy(copy) : copy());
       } catch (err) {
         // The log must not show a backup that is not there.
         await ctx.recordEvent({ kind: 'backup', message: clipMessage(`backup to ${req.dest} failed: ${(err as Error).message}`), operator: req.operator });
