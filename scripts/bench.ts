@@ -320,7 +320,7 @@ init = 0
         // Server CPU a certificate, every thread and process: this one is the station's alone while its clients run.
         const oursCpu: number[] = [];
         const theirsCpu: number[] = [];
-        const station = async (): Promise<void> => {
+        const ourTurn = async (): Promise<void> => {
           const u = process.cpuUsage();
           ours.push(await clients(count, n));
           const used = process.cpuUsage(u);
@@ -334,11 +334,11 @@ init = 0
         // Each goes first in turn.
         for (let round = 0; round < R; round++) {
           if (round % 2 === 0) {
-            await station();
+            await ourTurn();
             await theirTurn();
           } else {
             await theirTurn();
-            await station();
+            await ourTurn();
           }
         }
         const ratios = ours.map((x, i) => x / theirs[i]!);

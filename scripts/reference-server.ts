@@ -17,6 +17,7 @@ import { request } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { cpuSample } from './bench-lib.js';
 
 export interface ReferenceServer {
   port: number;
@@ -97,7 +98,7 @@ export async function startReference(checkout: string, factory: string): Promise
   }
   return {
     port,
-    cpuMs: () => [child.pid!, ...childrenOf(child.pid!)].reduce((ms, pid) => ms + processCpuMs(pid), 0),
+    cpuMs: () => [child.pid!, ...childrenOf(child.pid!)].reduce((ms, pid) => ms + (cpuSample(`/proc/${pid}`)?.cpuTicks ?? 0) * 10, 0),
     stop,
   };
 }
@@ -118,16 +119,6 @@ function childrenOf(pid: number): number[] {
     return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
   } catch {
     return []; // pgrep exits 1 when there are none
-  }
-}
-
-/** utime + stime from /proc/PID/stat, in ms (clock ticks of 10 ms, as Linux reports them to user space). */
-function processCpuMs(pid: number): number {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return 0;
   }
 }
 
