@@ -5,13 +5,16 @@
  * would hold every link (README, "The ledger writer").
  */
 import test from 'ava';
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
 import type { NewEvent } from '../src/ledger/index.js';
 import { testStation } from './helpers/pki.js';
+
+const event = (message: string): NewEvent => ({ kind: 'rejection', code: 'BAD_CSR', message, link: 'test' });
 
 test('a lone commit flushes on the links\' thread, but through the writer while a large file is written beside the ledger and right after', async (t) => {
   const s = await testStation();
   t.teardown(() => s.close());
-  const event = (message: string): NewEvent => ({ kind: 'rejection', code: 'BAD_CSR', message, link: 'test' });
   const seq = (): number => s.ledger.heads().eventSeq;
   /** Whether the row was in the file when recordEvent returned, before its promise settled: committed here. */
   const committedHere = async (message: string): Promise<boolean> => {
@@ -36,4 +39,56 @@ test('a lone commit flushes on the links\' thread, but through the writer while 
   release();
   await copying;
   t.false(await committedHere('after'), 'nor right after: the kernel still flushes the copy');
+});
+
+/**
+ * Another connection (a thread of its own, so that it can let go while this one waits) holds the
+ * ledger's write lock for `ms`: the next commit here waits on SQLite's busy handler, as it would
+ * behind a disk that is slow to flush.
+ */
+async function holdWriteLock(path: string, ms: number): Promise<Worker> {
+  const worker = new Worker(
+    `const Database = require(require('node:worker_threads').workerData.sqlite);
+     const { parentPort, workerData } = require('node:worker_threads');
+     const db = new Database(workerData.path);
+     db.exec('BEGIN IMMEDIATE');
+     parentPort.postMessage('locked');
+     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, workerData.ms);
+     db.exec('ROLLBACK');
+     db.close();`,
+    { eval: true, workerData: { path, ms, sqlite: createRequire(import.meta.url).resolve('better-sqlite3') } },
+  );
+  await new Promise<void>((resolve, reject) => {
+    worker.once('message', () => resolve());
+    worker.once('error', reject);
+  });
+  return worker;
+}
+
+test('a lone commit that was slow on the links\' thread sends the next ones through the writer', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const seq = (): number => s.ledger.heads().eventSeq;
+  const committedHere = async (message: string): Promise<boolean> => {
+    const before = seq();
+    const done = s.ledger.recordEvent(event(message), { alone: true });
+    const here = seq() === before + 1;
+    await done;
+    t.is(seq(), before + 1, 'committed either way');
+    return here;
+  };
+  let here = false;
+  for (let i = 0; i < 40 && !here; i++) {
+    here = await committedHere(`control ${i}`);
+    if (!here) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.true(here, 'a lone commit is made on this thread when nothing else is going on');
+  t.true(await committedHere('control again'), 'and the next one too: a fast commit changes nothing');
+
+  const holder = await holdWriteLock(s.config.station.ledger, 60);
+  const t0 = performance.now();
+  t.true(await committedHere('slow'), 'the commit that found the disk slow was made here, waiting');
+  t.true(performance.now() - t0 > 15, 'and it took longer than a slow commit');
+  await new Promise((r) => holder.once('exit', r));
+  for (let i = 0; i < 3; i++) t.false(await committedHere(`after ${i}`), 'the ones after it go through the writer');
 });
