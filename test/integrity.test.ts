@@ -4,13 +4,14 @@
  * PIN that is tried once.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash, generateKeyPairSync, sign as signWith } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
-import { issuanceHash, SqliteLedger, type Issuance } from '../src/ledger/index.js';
+import { checkpointStatement, encodeTokenCheckpoint, issuanceHash, SqliteLedger, type Issuance } from '../src/ledger/index.js';
 import { LedgerLock, lockPath } from '../src/ledger/lock.js';
 import { tmpdir } from 'node:os';
 import { openStation, stationKeyInit, verifyLedger } from '../src/station/index.js';
@@ -225,6 +226,22 @@ test('ownership check: a lock file replaced and held for a moment (a refused ser
   t.regex(owner.stillOwned() ?? '', /deleted or replaced.*two processes may be writing/);
 });
 
+test('an owner whose lock file was taken over leaves the new holder\'s owner file when it lets go', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'line-signer-lock-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const ledger = join(dir, 'ledger.db');
+  const old = LedgerLock.acquire(ledger, 'serve');
+  for (const f of [lockPath(ledger), `${lockPath(ledger)}-journal`, `${ledger}.owner`]) rmSync(f, { force: true });
+  const taker = LedgerLock.acquire(ledger, 'sign');
+  t.teardown(() => taker.release());
+  const written = readFileSync(`${ledger}.owner`, 'utf8');
+  old.release();
+  t.true(existsSync(`${ledger}.owner`), 'still there');
+  t.is(readFileSync(`${ledger}.owner`, 'utf8'), written, 'and still naming the process that holds the lock');
+  taker.release();
+  t.false(existsSync(`${ledger}.owner`), 'its own owner file is removed by the holder');
+});
+
 test('serials are written as openssl x509 -serial prints them and found in any form', async (t) => {
   const s = await testStation();
   t.teardown(() => s.close());
@@ -296,4 +313,99 @@ test('a local-ca key that could leave the token is refused by a production stati
   const err = await t.throwsAsync(openStation(s.config));
   t.regex(err!.message, /not sensitive|extractable/);
   t.regex(err!.message, /production station/);
+});
+
+/**
+ * What a process on the station can do to the token without the PIN: a
+ * session that is not logged in may make and remove public objects. The
+ * attacker uses pkcs11-tool as anyone would, never with --login.
+ */
+function pkcs11ToolNoLogin(configPath: string, args: string[]): void {
+  const c = loadConfig(configPath);
+  execFileSync('pkcs11-tool', ['--module', c.token.module, '--token-label', c.token.token_label, ...args], {
+    env: c.token.softhsm2_conf ? { ...process.env, SOFTHSM2_CONF: c.token.softhsm2_conf } : process.env,
+    stdio: 'pipe',
+  });
+}
+
+function attackerKey(dir: string): { der: string; privateKey: ReturnType<typeof generateKeyPairSync>['privateKey'] } {
+  const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const der = join(dir, `attacker-${uuid()}.der`);
+  writeFileSync(der, publicKey.export({ type: 'spki', format: 'der' }));
+  return { der, privateKey };
+}
+
+test("a station key's public half swapped without the PIN (checkpoints re-signed with the attacker's key): ledger verify and serve refuse it", async (t) => {
+  const s = await stoppedStation(3);
+  const c = loadConfig(s.configPath);
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+  const attacker = attackerKey(s.dir);
+  // Every checkpoint signed again by the attacker (the statement does not cover the signature).
+  tamper(s.ledger, (db) => {
+    const ledgerId = (db.prepare("SELECT value FROM settings WHERE key = 'ledger_id'").get() as { value: string }).value;
+    const l = new SqliteLedger(s.ledger, c.station.id, { readonly: true });
+    try {
+      for (const cp of l.checkpoints()) {
+        const sig = signWith('sha256', checkpointStatement(ledgerId, cp), attacker.privateKey);
+        db.prepare('UPDATE checkpoints SET signature = ? WHERE n = ?').run(sig, cp.n);
+      }
+    } finally {
+      l.close();
+    }
+  });
+  pkcs11ToolNoLogin(s.configPath, ['--delete-object', '--type', 'pubkey', '--label', c.token.station_key_label]);
+  pkcs11ToolNoLogin(s.configPath, ['--write-object', attacker.der, '--type', 'pubkey', '--label', c.token.station_key_label]);
+  const verify = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(verify.status, 1, verify.stdout);
+  t.regex(verify.stderr, /no public key labelled "station-key" is the public half of the private key/);
+  const serve = cli(['serve', '--config', s.configPath, '--spool', join(s.dir, 'stick'), '--json']);
+  t.not(serve.status, 0);
+  t.regex(serve.stderr, /ERROR TOKEN_UNAVAILABLE .*public half/);
+});
+
+test('public objects made without the PIN beside the real ones (a second public key with each key\'s label, a data object posing as the newest checkpoint) stop nothing', async (t) => {
+  const s = await stoppedStation(2);
+  const c = loadConfig(s.configPath);
+  for (const label of [c.token.key_label, c.token.station_key_label]) {
+    pkcs11ToolNoLogin(s.configPath, ['--write-object', attackerKey(s.dir).der, '--type', 'pubkey', '--label', label]);
+  }
+  const junk = join(s.dir, 'junk-checkpoint.json');
+  writeFileSync(junk, `{"n":1e400,"ledgerId":"x","stationId":"${c.station.id}"}`);
+  pkcs11ToolNoLogin(s.configPath, ['--write-object', junk, '--type', 'data', '--label', `line-signer checkpoint ${c.station.id}`]);
+  const verify = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(verify.status, 0, verify.stderr);
+  const csrPath = join(s.dir, 'next.der');
+  writeFileSync(csrPath, makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der);
+  const signed = cli(['sign', csrPath, '--config', s.configPath]);
+  t.is(signed.status, 0, signed.stderr);
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+});
+
+test('the newest rows deleted and checkpoints forged past the token\'s, with a public token object vouching for them: sign refuses the file', async (t) => {
+  const s = await stoppedStation(12);
+  const c = loadConfig(s.configPath);
+  const revokedCsr = join(s.dir, 'late.der');
+  writeFileSync(revokedCsr, makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der);
+  let forged = '';
+  tamper(s.ledger, (db) => {
+    db.exec('DELETE FROM issuances WHERE seq > 7');
+    db.exec('DELETE FROM checkpoints WHERE issuance_seq > 7');
+  });
+  // Checkpoints made with the project's own code, signed with garbage, numbered past the token's.
+  const l = new SqliteLedger(s.ledger, c.station.id);
+  try {
+    for (let i = 0; i < 40; i++) {
+      const p = l.prepareCheckpoint('stop', true)!;
+      forged = encodeTokenCheckpoint(l.recordCheckpoint({ ...p.unsigned, signature: createHash('sha256').update('x').digest() })).toString();
+    }
+  } finally {
+    l.close();
+  }
+  const object = join(s.dir, 'forged-checkpoint.json');
+  writeFileSync(object, forged);
+  pkcs11ToolNoLogin(s.configPath, ['--write-object', object, '--type', 'data', '--label', `line-signer checkpoint ${c.station.id}`]);
+  const signed = cli(['sign', revokedCsr, '--config', s.configPath]);
+  t.not(signed.status, 0, signed.stdout);
+  t.regex(signed.stderr, /ERROR LEDGER .*checkpoint/);
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 1);
 });

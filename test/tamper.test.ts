@@ -5,7 +5,7 @@
  * batches table, a swapped station certificate.
  */
 import test from 'ava';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -110,6 +110,29 @@ test('a second name for the ledger file finds the same lock', async (t) => {
   const second = await cliAsync(['serve', '--config', config2, '--spool', s.stick, '--json']);
   t.not(second.status, 0);
   t.regex(second.stderr, /ERROR LEDGER_BUSY/);
+});
+
+test('a hard link to the ledger: no process owns it by either name, so sign by the other name cannot write beside a serving station', async (t) => {
+  const s = await stopped(0);
+  const other = join(s.dir, 'other');
+  mkdirSync(other);
+  const config2 = join(s.dir, 'station2.toml');
+  writeFileSync(config2, readFileSync(s.configPath, 'utf8').replace('ledger = "ledger.db"', 'ledger = "other/ledger.db"'));
+  const first = await openStation(loadConfig(s.configPath));
+  linkSync(s.ledger, join(other, 'ledger.db'));
+  const csrPath = join(s.dir, 'one.der');
+  writeFileSync(csrPath, csr());
+  const byOtherName = await cliAsync(['sign', csrPath, '--config', config2]);
+  t.not(byOtherName.status, 0, byOtherName.stdout);
+  t.regex(byOtherName.stderr, /ERROR LEDGER .*2 names \(hard links\)/);
+  t.is(first.ledger.heads().issuanceSeq, 0, 'nothing recorded by the other name');
+  await first.close();
+  const again = await cliAsync(['serve', '--config', s.configPath, '--spool', s.stick, '--json']);
+  t.not(again.status, 0);
+  t.regex(again.stderr, /ERROR LEDGER .*hard links/);
+  rmSync(join(other, 'ledger.db'));
+  const signed = await cliAsync(['sign', csrPath, '--config', s.configPath]);
+  t.is(signed.status, 0, signed.stderr);
 });
 
 test('the batches table: a deleted newest batch row is caught', async (t) => {

@@ -43,6 +43,37 @@ export function realLedgerPath(ledger: string): string {
 export const lockPath = (ledger: string): string => `${realLedgerPath(ledger)}.lock`;
 export const ownerPath = (ledger: string): string => `${realLedgerPath(ledger)}.owner`;
 
+/**
+ * A ledger file with a second hard link cannot be owned: the lock, the
+ * control socket and SQLite's journal (`-wal`, `-shm`) are named after the
+ * path, so a process opening it by the other name would take another lock
+ * and write a journal the owner never reads (a certificate recorded
+ * nowhere, a corrupted file). A symlink resolves to the same path; a hard
+ * link does not, so none is accepted.
+ */
+function inodeOf(path: string): number | null {
+  try {
+    return statSync(path).ino;
+  } catch {
+    return null;
+  }
+}
+
+function refuseHardLinked(ledger: string): void {
+  let links: number;
+  try {
+    links = statSync(ledger).nlink;
+  } catch {
+    return; // not made yet
+  }
+  if (links > 1) {
+    throw new LineSignerError(
+      'LEDGER',
+      `${ledger} has ${links} names (hard links): a process that opened it by another name would take another lock and keep its own journal, so nothing writes to it; remove the other names (\`find / -xdev -samefile ${ledger}\`)`,
+    );
+  }
+}
+
 function holderText(ledger: string): string {
   try {
     const h = JSON.parse(readFileSync(ownerPath(ledger), 'utf8')) as LockHolder;
@@ -57,6 +88,8 @@ export class LedgerLock {
   private inode: number;
   /** The last ownership check found the lock file replaced and held by another process: look again soon (stillOwned). */
   contested = false;
+  /** The owner file this lock wrote (written anew, so a new inode, by each owner). */
+  private ownerInode: number | null = null;
 
   private constructor(
     private db: Database.Database,
@@ -131,10 +164,12 @@ export class LedgerLock {
   private writeOwner(): void {
     const holder: LockHolder = { pid: process.pid, command: this.command, user: safeUser(), since: new Date().toISOString() };
     writeFileAtomic(ownerPath(this.ledger), JSON.stringify(holder) + '\n', 0o644);
+    this.ownerInode = inodeOf(ownerPath(this.ledger));
   }
 
   /** The lock now, or LEDGER_BUSY naming the holder. */
   static acquire(ledger: string, command: string): LedgerLock {
+    refuseHardLinked(ledger);
     const lock = LedgerLock.tryAcquire(ledger, command);
     if (!lock) throw busy(ledger);
     return lock;
@@ -146,6 +181,7 @@ export class LedgerLock {
    * owner, and taking it would make a second writer (LEDGER_BUSY).
    */
   static async acquireChecked(ledger: string, command: string): Promise<LedgerLock> {
+    refuseHardLinked(ledger);
     // The owner file is written only once this process owns the ledger: a refusal leaves the serving station's.
     const lock = LedgerLock.tryAcquire(ledger, command, false);
     if (!lock) throw busy(ledger);
@@ -166,6 +202,7 @@ export class LedgerLock {
    */
   static async wait(ledger: string, command: string, timeoutMs: number, onWait: ((holder: string) => void) | undefined, instead: () => Promise<boolean>): Promise<LedgerLock | null>;
   static async wait(ledger: string, command: string, timeoutMs: number, onWait?: (holder: string) => void, instead?: () => Promise<boolean>): Promise<LedgerLock | null> {
+    refuseHardLinked(ledger);
     const end = Date.now() + timeoutMs;
     let told = false;
     for (;;) {
@@ -183,7 +220,8 @@ export class LedgerLock {
   release(removeOwner = true): void {
     if (!this.db.open) return;
     try {
-      if (removeOwner) rmSync(ownerPath(this.ledger), { force: true });
+      // Only the file this lock wrote: after the lock file was replaced, it may name the process that holds the lock now.
+      if (removeOwner && this.ownerInode !== null && inodeOf(ownerPath(this.ledger)) === this.ownerInode) rmSync(ownerPath(this.ledger), { force: true });
       this.db.exec('ROLLBACK');
     } finally {
       this.db.close();

@@ -83,7 +83,13 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
       throw new LineSignerError((err as LineSignerError).code ?? 'TOKEN_UNAVAILABLE', `${(err as Error).message}; the token holds the station key and the newest checkpoint (--without-token checks without it)`);
     }
     try {
-      const key = token.findKey(config.token.station_key_label);
+      let key = null;
+      try {
+        key = token.findKey(config.token.station_key_label);
+      } catch (err) {
+        // A public half that is not the private key's (findKey): listed, and the checkpoints' signatures go unchecked.
+        problem('token', 0, (err as Error).message);
+      }
       if (key) stationKey = createPublicKey({ key: Buffer.from(key.spki), format: 'der', type: 'spki' });
       const cache = new Map<string, Buffer[]>();
       tokenRead = (label) => {
@@ -95,7 +101,7 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
     } finally {
       token.close();
     }
-    if (!stationKey) problem('token', 0, `the token has no station key "${config.token.station_key_label}" to check the checkpoints with`);
+    if (!stationKey && problems.length === 0) problem('token', 0, `the token has no station key "${config.token.station_key_label}" to check the checkpoints with`);
   } else {
     try {
       stationKey = new X509Certificate(Buffer.from(readCertificateFile(config.ca.station_certificate, 'station key certificate'))).publicKey;

@@ -4,7 +4,7 @@
  * loop. One long-lived session; signs are queued on it because a PKCS#11
  * session runs one operation at a time (CKR_OPERATION_ACTIVE otherwise).
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes, verify, type KeyObject } from 'node:crypto';
 import { isMainThread } from 'node:worker_threads';
 import pkcs11js from 'pkcs11js';
 import { LineSignerError } from '../errors.js';
@@ -245,7 +245,7 @@ export class Pkcs11Token {
   /** Whether the private key labelled `label` is there; needs a logged-in session. */
   hasPrivateKey(label: string): boolean {
     try {
-      return this.findObject(pkcs11js.CKO_PRIVATE_KEY, label) !== null;
+      return this.findObject(pkcs11js.CKO_PRIVATE_KEY, label, [{ type: pkcs11js.CKA_PRIVATE, value: true }]) !== null;
     } catch (err) {
       if (err instanceof LineSignerError) throw err;
       throw tokenError('C_FindObjects', err);
@@ -399,47 +399,88 @@ export class Pkcs11Token {
     return this.session!;
   }
 
-  private findObject(cls: number, label: string): Handle | null {
+  /** Up to `max` objects of class `cls` labelled `label`, with `extra` attributes too. */
+  private findObjects(cls: number, label: string, max: number, extra: pkcs11js.Template = []): Handle[] {
     const s = this.s;
-    this.p11.C_FindObjectsInit(s, [
-      { type: pkcs11js.CKA_CLASS, value: cls },
-      { type: pkcs11js.CKA_LABEL, value: label },
-    ]);
+    this.p11.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_CLASS, value: cls }, { type: pkcs11js.CKA_LABEL, value: label }, ...extra]);
     try {
-      const found = this.p11.C_FindObjects(s, 2);
-      if (found.length > 1) {
-        throw new LineSignerError('TOKEN_UNAVAILABLE', `token: more than one object labelled "${label}"`);
-      }
-      return found[0] ?? null;
+      return this.p11.C_FindObjects(s, max);
     } finally {
       this.p11.C_FindObjectsFinal(s);
     }
   }
 
-  /** The EC key pair labelled `label`, or null when the token has none. */
+  private findObject(cls: number, label: string, extra: pkcs11js.Template = []): Handle | null {
+    const found = this.findObjects(cls, label, 2, extra);
+    if (found.length > 1) {
+      throw new LineSignerError('TOKEN_UNAVAILABLE', `token: more than one object labelled "${label}"`);
+    }
+    return found[0] ?? null;
+  }
+
+  /**
+   * The EC key pair labelled `label`, or null when the token has none.
+   *
+   * Only the private half is trusted as found: it is a private object, which
+   * only a logged-in session can make. A public key object is public: any
+   * process that can open a session (no PIN) may delete one or make another
+   * with the same label. So the public half is the one that verifies a
+   * signature the private half makes now; a public key that does not is
+   * never taken for the station's (an attacker's key would make the
+   * checkpoints they forge look signed).
+   */
   findKey(label: string): KeyInfo | null {
     let priv: Handle | null;
-    let pub: Handle | null;
+    let pubs: Handle[];
     try {
-      priv = this.findObject(pkcs11js.CKO_PRIVATE_KEY, label);
-      pub = this.findObject(pkcs11js.CKO_PUBLIC_KEY, label);
+      priv = this.findObject(pkcs11js.CKO_PRIVATE_KEY, label, [{ type: pkcs11js.CKA_PRIVATE, value: true }]);
+      pubs = this.findObjects(pkcs11js.CKO_PUBLIC_KEY, label, 8);
     } catch (err) {
       if (err instanceof LineSignerError) throw err;
       throw tokenError('C_FindObjects', err);
     }
-    if (!priv && !pub) return null;
-    if (!priv || !pub) {
+    if (!priv && pubs.length === 0) return null;
+    if (!priv || pubs.length === 0) {
       throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${label}" has only its ${priv ? 'private' : 'public'} half`);
     }
-    const [params, point] = this.p11.C_GetAttributeValue(this.s, pub, [
-      { type: pkcs11js.CKA_EC_PARAMS },
-      { type: pkcs11js.CKA_EC_POINT },
-    ]);
-    const spki = spkiFromEcPoint(point!.value as Buffer, params!.value as Buffer);
-    const oidHex = (params!.value as Buffer).toString('hex');
-    const curve = oidHex === '06082a8648ce3d030107' ? 'P-256' : oidHex === '06052b81040022' ? 'P-384' : null;
-    if (!curve) throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${label}" is not on P-256 or P-384`);
-    return { label, privateKey: priv, publicKey: pub, spki, curve };
+    for (const pub of pubs) {
+      const [params, point] = this.p11.C_GetAttributeValue(this.s, pub, [
+        { type: pkcs11js.CKA_EC_PARAMS },
+        { type: pkcs11js.CKA_EC_POINT },
+      ]);
+      const oidHex = (params!.value as Buffer).toString('hex');
+      const curve = oidHex === '06082a8648ce3d030107' ? 'P-256' : oidHex === '06052b81040022' ? 'P-384' : null;
+      if (!curve) continue;
+      let spki: Uint8Array;
+      try {
+        spki = spkiFromEcPoint(point!.value as Buffer, params!.value as Buffer);
+      } catch {
+        continue; // not a key this station could use, whoever made it
+      }
+      if (this.isPublicHalf(priv, spki, curve)) return { label, privateKey: priv, publicKey: pub, spki, curve };
+    }
+    throw new LineSignerError(
+      'TOKEN_UNAVAILABLE',
+      `token: no public key labelled "${label}" is the public half of the private key "${label}" (${pubs.length} found): a public key object can be removed or added by anyone who can open a session, without the PIN. ` +
+        `Remove the others and put the right one back from the key's certificate (pkcs11-tool --write-object CERT-KEY.der --type pubkey --label "${label}")`,
+    );
+  }
+
+  /** Whether `spki` verifies a signature the private key `priv` makes now over a fresh random challenge. */
+  private isPublicHalf(priv: Handle, spki: Uint8Array, curve: 'P-256' | 'P-384'): boolean {
+    const challenge = randomBytes(32);
+    let raw: Buffer;
+    try {
+      this.p11.C_SignInit(this.s, { mechanism: pkcs11js.CKM_ECDSA }, priv);
+      raw = this.p11.C_Sign(this.s, createHash('sha256').update(challenge).digest(), Buffer.alloc(curve === 'P-256' ? 64 : 96));
+    } catch (err) {
+      throw tokenError('C_Sign (checking which public key is the private key\'s)', err);
+    }
+    try {
+      return verify('sha256', challenge, { key: createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' }), dsaEncoding: 'ieee-p1363' }, raw);
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -522,17 +563,13 @@ export class Pkcs11Token {
     return null;
   }
 
+  /**
+   * The private data objects labelled `label`. A public one is passed over:
+   * anyone who can open a session may make one without the PIN, and one
+   * posing as the newest checkpoint would vouch for a rolled-back ledger.
+   */
   private findData(label: string): Handle[] {
-    const s = this.s;
-    this.p11.C_FindObjectsInit(s, [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-      { type: pkcs11js.CKA_LABEL, value: label },
-    ]);
-    try {
-      return this.p11.C_FindObjects(s, 16);
-    } finally {
-      this.p11.C_FindObjectsFinal(s);
-    }
+    return this.findObjects(pkcs11js.CKO_DATA, label, 16, [{ type: pkcs11js.CKA_PRIVATE, value: true }]);
   }
 
   /** The values of the private data objects labelled `label` (usually one). */
