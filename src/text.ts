@@ -40,7 +40,8 @@ export function textProblem(value: string, max: number): string | null {
   if (CONTROL.test(value)) return 'contains a control character';
   const invisible = INVISIBLE.exec(value);
   if (invisible) return `contains an invisible format character (U+${invisible[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')})`;
-  if (value.length > max) return `is longer than ${max} characters`;
+  // The cap counts UTF-16 code units, as every store and page downstream of it does; say so, since a character outside the BMP (an emoji, U+20000) counts two.
+  if (value.length > max) return `is longer than ${max} UTF-16 code units (a character outside the Basic Multilingual Plane counts two)`;
   return null;
 }
 

@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, constants, openSync, realpathSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, readSync, realpathSync, rmSync, writeSync } from 'node:fs';
 import { open as fsOpen, stat as fsStat } from 'node:fs/promises';
 import { SerialLink } from '../src/links/index.js';
 import { openProblem } from '../src/links/serial.js';
@@ -16,7 +16,7 @@ import { MAX_QUEUED } from '../src/links/j1/session.js';
 import type { Signer } from '../src/token/signer.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { BIN } from './helpers/cli.js';
-import { frame, TestJig } from './helpers/jig.js';
+import { frame, parseReply, TestJig } from './helpers/jig.js';
 import { FACTORY, testStation, uuid, type TestStation } from './helpers/pki.js';
 import { ptyPair, type PtyPair } from './helpers/pty.js';
 import { waitFor } from './helpers/served.js';
@@ -119,12 +119,72 @@ test('a jig that stops reading blocks only its own link: the others answer, its 
   // The wedged reply is given up at its deadline: the link says why and reopens the port.
   await waitFor(() => x.events.some((e) => e.kind === 'state' && e.link === x.links[0]!.status.name && e.state === 'waiting' && /jig not reading/.test(e.detail ?? '')), 8000);
   await waitFor(() => x.links[0]!.status.state === 'open');
+  // The jig reads at last: what was stuck ends in half a reply. Its next request's reply is a line of its own.
+  const buf = Buffer.alloc(65536);
+  let seen = '';
+  const readAll = async (ms: number): Promise<void> => {
+    const until = performance.now() + ms;
+    while (performance.now() < until) {
+      try {
+        seen += buf.toString('latin1', 0, readSync(fd, buf));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        await sleep(10);
+      }
+    }
+  };
+  await readAll(300);
+  writeSync(fd, frame('PING', 'after', null));
+  await readAll(500);
+  t.true(seen.split('\n').some((l) => l.startsWith('J1 PONG after ')), `the PONG on a line of its own: ${JSON.stringify(seen.slice(-120))}`);
   const took = await finishesWithin(Promise.all(x.links.map((l) => l.stop())), 2000);
   t.log(`stop() with a wedged port took ${took.toFixed(0)} ms`);
   t.deepEqual(
     x.links.map((l) => l.status.state),
     ['stopped', 'stopped', 'stopped'],
   );
+});
+
+test('a jig that pipelines requests and reads its replies slowly gets every one: a reply waiting for room is not forgotten while the port also waits for input', async (t) => {
+  const x = await rig(1);
+  t.teardown(() => x.close());
+  const csr = makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
+  t.true((await x.s.station.handle({ csr, link: 'first' })).ok);
+  const fd = openSync(x.ptys[0]!.jig, constants.O_RDWR | constants.O_NOCTTY | constants.O_NONBLOCK);
+  t.teardown(() => closeSync(fd));
+  // Batches of 8 SIGNs of that CSR (each answered with its certificate, about 1.7 KB), read as a slow
+  // UART would (256 bytes every 10 ms) while nothing more is sent: the port fills again and again.
+  // A batch whose replies stop coming for 2.5 s was left half-written (the link gives it up at 5 s).
+  const buf = Buffer.alloc(256);
+  const batches = 10;
+  const PER_BATCH = 8;
+  let answered = 0;
+  for (let b = 0; b < batches; b++) {
+    writeSync(fd, Buffer.from(Array.from({ length: PER_BATCH }, (_, i) => frame('SIGN', `b${b}r${i}`, Buffer.from(csr))).join(''), 'latin1'));
+    let got = 0;
+    let rest = '';
+    let lastByte = performance.now();
+    while (got < PER_BATCH && performance.now() - lastByte < 2500) {
+      try {
+        rest += buf.toString('latin1', 0, readSync(fd, buf));
+        lastByte = performance.now();
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+      }
+      const parts = rest.split('\n');
+      rest = parts.pop()!;
+      for (const line of parts) {
+        const r = parseReply(line);
+        t.deepEqual([r.type, r.id], ['CERT', `b${b}r${got}`]);
+        got++;
+      }
+      await sleep(10);
+    }
+    answered += got;
+    if (got < PER_BATCH) return t.fail(`batch ${b}: ${got} of ${PER_BATCH} replies, then nothing for 2.5 s (${rest.length} bytes of a reply)`);
+  }
+  t.is(answered, batches * PER_BATCH);
+  t.false(x.events.some((e) => e.kind === 'state' && e.state === 'waiting'), 'no reply given up, no port reopened');
 });
 
 test('stop() while a reply is stuck in a port nobody reads: done within 2 s, the stuck reply abandoned', async (t) => {

@@ -58,6 +58,10 @@ export class SerialLink implements Link {
   private retry: NodeJS.Timeout | null = null;
   private failures = 0;
   private stopping = false;
+  /** Replies given to the port and not yet taken by it. */
+  private writing = 0;
+  /** The last connection was lost in the middle of a reply. */
+  private lineCut = false;
 
   constructor(
     private readonly station: StationPort,
@@ -100,6 +104,10 @@ export class SerialLink implements Link {
       port.pipe(splitter).pipe(session.input);
       this.conn = { port, splitter, session };
       this.sessions.add(session);
+      // A reply cut off with the last connection left the jig half a line: end it, so that the next
+      // reply is a line of its own (a blank line is ignored) rather than glued to that half.
+      if (this.lineCut) port.write('\n', 'latin1');
+      this.lineCut = false;
       this.reporter.state('open');
     });
   }
@@ -109,6 +117,7 @@ export class SerialLink implements Link {
     const conn = this.conn;
     if (!conn || conn.port !== port) return;
     this.conn = null;
+    this.lineCut = this.writing > 0;
     this.dropConnection(conn);
     void closeWithin(port, CLOSE_DEADLINE_MS);
     if (!this.stopping) this.retryLater(printable(why), false);
@@ -142,14 +151,19 @@ export class SerialLink implements Link {
     const deadline = writeDeadlineMs(text.length, this.opts.baud);
     return new Promise((resolve) => {
       if (!port.isOpen) return resolve();
+      this.writing++;
+      let done = false;
       const finish = (): void => {
+        if (done) return;
+        done = true;
+        this.writing--;
         clearTimeout(timer);
         port.off('close', finish);
         resolve();
       };
       const timer = setTimeout(() => {
-        finish();
         this.lost(port, `reply not taken within ${(deadline / 1000).toFixed(1)} s (jig not reading)`);
+        finish();
       }, deadline);
       port.once('close', finish);
       port.write(text, 'latin1', finish);
