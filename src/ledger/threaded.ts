@@ -50,13 +50,15 @@ export class ThreadedLedger implements Ledger {
   private bulkWrites = 0;
   /** Until then (performance.now()) no commit flushes on this thread: the disk was slow or busy. */
   private hereOffUntil = 0;
+  private readonly slowCommitHereMs: number;
 
   /** `knownFromMemory`: only for the ledger's one writer, and worth its fill (about a second per million issuances) only for a station that serves. */
   constructor(
     private readonly path: string,
     private readonly stationId: string,
-    opts: { knownFromMemory: boolean },
+    opts: { knownFromMemory: boolean; slowCommitHereMs?: number | undefined },
   ) {
+    this.slowCommitHereMs = opts.slowCommitHereMs ?? SLOW_COMMIT_HERE_MS;
     // Opening here first runs the migrations before the writer starts.
     this.reader = new SqliteLedger(path, stationId);
     this.seen = opts.knownFromMemory ? { csrs: new SeenFilter(), devices: new SeenFilter(), names: new SeenFilter() } : null;
@@ -92,7 +94,7 @@ export class ThreadedLedger implements Ledger {
     try {
       return commit();
     } finally {
-      if (performance.now() - t0 > SLOW_COMMIT_HERE_MS) this.hereOffUntil = performance.now() + WRITER_ONLY_MS;
+      if (performance.now() - t0 > this.slowCommitHereMs) this.hereOffUntil = performance.now() + WRITER_ONLY_MS;
     }
   }
 

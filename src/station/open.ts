@@ -88,6 +88,8 @@ export interface OpenOptions {
   clock?: () => Date;
   /** Tests only: see StationParts.aloneAfterMs. */
   aloneAfterMs?: number;
+  /** Tests only: an inline commit slower than this sends the next ones through the ledger's writer (ThreadedLedger). */
+  slowCommitHereMs?: number;
   /**
    * The ledger's owner lock: 'take' it (LEDGER_BUSY when another process
    * holds it; the default), the caller 'held' it already, or 'none' (tests
@@ -152,7 +154,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     const mismatch = certificateKeyMismatch(readCertificateFile(config.ca.station_certificate, 'station key certificate'), stationKey.spki, `the station certificate ${config.ca.station_certificate}`);
     if (mismatch) throw new LineSignerError('CA', `${mismatch}: exports would verify against no pin; restore the file`);
     // Without the owner lock (tests racing two writers) another process commits too: nothing may be known from memory.
-    ledger = new ThreadedLedger(config.station.ledger, config.station.id, { knownFromMemory: opts.lock !== 'none' && !opts.oneShot });
+    ledger = new ThreadedLedger(config.station.ledger, config.station.id, { knownFromMemory: opts.lock !== 'none' && !opts.oneShot, slowCommitHereMs: opts.slowCommitHereMs });
     const kept = tokenCheckpoint((l) => token.readData(l), config.station.id);
     const problem = opts.lock === 'none' ? null : ledgerTokenProblem(ledger, kept, config.station.id, config.station.ledger);
     if (problem) throw new LineSignerError('LEDGER', `not serving: ${problem}`);
