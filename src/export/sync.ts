@@ -695,34 +695,48 @@ async function reconcile(
       return fail(d, want.name, 'register', describe(answer), attempts, statusOf(answer));
     });
 
-  /** A device's steps, strictly in order: settle any step in doubt, leave what is held, reach what is wanted. */
-  const reconcileDevice = async (d: DeviceRow): Promise<void> => {
-    if (d.intent && !(await resolveIntent(d))) return;
+  /**
+   * A device's first steps: settle any step in doubt, leave what is held.
+   * Its registration, if one is wanted, waits for the second pass (true: it is due).
+   */
+  const leave = async (d: DeviceRow): Promise<boolean> => {
+    if (d.intent && !(await resolveIntent(d))) return false;
     const want = wanted(d);
     if (d.held === 'present' && (!want || d.held_seq !== want.seq)) {
-      if (!(await remove(d, d.held_name!, d.held_pem))) return;
+      if (!(await remove(d, d.held_name!, d.held_pem))) return false;
     }
     // Not registered by this state (as far as it knows), but revoked: the API must not hold it. A name is
     // only the device's while the API holds it with the device's key: never delete another device's registration.
     if (!want) {
       if (d.held === 'unknown') await remove(d, d.best_name ?? d.device_id, d.best_pem);
-      return;
+      return false;
     }
-    if (d.held !== 'present') await register(d, want);
+    return d.held !== 'present';
   };
 
-  let next = 0;
   let finished = 0;
-  const worker = async (): Promise<void> => {
-    while (next < todo.length) {
-      const d = todo[next++]!;
-      await reconcileDevice(d);
-      opts.onProgress?.(++finished, todo.length);
-    }
+  const inParallel = async (list: DeviceRow[], step: (d: DeviceRow) => Promise<void>): Promise<unknown[]> => {
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < list.length) await step(list[next++]!);
+    };
+    // Devices are independent: several at once; one device's steps never overlap.
+    const results = await Promise.allSettled(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, () => worker()));
+    return results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
   };
-  // Devices are independent: several at once; one device's steps never overlap.
-  const results = await Promise.allSettled(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, () => worker()));
-  const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+  // Every DELETE of the run before any PUT: a name a re-issue freed is free before
+  // another device's registration asks for it (else a 409, and a rerun).
+  const toRegister: DeviceRow[] = [];
+  let errors = await inParallel(todo, async (d) => {
+    if (await leave(d)) toRegister.push(d);
+    else opts.onProgress?.(++finished, todo.length);
+  });
+  if (!errors.length) {
+    errors = await inParallel(toRegister, async (d) => {
+      await register(d, wanted(d)!);
+      opts.onProgress?.(++finished, todo.length);
+    });
+  }
   if (errors.some((e) => e instanceof Killed)) throw new LineSignerError('SYNC', 'sync was stopped; run it again to resume');
   const refusal = errors.find((e) => e instanceof TokenRefused);
   if (refusal) throw new LineSignerError('SYNC', (refusal as Error).message);
