@@ -54,7 +54,9 @@ async function renamedAndTaken(t: { teardown(f: () => unknown): void }) {
   if (first.registered !== 3 || !device.devices.has('dev2')) throw new Error('batches 1-3 did not sync');
   allowReissue(s, a);
   const a2 = await issue(s, a, { name: 'dev2b' });
-  const b = uuid();
+  // B comes before A in the run's order (by device id): B's step would go first if the order were the run's.
+  let b = uuid();
+  while (b > a) b = uuid();
   const bIssued = await issue(s, b, { name: 'dev2' });
   files.push((await exportNext(s, stick))!);
   return { s, device, options, files, a, a2, b, bIssued, state, tf };
@@ -101,7 +103,7 @@ for (const [fault, label] of [
 test('the issue\'s run, as the CLI makes it: B stays registered and a rerun finds everything as the ledger says', async (t) => {
   const { device, options, files, a2, bIssued, state, tf } = await renamedAndTaken(t);
   device.faults.set('DELETE dev2', ['applyThenDrop']);
-  const args = ['sync', ...files, '--api', device.url, '--token-file', tf, '--state', state, '--station-key', options.stationKey, '--timeout', '2000', '--retry-base-ms', '5'];
+  const args = ['sync', ...files, '--api', device.url, '--token-file', tf, '--state', state, '--station-key', options.stationKey, '--timeout', '2000', '--retry-base-ms', '5', '--concurrency', '1'];
   const r = await cli(args);
   t.is(r.status, 0, r.stderr);
   assertApiAsTheLedgerSays(t, device, a2.certificatePem, bIssued.certificatePem);
