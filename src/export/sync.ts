@@ -6,8 +6,10 @@
  * The state (SQLite) records, per device, what the ledger wants (its newest
  * issuance, unless a revocation mark at or after it) and what the API holds
  * as far as sync knows (which issuance, absent, or unknown). A run sends
- * only the steps from one to the other: DELETE of a name held, PUT of the
- * wanted certificate. Both are recorded the moment their answer arrives,
+ * only the steps from one to the other: DELETE of a name held (only while
+ * the API holds it with that device's key), PUT of the wanted certificate;
+ * every DELETE of a run before any PUT, so a name a re-issue freed is free
+ * when another device's registration asks for it. Both are recorded the moment their answer arrives,
  * and an intent is recorded before each is sent, so a killed run resumes
  * by asking (GET) instead of sending a step twice. The wanted state depends
  * only on which records were seen (the newest issuance, the highest mark),
@@ -592,39 +594,21 @@ async function reconcile(
   };
 
   /**
-   * One step at a time per name within the run: a device's DELETE of a name
-   * (and its asking about it) is over before another device's PUT of that
-   * name goes out, so a DELETE sent again can only meet the registration it
-   * was meant for. A device's steps never nest, so this never waits on itself.
-   */
-  const nameQueue = new Map<string, Promise<unknown>>();
-  const byName = <T>(name: string, step: () => Promise<T>): Promise<T> => {
-    const turn = (nameQueue.get(name) ?? Promise.resolve()).then(step, step);
-    const tail = turn.catch(() => undefined);
-    nameQueue.set(name, tail);
-    void tail.then(() => {
-      if (nameQueue.get(name) === tail) nameQueue.delete(name);
-    });
-    return turn;
-  };
-
-  /**
    * A step a stopped run may have sent: ask the API what it did, instead of
    * sending it again. A DELETE took effect unless the name still holds the
    * key it was sent for (another key there is another device's registration).
    */
-  const resolveIntent = (d: DeviceRow): Promise<boolean> =>
-    byName(d.intent_name!, async () => {
-      const name = d.intent_name!;
-      // An intent recorded by an earlier line-signer carries no certificate for a DELETE: the one held then.
-      const pem = d.intent_pem ?? (d.intent === 'DELETE' ? d.held_pem ?? d.best_pem : null);
-      const h = await lookUp(name, pem);
-      if ('failed' in h) return fail(d, name, d.intent === 'PUT' ? 'register' : 'delete', h.failed, h.attempts);
-      if (d.intent === 'DELETE') record(d, { ...(h.present && h.ours ? {} : ABSENT), ...NO_INTENT });
-      else if (h.present && h.ours) record(d, { held: 'present', held_seq: d.intent_seq, held_name: name, held_pem: d.intent_pem, ...NO_INTENT });
-      else record(d, { ...(d.held === 'unknown' && !h.present ? ABSENT : {}), ...NO_INTENT });
-      return true;
-    });
+  const resolveIntent = async (d: DeviceRow): Promise<boolean> => {
+    const name = d.intent_name!;
+    // An intent recorded by an earlier line-signer carries no certificate for a DELETE: the one held then.
+    const pem = d.intent_pem ?? (d.intent === 'DELETE' ? d.held_pem ?? d.best_pem : null);
+    const h = await lookUp(name, pem);
+    if ('failed' in h) return fail(d, name, d.intent === 'PUT' ? 'register' : 'delete', h.failed, h.attempts);
+    if (d.intent === 'DELETE') record(d, { ...(h.present && h.ours ? {} : ABSENT), ...NO_INTENT });
+    else if (h.present && h.ours) record(d, { held: 'present', held_seq: d.intent_seq, held_name: name, held_pem: d.intent_pem, ...NO_INTENT });
+    else record(d, { ...(d.held === 'unknown' && !h.present ? ABSENT : {}), ...NO_INTENT });
+    return true;
+  };
 
   /**
    * This device's registration under `name` (certificate `pem`) gone: DELETE,
@@ -633,67 +617,65 @@ async function reconcile(
    * is another device's registration, never deleted (this device's is gone,
    * when this state saw it registered; when it never did, that is a failure).
    */
-  const remove = (d: DeviceRow, name: string, pem: string | null): Promise<boolean> =>
-    byName(name, async () => {
-      const seen = d.held === 'present';
-      const h = await lookUp(name, pem);
-      if ('failed' in h) return fail(d, name, 'delete', h.failed, h.attempts);
-      if (h.present && !h.ours) {
-        const other = `the API holds ${name} with another key than this device's: not deleted (another device's registration)`;
-        if (!seen) return fail(d, name, 'delete', other, h.attempts, 200);
-        record(d, { ...ABSENT, ...NO_INTENT, attempts: h.attempts, http_status: 200, detail: `${other}; this device's is gone` });
-        report(d, name, 'delete', 'deleted', other);
-        return true;
-      }
-      if (!h.present) {
-        record(d, { ...ABSENT, ...NO_INTENT, attempts: h.attempts, http_status: 404 });
-        if (seen) report(d, name, 'delete', 'deleted', 'not there');
-        return true;
-      }
-      record(d, { intent: 'DELETE', intent_name: name, intent_seq: null, intent_pem: pem });
-      const { answer, attempts, settled } = await attempt('DELETE', name, undefined, async () => {
-        const again = await lookUp(name, pem);
-        return 'failed' in again ? 'unknown' : again.present && again.ours ? 'resend' : 'done';
-      });
-      if (settled || ok(answer) || statusOf(answer) === 404) {
-        record(d, { ...ABSENT, ...NO_INTENT, attempts: h.attempts + attempts, http_status: settled ? 404 : statusOf(answer) });
-        report(d, name, 'delete', 'deleted');
-        return true;
-      }
-      return fail(d, name, 'delete', describe(answer), h.attempts + attempts, statusOf(answer));
+  const remove = async (d: DeviceRow, name: string, pem: string | null): Promise<boolean> => {
+    const seen = d.held === 'present';
+    const h = await lookUp(name, pem);
+    if ('failed' in h) return fail(d, name, 'delete', h.failed, h.attempts);
+    if (h.present && !h.ours) {
+      const other = `the API holds ${name} with another key than this device's: not deleted (another device's registration)`;
+      if (!seen) return fail(d, name, 'delete', other, h.attempts, 200);
+      record(d, { ...ABSENT, ...NO_INTENT, attempts: h.attempts, http_status: 200, detail: `${other}; this device's is gone` });
+      report(d, name, 'delete', 'deleted', other);
+      return true;
+    }
+    if (!h.present) {
+      record(d, { ...ABSENT, ...NO_INTENT, attempts: h.attempts, http_status: 404 });
+      if (seen) report(d, name, 'delete', 'deleted', 'not there');
+      return true;
+    }
+    record(d, { intent: 'DELETE', intent_name: name, intent_seq: null, intent_pem: pem });
+    const { answer, attempts, settled } = await attempt('DELETE', name, undefined, async () => {
+      const again = await lookUp(name, pem);
+      return 'failed' in again ? 'unknown' : again.present && again.ours ? 'resend' : 'done';
     });
+    if (settled || ok(answer) || statusOf(answer) === 404) {
+      record(d, { ...ABSENT, ...NO_INTENT, attempts: h.attempts + attempts, http_status: settled ? 404 : statusOf(answer) });
+      report(d, name, 'delete', 'deleted');
+      return true;
+    }
+    return fail(d, name, 'delete', describe(answer), h.attempts + attempts, statusOf(answer));
+  };
 
-  const register = (d: DeviceRow, want: { seq: number; name: string; pem: string }): Promise<boolean> =>
-    byName(want.name, async () => {
-      const present = { held: 'present' as const, held_seq: want.seq, held_name: want.name, held_pem: want.pem, ...NO_INTENT };
-      record(d, { intent: 'PUT', intent_seq: want.seq, intent_name: want.name, intent_pem: want.pem });
-      const body = JSON.stringify({ 'client.pem': want.pem, name: want.name, ...(opts.group ? { group: opts.group } : {}) });
-      let taken = false;
-      const { answer, attempts, settled } = await attempt('PUT', null, body, async () => {
-        const h = await lookUp(want.name, want.pem);
-        if ('failed' in h) return 'unknown';
-        if (h.present && !h.ours) taken = true;
-        return h.present ? (h.ours ? 'done' : 'unknown') : 'resend';
-      });
-      if (taken) return fail(d, want.name, 'register', `the API holds ${want.name} with another key; not replaced (the ledger's certificate is seq ${want.seq})`, attempts, 409);
-      if (settled || ok(answer)) {
-        record(d, { ...present, attempts, http_status: settled ? 200 : statusOf(answer) });
-        report(d, want.name, 'register', 'registered');
+  const register = async (d: DeviceRow, want: { seq: number; name: string; pem: string }): Promise<boolean> => {
+    const present = { held: 'present' as const, held_seq: want.seq, held_name: want.name, held_pem: want.pem, ...NO_INTENT };
+    record(d, { intent: 'PUT', intent_seq: want.seq, intent_name: want.name, intent_pem: want.pem });
+    const body = JSON.stringify({ 'client.pem': want.pem, name: want.name, ...(opts.group ? { group: opts.group } : {}) });
+    let taken = false;
+    const { answer, attempts, settled } = await attempt('PUT', null, body, async () => {
+      const h = await lookUp(want.name, want.pem);
+      if ('failed' in h) return 'unknown';
+      if (h.present && !h.ours) taken = true;
+      return h.present ? (h.ours ? 'done' : 'unknown') : 'resend';
+    });
+    if (taken) return fail(d, want.name, 'register', `the API holds ${want.name} with another key; not replaced (the ledger's certificate is seq ${want.seq})`, attempts, 409);
+    if (settled || ok(answer)) {
+      record(d, { ...present, attempts, http_status: settled ? 200 : statusOf(answer) });
+      report(d, want.name, 'register', 'registered');
+      return true;
+    }
+    if (statusOf(answer) === 409) {
+      // The name exists there: done only when it holds this certificate's key, never assumed.
+      const h = await lookUp(want.name, want.pem);
+      if ('failed' in h) return fail(d, want.name, 'register', h.failed, attempts + h.attempts, 409);
+      if (h.present && h.ours) {
+        record(d, { ...present, attempts, http_status: 409 });
+        report(d, want.name, 'register', 'exists');
         return true;
       }
-      if (statusOf(answer) === 409) {
-        // The name exists there: done only when it holds this certificate's key, never assumed.
-        const h = await lookUp(want.name, want.pem);
-        if ('failed' in h) return fail(d, want.name, 'register', h.failed, attempts + h.attempts, 409);
-        if (h.present && h.ours) {
-          record(d, { ...present, attempts, http_status: 409 });
-          report(d, want.name, 'register', 'exists');
-          return true;
-        }
-        return fail(d, want.name, 'register', `HTTP 409: the API holds ${want.name} with another key; not replaced (the ledger's certificate is seq ${want.seq})`, attempts, 409);
-      }
-      return fail(d, want.name, 'register', describe(answer), attempts, statusOf(answer));
-    });
+      return fail(d, want.name, 'register', `HTTP 409: the API holds ${want.name} with another key; not replaced (the ledger's certificate is seq ${want.seq})`, attempts, 409);
+    }
+    return fail(d, want.name, 'register', describe(answer), attempts, statusOf(answer));
+  };
 
   /**
    * A device's first steps: settle any step in doubt, leave what is held.
