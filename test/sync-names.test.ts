@@ -6,6 +6,7 @@
  * to be one) and a gap inside the given batches.
  */
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { sync } from '../src/export/index.js';
@@ -147,7 +148,7 @@ test('a name held with another key when the old registration is to be deleted: t
   t.false(device.log.some((l) => l.method === 'DELETE' && l.name === 'dev2'), 'not one DELETE of B\'s registration');
 });
 
-test('--state is only ever a state file: a folder, a batch or a symlink is refused with SYNC and left as it was; nothing is created beside it', async (t) => {
+test('--state is only ever a state file: a folder, a batch, a symlink or a FIFO is refused with SYNC and left as it was; nothing is created beside it', async (t) => {
   const { s, files } = await stationWithBatches([1]);
   t.teardown(() => s.close());
   const device = await api(t);
@@ -160,10 +161,13 @@ test('--state is only ever a state file: a folder, a batch or a symlink is refus
   writeFileSync(target, '', { mode: 0o644 });
   const link = join(s.dir, 'link.db');
   symlinkSync(target, link);
+  const fifo = join(s.dir, 'fifo.db');
+  execFileSync('mkfifo', [fifo]);
   for (const [path, why] of [
     [folder, /a folder, not a state file/],
     [batchCopy, /not a state file \(not SQLite/],
     [link, /a symbolic link, not a state file/],
+    [fifo, /a FIFO, not a state file/],
   ] as Array<[string, RegExp]>) {
     const modeBefore = lstatSync(path).mode;
     const targetMode = statSync(target).mode;
