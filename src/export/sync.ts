@@ -9,12 +9,12 @@
  * only the steps from one to the other: DELETE of a name held (only while
  * the API holds it with that device's key), PUT of the wanted certificate;
  * every DELETE of a run before any PUT, so a name a re-issue freed is free
- * when another device's registration asks for it. Both are recorded the moment their answer arrives,
- * and an intent is recorded before each is sent, so a killed run resumes
- * by asking (GET) instead of sending a step twice. The wanted state depends
- * only on which records were seen (the newest issuance, the highest mark),
- * never on the order batches arrive in, so a rerun or a late batch cannot
- * undo what is settled.
+ * when another device's registration asks for it. Both are recorded the
+ * moment their answer arrives, and an intent is recorded before each is
+ * sent, so a killed run resumes by asking (GET) instead of sending a step
+ * twice. The wanted state depends only on which records were seen (the
+ * newest issuance, the highest mark), never on the order batches arrive
+ * in, so a rerun or a late batch cannot undo what is settled.
  */
 import { createPublicKey, X509Certificate } from 'node:crypto';
 import { basename } from 'node:path';
