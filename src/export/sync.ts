@@ -6,16 +6,19 @@
  * The state (SQLite) records, per device, what the ledger wants (its newest
  * issuance, unless a revocation mark at or after it) and what the API holds
  * as far as sync knows (which issuance, absent, or unknown). A run sends
- * only the steps from one to the other: DELETE of a name held, PUT of the
- * wanted certificate. Both are recorded the moment their answer arrives,
- * and an intent is recorded before each is sent, so a killed run resumes
- * by asking (GET) instead of sending a step twice. The wanted state depends
- * only on which records were seen (the newest issuance, the highest mark),
- * never on the order batches arrive in, so a rerun or a late batch cannot
- * undo what is settled.
+ * only the steps from one to the other: DELETE of a name held (only while
+ * the API holds it with that device's key), PUT of the wanted certificate;
+ * every DELETE of a run before any PUT, so a name a re-issue freed is free
+ * when another device's registration asks for it. Both are recorded the
+ * moment their answer arrives, and an intent is recorded before each is
+ * sent, so a killed run resumes by asking (GET) instead of sending a step
+ * twice. The wanted state depends only on which records were seen (the
+ * newest issuance, the highest mark), never on the order batches arrive
+ * in, so a rerun or a late batch cannot undo what is settled.
  */
 import { createPublicKey, X509Certificate } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
+import { basename } from 'node:path';
+import { closeSync, constants, fchmodSync, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { parse as parseToml } from 'smol-toml';
 import { readPrivateFile } from '../files.js';
@@ -156,37 +159,114 @@ export function apiBase(raw: string, insecureHttp: boolean): { base: string } {
   return { base: url.origin + url.pathname.replace(/\/+$/, '') };
 }
 
-function openState(path: string): Database.Database {
-  // Created private; an existing file others can read is made private (the
-  // state holds no secret, but it says which devices exist).
-  if (!existsSync(path)) closeSync(openSync(path, 'wx', 0o600));
-  for (const f of [path, `${path}-wal`, `${path}-shm`]) {
-    try {
-      if ((statSync(f).mode & 0o077) !== 0) chmodSync(f, 0o600);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1');
+
+/**
+ * Checks that `file` is a regular file, through a descriptor opened without
+ * following a symlink (and without blocking on a FIFO), before anything is
+ * done to it; `main`: empty or SQLite. Made private (0600) through that same
+ * descriptor when `makePrivate`. False when there is no such file.
+ */
+function checkStateFile(path: string, file: string, main: boolean, makePrivate: boolean): boolean {
+  const what = file === path ? '' : ` (its ${file.slice(path.length + 1)} file)`;
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return false;
+    if (code === 'ELOOP') throw new LineSignerError('SYNC', `--state ${path}${what}: a symbolic link, not a state file; give the state file itself (nothing was changed)`);
+    throw new LineSignerError('SYNC', `--state ${path}${what}: cannot open it (${code ?? (err as Error).message})`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) {
+      const kind = st.isDirectory() ? 'a folder' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : st.isFIFO() ? 'a FIFO' : 'not a regular file';
+      throw new LineSignerError('SYNC', `--state ${path}${what}: ${kind}, not a state file (nothing was changed)`);
     }
+    if (main && st.size > 0) {
+      const head = Buffer.alloc(SQLITE_HEADER.length);
+      if (readSync(fd, head, 0, head.length, 0) !== head.length || !head.equals(SQLITE_HEADER)) {
+        throw new LineSignerError('SYNC', `--state ${path}: not a state file (not SQLite; nothing was changed): give a sync state file, or a new path`);
+      }
+    }
+    // The state holds no secret, but it says which devices exist.
+    if (makePrivate && (st.mode & 0o077) !== 0) fchmodSync(fd, 0o600);
+    return true;
+  } finally {
+    closeSync(fd);
   }
-  const db = new Database(path);
-  db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = FULL');
-  db.pragma('busy_timeout = 5000');
-  if (db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'items'").get()) {
+}
+
+/**
+ * The state, opened only once `path` is known to be a state file (or
+ * missing: then created, exclusively, 0600). A dry run creates and changes
+ * nothing: it works on a copy in memory.
+ */
+function openState(path: string, dryRun: boolean): Database.Database {
+  const sidecars = [`${path}-wal`, `${path}-shm`];
+  let exists = checkStateFile(path, path, true, !dryRun);
+  if (!exists && !dryRun) {
+    try {
+      // O_EXCL: never through a symlink, never someone else's file.
+      closeSync(openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new LineSignerError('SYNC', `--state ${path}: cannot create it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      // Made meanwhile: checked as any existing one.
+      checkStateFile(path, path, true, true);
+    }
+    exists = true;
+  }
+  const present = sidecars.map((f) => checkStateFile(path, f, false, !dryRun));
+  let db: Database.Database;
+  try {
+    if (!dryRun) db = new Database(path);
+    else if (!exists || statSync(path).size === 0) db = new Database(':memory:');
+    else {
+      // Read as it is: the file alone when no run left a -wal beside it (a read-only
+      // connection would create one), else through both. Bytes 18-19 say WAL (2):
+      // the copy in memory is made a rollback-journal database (1) to open.
+      let image: Buffer;
+      if (!present[0]) image = readFileSync(path);
+      else {
+        const original = new Database(path, { readonly: true, fileMustExist: true });
+        try {
+          image = original.serialize();
+        } finally {
+          original.close();
+        }
+      }
+      image[18] = 1;
+      image[19] = 1;
+      db = new Database(image);
+    }
+  } catch (err) {
+    throw new LineSignerError('SYNC', `--state ${path}: not a state file (${(err as Error).message})`);
+  }
+  try {
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+    db.pragma('busy_timeout = 5000');
+    if (db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'items'").get()) {
+      throw new LineSignerError('SYNC', `--state ${path}: a state file of an older line-signer (keyed by station id, not by key and API); give a new --state file`);
+    }
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS batches (
+        station_key TEXT NOT NULL, api TEXT NOT NULL, station TEXT NOT NULL, number INTEGER NOT NULL,
+        sha256 TEXT NOT NULL, synced_at TEXT NOT NULL,
+        PRIMARY KEY (station_key, api, station, number));
+      CREATE TABLE IF NOT EXISTS devices (
+        station_key TEXT NOT NULL, api TEXT NOT NULL, device_id TEXT NOT NULL,
+        best_seq INTEGER, best_name TEXT, best_pem TEXT,
+        revoked_upto INTEGER NOT NULL DEFAULT -1,
+        held TEXT NOT NULL DEFAULT 'unknown', held_seq INTEGER, held_name TEXT, held_pem TEXT,
+        intent TEXT, intent_seq INTEGER, intent_name TEXT, intent_pem TEXT, attempts INTEGER NOT NULL DEFAULT 0, http_status INTEGER, detail TEXT, updated_at TEXT,
+        PRIMARY KEY (station_key, api, device_id));`);
+  } catch (err) {
     db.close();
-    throw new LineSignerError('SYNC', `--state ${path}: a state file of an older line-signer (keyed by station id, not by key and API); give a new --state file`);
+    if (err instanceof LineSignerError) throw err;
+    throw new LineSignerError('SYNC', `--state ${path}: not a state file (${(err as Error).message})`);
   }
-  db.exec(`
-    CREATE TABLE IF NOT EXISTS batches (
-      station_key TEXT NOT NULL, api TEXT NOT NULL, station TEXT NOT NULL, number INTEGER NOT NULL,
-      sha256 TEXT NOT NULL, synced_at TEXT NOT NULL,
-      PRIMARY KEY (station_key, api, station, number));
-    CREATE TABLE IF NOT EXISTS devices (
-      station_key TEXT NOT NULL, api TEXT NOT NULL, device_id TEXT NOT NULL,
-      best_seq INTEGER, best_name TEXT, best_pem TEXT,
-      revoked_upto INTEGER NOT NULL DEFAULT -1,
-      held TEXT NOT NULL DEFAULT 'unknown', held_seq INTEGER, held_name TEXT, held_pem TEXT,
-      intent TEXT, intent_seq INTEGER, intent_name TEXT, intent_pem TEXT, attempts INTEGER NOT NULL DEFAULT 0, http_status INTEGER, detail TEXT, updated_at TEXT,
-      PRIMARY KEY (station_key, api, device_id));`);
   return db;
 }
 
@@ -230,7 +310,7 @@ export async function sync(opts: SyncOptions): Promise<SyncSummary> {
   const { base } = apiBase(opts.api, !!opts.insecureHttp);
   const token = readApiToken(opts.tokenFile);
   const redact = (text: string): string => printable(text.split(token).join('[token]')).slice(0, DETAIL_CHARS);
-  const db = openState(opts.statePath);
+  const db = openState(opts.statePath, !!opts.dryRun);
   try {
     // 1. Verify every batch against the pins and fold its records into the
     //    wanted state, in one transaction: nothing is kept unless all verify.
@@ -262,14 +342,29 @@ export async function sync(opts: SyncOptions): Promise<SyncSummary> {
           }
         },
       });
-      if (problems.length) throw new LineSignerError('SYNC', `nothing synced: the batches do not verify against the pinned key:\n  ${problems.join('\n  ')}`);
+      // A gap inside the given set is the gap a batch given alone leaves: allowed with --allow-gap, else refused as a gap.
+      const given = batches.filter((b) => b.manifest).sort((x, y) => x.manifest!.batch - y.manifest!.batch);
+      const holes = given.flatMap((b, i) => {
+        const p = given[i - 1]?.manifest;
+        const m = b.manifest!;
+        return p && p.station === m.station && m.batch > p.batch + 1 ? [{ file: basename(b.file), from: p.batch, to: m.batch }] : [];
+      });
+      const isHole = (problem: string): boolean => holes.some((h) => problem.startsWith(`${h.file}: gap: batch`));
+      const others = problems.filter((p) => !isHole(p));
+      if (others.length) {
+        throw new LineSignerError('SYNC', `nothing synced: the batches do not verify against the pinned key:\n  ${problems.join('\n  ')}`);
+      }
+      if (holes.length && !opts.allowGap) {
+        const list = holes.map((h) => `batch${h.to - h.from > 2 ? `es ${h.from + 1}-${h.to - 1}` : ` ${h.from + 1}`} missing between ${h.from} and ${h.to}`).join('; ');
+        throw new LineSignerError('SYNC', `nothing synced: gap inside the given batches: ${list} (give the missing batch${holes.length > 1 || holes[0]!.to - holes[0]!.from > 2 ? 'es' : ''} too, or --allow-gap to sync these without)`);
+      }
       const keys = new Set(batches.map((b) => b.stationSpkiSha256));
       if (keys.size !== 1 || !batches[0]?.stationSpkiSha256) throw new LineSignerError('SYNC', 'nothing synced: the batches are not all signed by one station key');
       stationKey = batches[0].stationSpkiSha256;
       const station = batches[0].manifest!.station;
 
       // 2. The batches against what this state synced before (same key, same API).
-      const given = new Set(batches.map((b) => b.manifest!.batch));
+      const givenNumbers = new Set(batches.map((b) => b.manifest!.batch));
       for (const b of [...batches].sort((x, y) => x.manifest!.batch - y.manifest!.batch)) {
         const n = b.manifest!.batch;
         const known = q.batch.get(stationKey, base, station, n);
@@ -283,7 +378,7 @@ export async function sync(opts: SyncOptions): Promise<SyncSummary> {
         if (before && before.sha256 !== b.manifest!.previous_batch_sha256) {
           throw new LineSignerError('SYNC', `nothing synced: ${b.file} (batch ${n}) does not follow the batch ${n - 1} synced earlier (previous batch hash differs)`);
         }
-        if (n > 1 && !before && !given.has(n - 1) && !opts.allowGap) {
+        if (n > 1 && !before && !givenNumbers.has(n - 1) && !opts.allowGap) {
           throw new LineSignerError('SYNC', `nothing synced: gap: batch ${n - 1} of ${station} was never synced to ${base} and is not given (give it, or --allow-gap)`);
         }
         q.addBatch.run(stationKey, base, station, n, b.sha256, new Date().toISOString());
@@ -483,9 +578,9 @@ async function reconcile(
   };
 
   /** What the API holds under `name`: absent, this certificate's key, or another key. */
-  const lookUp = async (name: string, pem: string | null): Promise<{ present: boolean; ours: boolean } | { failed: string; attempts: number }> => {
+  const lookUp = async (name: string, pem: string | null): Promise<{ present: boolean; ours: boolean; attempts: number } | { failed: string; attempts: number }> => {
     const { answer, attempts } = await attempt('GET', name);
-    if ('status' in answer && answer.status === 404) return { present: false, ours: false };
+    if ('status' in answer && answer.status === 404) return { present: false, ours: false, attempts };
     if (!ok(answer) || !('body' in answer)) return { failed: `GET ${name}: ${describe(answer)}`, attempts };
     let key: unknown;
     try {
@@ -495,33 +590,60 @@ async function reconcile(
     }
     const theirs = typeof key === 'string' ? publicKeyDer(key) : null;
     const mine = pem ? publicKeyDer(pem) : null;
-    return { present: true, ours: !!theirs && !!mine && theirs.equals(mine) };
+    return { present: true, ours: !!theirs && !!mine && theirs.equals(mine), attempts };
   };
 
-  /** A step a stopped run may have sent: ask the API what it did, instead of sending it again. */
+  /**
+   * A step a stopped run may have sent: ask the API what it did, instead of
+   * sending it again. A DELETE took effect unless the name still holds the
+   * key it was sent for (another key there is another device's registration).
+   */
   const resolveIntent = async (d: DeviceRow): Promise<boolean> => {
     const name = d.intent_name!;
-    const h = await lookUp(name, d.intent_pem);
+    // An intent recorded by an earlier line-signer carries no certificate for a DELETE: the one held then.
+    const pem = d.intent_pem ?? (d.intent === 'DELETE' ? d.held_pem ?? d.best_pem : null);
+    const h = await lookUp(name, pem);
     if ('failed' in h) return fail(d, name, d.intent === 'PUT' ? 'register' : 'delete', h.failed, h.attempts);
-    if (d.intent === 'DELETE') record(d, { ...(h.present ? {} : ABSENT), ...NO_INTENT });
+    if (d.intent === 'DELETE') record(d, { ...(h.present && h.ours ? {} : ABSENT), ...NO_INTENT });
     else if (h.present && h.ours) record(d, { held: 'present', held_seq: d.intent_seq, held_name: name, held_pem: d.intent_pem, ...NO_INTENT });
     else record(d, { ...(d.held === 'unknown' && !h.present ? ABSENT : {}), ...NO_INTENT });
     return true;
   };
 
-  /** DELETE `name`: absent afterwards (2xx, or 404) is done. */
-  const remove = async (d: DeviceRow, name: string): Promise<boolean> => {
-    record(d, { intent: 'DELETE', intent_name: name, intent_seq: null, intent_pem: null });
+  /**
+   * This device's registration under `name` (certificate `pem`) gone: DELETE,
+   * only while a GET shows the API holds the name with this key, before it is
+   * sent and again before it is sent again. Absent is done; another key there
+   * is another device's registration, never deleted (this device's is gone,
+   * when this state saw it registered; when it never did, that is a failure).
+   */
+  const remove = async (d: DeviceRow, name: string, pem: string | null): Promise<boolean> => {
+    const seen = d.held === 'present';
+    const h = await lookUp(name, pem);
+    if ('failed' in h) return fail(d, name, 'delete', h.failed, h.attempts);
+    if (h.present && !h.ours) {
+      const other = `the API holds ${name} with another key than this device's: not deleted (another device's registration)`;
+      if (!seen) return fail(d, name, 'delete', other, h.attempts, 200);
+      record(d, { ...ABSENT, ...NO_INTENT, attempts: h.attempts, http_status: 200, detail: `${other}; this device's is gone` });
+      report(d, name, 'delete', 'deleted', other);
+      return true;
+    }
+    if (!h.present) {
+      record(d, { ...ABSENT, ...NO_INTENT, attempts: h.attempts, http_status: 404 });
+      if (seen) report(d, name, 'delete', 'deleted', 'not there');
+      return true;
+    }
+    record(d, { intent: 'DELETE', intent_name: name, intent_seq: null, intent_pem: pem });
     const { answer, attempts, settled } = await attempt('DELETE', name, undefined, async () => {
-      const h = await lookUp(name, null);
-      return 'failed' in h ? 'unknown' : h.present ? 'resend' : 'done';
+      const again = await lookUp(name, pem);
+      return 'failed' in again ? 'unknown' : again.present && again.ours ? 'resend' : 'done';
     });
     if (settled || ok(answer) || statusOf(answer) === 404) {
-      record(d, { ...ABSENT, ...NO_INTENT, attempts, http_status: settled ? 404 : statusOf(answer) });
+      record(d, { ...ABSENT, ...NO_INTENT, attempts: h.attempts + attempts, http_status: settled ? 404 : statusOf(answer) });
       report(d, name, 'delete', 'deleted');
       return true;
     }
-    return fail(d, name, 'delete', describe(answer), attempts, statusOf(answer));
+    return fail(d, name, 'delete', describe(answer), h.attempts + attempts, statusOf(answer));
   };
 
   const register = async (d: DeviceRow, want: { seq: number; name: string; pem: string }): Promise<boolean> => {
@@ -555,44 +677,48 @@ async function reconcile(
     return fail(d, want.name, 'register', describe(answer), attempts, statusOf(answer));
   };
 
-  /** A device's steps, strictly in order: settle any step in doubt, leave what is held, reach what is wanted. */
-  const reconcileDevice = async (d: DeviceRow): Promise<void> => {
-    if (d.intent && !(await resolveIntent(d))) return;
+  /**
+   * A device's first steps: settle any step in doubt, leave what is held.
+   * Its registration, if one is wanted, waits for the second pass (true: it is due).
+   */
+  const leave = async (d: DeviceRow): Promise<boolean> => {
+    if (d.intent && !(await resolveIntent(d))) return false;
     const want = wanted(d);
     if (d.held === 'present' && (!want || d.held_seq !== want.seq)) {
-      if (!(await remove(d, d.held_name!))) return;
+      if (!(await remove(d, d.held_name!, d.held_pem))) return false;
     }
+    // Not registered by this state (as far as it knows), but revoked: the API must not hold it. A name is
+    // only the device's while the API holds it with the device's key: never delete another device's registration.
     if (!want) {
-      // Not registered by this state (as far as it knows), but revoked: the API must not hold it. A name is
-      // only the device's while the API holds it with the device's key: never delete another device's registration.
-      if (d.held === 'unknown') {
-        const name = d.best_name ?? d.device_id;
-        const h = await lookUp(name, d.best_pem);
-        if ('failed' in h) {
-          fail(d, name, 'delete', h.failed, h.attempts);
-          return;
-        }
-        if (!h.present) record(d, { ...ABSENT, ...NO_INTENT });
-        else if (h.ours) await remove(d, name);
-        else fail(d, name, 'delete', `the API holds ${name} with another key than this revoked device's: not deleted (another device's registration?)`, 0);
-      }
-      return;
+      if (d.held === 'unknown') await remove(d, d.best_name ?? d.device_id, d.best_pem);
+      return false;
     }
-    if (d.held !== 'present') await register(d, want);
+    return d.held !== 'present';
   };
 
-  let next = 0;
   let finished = 0;
-  const worker = async (): Promise<void> => {
-    while (next < todo.length) {
-      const d = todo[next++]!;
-      await reconcileDevice(d);
-      opts.onProgress?.(++finished, todo.length);
-    }
+  const inParallel = async (list: DeviceRow[], step: (d: DeviceRow) => Promise<void>): Promise<unknown[]> => {
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < list.length) await step(list[next++]!);
+    };
+    // Devices are independent: several at once; one device's steps never overlap.
+    const results = await Promise.allSettled(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, () => worker()));
+    return results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
   };
-  // Devices are independent: several at once; one device's steps never overlap.
-  const results = await Promise.allSettled(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, () => worker()));
-  const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+  // Every DELETE of the run before any PUT: a name a re-issue freed is free before
+  // another device's registration asks for it (else a 409, and a rerun).
+  const toRegister: DeviceRow[] = [];
+  let errors = await inParallel(todo, async (d) => {
+    if (await leave(d)) toRegister.push(d);
+    else opts.onProgress?.(++finished, todo.length);
+  });
+  if (!errors.length) {
+    errors = await inParallel(toRegister, async (d) => {
+      await register(d, wanted(d)!);
+      opts.onProgress?.(++finished, todo.length);
+    });
+  }
   if (errors.some((e) => e instanceof Killed)) throw new LineSignerError('SYNC', 'sync was stopped; run it again to resume');
   const refusal = errors.find((e) => e instanceof TokenRefused);
   if (refusal) throw new LineSignerError('SYNC', (refusal as Error).message);

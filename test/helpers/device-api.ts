@@ -20,6 +20,7 @@ export type Fault =
   | 'stall' // never answers
   | 'drop' // closes the connection before doing anything
   | 'applyThenDrop' // does the request, then closes the connection: the answer is lost
+  | 'applyThen500' // does the request, then answers 500 all the same
   | 'reject400'
   | 'echo400' // a 400 whose body repeats the request's headers, token included
   | 'redirect303' // to /login on this server, which answers 200
@@ -44,7 +45,7 @@ export interface LogEntry {
   at: number;
   /** PUT: the client.pem sent. */
   certificate?: string;
-  /** 'applyThenDrop': the status the request took effect with, though its answer was lost. */
+  /** 'applyThenDrop', 'applyThen500': the status the request took effect with, though its answer was lost. */
   effect?: number;
 }
 
@@ -53,7 +54,7 @@ export interface DeviceApi {
   /** name → registration */
   devices: Map<string, Registration>;
   log: LogEntry[];
-  /** name → faults to apply to its next requests, in order. */
+  /** name (or "METHOD name": that method's requests only, first) → faults to apply to its next requests, in order. */
   faults: Map<string, Fault[]>;
   /** Faults for the next requests whatever their name, in order (before per-name faults). */
   anyFaults: Fault[];
@@ -131,7 +132,7 @@ export async function deviceApi(token: string): Promise<DeviceApi> {
 
     count++;
     api.onRequest?.(count, { method: req.method!, name });
-    const fault = api.anyFaults.shift() ?? api.faults.get(name)?.shift();
+    const fault = api.anyFaults.shift() ?? api.faults.get(`${req.method} ${name}`)?.shift() ?? api.faults.get(name)?.shift();
     switch (fault) {
       case 'stall':
         log(name, 'stalled');
@@ -175,6 +176,11 @@ export async function deviceApi(token: string): Promise<DeviceApi> {
     }
     const dropAfter = fault === 'applyThenDrop';
     const done = (status: number, payload: unknown): void => {
+      if (fault === 'applyThen500') {
+        log(name, 500, status);
+        res.writeHead(500, { 'content-type': 'application/json' });
+        return void res.end(JSON.stringify({ message: 'injected after taking effect' }));
+      }
       if (!dropAfter) return answer(status, payload, name);
       log(name, 'dropped', status);
       req.socket.destroy();
