@@ -1,6 +1,6 @@
-/** Runs VACUUM INTO on a connection of its own (see backup.ts). */
+/** Runs VACUUM INTO on a connection of its own (see backup.ts), into a fresh private folder, and flushes the copy. */
 import Database from 'better-sqlite3';
-import { statSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, openSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 
 const { ledger, dest } = workerData as { ledger: string; dest: string };
@@ -12,7 +12,15 @@ try {
   } finally {
     db.close();
   }
-  parentPort!.postMessage({ ok: true, bytes: statSync(dest).size, ms: performance.now() - t0 });
+  const fd = openSync(dest, 'r');
+  let bytes: number;
+  try {
+    fsyncSync(fd);
+    bytes = fstatSync(fd).size;
+  } finally {
+    closeSync(fd);
+  }
+  parentPort!.postMessage({ ok: true, bytes, ms: performance.now() - t0 });
 } catch (err) {
   parentPort!.postMessage({ ok: false, message: (err as Error).message });
 }
