@@ -173,10 +173,10 @@ function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b
 }
 
 /** A failure of the destination's file system (an errno) as an EXPORT error that names its code; anything else as it is. */
-function fileProblem(err: unknown, what: string): unknown {
+function fileProblem(err: unknown, what: string, then = 'nothing exported'): unknown {
   const e = err as NodeJS.ErrnoException;
   if (err instanceof LineSignerError || typeof e?.code !== 'string') return err;
-  return new LineSignerError('EXPORT', `${what} (${e.code}: ${e.message})`);
+  return new LineSignerError('EXPORT', `${what} (${e.message.startsWith(e.code) ? e.message : `${e.code}: ${e.message}`}); ${then}`);
 }
 
 /**
@@ -190,7 +190,7 @@ function checkBatchName(path: string): void {
     folder = lstatSync(path).isDirectory();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw fileProblem(err, `cannot look at ${path}; nothing exported`);
+    throw fileProblem(err, `cannot look at ${path}`);
   }
   if (folder) throw new LineSignerError('EXPORT', `${path} is a folder (EISDIR): the batch file cannot take its name; move the folder away; nothing exported`);
 }
@@ -209,7 +209,7 @@ async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>,
   try {
     made = createTempFile(path);
   } catch (err) {
-    throw fileProblem(err, `cannot make a file in ${dirname(path)}; nothing exported`);
+    throw fileProblem(err, `cannot make a file in ${dirname(path)}`);
   }
   const { tmp, fd } = made;
   let sha: string;
@@ -225,7 +225,7 @@ async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>,
     }
   } catch (err) {
     rmSync(tmp, { force: true });
-    throw fileProblem(err, `cannot write ${tmp}; nothing exported`);
+    throw fileProblem(err, `cannot write ${tmp}`);
   }
   try {
     checkBatchName(path);
@@ -238,7 +238,7 @@ async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>,
     renameIntoPlace(tmp, path);
   } catch (err) {
     rmSync(tmp, { force: true });
-    throw fileProblem(err, `cannot give the batch file its name ${path}; ${afterCommit}`);
+    throw fileProblem(err, `cannot give the batch file its name ${path}`, afterCommit);
   }
   return sha;
 }
