@@ -1,4 +1,5 @@
-import { accessSync, closeSync, constants, fsyncSync, lstatSync, openSync, readFileSync, renameSync, statSync, writeFileSync, writeSync, mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { accessSync, closeSync, constants, fsyncSync, lstatSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync, mkdirSync } from 'node:fs';
 import { LineSignerError, type ErrorCode } from './errors.js';
 import { dirname, basename, join } from 'node:path';
 import { userInfo } from 'node:os';
@@ -71,30 +72,56 @@ function writeFileAtomicOrThrow(path: string, data: string | Uint8Array, mode: n
   }
   const dir = dirname(path);
   mkdirSync(dir, { recursive: true });
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
-  const fd = openSync(tmp, 'w', mode);
+  const { tmp, fd } = createTempFile(join(dir, `.${basename(path)}`), mode);
   try {
-    writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
+    try {
+      writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameIntoPlace(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
   }
-  renameIntoPlace(tmp, path);
 }
 
-/** Renames a flushed temporary file to its final name, then flushes the folder so the rename is durable. */
-export function renameIntoPlace(tmp: string, path: string): void {
-  renameSync(tmp, path);
+/**
+ * A new file `<prefix>.<random>.tmp` open for writing. The name cannot be
+ * guessed (a process id can), and it is created exclusively: whatever
+ * someone planted at a name (a symlink to a victim, a FIFO whose open would
+ * block until a reader comes) is refused, never opened or written through.
+ */
+export function createTempFile(prefix: string, mode = 0o644): { tmp: string; fd: number } {
+  const tmp = `${prefix}.${randomBytes(12).toString('hex')}.tmp`;
+  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NONBLOCK, mode);
+  return { tmp, fd };
+}
+
+/** Flushes a folder so a rename or link in it is durable. */
+export function fsyncFolder(dir: string): void {
   try {
-    const dfd = openSync(dirname(path), 'r');
+    // O_DIRECTORY: a FIFO swapped in for the folder is refused, not opened (an open for reading would block).
+    const dfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NONBLOCK);
     try {
       fsyncSync(dfd);
     } finally {
       closeSync(dfd);
     }
   } catch {
-    // Some filesystems (vfat on some kernels) refuse fsync on a folder; the rename still happened.
+    // Some filesystems (vfat on some kernels) refuse fsync on a folder; the rename or link still happened.
   }
+}
+
+/**
+ * Renames a flushed temporary file to its final name (a symlink or FIFO
+ * there is replaced, never followed), then flushes the folder so the rename
+ * is durable.
+ */
+export function renameIntoPlace(tmp: string, path: string): void {
+  renameSync(tmp, path);
+  fsyncFolder(dirname(path));
 }
 
 /**

@@ -4,9 +4,9 @@
  * for byte, for a lost stick.
  */
 import { createHash } from 'node:crypto';
-import { accessSync, closeSync, constants, fsyncSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
-import { renameIntoPlace } from '../files.js';
-import { join } from 'node:path';
+import { accessSync, closeSync, constants, fsyncSync, lstatSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
+import { createTempFile, renameIntoPlace } from '../files.js';
+import { dirname, join } from 'node:path';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
 import { eventHash, GENESIS_HASH, issuanceHash, SqliteLedger, type Batch, type LedgerEvent } from '../ledger/index.js';
@@ -172,35 +172,74 @@ function writeContent(sink: Sink, ledger: SqliteLedger, config: StationConfig, b
   return { issuances: done, revocations: revocations.length, digest: sink.hash.copy().digest(), certificatesSha256 };
 }
 
+/** A failure of the destination's file system (an errno) as an EXPORT error that names its code; anything else as it is. */
+function fileProblem(err: unknown, what: string, then = 'nothing exported'): unknown {
+  const e = err as NodeJS.ErrnoException;
+  if (err instanceof LineSignerError || typeof e?.code !== 'string') return err;
+  return new LineSignerError('EXPORT', `${what} (${e.message.startsWith(e.code) ? e.message : `${e.code}: ${e.message}`}); ${then}`);
+}
+
+/**
+ * Refuses a batch name its file cannot take (a folder there), before
+ * anything is recorded. Anything else at the name (a file, a symlink, a
+ * FIFO) is replaced by the rename, never opened or written through.
+ */
+function checkBatchName(path: string): void {
+  let folder: boolean;
+  try {
+    folder = lstatSync(path).isDirectory();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw fileProblem(err, `cannot look at ${path}`);
+  }
+  if (folder) throw new LineSignerError('EXPORT', `${path} is a folder (EISDIR): the batch file cannot take its name; move the folder away; nothing exported`);
+}
+
 /**
  * Writes `path` through a temporary name: a stick pulled mid-write never
- * holds half a batch. `commit` runs after the file is complete and flushed
- * and before it takes its name: if it throws (another export recorded this
- * batch number first), the temporary file goes and nothing is renamed.
+ * holds half a batch. The temporary name is random and made exclusively
+ * (see createTempFile): a stick's planted symlink or FIFO is never written
+ * through nor waited on. `commit` runs after the file is complete and
+ * flushed and before it takes its name: if it throws (another export
+ * recorded this batch number first), the temporary file goes and nothing is
+ * renamed. `afterCommit` says what a rename that fails then leaves behind.
  */
-async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>, commit: (sha256: string) => void): Promise<string> {
-  const tmp = `${path}.${process.pid}.tmp`;
-  const fd = openSync(tmp, 'w', 0o644);
+async function writeBatchFile(path: string, fill: (sink: Sink) => Promise<void>, commit: (sha256: string) => void, afterCommit: string): Promise<string> {
+  let made: { tmp: string; fd: number };
+  try {
+    made = createTempFile(path);
+  } catch (err) {
+    throw fileProblem(err, `cannot make a file in ${dirname(path)}`);
+  }
+  const { tmp, fd } = made;
   let sha: string;
   try {
-    const sink = new Sink(fd);
-    await fill(sink);
-    sink.flush();
-    fsyncSync(fd);
-    sha = sink.hash.digest('hex');
-    closeSync(fd);
+    try {
+      const sink = new Sink(fd);
+      await fill(sink);
+      sink.flush();
+      fsyncSync(fd);
+      sha = sink.hash.digest('hex');
+    } finally {
+      closeSync(fd);
+    }
   } catch (err) {
-    closeSync(fd);
     rmSync(tmp, { force: true });
-    throw err;
+    throw fileProblem(err, `cannot write ${tmp}`);
   }
   try {
+    checkBatchName(path);
     commit(sha);
   } catch (err) {
     rmSync(tmp, { force: true });
     throw err;
   }
-  renameIntoPlace(tmp, path);
+  try {
+    renameIntoPlace(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw fileProblem(err, `cannot give the batch file its name ${path}`, afterCommit);
+  }
   return sha;
 }
 
@@ -302,6 +341,8 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
     if (b.lastSeq < b.firstSeq && !ledger.hasEventsOfKind('revocation', b.firstEventSeq, b.lastEventSeq)) return null;
     if (b.lastSeq < b.firstSeq) b.lastSeq = b.firstSeq - 1;
 
+    const path = join(opts.outDir, batchFileName(config.station.id, b.number));
+    checkBatchName(path);
     const stationCert = certificateDer(new Uint8Array(readFileSync(config.ca.station_certificate)), 'station key certificate');
     const token = Pkcs11Token.open({
       module: config.token.module,
@@ -309,7 +350,6 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
       pin: readPin(config.token),
       softhsm2Conf: config.token.softhsm2_conf,
     });
-    const path = join(opts.outDir, batchFileName(config.station.id, b.number));
     let counts = { issuances: 0, revocations: 0 };
     let signature: Uint8Array = new Uint8Array();
     let certificatesSha256 = '';
@@ -336,7 +376,7 @@ export async function exportBatch(config: StationConfig, opts: ExportOptions): P
             ? `batch ${b.number} was recorded by another export running at the same time; nothing written, run export again`
             : `cannot record batch ${b.number} in the ledger: ${(err as Error).message}; nothing written`);
         }
-      });
+      }, `batch ${b.number} is recorded in the ledger but its file is not there: \`line-signer export --batch ${b.number} --out ${opts.outDir}\` writes it again`);
       return { path, number: b.number, ...counts, sha256: sha, rewritten: false };
     } finally {
       token.close();
@@ -350,6 +390,7 @@ async function rewrite(config: StationConfig, ledger: SqliteLedger, n: number, o
   const b = ledger.batch(n);
   if (!b) throw new LineSignerError('EXPORT', `there is no batch ${n} (last is ${ledger.lastBatch()?.number ?? 'none'})`);
   const path = join(opts.outDir, batchFileName(config.station.id, n));
+  checkBatchName(path);
   let counts = { issuances: 0, revocations: 0 };
   const sha = await writeBatchFile(path, async (sink) => {
     counts = writeContent(sink, ledger, config, b, opts.onProgress);
@@ -358,6 +399,6 @@ async function rewrite(config: StationConfig, ledger: SqliteLedger, n: number, o
     if (sha256 !== b.fileSha256) {
       throw new LineSignerError('EXPORT', `batch ${n} cannot be written again byte for byte (the local-ca, root or station certificate changed since it was made)`);
     }
-  });
+  }, `batch ${n} not written again`);
   return { path, number: n, ...counts, sha256: sha, rewritten: true };
 }

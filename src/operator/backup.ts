@@ -4,19 +4,48 @@
  * writes a compact file; it runs in a worker thread so the station's links
  * never wait on it. (The page-by-page backup API restarts whenever another
  * connection writes, which on a busy line it always does.)
+ *
+ * VACUUM INTO follows a symlink and fills an existing empty file, so it
+ * writes into a fresh private folder (mkdtemp, mode 0700) beside DEST, and
+ * the flushed copy then takes DEST's name by link(): that fails when
+ * anything is there, a symlink swapped in meanwhile included, and never
+ * follows one. A backup never overwrites anything nor writes through a link.
  */
-import { existsSync } from 'node:fs';
+import { lstatSync, mkdtempSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { LineSignerError } from '../errors.js';
+import type { BackupReply } from './backup-worker.js';
 
 export function backupLedger(ledger: string, dest: string): Promise<{ dest: string; bytes: number; ms: number }> {
-  if (existsSync(dest)) return Promise.reject(new LineSignerError('USAGE', `${dest} exists; a backup never overwrites a file`));
+  let folder: string;
+  try {
+    refuseExisting(dest);
+    folder = mkdtempSync(join(dirname(dest), `.${basename(dest)}.`));
+  } catch (err) {
+    if (err instanceof LineSignerError) return Promise.reject(err);
+    return Promise.reject(new LineSignerError('LEDGER', `backup to ${dest} failed: cannot make a private folder beside it (${(err as Error).message})`));
+  }
   return new Promise((resolve, reject) => {
-    const worker = new Worker(new URL('./backup-worker.js', import.meta.url), { workerData: { ledger, dest } });
-    worker.once('message', (m: { ok: true; bytes: number; ms: number } | { ok: false; message: string }) => {
+    const worker = new Worker(new URL('./backup-worker.js', import.meta.url), { workerData: { ledger, folder, dest } });
+    worker.once('message', (m: BackupReply) => {
       if (m.ok) resolve({ dest, bytes: m.bytes, ms: m.ms });
-      else reject(new LineSignerError('LEDGER', `backup to ${dest} failed: ${m.message}`));
+      else reject(new LineSignerError(m.code, m.message));
     });
-    worker.once('error', (err) => reject(new LineSignerError('LEDGER', `backup to ${dest} failed: ${err.message}`)));
+    worker.once('error', (err) => {
+      // The worker removes its folder as it ends; one that died before that leaves it here.
+      rmSync(folder, { recursive: true, force: true });
+      reject(new LineSignerError('LEDGER', `backup to ${dest} failed: ${err.message}`));
+    });
   });
+}
+
+function refuseExisting(dest: string): void {
+  try {
+    lstatSync(dest);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new LineSignerError('USAGE', `${dest}: ${(err as Error).message}`);
+  }
+  throw new LineSignerError('USAGE', `${dest} exists (EEXIST); a backup never overwrites a file`);
 }
