@@ -18,6 +18,9 @@ import { projectionProblems, replayBase, type ProjectionProblem } from './projec
 import { shapeProblems, type ShapeProblem } from './shape.js';
 export { shapeProblemsOfFile, type ShapeProblem } from './shape.js';
 
+/** Each connection's page cache, KiB (see the constructor). */
+const PAGE_CACHE_KIB = 2000;
+
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
 export type { ProjectionProblem } from './projections.js';
@@ -479,6 +482,10 @@ export class SqliteLedger implements Ledger {
     }
     this.db.pragma('synchronous = FULL');
     this.db.pragma('busy_timeout = 5000');
+    // SQLite's own default page cache (2 MB). better-sqlite3 builds SQLite with 16 MB a connection, which
+    // a serving station's connections filled as the file grew: 17 of the 41 MB its RSS grew by over
+    // 30,000 issuances. The pages the station reads again (the chains' heads, a few index pages) fit in 2.
+    this.db.pragma(`cache_size = -${PAGE_CACHE_KIB}`);
     this.db.pragma('foreign_keys = ON');
     if (!opts.readonly) this.migrate();
     this.schemaVersion = this.db.pragma('schema_version', { simple: true }) as number;
