@@ -4,7 +4,7 @@
  * ledger (a backup, an export) and for a while after, when a flush there
  * would hold every link (README, "The ledger writer").
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import type { NewEvent } from '../src/ledger/index.js';
@@ -12,26 +12,38 @@ import { testStation } from './helpers/pki.js';
 
 const event = (message: string): NewEvent => ({ kind: 'rejection', code: 'BAD_CSR', message, link: 'test' });
 
+type Station = Awaited<ReturnType<typeof testStation>>;
+
+/**
+ * Probes where a station's lone commits flush. `here(m)`: whether the event was in the file when
+ * recordEvent returned, before its promise settled (committed on this thread). `settle()`: waits
+ * until a lone commit is made here again (a checkpoint may have the writer busy just after start).
+ */
+function commitProbe(t: ExecutionContext, s: Station): { here(message: string): Promise<boolean>; settle(): Promise<boolean> } {
+  const seq = (): number => s.ledger.heads().eventSeq;
+  const here = async (message: string): Promise<boolean> => {
+    const before = seq();
+    const done = s.ledger.recordEvent(event(message), { alone: true });
+    const inline = seq() === before + 1;
+    await done;
+    t.is(seq(), before + 1, 'committed either way');
+    return inline;
+  };
+  const settle = async (): Promise<boolean> => {
+    for (let i = 0; i < 40; i++) {
+      if (await here(`control ${i}`)) return true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return false;
+  };
+  return { here, settle };
+}
+
 test('a lone commit flushes on the links\' thread, but through the writer while a large file is written beside the ledger and right after', async (t) => {
   const s = await testStation();
   t.teardown(() => s.close());
-  const seq = (): number => s.ledger.heads().eventSeq;
-  /** Whether the row was in the file when recordEvent returned, before its promise settled: committed here. */
-  const committedHere = async (message: string): Promise<boolean> => {
-    const before = seq();
-    const done = s.ledger.recordEvent(event(message), { alone: true });
-    const here = seq() === before + 1;
-    await done;
-    t.is(seq(), before + 1, 'committed either way');
-    return here;
-  };
-  // Control: with the writer idle (a checkpoint may be on its way just after the start), a lone commit is made here.
-  let here = false;
-  for (let i = 0; i < 40 && !here; i++) {
-    here = await committedHere(`control ${i}`);
-    if (!here) await new Promise((r) => setTimeout(r, 50));
-  }
-  t.true(here, 'a lone commit is made on this thread when nothing else is going on');
+  const { here: committedHere, settle } = commitProbe(t, s);
+  t.true(await settle(), 'a lone commit is made on this thread when nothing else is going on');
 
   let release!: () => void;
   const copying = s.ledger.whileDiskBusy(() => new Promise<void>((r) => (release = r)));
@@ -70,21 +82,8 @@ test('a lone commit that was slow on the links\' thread sends the next ones thro
   // station's own threshold, and so sent the control commits through the writer), and a hold well past it.
   const s = await testStation({}, { slowCommitHereMs: 150 });
   t.teardown(() => s.close());
-  const seq = (): number => s.ledger.heads().eventSeq;
-  const committedHere = async (message: string): Promise<boolean> => {
-    const before = seq();
-    const done = s.ledger.recordEvent(event(message), { alone: true });
-    const here = seq() === before + 1;
-    await done;
-    t.is(seq(), before + 1, 'committed either way');
-    return here;
-  };
-  let here = false;
-  for (let i = 0; i < 40 && !here; i++) {
-    here = await committedHere(`control ${i}`);
-    if (!here) await new Promise((r) => setTimeout(r, 50));
-  }
-  t.true(here, 'a lone commit is made on this thread when nothing else is going on');
+  const { here: committedHere, settle } = commitProbe(t, s);
+  t.true(await settle(), 'a lone commit is made on this thread when nothing else is going on');
 
   // The station's checkpoint may have the writer busy at that moment (the commit then goes there): try again.
   let slowHere = false;
