@@ -363,11 +363,15 @@ test("a station key's public half swapped without the PIN (checkpoints re-signed
   t.regex(serve.stderr, /ERROR TOKEN_UNAVAILABLE .*public half/);
 });
 
-test('public objects made without the PIN beside the real ones (a second public key with each key\'s label, a data object posing as the newest checkpoint) stop nothing', async (t) => {
+test('public objects made without the PIN beside the real ones (more public keys with each key\'s label, an RSA one among them, a data object posing as the newest checkpoint) stop nothing, ca show included', async (t) => {
   const s = await stoppedStation(2);
   const c = loadConfig(s.configPath);
   for (const label of [c.token.key_label, c.token.station_key_label]) {
-    pkcs11ToolNoLogin(s.configPath, ['--write-object', attackerKey(s.dir).der, '--type', 'pubkey', '--label', label]);
+    // More EC keys than one look at the token once took in, and an RSA key, whose EC attributes cannot be read.
+    for (let i = 0; i < 10; i++) pkcs11ToolNoLogin(s.configPath, ['--write-object', attackerKey(s.dir).der, '--type', 'pubkey', '--label', label]);
+    const rsa = join(s.dir, `rsa-${uuid()}.der`);
+    writeFileSync(rsa, generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'der' }));
+    pkcs11ToolNoLogin(s.configPath, ['--write-object', rsa, '--type', 'pubkey', '--label', label]);
   }
   const junk = join(s.dir, 'junk-checkpoint.json');
   writeFileSync(junk, `{"n":1e400,"ledgerId":"x","stationId":"${c.station.id}"}`);
@@ -379,6 +383,11 @@ test('public objects made without the PIN beside the real ones (a second public 
   const signed = cli(['sign', csrPath, '--config', s.configPath]);
   t.is(signed.status, 0, signed.stderr);
   t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+  // Without login the certificates tell which public key is the key's; with it, the signature does.
+  for (const args of [[], ['--check-pin']]) {
+    const show = cli(['ca', 'show', '--config', s.configPath, ...args]);
+    t.is(show.status, 0, `ca show ${args.join(' ')}: ${show.stdout}${show.stderr}`);
+  }
 });
 
 test('the newest rows deleted and checkpoints forged past the token\'s, with a public token object vouching for them: sign refuses the file', async (t) => {

@@ -316,14 +316,33 @@ export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {})
   } catch (err) {
     stationCertProblem = `station key certificate: ${(err as Error).message}; run \`line-signer station-key init\``;
   }
+  let localCaCertSpki: Uint8Array | null = null;
+  try {
+    localCaCertSpki = spkiOfCertificate(readCertificateFile(config.ca.certificate, 'local-ca certificate'));
+  } catch {
+    // named below, with the local-ca
+  }
+  /** Labels whose public key objects could not be told apart without login. */
+  const unclear = new Set<string>();
   let tokenSpki: Uint8Array | null = null;
   try {
     const t = Pkcs11Token.openPublic({ module: config.token.module, tokenLabel: config.token.token_label, softhsm2Conf: config.token.softhsm2_conf });
     token.found = true;
+    /** A key's public half; stray public objects beside it are a problem of their own, not "token not found". */
+    const publicKeyOf = (label: string, expected: Uint8Array | null): Uint8Array | null => {
+      try {
+        return t.findPublicKey(label, expected);
+      } catch (err) {
+        if (!(err instanceof LineSignerError) || err.code !== 'TOKEN_UNAVAILABLE') throw err;
+        unclear.add(label);
+        problems.push(err.message);
+        return null;
+      }
+    };
     try {
-      tokenSpki = t.findPublicKey(config.token.key_label);
+      tokenSpki = publicKeyOf(config.token.key_label, localCaCertSpki);
       token.key_found = tokenSpki !== null;
-      const stationSpki = t.findPublicKey(config.token.station_key_label);
+      const stationSpki = publicKeyOf(config.token.station_key_label, stationCertSpki);
       stationKey.key_found = stationSpki !== null;
       if (stationSpki && stationCertSpki) stationKey.matches_token_key = sameBytes(stationSpki, stationCertSpki);
       const flags = t.pinState();
@@ -338,7 +357,8 @@ export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {})
           t.login(pinValue);
           pin.state = 'accepted';
           for (const label of [config.token.key_label, config.token.station_key_label]) {
-            if (t.findPublicKey(label) && !t.hasPrivateKey(label)) problems.push(`key "${label}": the token has its public half only`);
+            if (unclear.has(label)) continue;
+            if (t.findPublicKey(label, label === config.token.key_label ? localCaCertSpki : stationCertSpki) && !t.hasPrivateKey(label)) problems.push(`key "${label}": the token has its public half only`);
             else if (t.hasPrivateKey(label)) {
               // Logged in now: the private key's protection can be read too.
               const risk = t.keyLeakRisk(label);
@@ -366,8 +386,8 @@ export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {})
       `token not found: ${token.error}; make it with \`line-signer ca init-token\` (SoftHSM2) or the HSM vendor's tool, or fix [token] in ${config.path}${rootsToken}`,
     );
   }
-  if (token.found && !token.key_found) problems.push(`key "${config.token.key_label}" not in the token; run \`line-signer ca init\``);
-  if (token.found && !stationKey.key_found) problems.push(`station key "${config.token.station_key_label}" not in the token; run \`line-signer station-key init\``);
+  if (token.found && !token.key_found && !unclear.has(config.token.key_label)) problems.push(`key "${config.token.key_label}" not in the token; run \`line-signer ca init\``);
+  if (token.found && !stationKey.key_found && !unclear.has(config.token.station_key_label)) problems.push(`station key "${config.token.station_key_label}" not in the token; run \`line-signer station-key init\``);
   if (stationCertProblem) problems.push(stationCertProblem);
   if (stationKey.matches_token_key === false) problems.push(`station key certificate ${config.ca.station_certificate} is not for the token's station key`);
   let localCa: CaShow['local_ca'];

@@ -44,6 +44,9 @@ function loadModule(path: string): pkcs11js.PKCS11 {
   return p11;
 }
 
+/** Public key objects looked at for one label: enough for the real one beside a few strays, bounded against a flood. */
+const MAX_PUBLIC_KEYS = 64;
+
 /** Modules this thread has opened a session on: starting such a module again would pull its sessions away. */
 const inUse = new Set<string>();
 
@@ -225,21 +228,27 @@ export class Pkcs11Token {
     }
   }
 
-  /** The public key labelled `label` (SubjectPublicKeyInfo DER), visible without login; null when absent. */
-  findPublicKey(label: string): Uint8Array | null {
-    let pub: Handle | null;
+  /**
+   * The EC public key labelled `label` (SubjectPublicKeyInfo DER), read without login; null when
+   * absent. Without login it cannot be paired with its private half (findKey), so when public
+   * objects made by someone else sit beside it, the one equal to `expected` (the key's certificate)
+   * is taken, and without that the answer is that the token cannot tell.
+   */
+  findPublicKey(label: string, expected?: Uint8Array | null): Uint8Array | null {
+    let pubs: Array<{ spki: Uint8Array }>;
     try {
-      pub = this.findObject(pkcs11js.CKO_PUBLIC_KEY, label);
+      pubs = this.ecPublicKeys(label);
     } catch (err) {
       if (err instanceof LineSignerError) throw err;
       throw tokenError('C_FindObjects', err);
     }
-    if (!pub) return null;
-    const [params, point] = this.p11.C_GetAttributeValue(this.s, pub, [
-      { type: pkcs11js.CKA_EC_PARAMS },
-      { type: pkcs11js.CKA_EC_POINT },
-    ]);
-    return spkiFromEcPoint(point!.value as Buffer, params!.value as Buffer);
+    if (pubs.length <= 1) return pubs[0]?.spki ?? null;
+    const match = expected ? pubs.find((p) => Buffer.compare(p.spki, expected) === 0) : undefined;
+    if (match) return match.spki;
+    throw new LineSignerError(
+      'TOKEN_UNAVAILABLE',
+      `token: ${pubs.length} EC public keys labelled "${label}", none of them the certificate's (public objects anyone who can open a session may add, without the PIN); \`line-signer ca show --check-pin\` logs in and tells which is the private key's half`,
+    );
   }
 
   /** Whether the private key labelled `label` is there; needs a logged-in session. */
@@ -404,10 +413,32 @@ export class Pkcs11Token {
     const s = this.s;
     this.p11.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_CLASS, value: cls }, { type: pkcs11js.CKA_LABEL, value: label }, ...extra]);
     try {
-      return this.p11.C_FindObjects(s, max);
+      const found: Handle[] = [];
+      while (found.length < max) {
+        const more = this.p11.C_FindObjects(s, max - found.length);
+        if (more.length === 0) break;
+        found.push(...more);
+      }
+      return found;
     } finally {
       this.p11.C_FindObjectsFinal(s);
     }
+  }
+
+  /** The EC public keys labelled `label` as SubjectPublicKeyInfo DER (anything else with the label is passed over). */
+  private ecPublicKeys(label: string): Array<{ handle: Handle; spki: Uint8Array; curve: 'P-256' | 'P-384' }> {
+    const out: Array<{ handle: Handle; spki: Uint8Array; curve: 'P-256' | 'P-384' }> = [];
+    for (const handle of this.findObjects(pkcs11js.CKO_PUBLIC_KEY, label, MAX_PUBLIC_KEYS, [{ type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_EC }])) {
+      try {
+        const [params, point] = this.p11.C_GetAttributeValue(this.s, handle, [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_EC_POINT }]);
+        const oidHex = (params!.value as Buffer).toString('hex');
+        const curve = oidHex === '06082a8648ce3d030107' ? 'P-256' : oidHex === '06052b81040022' ? 'P-384' : null;
+        if (curve) out.push({ handle, spki: spkiFromEcPoint(point!.value as Buffer, params!.value as Buffer), curve });
+      } catch {
+        // not a key this station could use, whoever made it
+      }
+    }
+    return out;
   }
 
   private findObject(cls: number, label: string, extra: pkcs11js.Template = []): Handle | null {
@@ -431,38 +462,25 @@ export class Pkcs11Token {
    */
   findKey(label: string): KeyInfo | null {
     let priv: Handle | null;
-    let pubs: Handle[];
+    let pubs: Array<{ handle: Handle; spki: Uint8Array; curve: 'P-256' | 'P-384' }>;
     try {
       priv = this.findObject(pkcs11js.CKO_PRIVATE_KEY, label, [{ type: pkcs11js.CKA_PRIVATE, value: true }]);
-      pubs = this.findObjects(pkcs11js.CKO_PUBLIC_KEY, label, 8);
+      pubs = this.ecPublicKeys(label);
     } catch (err) {
       if (err instanceof LineSignerError) throw err;
       throw tokenError('C_FindObjects', err);
     }
     if (!priv && pubs.length === 0) return null;
-    if (!priv || pubs.length === 0) {
-      throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${label}" has only its ${priv ? 'private' : 'public'} half`);
-    }
+    const putBack = `put it back from the key's certificate (its public key as DER: pkcs11-tool --write-object KEY.der --type pubkey --label "${label}")`;
+    if (!priv) throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${label}" has only its public half`);
+    if (pubs.length === 0) throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${label}" has only its private half: its public key object was removed; ${putBack}`);
     for (const pub of pubs) {
-      const [params, point] = this.p11.C_GetAttributeValue(this.s, pub, [
-        { type: pkcs11js.CKA_EC_PARAMS },
-        { type: pkcs11js.CKA_EC_POINT },
-      ]);
-      const oidHex = (params!.value as Buffer).toString('hex');
-      const curve = oidHex === '06082a8648ce3d030107' ? 'P-256' : oidHex === '06052b81040022' ? 'P-384' : null;
-      if (!curve) continue;
-      let spki: Uint8Array;
-      try {
-        spki = spkiFromEcPoint(point!.value as Buffer, params!.value as Buffer);
-      } catch {
-        continue; // not a key this station could use, whoever made it
-      }
-      if (this.isPublicHalf(priv, spki, curve)) return { label, privateKey: priv, publicKey: pub, spki, curve };
+      if (this.isPublicHalf(priv, pub.spki, pub.curve)) return { label, privateKey: priv, publicKey: pub.handle, spki: pub.spki, curve: pub.curve };
     }
     throw new LineSignerError(
       'TOKEN_UNAVAILABLE',
-      `token: no public key labelled "${label}" is the public half of the private key "${label}" (${pubs.length} found): a public key object can be removed or added by anyone who can open a session, without the PIN. ` +
-        `Remove the others and put the right one back from the key's certificate (pkcs11-tool --write-object CERT-KEY.der --type pubkey --label "${label}")`,
+      `token: no public key labelled "${label}" is the public half of the private key "${label}" (${pubs.length === MAX_PUBLIC_KEYS ? `the first ${MAX_PUBLIC_KEYS}` : pubs.length} EC keys looked at): a public key object can be removed or added by anyone who can open a session, without the PIN. ` +
+        `Remove the others and ${putBack}`,
     );
   }
 
