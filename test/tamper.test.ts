@@ -135,6 +135,31 @@ test('a hard link to the ledger: no process owns it by either name, so sign by t
   t.is(signed.status, 0, signed.stderr);
 });
 
+test('a copy of the ledger given to another config while the station serves: sign and operator commands on it are refused, naming the file the station serves; after the station stops they are not', async (t) => {
+  const s = await stopped(0);
+  const other = join(s.dir, 'copy');
+  mkdirSync(other);
+  const config2 = join(s.dir, 'station-copy.toml');
+  writeFileSync(config2, readFileSync(s.configPath, 'utf8').replace('ledger = "ledger.db"', 'ledger = "copy/ledger.db"'));
+  const first = await openStation(loadConfig(s.configPath));
+  let closed = false;
+  t.teardown(() => (closed ? undefined : first.close()));
+  // The file and its journal as they are now, as `cp` would take them.
+  for (const f of ['ledger.db', 'ledger.db-wal']) if (existsSync(join(s.dir, f))) copyFileSync(join(s.dir, f), join(other, f));
+  const csrPath = join(s.dir, 'one.der');
+  writeFileSync(csrPath, csr());
+  const signed = await cliAsync(['sign', csrPath, '--config', config2]);
+  t.not(signed.status, 0, signed.stdout);
+  t.regex(signed.stderr, /ERROR LEDGER_BUSY .*served from .*ledger\.db by pid \d+/);
+  const order = await cliAsync(['order', 'open', 'WO-9', '--quantity', '5', '--config', config2, '--operator', 'ana']);
+  t.not(order.status, 0, order.stdout);
+  t.regex(order.stderr, /ERROR LEDGER_BUSY /);
+  await first.close();
+  closed = true;
+  const afterStop = await cliAsync(['sign', csrPath, '--config', config2]);
+  t.notRegex(afterStop.stderr, /LEDGER_BUSY/, 'the lease ends with the station');
+});
+
 test('the batches table: a deleted newest batch row is caught', async (t) => {
   const { s } = await stationWithBatches([1, 1]);
   await s.close();

@@ -24,7 +24,7 @@ const PAGE_CACHE_KIB = 2000;
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
 export type { ProjectionProblem } from './projections.js';
-export { LedgerLock, realLedgerPath } from './lock.js';
+export { LedgerLock, leaseLabel, leaseProblem, leaseValue, realLedgerPath } from './lock.js';
 export { checkpointLabel, closesLedger, ledgerTokenProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
 export interface NewIssuance {

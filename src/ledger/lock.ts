@@ -254,3 +254,67 @@ function safeUser(): string {
     return String(process.getuid?.() ?? '?');
   }
 }
+
+/**
+ * The station's lease in the token: which ledger file a serving station
+ * writes. The lock above is per file, so a copy of the ledger (a backup
+ * given to another config, a `cp` of the file and its journal) is a file
+ * of its own that nothing stopped a second process from signing into while
+ * the station served: a certificate recorded in no ledger the station
+ * keeps. The token is one per station, so the serving station names its
+ * file there (a private object, which only a logged-in session can write),
+ * and every other owner of a ledger of this station refuses while that
+ * process lives and the file is another.
+ */
+export const leaseLabel = (stationId: string): string => `line-signer lease ${stationId}`;
+
+interface Lease {
+  pid: number;
+  boot: string;
+  /** The process's start time (clock ticks since boot, /proc/PID/stat): a pid used again is another process. */
+  start: string;
+  ledger: string;
+  since: string;
+}
+
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+function processStart(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** The lease a serving station writes for `ledger`. */
+export function leaseValue(ledger: string): Uint8Array {
+  const lease: Lease = { pid: process.pid, boot: bootId(), start: processStart(process.pid) ?? '', ledger: realLedgerPath(ledger), since: new Date().toISOString() };
+  return Buffer.from(JSON.stringify(lease));
+}
+
+/** Why this process may not write `ledger`: a living station serves another file of the same station. Null when none does. */
+export function leaseProblem(readData: (label: string) => Buffer[], stationId: string, ledger: string): string | null {
+  const mine = realLedgerPath(ledger);
+  for (const v of readData(leaseLabel(stationId))) {
+    let lease: Lease;
+    try {
+      lease = JSON.parse(v.toString('utf8')) as Lease;
+    } catch {
+      continue;
+    }
+    if (typeof lease.pid !== 'number' || lease.ledger === mine || lease.pid === process.pid) continue;
+    const alive = lease.boot === bootId() && processStart(lease.pid) === lease.start;
+    if (alive) {
+      return `station ${stationId} is served from ${lease.ledger} by pid ${lease.pid} (since ${lease.since}); ${ledger} is another file, and a certificate signed into it would be in no ledger the station keeps. One ledger per station: give the serving station's ledger path, or stop it first`;
+    }
+  }
+  return null;
+}

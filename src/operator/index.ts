@@ -13,7 +13,7 @@ import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { chainProblemText, LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
+import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
 import { checkClientText, clipMessage, TEXT_LIMITS } from '../text.js';
@@ -211,6 +211,8 @@ export async function withOwnedLedger<T>(
         const problem = ledgerTokenProblem(ledger, tokenCheckpoint((l) => t.readData(l), config.station.id), config.station.id, config.station.ledger);
         if (problem) throw new LineSignerError('LEDGER', `nothing written: ${problem}`);
       }
+      const busy = leaseProblem((l) => t.readData(l), config.station.id, config.station.ledger);
+      if (busy) throw new LineSignerError('LEDGER_BUSY', `nothing written: ${busy}`);
       // A trigger in the file would run inside this command's own writes (an order's quantity rewritten as it opens).
       const reshaped = ledger.shapeProblems({ values: false });
       if (reshaped.length > 0) {

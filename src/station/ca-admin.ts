@@ -11,7 +11,7 @@ import { readPin, type StationConfig } from '../config/index.js';
 import { readPrivateFile } from '../files.js';
 import { LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
-import { LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpointSync, tokenCheckpoint } from '../ledger/index.js';
+import { leaseProblem, LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpointSync, tokenCheckpoint } from '../ledger/index.js';
 import {
   certificateDer,
   checkLocalCa,
@@ -214,6 +214,8 @@ function installLocalCa(config: StationConfig, der: Uint8Array, rootDer: Uint8Ar
     // The import is recorded in the ledger: the token must vouch for the file before it is written to.
     const problem = ledgerTokenProblem(ledger, tokenCheckpoint((l) => token.readData(l), config.station.id), config.station.id, config.station.ledger);
     if (problem) throw new LineSignerError('LEDGER', `nothing installed: ${problem}`);
+    const busy = leaseProblem((l) => token.readData(l), config.station.id, config.station.ledger);
+    if (busy) throw new LineSignerError('LEDGER_BUSY', `nothing installed: ${busy}`);
     // The local-ca it replaces is kept beside it: `ledger verify` checks the certificates issued under it against it.
     if (installed && installed.sha256 !== sha) copyFileSync(config.ca.certificate, replacedLocalCaPath(config.ca.certificate, installed.sha256));
     writeFileAtomic(config.ca.certificate, pemEncode(der, 'CERTIFICATE'));

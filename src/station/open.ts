@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { chainProblemText, ledgerTokenProblem, LedgerLock, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
+import { chainProblemText, leaseLabel, leaseProblem, leaseValue, ledgerTokenProblem, LedgerLock, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
 import { Checkpointer } from './checkpointer.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { Pkcs11Token, WorkerSigner } from '../token/index.js';
@@ -158,6 +158,8 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     const kept = tokenCheckpoint((l) => token.readData(l), config.station.id);
     const problem = opts.lock === 'none' ? null : ledgerTokenProblem(ledger, kept, config.station.id, config.station.ledger);
     if (problem) throw new LineSignerError('LEDGER', `not serving: ${problem}`);
+    const busy = opts.lock === 'none' ? null : leaseProblem((l) => token.readData(l), config.station.id, config.station.ledger);
+    if (busy) throw new LineSignerError('LEDGER_BUSY', busy);
     // A file whose shape line-signer did not make (a trigger runs inside the station's own writes).
     const reshaped = opts.lock === 'none' ? [] : ledger.shapeProblems({ values: false });
     if (reshaped.length > 0) {
@@ -181,6 +183,8 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
         `not serving: ${config.station.ledger}: ${first.table} ${quote(first.key)}: ${first.reason}${edited.length > 1 ? ` (and ${edited.length - 1} more)` : ''}; the table was edited outside line-signer. \`line-signer ledger verify\` lists every difference; restore the ledger from a backup`,
       );
     }
+    // A serving station names its file in the token (see leaseProblem); a one-shot sign lives for milliseconds.
+    if (opts.lock !== 'none' && !opts.oneShot) token.writeData(leaseLabel(config.station.id), leaseValue(config.station.ledger));
   } catch (err) {
     if (ledger) await ledger.close();
     token.close();
@@ -236,6 +240,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
   // cannot start now is started again when it is used, as after a fault.
   if (!opts.oneShot) await Promise.allSettled([workerSigner.openSessions(), ...checkers.map((c) => c.call({ op: 'ready' }))]);
   let closed = false;
+  const leased = opts.lock !== 'none' && !opts.oneShot;
   return {
     station,
     ledger: owned,
@@ -253,6 +258,8 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
           await checkpointer.stop();
         } else checkpointer.pause();
       } finally {
+        // The lease let go: a process that closes its station and lives on no longer holds the station's other files.
+        if (leased) await workerSigner.store(leaseLabel(config.station.id), Buffer.from(JSON.stringify({ closed: new Date().toISOString() }))).catch(() => undefined);
         await Promise.all(checkers.map((c) => c.stop()));
         await workerSigner.close();
         token.close();
