@@ -2,10 +2,11 @@
  * `ledger backup DEST` never overwrites anything nor writes through a
  * symlink, even one swapped in at DEST after the checks, while the copy is
  * made: VACUUM INTO (which follows links and fills an empty file) writes
- * into a private folder, and link() gives the copy its name.
+ * into a private folder beside the ledger, and the copy is written into
+ * DEST, a file made exclusively.
  */
 import test from 'ava';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, symlinkSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LineSignerError } from '../src/errors.js';
 import { backupLedger } from '../src/operator/backup.js';
@@ -88,4 +89,35 @@ test('ledger backup refuses an existing DEST (an empty file, a symlink to a vict
   t.is(readFileSync(victim).length, 0);
   t.is(readFileSync(empty).length, 0);
   t.false(existsSync(join(s.dir, 'nowhere.db')));
+});
+
+test('an attacker who owns DEST\'s folder and replaces every folder made there with one holding a symlink writes nothing through it', async (t) => {
+  const s = await stationWithIssuances(5);
+  t.teardown(() => s.close());
+  const dir = join(s.dir, 'attacker');
+  mkdirSync(dir);
+  const victim = join(s.dir, 'victim.conf');
+  writeFileSync(victim, '');
+  let swapped = 0;
+  const watcher = watch(dir, (_, name) => {
+    const entry = name ? join(dir, String(name)) : '';
+    if (!entry || !String(name).startsWith('.') || String(name).endsWith('.moved')) return;
+    try {
+      if (!lstatSync(entry).isDirectory()) return;
+      renameSync(entry, `${entry}.moved`);
+      mkdirSync(entry);
+      symlinkSync(victim, join(entry, 'ledger.db'));
+      swapped++;
+    } catch {
+      // already gone
+    }
+  });
+  t.teardown(() => watcher.close());
+  const dest = join(dir, 'bk.db');
+  const done = await backupLedger(s.config.station.ledger, dest);
+  t.is(done.dest, dest);
+  t.is(statSync(victim).size, 0, 'the victim is untouched');
+  t.true(lstatSync(dest).isFile(), 'DEST is a file of its own');
+  t.is(readFileSync(dest).subarray(0, 15).toString('latin1'), 'SQLite format 3');
+  t.is(swapped, 0, 'no folder was made where the attacker writes');
 });

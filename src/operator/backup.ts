@@ -6,13 +6,16 @@
  * connection writes, which on a busy line it always does.)
  *
  * VACUUM INTO follows a symlink and fills an existing empty file, so it
- * writes into a fresh private folder (mkdtemp, mode 0700) beside DEST, and
- * the flushed copy then takes DEST's name by link(): that fails when
- * anything is there, a symlink swapped in meanwhile included, and never
- * follows one. A backup never overwrites anything nor writes through a link.
+ * writes into a fresh private folder (mkdtemp, mode 0700) beside the
+ * ledger, where only the station's user writes (one beside DEST was renamed
+ * away and replaced by an attacker who owned DEST's folder), and the copy
+ * is then written into DEST, a file made exclusively (O_EXCL|O_NOFOLLOW):
+ * anything at DEST, a symlink swapped in meanwhile included, is refused,
+ * never followed. A backup never overwrites anything nor writes through a
+ * link.
  */
 import { lstatSync, mkdtempSync, rmSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { LineSignerError } from '../errors.js';
 import type { BackupReply } from './backup-worker.js';
@@ -21,7 +24,7 @@ export function backupLedger(ledger: string, dest: string): Promise<{ dest: stri
   let folder: string;
   try {
     refuseExisting(dest);
-    folder = mkdtempSync(join(dirname(dest), `.${basename(dest)}.`));
+    folder = mkdtempSync(join(dirname(ledger), '.backup-'));
   } catch (err) {
     if (err instanceof LineSignerError) return Promise.reject(err);
     return Promise.reject(new LineSignerError('LEDGER', `backup to ${dest} failed: cannot make a private folder beside it (${(err as Error).message})`));
