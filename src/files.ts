@@ -9,9 +9,9 @@ import { userInfo } from 'node:os';
  * half of it: a temporary name in the same folder, flushed, then renamed,
  * then the folder flushed so the rename itself is durable.
  */
-export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): void {
+export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644, opts: { replaceSpecial?: boolean } = {}): void {
   try {
-    writeFileAtomicOrThrow(path, data, mode);
+    writeFileAtomicOrThrow(path, data, mode, opts.replaceSpecial ?? false);
   } catch (err) {
     if (err instanceof LineSignerError) throw err;
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
@@ -55,10 +55,12 @@ function currentUserName(): string {
   }
 }
 
-function writeFileAtomicOrThrow(path: string, data: string | Uint8Array, mode: number): void {
+function writeFileAtomicOrThrow(path: string, data: string | Uint8Array, mode: number, replaceSpecial: boolean): void {
   // Something that is not a plain file (/dev/null, /dev/stdout, a FIFO, a
-  // symlink to one) is written to, never renamed over: a rename would put a
-  // regular file in a device's place.
+  // symlink to one) named by the user is written to, never renamed over: a
+  // rename would put a regular file in a device's place. A file of the
+  // station's own (`replaceSpecial`) is always replaced: a symlink or FIFO
+  // planted there is neither followed nor waited on.
   let existing: ReturnType<typeof lstatSync> | undefined;
   try {
     existing = lstatSync(path);
@@ -67,8 +69,10 @@ function writeFileAtomicOrThrow(path: string, data: string | Uint8Array, mode: n
   }
   if (existing && !existing.isFile()) {
     if (existing.isDirectory()) throw new LineSignerError('USAGE', `${path} is a folder; give a file name`);
-    writeFileSync(path, data);
-    return;
+    if (!replaceSpecial) {
+      writeFileSync(path, data);
+      return;
+    }
   }
   const dir = dirname(path);
   mkdirSync(dir, { recursive: true });

@@ -160,6 +160,22 @@ test('a copy of the ledger given to another config while the station serves: sig
   t.notRegex(afterStop.stderr, /LEDGER_BUSY/, 'the lease ends with the station');
 });
 
+test('a FIFO or a symlink planted at the ledger\'s owner file is replaced, neither waited on nor written through', async (t) => {
+  const s = await stopped(0);
+  const owner = `${s.ledger}.owner`;
+  const victim = join(s.dir, 'victim.txt');
+  writeFileSync(victim, 'keep');
+  for (const plant of [() => execFileSync('mkfifo', [owner]), () => symlinkSync(victim, owner)]) {
+    rmSync(owner, { force: true });
+    plant();
+    const csrPath = join(s.dir, `${uuid()}.der`);
+    writeFileSync(csrPath, csr());
+    const signed = await cliAsync(['sign', csrPath, '--config', s.configPath]);
+    t.is(signed.status, 0, signed.stderr);
+    t.is(readFileSync(victim, 'utf8'), 'keep');
+  }
+});
+
 test('the batches table: a deleted newest batch row is caught', async (t) => {
   const { s } = await stationWithBatches([1, 1]);
   await s.close();

@@ -163,7 +163,7 @@ export class LedgerLock {
   /** Names this process in `<ledger>.owner`, for the LEDGER_BUSY message others get. */
   private writeOwner(): void {
     const holder: LockHolder = { pid: process.pid, command: this.command, user: safeUser(), since: new Date().toISOString() };
-    writeFileAtomic(ownerPath(this.ledger), JSON.stringify(holder) + '\n', 0o644);
+    writeFileAtomic(ownerPath(this.ledger), JSON.stringify(holder) + '\n', 0o644, { replaceSpecial: true });
     this.ownerInode = inodeOf(ownerPath(this.ledger));
   }
 
