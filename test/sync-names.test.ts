@@ -7,7 +7,8 @@
  */
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { basename, join } from 'node:path';
 import { sync } from '../src/export/index.js';
 import { caShow } from '../src/station/index.js';
@@ -211,6 +212,19 @@ test('--dry-run creates no state file and changes an existing one in nothing, it
   t.deepEqual(readFileSync(state), before);
   t.deepEqual(readdirSync(s.dir).sort(), listing);
   t.is(device.log.filter((l) => l.method === 'PUT').length, 1);
+  // A state a killed run left with its -wal and without its -shm: a dry run reads both and makes neither.
+  const killed = join(s.dir, 'killed');
+  mkdirSync(killed);
+  const writer = new Database(state);
+  writer.pragma('wal_autocheckpoint = 0');
+  writer.exec("UPDATE batches SET synced_at = synced_at || ''");
+  copyFileSync(state, join(killed, 'st.db'));
+  copyFileSync(`${state}-wal`, join(killed, 'st.db-wal'));
+  writer.close();
+  const fromWal = await cli(['sync', ...files, '--api', device.url, '--token-file', tf, '--station-key', pin(s), '--state', join(killed, 'st.db'), '--dry-run']);
+  t.is(fromWal.status, 0, fromWal.stderr);
+  t.regex(fromWal.stdout, /1 already as the ledger says/);
+  t.deepEqual(readdirSync(killed).sort(), ['st.db', 'st.db-wal'], 'no -shm made');
   // A real run makes it private.
   const real = await cli(['sync', ...files, '--api', device.url, '--token-file', tf, '--station-key', pin(s), '--state', state]);
   t.is(real.status, 0, real.stderr);

@@ -17,8 +17,9 @@
  * in, so a rerun or a late batch cannot undo what is settled.
  */
 import { createPublicKey, X509Certificate } from 'node:crypto';
-import { basename } from 'node:path';
-import { closeSync, constants, fchmodSync, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { closeSync, constants, copyFileSync, fchmodSync, fstatSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { parse as parseToml } from 'smol-toml';
 import { readPrivateFile } from '../files.js';
@@ -229,11 +230,20 @@ function openState(path: string, dryRun: boolean): Database.Database {
       let image: Buffer;
       if (!present[0]) image = readFileSync(path);
       else {
-        const original = new Database(path, { readonly: true, fileMustExist: true });
+        // Through both, copied to a private folder first: a read-only connection beside them would
+        // make the -shm a killed run may have left out.
+        const scratch = mkdtempSync(join(tmpdir(), 'line-signer-dry-run-'));
         try {
-          image = original.serialize();
+          copyFileSync(path, join(scratch, 'state.db'));
+          copyFileSync(`${path}-wal`, join(scratch, 'state.db-wal'));
+          const original = new Database(join(scratch, 'state.db'), { readonly: true, fileMustExist: true });
+          try {
+            image = original.serialize();
+          } finally {
+            original.close();
+          }
         } finally {
-          original.close();
+          rmSync(scratch, { recursive: true, force: true });
         }
       }
       image[18] = 1;
