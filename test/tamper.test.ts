@@ -98,13 +98,19 @@ test('rows added after a clean stop: verify fails and serve refuses, so no start
   t.regex(serve.stderr, /rows were added after the station's last clean close/);
 });
 
+/** A config of the same station whose ledger is `folder`/ledger.db (the folder made): a second name or a copy. */
+function configWithLedgerIn(s: { dir: string; configPath: string }, folder: string): string {
+  mkdirSync(join(s.dir, folder));
+  const path = join(s.dir, `station-${folder}.toml`);
+  writeFileSync(path, readFileSync(s.configPath, 'utf8').replace('ledger = "ledger.db"', `ledger = "${folder}/ledger.db"`));
+  return path;
+}
+
 test('a second name for the ledger file finds the same lock', async (t) => {
   const s = await stopped(0);
+  const config2 = configWithLedgerIn(s, 'other');
   const other = join(s.dir, 'other');
-  mkdirSync(other);
   symlinkSync(s.ledger, join(other, 'ledger.db'));
-  const config2 = join(s.dir, 'station2.toml');
-  writeFileSync(config2, readFileSync(s.configPath, 'utf8').replace('ledger = "ledger.db"', 'ledger = "other/ledger.db"'));
   const first = await openStation(loadConfig(s.configPath));
   t.teardown(() => first.close());
   const second = await cliAsync(['serve', '--config', config2, '--spool', s.stick, '--json']);
@@ -114,10 +120,8 @@ test('a second name for the ledger file finds the same lock', async (t) => {
 
 test('a hard link to the ledger: no process owns it by either name, so sign by the other name cannot write beside a serving station', async (t) => {
   const s = await stopped(0);
+  const config2 = configWithLedgerIn(s, 'other');
   const other = join(s.dir, 'other');
-  mkdirSync(other);
-  const config2 = join(s.dir, 'station2.toml');
-  writeFileSync(config2, readFileSync(s.configPath, 'utf8').replace('ledger = "ledger.db"', 'ledger = "other/ledger.db"'));
   const first = await openStation(loadConfig(s.configPath));
   linkSync(s.ledger, join(other, 'ledger.db'));
   const csrPath = join(s.dir, 'one.der');
@@ -137,10 +141,8 @@ test('a hard link to the ledger: no process owns it by either name, so sign by t
 
 test('a copy of the ledger given to another config while the station serves: sign and operator commands on it are refused, naming the file the station serves; after the station stops they are not', async (t) => {
   const s = await stopped(0);
+  const config2 = configWithLedgerIn(s, 'copy');
   const other = join(s.dir, 'copy');
-  mkdirSync(other);
-  const config2 = join(s.dir, 'station-copy.toml');
-  writeFileSync(config2, readFileSync(s.configPath, 'utf8').replace('ledger = "ledger.db"', 'ledger = "copy/ledger.db"'));
   const first = await openStation(loadConfig(s.configPath));
   let closed = false;
   t.teardown(() => (closed ? undefined : first.close()));
