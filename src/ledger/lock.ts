@@ -43,14 +43,6 @@ export function realLedgerPath(ledger: string): string {
 export const lockPath = (ledger: string): string => `${realLedgerPath(ledger)}.lock`;
 export const ownerPath = (ledger: string): string => `${realLedgerPath(ledger)}.owner`;
 
-/**
- * A ledger file with a second hard link cannot be owned: the lock, the
- * control socket and SQLite's journal (`-wal`, `-shm`) are named after the
- * path, so a process opening it by the other name would take another lock
- * and write a journal the owner never reads (a certificate recorded
- * nowhere, a corrupted file). A symlink resolves to the same path; a hard
- * link does not, so none is accepted.
- */
 function inodeOf(path: string): number | null {
   try {
     return statSync(path).ino;
@@ -59,6 +51,14 @@ function inodeOf(path: string): number | null {
   }
 }
 
+/**
+ * A ledger file with a second hard link cannot be owned: the lock, the
+ * control socket and SQLite's journal (`-wal`, `-shm`) are named after the
+ * path, so a process opening it by the other name would take another lock
+ * and write a journal the owner never reads (a certificate recorded
+ * nowhere, a corrupted file). A symlink resolves to the same path; a hard
+ * link does not, so none is accepted.
+ */
 function refuseHardLinked(ledger: string): void {
   let links: number;
   try {
