@@ -44,6 +44,13 @@ function loadModule(path: string): pkcs11js.PKCS11 {
   return p11;
 }
 
+/** An EC public key object as found: its handle, its key as SubjectPublicKeyInfo DER, its curve. */
+interface EcPublicKey {
+  handle: Handle;
+  spki: Uint8Array;
+  curve: 'P-256' | 'P-384';
+}
+
 /** Public key objects looked at for one label: enough for the real one beside a few strays, bounded against a flood. */
 const MAX_PUBLIC_KEYS = 64;
 
@@ -426,8 +433,8 @@ export class Pkcs11Token {
   }
 
   /** The EC public keys labelled `label` as SubjectPublicKeyInfo DER (anything else with the label is passed over). */
-  private ecPublicKeys(label: string): Array<{ handle: Handle; spki: Uint8Array; curve: 'P-256' | 'P-384' }> {
-    const out: Array<{ handle: Handle; spki: Uint8Array; curve: 'P-256' | 'P-384' }> = [];
+  private ecPublicKeys(label: string): EcPublicKey[] {
+    const out: EcPublicKey[] = [];
     for (const handle of this.findObjects(pkcs11js.CKO_PUBLIC_KEY, label, MAX_PUBLIC_KEYS, [{ type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_EC }])) {
       try {
         const [params, point] = this.p11.C_GetAttributeValue(this.s, handle, [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_EC_POINT }]);
@@ -462,7 +469,7 @@ export class Pkcs11Token {
    */
   findKey(label: string): KeyInfo | null {
     let priv: Handle | null;
-    let pubs: Array<{ handle: Handle; spki: Uint8Array; curve: 'P-256' | 'P-384' }>;
+    let pubs: EcPublicKey[];
     try {
       priv = this.findObject(pkcs11js.CKO_PRIVATE_KEY, label, [{ type: pkcs11js.CKA_PRIVATE, value: true }]);
       pubs = this.ecPublicKeys(label);
