@@ -2,12 +2,12 @@
  * `ledger backup DEST` never overwrites anything nor writes through a
  * symlink, even one swapped in at DEST after the checks, while the copy is
  * made: VACUUM INTO (which follows links and fills an empty file) writes
- * into a private folder beside the ledger, and the copy is written into
- * DEST, a file made exclusively.
+ * into a private folder beside the ledger, and the copy takes DEST's name
+ * by link() or is written into DEST, a file made exclusively.
  */
 import test from 'ava';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, symlinkSync, watch, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, readFileSync, renameSync, statSync, symlinkSync, watch, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { LineSignerError } from '../src/errors.js';
 import { backupLedger } from '../src/operator/backup.js';
 import { issue } from './helpers/batches.js';
@@ -56,19 +56,27 @@ test('a file that appears at DEST during the copy is kept as it is; the backup i
   t.deepEqual(readdirSync(s.dir).filter((f) => !before.includes(f)), ['backup.db'], 'its private folder is gone');
 });
 
-test('a backup lands as a regular file that verifies, and leaves no private folder behind', async (t) => {
-  const s = await stationWithIssuances(3);
-  const before = readdirSync(s.dir);
-  const dest = join(s.dir, 'backup.db');
-  const r = await backupLedger(s.config.station.ledger, dest);
-  await s.close();
-  t.is(r.bytes, statSync(dest).size);
-  t.true(lstatSync(dest).isFile());
-  t.is(statSync(dest).nlink, 1);
-  t.deepEqual(readdirSync(s.dir).filter((f) => !before.includes(f)), ['backup.db']);
-  const v = cli(['ledger', 'verify', '--config', s.configPath, '--ledger', dest]);
-  t.is(v.status, 0, v.stderr);
-});
+// On the ledger's file system the copy takes DEST's name by link(); on another (tmpfs here, a stick on a
+// station) it is copied into a file made there. Both must land alike.
+for (const where of ['the ledger\'s file system', 'another file system'] as const) {
+  test(`a backup on ${where} lands as a regular file of its own, mode 0600, that verifies, and leaves no private folder behind`, async (t) => {
+    const s = await stationWithIssuances(3);
+    const before = readdirSync(s.dir);
+    const elsewhere = where === 'another file system' ? mkdtempSync(join('/dev/shm', 'backup-')) : null;
+    t.teardown(() => elsewhere && rmSync(elsewhere, { recursive: true, force: true }));
+    const dest = join(elsewhere ?? s.dir, 'backup.db');
+    t.is(statSync(dirname(dest)).dev !== statSync(s.config.station.ledger).dev, elsewhere !== null, `${dest} is on ${where}`);
+    const r = await backupLedger(s.config.station.ledger, dest);
+    await s.close();
+    t.is(r.bytes, statSync(dest).size);
+    t.true(lstatSync(dest).isFile());
+    t.is(statSync(dest).nlink, 1);
+    t.is(statSync(dest).mode & 0o777, 0o600);
+    t.deepEqual(readdirSync(s.dir).filter((f) => !before.includes(f)), elsewhere ? [] : ['backup.db']);
+    const v = cli(['ledger', 'verify', '--config', s.configPath, '--ledger', dest]);
+    t.is(v.status, 0, v.stderr);
+  });
+}
 
 test('ledger backup refuses an existing DEST (an empty file, a symlink to a victim, a dangling symlink) with USAGE and writes nothing', async (t) => {
   const s = await stationWithIssuances(1);

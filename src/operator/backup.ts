@@ -8,8 +8,9 @@
  * VACUUM INTO follows a symlink and fills an existing empty file, so it
  * writes into a fresh private folder (mkdtemp, mode 0700) beside the
  * ledger, where only the station's user writes (one beside DEST was renamed
- * away and replaced by an attacker who owned DEST's folder), and the copy
- * is then written into DEST, a file made exclusively (O_EXCL|O_NOFOLLOW):
+ * away and replaced by an attacker who owned DEST's folder). The copy then
+ * takes DEST's name by link() on the same file system, or is written into
+ * DEST, a file made exclusively (O_EXCL|O_NOFOLLOW), on another: either way
  * anything at DEST, a symlink swapped in meanwhile included, is refused,
  * never followed. A backup never overwrites anything nor writes through a
  * link.
