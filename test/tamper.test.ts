@@ -6,7 +6,7 @@
  */
 import test from 'ava';
 import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
@@ -81,6 +81,25 @@ test('an older copy put back: operator commands and export write nothing to it',
     t.regex(r.stderr, /ERROR LEDGER nothing written: .*not in this ledger/, args.join(' '));
   }
   t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 1, 'still caught: nothing laundered it');
+});
+
+test('a start killed between its first rows and their checkpoint comes back as after any crash: the next start serves, verify is intact', async (t) => {
+  const s = await stopped(2);
+  const before = new SqliteLedger(s.ledger, loadConfig(s.configPath).station.id, { readonly: true });
+  const eventsBefore = before.heads().eventSeq;
+  before.close();
+  const died = spawnSync(process.execPath, [join(import.meta.dirname, 'helpers', 'die-starting.js'), s.configPath], { encoding: 'utf8' });
+  t.is(died.signal, 'SIGKILL', died.stderr);
+  const db = new Database(s.ledger, { readonly: true });
+  const kinds = (db.prepare('SELECT kind FROM events WHERE seq > ? ORDER BY seq').all(eventsBefore) as Array<{ kind: string }>).map((r) => r.kind);
+  db.close();
+  t.true(kinds.includes('start'), `the start row is in the file: ${kinds.join(', ')}`);
+  const again = await openStation(loadConfig(s.configPath), { operator: 'next-start' });
+  const issued = await again.station.handle({ csr: csr(), link: 't' });
+  t.true(issued.ok);
+  await again.close();
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 0, v.stderr);
 });
 
 test('rows added after a clean stop: verify fails and serve refuses, so no start signs them', async (t) => {

@@ -104,6 +104,8 @@ export interface OpenOptions {
   oneShot?: boolean;
   /** Tests and the benchmark: each token session held this long per signature, as a real HSM's is. */
   slowSessionMs?: number;
+  /** Tests only: runs between the start's rows and the checkpoint that covers them (a crash there). */
+  afterStartRows?: () => void;
 }
 
 
@@ -230,8 +232,14 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
   // Once per ledger: the revocations and grants standing now, from which the policy replay
   // (projections.ts) goes on exactly; ledgers from before reissue_used events need this base.
   const base = opts.lock === 'none' ? null : ledger.replayBaseToWrite();
+  // The token first learns that the ledger is open again: its newest checkpoint may be a clean
+  // close's, after which any row is refused as written outside line-signer. A start stopped
+  // between its first row and the checkpoint after it (SIGTERM, a power cut: a few ms on
+  // SoftHSM2, longer on an HSM) once left a ledger that every later start refused.
+  await checkpointer.take('open');
   if (base) await owned.recordEvent({ kind: 'replay_base', message: base });
   await owned.recordEvent({ kind: 'start', message: `line-signer ${opts.command ?? 'serve'} pid ${process.pid}`, operator: opts.operator ?? null });
+  opts.afterStartRows?.();
   await checkpointer.take('start');
   checkpointer.start();
   // Every thread loaded, every token session open, before the first request: loading them
