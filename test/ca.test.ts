@@ -1,7 +1,8 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
 import { join } from 'node:path';
@@ -295,4 +296,36 @@ test('ca demo puts no PIN on any command line', (t) => {
   // The token it made takes that PIN.
   const show = spawnSync(process.execPath, [BIN, 'ca', 'show', '--check-pin', '--config', join(dev, 'station-config', 'station.toml')], { env, encoding: 'utf8' });
   t.is(show.status, 0, show.stdout + show.stderr);
+});
+
+test('a second token with the station\'s label (anyone in SoftHSM2\'s group can make one): no command picks either or logs in; ca show names both serials', (t) => {
+  // A token folder of its own: the shared one serves the other tests.
+  const dir = mkdtempSync(join(tmpdir(), 'line-signer-duptoken-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, 'tokens'));
+  const conf = join(dir, 'softhsm2.conf');
+  writeFileSync(conf, `directories.tokendir = ${join(dir, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\n`);
+  const env = { SOFTHSM2_CONF: conf };
+  const makeToken = (): void => {
+    const r = spawnSync('softhsm2-util', ['--init-token', '--free', '--label', 'line-7', '--so-pin', '13579', '--pin', '246810'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+    t.is(r.status, 0, r.stderr);
+  };
+  makeToken();
+  writeFileSync(join(dir, 'pin'), '246810', { mode: 0o600 });
+  const root = makeOpensslRoot(dir, 'factory_ca');
+  const config = join(dir, 'station.toml');
+  writeFileSync(
+    config,
+    `[station]\nid = "dup"\nfactory = "${FACTORY}"\nproduction = true\nledger = "ledger.db"\n\n[token]\nmodule = "/usr/lib/softhsm/libsofthsm2.so"\ntoken_label = "line-7"\npin_file = "pin"\n\n[ca]\ncertificate = "local-ca.pem"\nroot = "${root.pem}"\nowner = "fio-dup"\n`,
+  );
+  const first = cli(['ca', 'init', '--csr-out', join(dir, 'ca.csr'), '--config', config], { env });
+  t.is(first.status, 0, first.stderr);
+  makeToken();
+  const again = cli(['station-key', 'init', '--config', config], { env });
+  t.not(again.status, 0);
+  t.regex(again.stderr, /^ERROR TOKEN_UNAVAILABLE 2 tokens are labelled "line-7" in \S+ \(serials "[0-9a-f]+", "[0-9a-f]+"\): the station cannot tell which one holds its keys and logs in to none/m);
+  const show = cli(['ca', 'show', '--config', config], { env });
+  t.regex(show.stdout, /^token: +"line-7" NOT USED \(2 tokens are labelled/m);
+  t.regex(show.stdout, /problem: token not used: 2 tokens/);
+  t.notRegex(show.stdout, /ca init-token/, 'making a token is not the way out');
 });

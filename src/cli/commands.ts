@@ -134,7 +134,7 @@ function showText(s: ReturnType<typeof caShow>): string {
     s.pin.state === 'not tried' ? `from ${s.pin.source}, ${s.pin.error ?? 'not tried (--check-pin logs in once)'}` : `${s.pin.state.toUpperCase()}${s.pin.error ? ` (${s.pin.error})` : ''}`;
   const lines = [
     `config:      ${s.config}`,
-    `token:       "${s.token.label}" ${s.token.found ? 'found' : `NOT FOUND${s.token.error ? ` (${s.token.error})` : ''}`}`,
+    `token:       "${s.token.label}" ${s.token.found ? 'found' : `${s.token.ambiguous ? 'NOT USED' : 'NOT FOUND'}${s.token.error ? ` (${s.token.error})` : ''}`}`,
     `PIN:         ${s.pin.state === 'accepted' ? `accepted (from ${s.pin.source})` : pin}`,
     `key:         "${s.token.key_label}" ${s.token.found ? (s.token.key_found ? 'found' : 'MISSING') : 'unknown (no token)'}`,
     `station key: "${s.station_key.label}" ${s.token.found ? (s.station_key.key_found ? 'found' : 'MISSING') : 'unknown (no token)'}; certificate sha256 ${s.station_key.sha256 ?? '(none: run station-key init)'}`,

@@ -23,7 +23,7 @@ import {
   signCaCsrWithRoot,
   makeSelfSignedCertificate,
 } from '../x509/index.js';
-import { Pkcs11Token } from '../token/index.js';
+import { AmbiguousTokenError, Pkcs11Token } from '../token/index.js';
 import { openToken, readCertificateFile } from './open.js';
 
 /**
@@ -251,7 +251,7 @@ export interface CaShow {
   /** `missing`: no PIN to give; `not tried`: present, no login made; `accepted`/`refused`: one login made (--check-pin). */
   pin: { source: string; state: 'missing' | 'not tried' | 'accepted' | 'refused' | 'locked'; error?: string };
   station_key: { label: string; key_found: boolean; certificate: string; sha256: string | null; public_key_sha256: string | null; matches_token_key: boolean | null };
-  token: { module: string; label: string; found: boolean; key_label: string; key_found: boolean; error?: string };
+  token: { module: string; label: string; found: boolean; key_label: string; key_found: boolean; error?: string; /** More than one token carries the label. */ ambiguous?: boolean };
   local_ca:
     | {
         path: string;
@@ -379,13 +379,16 @@ export function caShow(config: StationConfig, opts: { checkPin?: boolean } = {})
     }
   } catch (err) {
     token.error = (err as Error).message;
+    if (err instanceof AmbiguousTokenError) token.ambiguous = true;
     // SoftHSM2 makes a token's folder 0700 for whoever made it: root's token is invisible to the service user.
     const rootsToken =
       /softhsm/i.test(config.token.module) && process.getuid?.() !== 0
         ? `; a SoftHSM2 token made by root is invisible to ${userInfo().username}: chown -R ${userInfo().username} its folder in the token directory`
         : '';
     problems.push(
-      `token not found: ${token.error}; make it with \`line-signer ca init-token\` (SoftHSM2) or the HSM vendor's tool, or fix [token] in ${config.path}${rootsToken}`,
+      token.ambiguous
+        ? `token not used: ${token.error}`
+        : `token not found: ${token.error}; make it with \`line-signer ca init-token\` (SoftHSM2) or the HSM vendor's tool, or fix [token] in ${config.path}${rootsToken}`,
     );
   }
   if (token.found && !token.key_found && !unclear.has(config.token.key_label)) problems.push(`key "${config.token.key_label}" not in the token; run \`line-signer ca init\``);

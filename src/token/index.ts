@@ -1,4 +1,4 @@
 export type { Signer } from './signer.js';
 export { OID_ECDSA_SHA256, OID_ECDSA_SHA384 } from './signer.js';
-export { Pkcs11Token, TokenSigner, type KeyInfo, type TokenOptions } from './pkcs11.js';
+export { AmbiguousTokenError, Pkcs11Token, TokenSigner, type KeyInfo, type TokenOptions } from './pkcs11.js';
 export { WorkerSigner } from './worker-signer.js';

@@ -8,6 +8,7 @@ import { createHash, createPublicKey, randomBytes, verify, type KeyObject } from
 import { isMainThread } from 'node:worker_threads';
 import pkcs11js from 'pkcs11js';
 import { LineSignerError } from '../errors.js';
+import { quote } from '../text.js';
 import { EC_PARAMS_P256, rawEcdsaToDer, spkiFromEcPoint } from './der.js';
 import { signerIdentity, type Signer } from './signer.js';
 
@@ -56,6 +57,13 @@ const MAX_PUBLIC_KEYS = 64;
 
 /** Modules this thread has opened a session on: starting such a module again would pull its sessions away. */
 const inUse = new Set<string>();
+
+/** More than one token carries the configured label: none is used (findSlot). */
+export class AmbiguousTokenError extends LineSignerError {
+  constructor(message: string) {
+    super('TOKEN_UNAVAILABLE', message);
+  }
+}
 
 /** The CKR_ value of a pkcs11js error, or undefined for anything else. */
 function ckr(err: unknown): number | undefined {
@@ -277,16 +285,25 @@ export class Pkcs11Token {
       throw tokenError('C_GetSlotList', err);
     }
     let unreadable: unknown = null;
+    const found: Array<{ slot: Handle; serial: string }> = [];
     for (const slot of slots) {
-      let label: string;
+      let info: { label: string; serialNumber: string };
       try {
-        label = this.p11.C_GetTokenInfo(slot).label.trim();
+        info = this.p11.C_GetTokenInfo(slot);
       } catch (err) {
         unreadable = err;
         continue;
       }
-      if (label === this.opts.tokenLabel) return slot;
+      if (info.label.trim() === this.opts.tokenLabel) found.push({ slot, serial: info.serialNumber.trim() });
     }
+    // Whoever may make tokens (SoftHSM2's group) could add one of the same label that lists
+    // first: the station would send it the PIN and then miss its keys. It never guesses.
+    if (found.length > 1) {
+      throw new AmbiguousTokenError(
+        `${found.length} tokens are labelled "${this.opts.tokenLabel}" in ${this.opts.module} (serials ${found.map((f) => quote(f.serial)).join(', ')}): the station cannot tell which one holds its keys and logs in to none; remove or relabel the one that is not the station's (softhsm2-util --show-slots lists them)`,
+      );
+    }
+    if (found.length === 1) return found[0]!.slot;
     if (unreadable) throw tokenError('C_GetTokenInfo', unreadable);
     throw new LineSignerError('TOKEN_UNAVAILABLE', `no token labelled "${this.opts.tokenLabel}" in ${this.opts.module}`);
   }
