@@ -37,6 +37,15 @@ test('sign prints the chain; a refusal prints one ERROR line with its code and e
   t.true(st.local_ca_days_left > 3000);
 });
 
+test('a development station may listen on every interface, and --http is held to the config\'s rule on a production one', (t) => {
+  const dev = stationConfig({ production: false, extra: '[links]\nhttp = "0.0.0.0:8080"' });
+  t.is(dev.config.links.http, '0.0.0.0:8080');
+  const prod = stationConfig();
+  const r = cli(['serve', '--config', prod.configPath, '--http', '0.0.0.0:8443']);
+  t.is(r.status, 64);
+  t.regex(r.stderr, /^ERROR USAGE --http 0\.0\.0\.0:8443 listens on every interface/);
+});
+
 test('a bad config gets one line naming the key', (t) => {
   const s = stationConfig();
   const text = readFileSync(s.configPath, 'utf8');
@@ -56,6 +65,19 @@ test('a bad config gets one line naming the key', (t) => {
   check(text.replace('[policy]', '[policy]\nallow_p384 = 1'), /policy\.allow_p384/);
   check(text + '\n[station]\n', /not valid TOML \(line \d+/);
   check(text.replace(/pin_file = .*\n/, ''), /token\.pin_env: give exactly one of pin_env or pin_file/);
+  // Values that once loaded and then failed later, in a message that named no key or the wrong one.
+  check(text.replace('device_id = "uuid"', 'device_id = "\\\\-[0-9]+"'), /policy\.device_id: not "uuid" nor a valid regular expression/);
+  check(text.replace('[station]', '[station]\noperator = "ana\\u001b[31m"'), /station\.operator: contains a control character/);
+  check(`${text}\n[links]\nhttp = "127.0.0.1:99999"\n`, /links\.http: HOST:PORT with a port from 1 to 65535/);
+  check(`${text}\n[links]\nhttp = "127.0.0.1:0"\n`, /links\.http: HOST:PORT with a port from 1 to 65535/);
+  for (const everywhere of ['0.0.0.0:8080', '[::]:8080', '0:8080']) {
+    check(`${text}\n[links]\nhttp = "${everywhere}"\n`, /links\.http: listens on every interface, the LAN included, and the HTTP link has no authentication/);
+  }
+  for (const [i, wide] of [['0', '/'], ['0', '/etc/line-signer'], ['1', '../../../../../../../../..']] as const) {
+    const spool = i === '0' ? `["${wide}"]` : `["/media/usb", "${wide}"]`;
+    check(`${text}\n[links]\nspool = ${spool}\n`, new RegExp(`links\\.spool\\.${i}: a spool folder must be a folder of its own, at least two levels deep`));
+  }
+  check(text.replace(/ledger = .*\n/, `ledger = "/tmp/${'l'.repeat(110)}.db"\n`), /station\.ledger: the path is too long for the control socket beside it/);
   const missing = cli(['status', '--config', join(s.dir, 'nope.toml')]);
   t.regex(missing.stderr, /^ERROR CONFIG cannot read config/);
 });

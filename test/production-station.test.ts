@@ -240,6 +240,9 @@ test('the unit passes systemd-analyze verify and keeps its hardening while letti
   t.deepEqual(unitValues(unit, 'ProtectSystem'), ['strict']);
   t.deepEqual(unitValues(unit, 'ProtectHome'), ['yes']);
   t.deepEqual(unitValues(unit, 'NoNewPrivileges'), ['yes']);
+  t.deepEqual(unitValues(unit, 'LimitCORE'), ['0'], 'no core file holds the PIN');
+  t.regex(unit, /^CapabilityBoundingSet=$/m, 'no capabilities at all');
+  for (const key of ['ProtectKernelTunables', 'ProtectKernelModules', 'ProtectControlGroups', 'RestrictNamespaces', 'RestrictSUIDSGID', 'LockPersonality']) t.deepEqual(unitValues(unit, key), ['yes'], key);
   const writable = unitValues(unit, 'ReadWritePaths').map((p) => p.replace(/^-/, ''));
   for (const p of ['/var/lib/line-signer', '/var/lib/softhsm/tokens', '/media', '/run/media']) t.true(writable.includes(p), p);
   const exec = unitValues(unit, 'ExecStart')[0]!;
@@ -266,7 +269,7 @@ asRoot('scripts/install lets the unit write spool folders outside /media through
   const etc = join(root, 'etc');
   mkdirSync(etc);
   const example = readFileSync(join(CHECKOUT, 'station-config', 'station.example.toml'), 'utf8');
-  writeFileSync(join(etc, 'station.toml'), example.replace(/^# spool = .*$/m, 'spool = ["/srv/line-3-spool", "/media/usb", "/run/media/stick"]'));
+  writeFileSync(join(etc, 'station.toml'), example.replace(/^# spool = .*$/m, 'spool = ["/srv/line-3-spool", "/media/usb", "/run/media/stick", "/tmp/stick"]'));
   const env = {
     ...process.env,
     LINE_SIGNER_PREFIX: join(root, 'opt'),
@@ -280,8 +283,16 @@ asRoot('scripts/install lets the unit write spool folders outside /media through
   const dropIn = readFileSync(join(root, 'systemd', 'line-signer.service.d', 'spool.conf'), 'utf8');
   t.deepEqual(unitValues(dropIn, 'ReadWritePaths'), ['-/srv/line-3-spool']);
   t.regex(dropIn, /^\[Service\]$/m);
+  // PrivateTmp gives the service a /tmp of its own: a spool there is never seen, and install says so.
+  t.regex(r.stdout, /WARNING: the service cannot see spool folders under \/tmp.*: \/tmp\/stick/);
   // The config install found was kept, not replaced by the example.
   t.regex(readFileSync(join(etc, 'station.toml'), 'utf8'), /^spool = \["\/srv\/line-3-spool"/m);
+  // A config left broken mid-edit: install says so and leaves the drop-in as it was.
+  writeFileSync(join(etc, 'station.toml'), readFileSync(join(etc, 'station.toml'), 'utf8').replace('[station]', '[station]\nidd = 1'));
+  const broken = spawnSync('bash', [join(CHECKOUT, 'scripts', 'install')], { env, encoding: 'utf8', timeout: 120_000 });
+  t.is(broken.status, 0, broken.stderr);
+  t.regex(broken.stdout, /spool folders not looked at \(.*station\.idd: unknown key\)/);
+  t.is(readFileSync(join(root, 'systemd', 'line-signer.service.d', 'spool.conf'), 'utf8'), dropIn);
 });
 
 test('a config that cannot be read names the path tried and how to choose another', (t) => {

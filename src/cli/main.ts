@@ -44,7 +44,7 @@ const cli = yargs(hideBin(process.argv))
         .option('until', { type: 'string', describe: 'up to this time' })
         .option('device', { type: 'string', describe: 'one device id' })
         .option('order', { type: 'string', describe: 'one work order' })
-        .option('link', { type: 'string', describe: 'one link, e.g. http:0.0.0.0:8080 or serial:/dev/ttyACM0' })
+        .option('link', { type: 'string', describe: 'one link, e.g. http:192.168.7.1:8080 or serial:/dev/ttyACM0' })
         .option('json', { type: 'boolean', describe: 'one JSON object per line' }),
     (args) => logCommand(args as never),
   )

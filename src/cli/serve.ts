@@ -1,4 +1,4 @@
-import { configPath, loadConfig } from '../config/index.js';
+import { configPath, EVERY_INTERFACE, listensEverywhere, loadConfig } from '../config/index.js';
 import { LinkRunner, parseSerialFlag, planLinks, serialLinks, type Link, type LinkEvent } from '../links/index.js';
 import { JigStopped, runJig, type JigSummary } from '../jig/provision.js';
 import { openStation } from '../station/index.js';
@@ -24,6 +24,7 @@ export interface ServeArgs {
 export async function serveCommand(args: ServeArgs): Promise<void> {
   const config = loadConfig(configPath(args.config));
   const plan = planLinks(config, { serial: args.serial ?? [], ...(args.http ? { http: args.http } : {}), spool: args.spool ?? [] });
+  if (args.http && config.station.production && listensEverywhere(args.http)) throw new LineSignerError('USAGE', `--http ${args.http} ${EVERY_INTERFACE}`);
   const open = await openStation(config, { command: 'serve', operator: operatorName(config, args.operator) });
   let view: View | undefined;
   const observer = (e: LinkEvent): void => view?.event(e);

@@ -10,8 +10,38 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
 import { LineSignerError } from '../errors.js';
+import { textProblem } from '../text.js';
+
+/** sockaddr_un's sun_path: 108 bytes with its terminating NUL. */
+const MAX_SOCKET_PATH = 107;
 
 export const DEFAULT_CONFIG_PATH = 'station-config/station.toml';
+
+/**
+ * The HTTP link has no authentication: whoever reaches it gets device
+ * certificates. A production station listens only on an address of its
+ * own (the USB Ethernet gadget's), never on every interface, the LAN's included.
+ */
+export const EVERY_INTERFACE =
+  'listens on every interface, the LAN included, and the HTTP link has no authentication: anyone who reaches it gets production device certificates; give the USB Ethernet gadget\'s own address (for example 192.168.7.1:8080)';
+
+/** Whether HOST:PORT names the wildcard address (every interface). */
+export function listensEverywhere(listen: string): boolean {
+  const host = listen.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+  return host === '' || host === '*' || host === '0.0.0.0' || /^[0:]+$/.test(host);
+}
+
+/**
+ * A spool folder becomes a path the installed service may write
+ * (ReadWritePaths= in its unit): the root, a top-level folder or a system
+ * folder would undo the unit's read-only system.
+ */
+const SPOOL_TOO_WIDE = 'a spool folder must be a folder of its own, at least two levels deep (such as /media/usb or /srv/line-3-spool), not the root, a top-level folder or a system folder (/etc, /usr, /boot, /dev, /proc, /sys, /bin, /sbin, /lib)';
+function spoolTooWide(dir: string): boolean {
+  if (!isAbsolute(dir)) return false; // resolved against the config's folder, which the checks below then see
+  const parts = resolve(dir).split('/').filter(Boolean);
+  return parts.length < 2 || ['etc', 'usr', 'boot', 'dev', 'proc', 'sys', 'bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32'].includes(parts[0]!);
+}
 
 const label = z.string().min(1).max(32);
 
@@ -21,7 +51,16 @@ const stationSchema = z.strictObject({
   production: z.boolean(),
   ledger: z.string().min(1),
   /** Who runs this station, recorded on operator actions when --operator is not given (default: the login name). */
-  operator: z.string().min(1).max(64).optional(),
+  operator: z
+    .string()
+    .min(1)
+    .max(64)
+    .superRefine((v, ctx) => {
+      // The same rule as --operator: refused here, not by every operator command later.
+      const why = textProblem(v, 64);
+      if (why) ctx.addIssue({ code: 'custom', message: why });
+    })
+    .optional(),
 });
 
 const tokenSchema = z
@@ -81,8 +120,12 @@ const linksSchema = z.strictObject({
   http: z
     .string()
     .regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'HOST:PORT')
+    .refine((v) => {
+      const port = Number(/:(\d+)$/.exec(v)![1]);
+      return port >= 1 && port <= 65535;
+    }, 'HOST:PORT with a port from 1 to 65535')
     .optional(),
-  spool: z.array(z.string().min(1)).default([]),
+  spool: z.array(z.string().min(1).refine((d) => !spoolTooWide(d), SPOOL_TOO_WIDE)).default([]),
   idle_timeout_ms: z.number().int().min(100).max(600_000).default(10_000),
   spool_poll_ms: z.number().int().min(50).max(60_000).default(1000),
 });
@@ -92,14 +135,21 @@ const sotaSchema = z.strictObject({
   ostree: z.string().url(),
 });
 
-const configSchema = z.strictObject({
-  station: stationSchema,
-  token: tokenSchema,
-  ca: caSchema,
-  policy: policySchema.default({ device_id: 'uuid', allow_p384: false, require_order: false, clock_skew_seconds: 300, clock_gap_days: 30 }),
-  links: linksSchema.default({ serial: [], spool: [], idle_timeout_ms: 10_000, spool_poll_ms: 1000 }),
-  sota: sotaSchema.optional(),
-});
+const configSchema = z
+  .strictObject({
+    station: stationSchema,
+    token: tokenSchema,
+    ca: caSchema,
+    policy: policySchema.default({ device_id: 'uuid', allow_p384: false, require_order: false, clock_skew_seconds: 300, clock_gap_days: 30 }),
+    links: linksSchema.default({ serial: [], spool: [], idle_timeout_ms: 10_000, spool_poll_ms: 1000 }),
+    sota: sotaSchema.optional(),
+  })
+  .superRefine((c, ctx) => {
+    if (c.station.production && c.links.http !== undefined && listensEverywhere(c.links.http)) {
+      ctx.addIssue({ code: 'custom', path: ['links', 'http'], message: EVERY_INTERFACE });
+    }
+  });
+
 
 export type StationConfig = z.infer<typeof configSchema> & {
   /** Absolute path of the file this came from. */
@@ -108,7 +158,8 @@ export type StationConfig = z.infer<typeof configSchema> & {
 
 function isRegExp(p: string): boolean {
   try {
-    new RegExp(p);
+    // As the policy compiles it (the u flag refuses escapes such as \\- that plain mode lets by).
+    new RegExp(`^(?:${p})$`, 'u');
     return true;
   } catch {
     return false;
@@ -161,6 +212,13 @@ export function parseConfig(text: string, path: string): StationConfig {
   const base = dirname(resolve(path));
   const at = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
   const c = parsed.data;
+  const socket = `${at(c.station.ledger)}.sock`;
+  if (Buffer.byteLength(socket) > MAX_SOCKET_PATH) {
+    throw new LineSignerError('CONFIG', `${path}: station.ledger: the path is too long for the control socket beside it (${socket} is ${Buffer.byteLength(socket)} bytes; a Unix socket's path holds ${MAX_SOCKET_PATH}); choose a shorter one`);
+  }
+  c.links.spool.forEach((d, i) => {
+    if (spoolTooWide(at(d))) throw new LineSignerError('CONFIG', `${path}: links.spool.${i}: ${SPOOL_TOO_WIDE}`);
+  });
   return {
     ...c,
     path: resolve(path),
