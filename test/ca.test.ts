@@ -329,3 +329,12 @@ test('a second token with the station\'s label (anyone in SoftHSM2\'s group can 
   t.regex(show.stdout, /problem: token not used: 2 tokens/);
   t.notRegex(show.stdout, /ca init-token/, 'making a token is not the way out');
 });
+
+test('a softhsm2_conf that cannot be read is named, not only SoftHSM2\'s CKR_GENERAL_ERROR', (t) => {
+  const s = stationConfig({ token: 'softhsm2_conf = "missing-softhsm2.conf"' });
+  const env = { ...process.env };
+  delete env.SOFTHSM2_CONF; // the config's file is the one SoftHSM2 reads
+  const r = spawnSync(process.execPath, [BIN, 'ca', 'init', '--csr-out', join(s.dir, 'ca.csr'), '--config', s.configPath], { env, encoding: 'utf8' });
+  t.not(r.status, 0);
+  t.regex(r.stderr, new RegExp(`^ERROR TOKEN_UNAVAILABLE token: C_Initialize failed: CKR_GENERAL_ERROR: SoftHSM2's config ${s.dir}/missing-softhsm2\\.conf \\(token\\.softhsm2_conf or SOFTHSM2_CONF\\) cannot be read \\(ENOENT\\)`, 'm'));
+});

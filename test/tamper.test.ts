@@ -102,6 +102,30 @@ test('a start killed between its first rows and their checkpoint comes back as a
   t.is(v.status, 0, v.stderr);
 });
 
+test('[station] id changed under a ledger: serve, operator commands and ledger accept name both ids and write nothing; the old id still serves', async (t) => {
+  const s = await stopped(1);
+  const id = loadConfig(s.configPath).station.id;
+  const renamed = join(s.dir, 'renamed.toml');
+  writeFileSync(renamed, readFileSync(s.configPath, 'utf8').replace(`id = "${id}"`, 'id = "line-9-z"'));
+  const heads = (): string => {
+    const l = new SqliteLedger(s.ledger, id, { readonly: true });
+    const h = JSON.stringify(l.heads());
+    l.close();
+    return h;
+  };
+  const before = heads();
+  const why = new RegExp(`is station "${id}"'s ledger, and the config says station "line-9-z": put \\[station\\] id back to "${id}"`);
+  for (const args of [['serve', '--spool', s.stick, '--json'], ['ledger', 'accept', '--reason', 'moved', '--operator', 'ana'], ['order', 'open', 'WO-1', '--quantity', '5', '--operator', 'ana']]) {
+    const r = cli([...args, '--config', renamed]);
+    t.not(r.status, 0, args.join(' '));
+    t.regex(r.stderr, why, args.join(' '));
+  }
+  t.is(heads(), before, 'nothing written');
+  const back = await openStation(loadConfig(s.configPath));
+  t.true((await back.station.handle({ csr: csr(), link: 't' })).ok);
+  await back.close();
+});
+
 test('rows added after a clean stop: verify fails and serve refuses, so no start signs them', async (t) => {
   const s = await stopped(2);
   const db = new Database(s.ledger);

@@ -150,7 +150,23 @@ export function tokenCheckpoint(readData: (label: string) => Buffer[], stationId
   return newest;
 }
 
+/**
+ * A ledger written by another station id: `[station] id` changed, or
+ * another station's file. Everything the station keeps in its token (the
+ * newest checkpoint, the lease that keeps one file served at a time) is
+ * filed under its id, so accepting the file under a new id would let two
+ * copies of one history serve at once. Null when the ids agree (or the
+ * file is new).
+ */
+export function stationIdProblem(ledger: Pick<LedgerFacts, 'newestStationId'>, stationId: string, path: string): string | null {
+  const recorded = ledger.newestStationId();
+  if (recorded === null || recorded === stationId) return null;
+  return `${path} is station ${JSON.stringify(recorded)}'s ledger, and the config says station ${JSON.stringify(stationId)}: put [station] id back to ${JSON.stringify(recorded)} (the token keeps the station's checkpoints and lease under its id; a station's id does not change)`;
+}
+
 export interface LedgerFacts {
+  /** The station id of the newest event row, or null for an empty file. */
+  newestStationId(): string | null;
   ledgerId(): string;
   heads(): Heads;
   checkAgainstToken(tc: TokenCheckpoint): string | null;
@@ -168,6 +184,8 @@ export interface LedgerFacts {
  * or forged file and signs it anew.
  */
 export function ledgerTokenProblem(ledger: LedgerFacts, kept: TokenCheckpoint | null, stationId: string, path: string): string | null {
+  const renamed = stationIdProblem(ledger, stationId, path);
+  if (renamed) return renamed;
   const fix = `; \`line-signer ledger verify\` lists what differs, and \`line-signer ledger accept --reason R\` makes this file the station's ledger if it should be`;
   if (!kept) {
     const n = ledger.lastCheckpoint()?.n ?? 0;

@@ -25,7 +25,7 @@ export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type Even
 export { ThreadedLedger } from './threaded.js';
 export type { ProjectionProblem } from './projections.js';
 export { LedgerLock, leaseLabel, leaseProblem, leaseValue, realLedgerPath } from './lock.js';
-export { checkpointLabel, closesLedger, ledgerTokenProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
+export { checkpointLabel, closesLedger, ledgerTokenProblem, stationIdProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
 export interface NewIssuance {
   serial: string;
@@ -1033,6 +1033,10 @@ export class SqliteLedger implements Ledger {
   eventHashAt(seq: number): string | null {
     if (seq === 0) return GENESIS_HASH;
     return this.q.eventHashAt.get(seq)?.entry_hash ?? null;
+  }
+
+  newestStationId(): string | null {
+    return this.db.prepare<[], { station_id: string }>('SELECT station_id FROM events ORDER BY seq DESC LIMIT 1').get()?.station_id ?? null;
   }
 
   operatorEventsAfter(eventSeq: number): Array<{ seq: number; kind: string }> {

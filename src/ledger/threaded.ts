@@ -285,6 +285,10 @@ export class ThreadedLedger implements Ledger {
     return this.reader.replayBaseToWrite();
   }
 
+  newestStationId(): string | null {
+    return this.reader.newestStationId();
+  }
+
   operatorEventsAfter(eventSeq: number): ReturnType<SqliteLedger['operatorEventsAfter']> {
     return this.reader.operatorEventsAfter(eventSeq);
   }

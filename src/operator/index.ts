@@ -13,7 +13,7 @@ import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
+import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
 import { checkClientText, clipMessage, TEXT_LIMITS } from '../text.js';
@@ -207,6 +207,9 @@ export async function withOwnedLedger<T>(
     try {
       const t = Pkcs11Token.open({ module: config.token.module, tokenLabel: config.token.token_label, pin: readPin(config.token), softhsm2Conf: config.token.softhsm2_conf });
       token = t;
+      // accept takes a file the token does not vouch for; never one of another station id.
+      const renamed = command === 'accept' ? stationIdProblem(ledger, config.station.id, config.station.ledger) : null;
+      if (renamed) throw new LineSignerError('LEDGER', `nothing written: ${renamed}`);
       if (command !== 'accept') {
         const problem = ledgerTokenProblem(ledger, tokenCheckpoint((l) => t.readData(l), config.station.id), config.station.id, config.station.ledger);
         if (problem) throw new LineSignerError('LEDGER', `nothing written: ${problem}`);

@@ -5,6 +5,7 @@
  * session runs one operation at a time (CKR_OPERATION_ACTIVE otherwise).
  */
 import { createHash, createPublicKey, randomBytes, verify, type KeyObject } from 'node:crypto';
+import { accessSync, constants } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 import pkcs11js from 'pkcs11js';
 import { LineSignerError } from '../errors.js';
@@ -39,7 +40,13 @@ function loadModule(path: string): pkcs11js.PKCS11 {
   try {
     p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
   } catch (err) {
-    if (ckr(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw tokenError('C_Initialize', err);
+    if (ckr(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+      const e = tokenError('C_Initialize', err);
+      // SoftHSM2 answers a config file it cannot read with a bare CKR_GENERAL_ERROR.
+      const conf = process.env.SOFTHSM2_CONF;
+      const unreadable = conf !== undefined ? whyUnreadable(conf) : null;
+      throw unreadable ? new LineSignerError(e.code, `${e.message}: SoftHSM2's config ${conf} (token.softhsm2_conf or SOFTHSM2_CONF) cannot be read (${unreadable})`, { cause: err }) : e;
+    }
   }
   modules.set(path, p11);
   return p11;
@@ -57,6 +64,15 @@ const MAX_PUBLIC_KEYS = 64;
 
 /** Modules this thread has opened a session on: starting such a module again would pull its sessions away. */
 const inUse = new Set<string>();
+
+function whyUnreadable(path: string): string | null {
+  try {
+    accessSync(path, constants.R_OK);
+    return null;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? 'error';
+  }
+}
 
 /** More than one token carries the configured label: none is used (findSlot). */
 export class AmbiguousTokenError extends LineSignerError {
@@ -409,7 +425,13 @@ export class Pkcs11Token {
     try {
       p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
     } catch (err) {
-      if (ckr(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw tokenError('C_Initialize', err);
+      if (ckr(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+      const e = tokenError('C_Initialize', err);
+      // SoftHSM2 answers a config file it cannot read with a bare CKR_GENERAL_ERROR.
+      const conf = process.env.SOFTHSM2_CONF;
+      const unreadable = conf !== undefined ? whyUnreadable(conf) : null;
+      throw unreadable ? new LineSignerError(e.code, `${e.message}: SoftHSM2's config ${conf} (token.softhsm2_conf or SOFTHSM2_CONF) cannot be read (${unreadable})`, { cause: err }) : e;
+    }
     }
   }
 
