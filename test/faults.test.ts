@@ -4,13 +4,15 @@
  * here breaks something this test process shares (its token folder).
  */
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadConfig } from '../src/config/index.js';
 import { verifyLedger } from '../src/station/index.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
-import { served } from './helpers/served.js';
+import { served, waitFor } from './helpers/served.js';
+import { BIN } from './helpers/cli.js';
+import { deviceFields, ptreeJson, send, SOTA } from './helpers/http.js';
 import { serveControl } from '../src/cli/owner.js';
 import { operate } from '../src/operator/index.js';
 import Database from 'better-sqlite3';
@@ -120,6 +122,48 @@ test.serial('the token goes away: TOKEN_UNAVAILABLE, PING still answered, signin
   }
   t.truthy(back, 'signing resumed without a restart');
   t.is(sv.s.station.health(), null);
+});
+
+test.serial('serve over HTTP: the token goes away and comes back; the module started afresh for one key voids every other key handle, and signing resumes', async (t) => {
+  // A process of its own, as a station runs: which key's handles the module hands out first after
+  // it starts afresh depends on the order the process looked its objects up in.
+  const p = testPki();
+  const s = await testStation({ extra: SOTA });
+  await s.close();
+  const child = spawn(process.execPath, [BIN, 'serve', '--config', s.configPath, '--http', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  t.teardown(() => child.kill('SIGKILL'));
+  await waitFor(() => out.includes('"msg":"serving"') || child.exitCode !== null, 15_000);
+  t.is(child.exitCode, null, out);
+  const listening = out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => String(l.link).startsWith('http:') && l.state === 'listening');
+  const port = Number(String(listening!.detail).split(':').pop());
+  const post = async (): Promise<string> => {
+    const r = await send(port, 'POST', ptreeJson(deviceFields().fields));
+    return `${r.status} ${r.status === 201 ? '' : r.text.slice(0, 120)}`;
+  };
+  t.regex(await post(), /^201/);
+  const tokens = join(p.dir, 'tokens');
+  renameSync(tokens, `${tokens}.away`);
+  let restored = false;
+  t.teardown(() => {
+    if (!restored) renameSync(`${tokens}.away`, tokens);
+  });
+  for (let i = 0; i < 3; i++) {
+    t.regex(await post(), /^503 .*TOKEN_UNAVAILABLE/);
+    await new Promise((res) => setTimeout(res, 700));
+  }
+  renameSync(`${tokens}.away`, tokens);
+  restored = true;
+  // The once-a-second checkpoint (the refusals are events) meets the returned token first.
+  const answers: string[] = [];
+  for (let i = 0; i < 6; i++) {
+    await new Promise((res) => setTimeout(res, 1500));
+    answers.push(await post());
+  }
+  t.true(answers.slice(1).every((a) => a.startsWith('201')), `signing resumed without a restart, and stayed so; answers after the token came back: ${answers.join(' | ')}`);
+  child.kill('SIGTERM');
 });
 
 test.serial('an operator action while the token is away records nothing and says so; once it is back the action is recorded and checkpointed', async (t) => {

@@ -372,6 +372,11 @@ test('token: a signature that does not verify with the local-ca key is never rel
   const s = await testStation({}, { wrapSigner: wrong });
   t.teardown(() => s.close());
   await expectRefusal(t, s, opensslCsr(s.dir).csr, 'TOKEN_UNAVAILABLE', /does not verify/);
+  t.is(s.station.health()?.code, 'TOKEN_UNAVAILABLE', 'a refusal for it marks the token down (HEAD /sign answers 503)');
+  // The probe (HEAD /sign, status) checks its throwaway signature too: a device is told before it makes a key.
+  const fresh = await testStation({}, { wrapSigner: wrong });
+  t.teardown(() => fresh.close());
+  t.regex((await fresh.station.checkHealth())?.message ?? 'healthy', /does not verify with the local-ca key/);
 });
 
 test.serial('a PEM CSR is accepted where the link carries text', async (t) => {

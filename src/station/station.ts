@@ -3,7 +3,7 @@
  * is made: replay lookup → parse → policy → build → sign → verify →
  * commit → reply. Links call it; nothing else orders these steps.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash, randomBytes, verify, type KeyObject } from 'node:crypto';
 import { asLineSignerError, isProtocolCode, LineSignerError, type ProtocolCode } from '../errors.js';
 import type { CommitGuard, Issuance, Ledger, NewIssuance, StationContext } from '../ledger/index.js';
 import {
@@ -181,7 +181,7 @@ export class Station {
   async checkHealth(): Promise<Unhealthy | null> {
     if (Date.now() - this.tokenCheckedAt > 1000) {
       this.tokenCheckedAt = Date.now();
-      const probe = this.signer.sign(new Uint8Array(this.ca.profile.hash === 'sha256' ? 32 : 48)).then(
+      const probe = this.probeSignature().then(
         () => {
           this.tokenDown = null;
         },
@@ -200,12 +200,24 @@ export class Station {
     const down = this.tokenDown;
     if (!down || Date.now() - down.probedAt < 2000) return;
     down.probedAt = Date.now();
-    this.signer.sign(new Uint8Array(this.ca.profile.hash === 'sha256' ? 32 : 48)).then(
+    this.probeSignature().then(
       () => {
         if (this.tokenDown === down) this.tokenDown = null;
       },
       () => undefined,
     );
+  }
+
+  /**
+   * A throwaway signature, checked with the local-ca key: a token that signs
+   * with another key (a handle gone stale) is as down as one that does not sign.
+   */
+  private async probeSignature(): Promise<void> {
+    const message = randomBytes(16);
+    const signature = await this.signer.sign(createHash(this.ca.profile.hash).update(message).digest());
+    if (!verify(this.ca.profile.hash, message, this.caKey, signature)) {
+      throw new LineSignerError('TOKEN_UNAVAILABLE', 'the token returned a signature that does not verify with the local-ca key');
+    }
   }
 
   /** Signs a TBS digest, keeping track of whether the token works. */
@@ -486,8 +498,15 @@ export class Station {
     // A proof left for here came under load (a lone request proves while the token signs): it goes to a
     // worker even if the request is alone by now.
     const checker = proofLeft ? this.leastBusyChecker() : this.checker();
-    if (checker) return checker.call<Uint8Array>({ op: 'finish', tbs, signature, facts: request, csr: proofLeft ? ownBytes(proofLeft.der) : undefined });
-    return finishCertificate(tbs, signature, this.ca.profile, this.caKey, request);
+    try {
+      if (checker) return await checker.call<Uint8Array>({ op: 'finish', tbs, signature, facts: request, csr: proofLeft ? ownBytes(proofLeft.der) : undefined });
+      return finishCertificate(tbs, signature, this.ca.profile, this.caKey, request);
+    } catch (err) {
+      // A signature that does not verify with the local-ca key is a token fault: the probe (HEAD /sign) says so too.
+      const e = asLineSignerError(err);
+      if (e.code === 'TOKEN_UNAVAILABLE') this.tokenDown = { message: e.message, probedAt: this.tokenDown?.probedAt ?? Date.now() };
+      throw err;
+    }
   }
 
   /** The CSR's proof of possession before the signature: in a checking worker under load, else here. */

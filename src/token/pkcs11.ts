@@ -28,6 +28,33 @@ export interface TokenOptions {
 // C_Initialize may run once per process and module.
 const modules = new Map<string, pkcs11js.PKCS11>();
 
+/**
+ * How many times each module was started afresh (C_Finalize, C_Initialize)
+ * in this process. Every session and object handle from before is void
+ * then, and the numbers come back meaning other things: a key handle kept
+ * across a restart made C_Sign succeed with another key (the station key)
+ * and every certificate was refused until the station was restarted. The
+ * count is shared with the signing workers (shareModuleEpoch): the module
+ * is one per process, whichever thread starts it afresh.
+ */
+const epochs = new Map<string, Int32Array>();
+function epochCell(module: string): Int32Array {
+  let cell = epochs.get(module);
+  if (!cell) epochs.set(module, (cell = new Int32Array(new SharedArrayBuffer(4))));
+  return cell;
+}
+function moduleEpoch(module: string): number {
+  return Atomics.load(epochCell(module), 0);
+}
+/** This thread's count for `module`, to hand to a worker (adoptModuleEpoch there). */
+export function shareModuleEpoch(module: string): SharedArrayBuffer {
+  return epochCell(module).buffer as SharedArrayBuffer;
+}
+/** In a worker: count with the thread that started it. */
+export function adoptModuleEpoch(module: string, shared: SharedArrayBuffer): void {
+  epochs.set(module, new Int32Array(shared));
+}
+
 function loadModule(path: string): pkcs11js.PKCS11 {
   let p11 = modules.get(path);
   if (p11) return p11;
@@ -146,6 +173,8 @@ export interface KeyInfo {
 export class Pkcs11Token {
   private readonly p11: pkcs11js.PKCS11;
   private session: Handle | null = null;
+  /** The module's epoch when the session was opened: another one voids it. */
+  private sessionEpoch = -1;
   private pinRefused = false;
 
   private constructor(private readonly opts: TokenOptions) {
@@ -372,6 +401,8 @@ export class Pkcs11Token {
       throw new LineSignerError('TOKEN_PIN', 'the token refused the PIN earlier; fix the PIN and restart');
     }
     this.session = this.lookAgain((phase) => {
+      // Read before the session is opened: a restart after it voids this one.
+      this.sessionEpoch = moduleEpoch(this.opts.module);
       const slot = this.findSlot();
       let session: Handle;
       try {
@@ -417,6 +448,7 @@ export class Pkcs11Token {
   /** C_Finalize, then C_Initialize, for the whole process (see reinitialize). */
   static reinitializeModule(module: string): void {
     const p11 = loadModule(module);
+    Atomics.add(epochCell(module), 0, 1);
     try {
       p11.C_Finalize();
     } catch {
@@ -437,7 +469,7 @@ export class Pkcs11Token {
 
   /** Drops the session and opens a new one (after a token or session fault). */
   reopen(): void {
-    const old = this.session;
+    const old = this.sessionEpoch === moduleEpoch(this.opts.module) ? this.session : null;
     this.session = null;
     if (old) {
       try {
@@ -450,8 +482,15 @@ export class Pkcs11Token {
   }
 
   private get s(): Handle {
+    // A session from before the module was started afresh is void; never closed: its number may be another's now.
+    if (this.session !== null && this.sessionEpoch !== moduleEpoch(this.opts.module)) this.session = null;
     if (!this.session) this.openSession();
     return this.session!;
+  }
+
+  /** The module's epoch now: a key handle found in another is void (TokenSigner). */
+  epoch(): number {
+    return moduleEpoch(this.opts.module);
   }
 
   /** Up to `max` objects of class `cls` labelled `label`, with `extra` attributes too. */
@@ -760,6 +799,8 @@ export class TokenSigner implements Signer {
   private tail: Promise<unknown> = Promise.resolve();
   /** When the module was last initialised again (see Pkcs11Token.reinitialize). */
   private reinitAt = 0;
+  /** The module's epoch when `info`'s handles were found. */
+  private infoEpoch: number;
 
   constructor(
     private readonly token: Pkcs11Token,
@@ -768,6 +809,16 @@ export class TokenSigner implements Signer {
     private readonly blocking = false,
   ) {
     ({ hash: this.hash, signatureAlgorithm: this.signatureAlgorithm, key: this.key } = signerIdentity(info));
+    this.infoEpoch = token.epoch();
+  }
+
+  /** The key's handles again after the module was started afresh (by this signer or any other in the process). */
+  private refind(): void {
+    const epoch = this.token.epoch();
+    const again = this.token.findKey(this.info.label);
+    if (!again) throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${this.info.label}" is gone`);
+    this.info = again;
+    this.infoEpoch = epoch;
   }
 
   publicKeySpki(): Uint8Array {
@@ -789,6 +840,7 @@ export class TokenSigner implements Signer {
 
   private async signOnce(digest: Uint8Array): Promise<Uint8Array> {
     try {
+      if (this.infoEpoch !== this.token.epoch()) this.refind();
       return rawEcdsaToDer(await this.token.signRaw(this.info, digest, this.blocking));
     } catch (err) {
       const code = ckr(err);
@@ -805,9 +857,7 @@ export class TokenSigner implements Signer {
         this.reinitAt = Date.now();
         this.token.reinitialize();
       } else this.token.reopen();
-      const again = this.token.findKey(this.info.label);
-      if (!again) throw new LineSignerError('TOKEN_UNAVAILABLE', `token: key "${this.info.label}" is gone`);
-      this.info = again;
+      this.refind();
       return rawEcdsaToDer(await this.token.signRaw(this.info, digest, this.blocking));
     } catch (err) {
       throw err instanceof LineSignerError ? err : tokenError('C_Sign', err);

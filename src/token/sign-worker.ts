@@ -8,7 +8,7 @@
  */
 import { workerData } from 'node:worker_threads';
 import { LineSignerError } from '../errors.js';
-import { holdThread, Pkcs11Token, type TokenOptions, type TokenSigner } from './pkcs11.js';
+import { adoptModuleEpoch, holdThread, Pkcs11Token, type TokenOptions, type TokenSigner } from './pkcs11.js';
 import { serveRpc } from '../worker-rpc.js';
 
 export interface SignWorkerData extends TokenOptions {
@@ -22,6 +22,8 @@ export interface SignWorkerData extends TokenOptions {
    * as a session of a real HSM is held while it signs (10 to 40 a second).
    */
   slowSessionMs?: number | undefined;
+  /** The starting thread's count of module restarts (pkcs11.ts shareModuleEpoch). */
+  moduleEpoch?: SharedArrayBuffer | undefined;
 }
 
 export type SignWorkerRequest =
@@ -31,6 +33,7 @@ export type SignWorkerRequest =
   | { id: number; op: 'store'; label: string; value: Uint8Array };
 
 const data = workerData as SignWorkerData;
+if (data.moduleEpoch) adoptModuleEpoch(data.module, data.moduleEpoch);
 let token: Pkcs11Token | null = null;
 const signers = new Map<string, TokenSigner>();
 let reinitAt = 0;

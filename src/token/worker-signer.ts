@@ -12,7 +12,7 @@
 import type { KeyObject } from 'node:crypto';
 import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
-import type { KeyInfo } from './pkcs11.js';
+import { shareModuleEpoch, type KeyInfo } from './pkcs11.js';
 import type { SignWorkerData } from './sign-worker.js';
 import { signerIdentity, type Signer } from './signer.js';
 
@@ -39,7 +39,8 @@ export class WorkerSigner implements Signer {
         new WorkerRpc(
           new URL('./sign-worker.js', import.meta.url),
           // Only the first session may start the module afresh after a token fault (it is process-wide).
-          { ...data, mayReinitialize: i === 0 },
+          // The module's restart count is the process's: a restart made in one thread voids the handles of all.
+          { ...data, mayReinitialize: i === 0, moduleEpoch: shareModuleEpoch(data.module) },
           (why) => new LineSignerError('TOKEN_UNAVAILABLE', `token signer stopped: ${why}`),
           true,
         ),
