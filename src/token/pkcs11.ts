@@ -175,6 +175,8 @@ export class Pkcs11Token {
   private session: Handle | null = null;
   /** The module's epoch when the session was opened: another one voids it. */
   private sessionEpoch = -1;
+  /** False for openPublic's token: its sessions never log in. */
+  private loggedIn = true;
   private pinRefused = false;
 
   private constructor(private readonly opts: TokenOptions) {
@@ -259,14 +261,8 @@ export class Pkcs11Token {
       process.env.SOFTHSM2_CONF = opts.softhsm2Conf;
     }
     const token = new Pkcs11Token({ ...opts, pin: '' });
-    token.session = token.lookAgain(() => {
-      const slot = token.findSlot();
-      try {
-        return token.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
-      } catch (err) {
-        throw tokenError('C_OpenSession', err);
-      }
-    });
+    token.loggedIn = false;
+    token.openSession();
     return token;
   }
 
@@ -397,6 +393,19 @@ export class Pkcs11Token {
   }
 
   private openSession(): void {
+    if (!this.loggedIn) {
+      // openPublic's: read-only, no login, whenever it is opened again.
+      this.session = this.lookAgain(() => {
+        this.sessionEpoch = moduleEpoch(this.opts.module);
+        const slot = this.findSlot();
+        try {
+          return this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+        } catch (err) {
+          throw tokenError('C_OpenSession', err);
+        }
+      });
+      return;
+    }
     if (this.pinRefused) {
       throw new LineSignerError('TOKEN_PIN', 'the token refused the PIN earlier; fix the PIN and restart');
     }
