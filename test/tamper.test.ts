@@ -59,12 +59,43 @@ test('a ledger whose id was changed, rows and checkpoints deleted, is caught; se
   const order = cli(['order', 'open', 'WO-1', '--quantity', '1', '--config', s.configPath]);
   t.not(order.status, 0);
   t.regex(order.stderr, /ERROR LEDGER nothing written/);
-  const accept = cli(['ledger', 'accept', '--reason', 'restored from the offsite copy after a disk failure', '--config', s.configPath, '--operator', 'ana']);
+  // The token vouched for another ledger of 6 issuances: accepting this file leaves it behind, so it takes --forget-newer.
+  const refused = cli(['ledger', 'accept', '--reason', 'restored from the offsite copy after a disk failure', '--config', s.configPath, '--operator', 'ana']);
+  t.not(refused.status, 0);
+  t.regex(refused.stderr, /ERROR LEDGER nothing written: the token's newest checkpoint .* this file is ledger 00000000000000000000000000000001: all 6 issuances and \d+ events of the other are left behind.*--forget-newer/);
+  const accept = cli(['ledger', 'accept', '--forget-newer', '--reason', 'restored from the offsite copy after a disk failure', '--config', s.configPath, '--operator', 'ana']);
   t.is(accept.status, 0, accept.stderr);
+  t.regex(accept.stdout, /^WARNING forgotten, as --forget-newer asked: .*all 6 issuances/m);
   const after = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(after.status, 0, after.stderr);
   const log = cli(['log', '--config', s.configPath, '--json']).stdout.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; operator: string });
   t.true(log.some((r) => r.kind === 'ledger_accept' && r.operator === 'ana'));
+});
+
+test('an older backup put back: ledger accept names the issuances and events it would forget, and takes them only with --forget-newer, recorded', async (t) => {
+  const s = await stopped(2);
+  const backup = join(s.dir, 'backup.db');
+  const b = cli(['ledger', 'backup', backup, '--config', s.configPath]);
+  t.is(b.status, 0, b.stderr);
+  const later = await openStation(loadConfig(s.configPath));
+  for (let i = 0; i < 3; i++) t.true((await later.station.handle({ csr: csr(), link: 't' })).ok);
+  await later.close();
+  const newer = new SqliteLedger(s.ledger, loadConfig(s.configPath).station.id, { readonly: true });
+  const lost = newer.heads().issuanceSeq;
+  newer.close();
+  for (const f of ['', '-wal', '-shm']) rmSync(`${s.ledger}${f}`, { force: true });
+  copyFileSync(backup, s.ledger);
+  const kept = new SqliteLedger(s.ledger, loadConfig(s.configPath).station.id, { readonly: true });
+  const at = kept.heads().issuanceSeq;
+  kept.close();
+  const plain = cli(['ledger', 'accept', '--reason', 'the disk died', '--config', s.configPath, '--operator', 'ana']);
+  t.not(plain.status, 0);
+  t.regex(plain.stderr, new RegExp(`nothing written: .*this file ends at issuance seq ${at} and event seq \\d+: ${lost - at} issuances and \\d+ events written after it are not in it\\. What they recorded \\(revocations, re-issue grants used, orders' counts\\) would be forgotten`));
+  const forced = cli(['ledger', 'accept', '--forget-newer', '--reason', 'the disk died', '--config', s.configPath, '--operator', 'ana']);
+  t.is(forced.status, 0, forced.stderr);
+  const log = cli(['log', '--config', s.configPath, '--json']).stdout.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; message: string });
+  t.regex(log.find((r) => r.kind === 'ledger_accept')!.message, new RegExp(`forgotten \\(--forget-newer\\): .*${lost - at} issuances`));
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
 });
 
 test('an older copy put back: operator commands and export write nothing to it', async (t) => {

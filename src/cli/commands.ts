@@ -251,6 +251,7 @@ export function ledgerCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
       (a) =>
         a
           .option('reason', { type: 'string', demandOption: true, describe: 'why, for the audit trail' })
+          .option('forget-newer', { type: 'boolean', default: false, describe: 'accept a file that lacks rows the token vouched for (an older backup): what they recorded is forgotten' })
           .option('operator', { type: 'string', describe: 'who (default: [station] operator, else the login name)' }),
       (args) => acceptCommand(args),
     )

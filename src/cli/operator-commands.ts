@@ -103,9 +103,14 @@ export async function revokeCommand(args: WithOperator & { device: string; reaso
   process.stdout.write(`device ${printable(r.device)} revoked: it gets no certificate until a re-issue is allowed; the next export carries the mark\n`);
 }
 
-export async function acceptCommand(args: WithOperator & { reason: string }): Promise<void> {
+export async function acceptCommand(args: WithOperator & { reason: string; forgetNewer?: boolean }): Promise<void> {
   const cfg = config(args);
-  const r = await operate<{ ledgerId: string; issuanceSeq: number; eventSeq: number }>(cfg, { op: 'accept', reason: checkClientText('--reason', args.reason), operator: operatorName(cfg, args.operator) }, waiting);
+  const r = await operate<{ ledgerId: string; issuanceSeq: number; eventSeq: number; forgotten: string | null }>(
+    cfg,
+    { op: 'accept', reason: checkClientText('--reason', args.reason), operator: operatorName(cfg, args.operator), forgetNewer: args.forgetNewer === true },
+    waiting,
+  );
+  if (r.forgotten) process.stdout.write(`WARNING forgotten, as --forget-newer asked: ${r.forgotten}\n`);
   process.stdout.write(`ledger ${r.ledgerId} (issuance seq ${r.issuanceSeq}, event seq ${r.eventSeq}) is now station ${cfg.station.id}'s ledger; the token's checkpoint says so\n`);
 }
 

@@ -13,7 +13,7 @@ import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order } from '../ledger/index.js';
+import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order, type TokenCheckpoint } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
 import { checkClientText, clipMessage, TEXT_LIMITS } from '../text.js';
@@ -27,7 +27,7 @@ export type OperatorRequest =
   | { op: 'order-close'; id: string; operator: string }
   | { op: 'clock-confirm'; reason: string; operator: string }
   | { op: 'backup'; dest: string; operator: string }
-  | { op: 'accept'; reason: string; operator: string };
+  | { op: 'accept'; reason: string; operator: string; forgetNewer?: boolean };
 
 /** What an action needs from the process that performs it. */
 export interface OperatorContext {
@@ -49,6 +49,8 @@ export interface OperatorContext {
   recordEvent(event: Parameters<SqliteLedger['appendEvent']>[0]): Promise<void>;
   /** A serving station's: while `work` writes a large file (a backup), no commit flushes on the links' thread. */
   whileDiskBusy?<T>(work: () => Promise<T>): Promise<T>;
+  /** The token's newest checkpoint for this station, as the action began (null: none); only a process that opened the token has it. */
+  tokenCheckpoint?: TokenCheckpoint | null;
 }
 
 /** The operator's name: the flag, else [station] operator, else the login name (SUDO_USER under sudo). */
@@ -141,12 +143,19 @@ export async function perform(ctx: OperatorContext, req: OperatorRequest): Promi
     }
     case 'accept': {
       const h = ledger.heads();
+      const forgotten = ctx.tokenCheckpoint ? rowsLeftBehind(ledger.ledgerId(), h, ctx.tokenCheckpoint) : null;
+      if (forgotten && !req.forgetNewer) {
+        throw new LineSignerError(
+          'LEDGER',
+          `nothing written: ${forgotten}. What they recorded (revocations, re-issue grants used, orders' counts) would be forgotten, and the certificates they hold stay valid in no ledger: look for a newer copy of the ledger first; \`ledger accept --forget-newer\` accepts this one anyway`,
+        );
+      }
       ledger.appendEvent({
         kind: 'ledger_accept',
-        message: `ledger ${ledger.ledgerId()} accepted as station ${ctx.config.station.id}'s, at issuance seq ${h.issuanceSeq} and event seq ${h.eventSeq}: ${req.reason}`,
+        message: clipMessage(`ledger ${ledger.ledgerId()} accepted as station ${ctx.config.station.id}'s, at issuance seq ${h.issuanceSeq} and event seq ${h.eventSeq}${forgotten ? `; forgotten (--forget-newer): ${forgotten}` : ''}: ${req.reason}`),
         operator: req.operator,
       });
-      result = { ledgerId: ledger.ledgerId(), ...h };
+      result = { ledgerId: ledger.ledgerId(), ...h, forgotten };
       break;
     }
   }
@@ -228,18 +237,25 @@ export async function withOwnedLedger<T>(
       const ctx: OperatorContext = {
         config,
         ledger,
+        tokenCheckpoint: tokenCheckpoint((l) => t.readData(l), config.station.id),
         // This process lets the ledger go right after: its checkpoints close it.
         checkpoint: (reason) => takeCheckpoint(ledger, (d) => signer.sign(d), (l, v) => t.writeData(l, v), `closing ${reason}`),
         recordEvent: async (e) => {
           ledger.appendEvent(e);
         },
       };
+      const before = ledger.heads();
       try {
         return await work(ctx);
       } finally {
         // Whatever the work wrote, even if it then failed (an export whose file could not be
         // renamed into place), is closed by a checkpoint: else the next start refuses the ledger.
-        await takeCheckpoint(ledger, (d) => signer.sign(d), (l, v) => t.writeData(l, v), `closing ${command}`, false).catch(() => undefined);
+        // Only that: a refused accept on a file with no checkpoint of its own once had the
+        // token vouch for it all the same.
+        const h = ledger.heads();
+        if (h.issuanceSeq !== before.issuanceSeq || h.eventSeq !== before.eventSeq) {
+          await takeCheckpoint(ledger, (d) => signer.sign(d), (l, v) => t.writeData(l, v), `closing ${command}`, false).catch(() => undefined);
+        }
       }
     } finally {
       token?.close();
@@ -248,6 +264,20 @@ export async function withOwnedLedger<T>(
   } finally {
     lock.release();
   }
+}
+
+/**
+ * What the token vouched for that this file lacks, or null: an older copy
+ * of the same ledger ends before the token's newest checkpoint; another
+ * ledger leaves the one the token vouched for behind whole.
+ */
+function rowsLeftBehind(ledgerId: string, h: { issuanceSeq: number; eventSeq: number }, kept: TokenCheckpoint): string | null {
+  const where = `the token's newest checkpoint (n ${kept.n}, ${kept.at}) vouches for ledger ${kept.ledgerId} up to issuance seq ${kept.issuanceSeq} and event seq ${kept.eventSeq}`;
+  if (kept.ledgerId !== ledgerId) return kept.issuanceSeq + kept.eventSeq > 0 ? `${where}; this file is ledger ${ledgerId}: all ${kept.issuanceSeq} issuances and ${kept.eventSeq} events of the other are left behind` : null;
+  const issuances = kept.issuanceSeq - h.issuanceSeq;
+  const events = kept.eventSeq - h.eventSeq;
+  if (issuances <= 0 && events <= 0) return null;
+  return `${where}; this file ends at issuance seq ${h.issuanceSeq} and event seq ${h.eventSeq}: ${Math.max(0, issuances)} issuances and ${Math.max(0, events)} events written after it are not in it`;
 }
 
 export function orderSummary(o: Order): string {
