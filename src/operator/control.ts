@@ -13,6 +13,10 @@ import { realLedgerPath, socketAnswers } from '../ledger/lock.js';
 export const socketPath = (ledger: string): string => `${realLedgerPath(ledger)}.sock`;
 
 const MAX_REQUEST = 256 * 1024;
+/** A request line must arrive whole within this (its answer may take longer: a backup). */
+const REQUEST_DEADLINE_MS = 30_000;
+/** Connections open at once: operator commands come one at a time; past this the rest are refused at once. */
+const MAX_CONNECTIONS = 32;
 
 export type ControlReply = { ok: true; result: unknown } | { ok: false; code: ErrorCode; message: string };
 
@@ -77,6 +81,7 @@ export class ControlServer {
 
 async function bind(path: string, handle: (request: unknown) => Promise<unknown>): Promise<{ server: Server; inode: number }> {
   const server = createServer((socket) => serveOne(socket, handle));
+  server.maxConnections = MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(path, () => resolve());
@@ -91,12 +96,23 @@ function serveOne(socket: Socket, handle: (request: unknown) => Promise<unknown>
   socket.setEncoding('utf8');
   socket.setTimeout(30_000, () => socket.destroy());
   socket.on('error', () => undefined);
+  // The whole request within the deadline, not only each byte within the idle timeout: a byte
+  // every 29 s once held a connection for ever, and 20,000 of them used up the station's files.
+  const reading = setTimeout(() => socket.destroy(), REQUEST_DEADLINE_MS);
+  socket.once('close', () => clearTimeout(reading));
   socket.on('data', (chunk: string) => {
     data += chunk;
-    if (data.length > MAX_REQUEST) socket.destroy();
     const nl = data.indexOf('\n');
+    if ((nl === -1 ? data.length : nl) > MAX_REQUEST) {
+      // Never carried out (it once was, after the connection had been cut, with no reply).
+      socket.removeAllListeners('data');
+      clearTimeout(reading);
+      socket.end(JSON.stringify({ ok: false, code: 'TOO_LARGE', message: `control request over ${MAX_REQUEST} bytes; nothing done` }) + '\n');
+      return;
+    }
     if (nl === -1) return;
     socket.removeAllListeners('data');
+    clearTimeout(reading);
     let reply: Promise<ControlReply>;
     try {
       const request = JSON.parse(data.slice(0, nl)) as unknown;

@@ -1,0 +1,67 @@
+/**
+ * The control channel (<ledger>.sock): only the service user and root reach
+ * it, but what they send is still bounded: a request over the size limit
+ * is answered TOO_LARGE and never carried out, and idle connections cannot
+ * use up the station's files.
+ */
+import test from 'ava';
+import { connect, type Socket } from 'node:net';
+import Database from 'better-sqlite3';
+import { serveControl } from '../src/cli/owner.js';
+import { callOwner } from '../src/operator/control.js';
+import { testStation } from './helpers/pki.js';
+
+function clockConfirms(ledger: string): number {
+  const db = new Database(ledger, { readonly: true });
+  try {
+    return (db.prepare("SELECT count(*) AS n FROM events WHERE kind = 'clock_confirm'").get() as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}
+
+const open = (path: string): Promise<Socket> =>
+  new Promise((resolve, reject) => {
+    const s = connect(path, () => resolve(s));
+    s.once('error', reject);
+  });
+
+test('a request past 256 KiB whose line end comes later is answered TOO_LARGE and never carried out', async (t) => {
+  const s = await testStation();
+  const control = await serveControl(s.config, s);
+  t.teardown(async () => {
+    await control.close();
+    await s.close();
+  });
+  const sock = await open(`${s.config.station.ledger}.sock`);
+  let answer = '';
+  sock.setEncoding('utf8');
+  sock.on('data', (d: string) => (answer += d));
+  const ended = new Promise((r) => sock.once('close', r));
+  const line = JSON.stringify({ op: 'clock-confirm', reason: 'x'.repeat(300_000), operator: 'ana' });
+  sock.write(line.slice(0, 250_000));
+  await new Promise((r) => setTimeout(r, 300));
+  sock.write(line.slice(250_000) + '\n');
+  await ended;
+  t.regex(answer, /"code":"TOO_LARGE"/);
+  t.is(clockConfirms(s.config.station.ledger), 0, 'nothing done');
+});
+
+test('idle connections past the cap are closed at once; the station still answers its operator afterwards', async (t) => {
+  const s = await testStation();
+  const control = await serveControl(s.config, s);
+  const idle: Socket[] = [];
+  t.teardown(async () => {
+    for (const c of idle) c.destroy();
+    await control.close();
+    await s.close();
+  });
+  const path = `${s.config.station.ledger}.sock`;
+  for (let i = 0; i < 40; i++) idle.push(await open(path));
+  const closed = await Promise.all(idle.map((c) => new Promise<boolean>((r) => (c.destroyed ? r(true) : (c.once('close', () => r(true)), setTimeout(() => r(false), 500))))));
+  t.is(closed.filter(Boolean).length, 8, 'the 8 past 32 are closed');
+  for (const c of idle) c.destroy();
+  await new Promise((r) => setTimeout(r, 100));
+  const health = (await callOwner(s.config.station.ledger, { op: 'health' }))!.result as { pid: number };
+  t.is(health.pid, process.pid);
+});
