@@ -1,5 +1,5 @@
 import test from 'ava';
-import { chmodSync, writeFileSync, readFileSync } from 'node:fs';
+import { chmodSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cli } from './helpers/cli.js';
 import { FACTORY, PIN, opensslCsr, stationConfig, testStation, uuid } from './helpers/pki.js';
@@ -70,7 +70,8 @@ test('a bad config gets one line naming the key', (t) => {
   check(text.replace('[station]', '[station]\noperator = "ana\\u001b[31m"'), /station\.operator: contains a control character/);
   check(`${text}\n[links]\nhttp = "127.0.0.1:99999"\n`, /links\.http: HOST:PORT with a port from 1 to 65535/);
   check(`${text}\n[links]\nhttp = "127.0.0.1:0"\n`, /links\.http: HOST:PORT with a port from 1 to 65535/);
-  for (const everywhere of ['0.0.0.0:8080', '[::]:8080', '0:8080']) {
+  // Short, octal and hex forms the resolver reads as 0.0.0.0 too.
+  for (const everywhere of ['0.0.0.0:8080', '[::]:8080', '0:8080', '0.0:8080', '0.0.0:8080', '000.000.000.000:8080', '0x0:8080']) {
     check(`${text}\n[links]\nhttp = "${everywhere}"\n`, /links\.http: listens on every interface, the LAN included, and the HTTP link has no authentication/);
   }
   for (const [i, wide] of [['0', '/'], ['0', '/etc/line-signer'], ['1', '../../../../../../../../..']] as const) {
@@ -78,6 +79,9 @@ test('a bad config gets one line naming the key', (t) => {
     check(`${text}\n[links]\nspool = ${spool}\n`, new RegExp(`links\\.spool\\.${i}: a spool folder must be a folder of its own, at least two levels deep`));
   }
   check(text.replace(/ledger = .*\n/, `ledger = "/tmp/${'l'.repeat(110)}.db"\n`), /station\.ledger: the path is too long for the control socket beside it/);
+  // A spool folder that is a symlink to a system folder: the unit's ReadWritePaths= would follow it.
+  symlinkSync('/etc', join(s.dir, 'etc-link'));
+  check(`${text}\n[links]\nspool = ["${join(s.dir, 'etc-link')}"]\n`, /links\.spool\.0: a spool folder must be .* is \/etc\)/);
   const missing = cli(['status', '--config', join(s.dir, 'nope.toml')]);
   t.regex(missing.stderr, /^ERROR CONFIG cannot read config/);
 });

@@ -47,6 +47,24 @@ test('a request past 256 KiB whose line end comes later is answered TOO_LARGE an
   t.is(clockConfirms(s.config.station.ledger), 0, 'nothing done');
 });
 
+test('the limit is in bytes: a line of 3-byte characters past 256 KiB is refused, though it has fewer characters than that', async (t) => {
+  const s = await testStation();
+  const control = await serveControl(s.config, s);
+  t.teardown(async () => {
+    await control.close();
+    await s.close();
+  });
+  const sock = await open(`${s.config.station.ledger}.sock`);
+  let answer = '';
+  sock.setEncoding('utf8');
+  sock.on('data', (d: string) => (answer += d));
+  const ended = new Promise((r) => sock.once('close', r));
+  sock.write(JSON.stringify({ op: 'clock-confirm', reason: '€'.repeat(100_000), operator: 'ana' }) + '\n');
+  await ended;
+  t.regex(answer, /"code":"TOO_LARGE"/);
+  t.is(clockConfirms(s.config.station.ledger), 0, 'nothing done');
+});
+
 test('idle connections past the cap are closed at once; the station still answers its operator afterwards', async (t) => {
   const s = await testStation();
   const control = await serveControl(s.config, s);

@@ -4,7 +4,7 @@
  * resolved against the folder of the config file, so a station folder can
  * be moved as a whole.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { readPrivateFile } from '../files.js';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
@@ -25,10 +25,18 @@ export const DEFAULT_CONFIG_PATH = 'station-config/station.toml';
 export const EVERY_INTERFACE =
   'listens on every interface, the LAN included, and the HTTP link has no authentication: anyone who reaches it gets production device certificates; give the USB Ethernet gadget\'s own address (for example 192.168.7.1:8080)';
 
-/** Whether HOST:PORT names the wildcard address (every interface). */
+/**
+ * Whether HOST:PORT names the wildcard address (every interface), or may:
+ * the resolver reads a host of digits, dots and hex (`0.0`, `0x0`,
+ * `000.000.000.000`) as an IPv4 address in a short or octal form, so only
+ * the canonical dotted quad is taken as a number.
+ */
 export function listensEverywhere(listen: string): boolean {
   const host = listen.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
-  return host === '' || host === '*' || host === '0.0.0.0' || /^[0:]+$/.test(host);
+  if (host === '' || host === '*' || /^[0:]+$/.test(host)) return true;
+  const canonicalQuad = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/.test(host);
+  if (canonicalQuad) return host === '0.0.0.0';
+  return /^[0-9a-fA-FxX.]+$/.test(host) && /^[0-9.]|^0[xX]/.test(host);
 }
 
 /**
@@ -217,7 +225,14 @@ export function parseConfig(text: string, path: string): StationConfig {
     throw new LineSignerError('CONFIG', `${path}: station.ledger: the path is too long for the control socket beside it (${socket} is ${Buffer.byteLength(socket)} bytes; a Unix socket's path holds ${MAX_SOCKET_PATH}); choose a shorter one`);
   }
   c.links.spool.forEach((d, i) => {
-    if (spoolTooWide(at(d))) throw new LineSignerError('CONFIG', `${path}: links.spool.${i}: ${SPOOL_TOO_WIDE}`);
+    // Through symlinks too: the unit's ReadWritePaths= follows them (a stick not mounted yet has none to follow).
+    let real = at(d);
+    try {
+      real = realpathSync(real);
+    } catch {
+      // not there yet
+    }
+    if (spoolTooWide(at(d)) || spoolTooWide(real)) throw new LineSignerError('CONFIG', `${path}: links.spool.${i}: ${SPOOL_TOO_WIDE}${real !== at(d) ? ` (${at(d)} is ${real})` : ''}`);
   });
   return {
     ...c,
