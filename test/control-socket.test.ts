@@ -26,6 +26,21 @@ const open = (path: string): Promise<Socket> =>
     s.once('error', reject);
   });
 
+/** Writes `parts` 300 ms apart on one connection; resolves with all it was answered once the station closes it. */
+async function answerTo(path: string, parts: string[]): Promise<string> {
+  const sock = await open(path);
+  let answer = '';
+  sock.setEncoding('utf8');
+  sock.on('data', (d: string) => (answer += d));
+  const ended = new Promise((r) => sock.once('close', r));
+  for (const [i, part] of parts.entries()) {
+    if (i > 0) await new Promise((r) => setTimeout(r, 300));
+    sock.write(part);
+  }
+  await ended;
+  return answer;
+}
+
 test('a request past 256 KiB whose line end comes later is answered TOO_LARGE and never carried out', async (t) => {
   const s = await testStation();
   const control = await serveControl(s.config, s);
@@ -33,16 +48,8 @@ test('a request past 256 KiB whose line end comes later is answered TOO_LARGE an
     await control.close();
     await s.close();
   });
-  const sock = await open(`${s.config.station.ledger}.sock`);
-  let answer = '';
-  sock.setEncoding('utf8');
-  sock.on('data', (d: string) => (answer += d));
-  const ended = new Promise((r) => sock.once('close', r));
   const line = JSON.stringify({ op: 'clock-confirm', reason: 'x'.repeat(300_000), operator: 'ana' });
-  sock.write(line.slice(0, 250_000));
-  await new Promise((r) => setTimeout(r, 300));
-  sock.write(line.slice(250_000) + '\n');
-  await ended;
+  const answer = await answerTo(`${s.config.station.ledger}.sock`, [line.slice(0, 250_000), line.slice(250_000) + '\n']);
   t.regex(answer, /"code":"TOO_LARGE"/);
   t.is(clockConfirms(s.config.station.ledger), 0, 'nothing done');
 });
@@ -54,13 +61,7 @@ test('the limit is in bytes: a line of 3-byte characters past 256 KiB is refused
     await control.close();
     await s.close();
   });
-  const sock = await open(`${s.config.station.ledger}.sock`);
-  let answer = '';
-  sock.setEncoding('utf8');
-  sock.on('data', (d: string) => (answer += d));
-  const ended = new Promise((r) => sock.once('close', r));
-  sock.write(JSON.stringify({ op: 'clock-confirm', reason: '€'.repeat(100_000), operator: 'ana' }) + '\n');
-  await ended;
+  const answer = await answerTo(`${s.config.station.ledger}.sock`, [JSON.stringify({ op: 'clock-confirm', reason: '€'.repeat(100_000), operator: 'ana' }) + '\n']);
   t.regex(answer, /"code":"TOO_LARGE"/);
   t.is(clockConfirms(s.config.station.ledger), 0, 'nothing done');
 });
