@@ -216,13 +216,10 @@ export async function withOwnedLedger<T>(
     try {
       const t = Pkcs11Token.open({ module: config.token.module, tokenLabel: config.token.token_label, pin: readPin(config.token), softhsm2Conf: config.token.softhsm2_conf });
       token = t;
+      const kept = tokenCheckpoint((l) => t.readData(l), config.station.id);
       // accept takes a file the token does not vouch for; never one of another station id.
-      const renamed = command === 'accept' ? stationIdProblem(ledger, config.station.id, config.station.ledger) : null;
-      if (renamed) throw new LineSignerError('LEDGER', `nothing written: ${renamed}`);
-      if (command !== 'accept') {
-        const problem = ledgerTokenProblem(ledger, tokenCheckpoint((l) => t.readData(l), config.station.id), config.station.id, config.station.ledger);
-        if (problem) throw new LineSignerError('LEDGER', `nothing written: ${problem}`);
-      }
+      const problem = command === 'accept' ? stationIdProblem(ledger, config.station.id, config.station.ledger) : ledgerTokenProblem(ledger, kept, config.station.id, config.station.ledger);
+      if (problem) throw new LineSignerError('LEDGER', `nothing written: ${problem}`);
       const busy = leaseProblem((l) => t.readData(l), config.station.id, config.station.ledger);
       if (busy) throw new LineSignerError('LEDGER_BUSY', `nothing written: ${busy}`);
       // A trigger in the file would run inside this command's own writes (an order's quantity rewritten as it opens).
@@ -237,7 +234,7 @@ export async function withOwnedLedger<T>(
       const ctx: OperatorContext = {
         config,
         ledger,
-        tokenCheckpoint: tokenCheckpoint((l) => t.readData(l), config.station.id),
+        tokenCheckpoint: kept,
         // This process lets the ledger go right after: its checkpoints close it.
         checkpoint: (reason) => takeCheckpoint(ledger, (d) => signer.sign(d), (l, v) => t.writeData(l, v), `closing ${reason}`),
         recordEvent: async (e) => {

@@ -220,6 +220,11 @@ export class Station {
     }
   }
 
+  /** The token is down for `message`; a probe already timed keeps its time. */
+  private markTokenDown(message: string): void {
+    this.tokenDown = { message, probedAt: this.tokenDown?.probedAt ?? Date.now() };
+  }
+
   /** Signs a TBS digest, keeping track of whether the token works. */
   private async sign(digest: Uint8Array): Promise<Uint8Array> {
     try {
@@ -229,7 +234,7 @@ export class Station {
       return signature;
     } catch (err) {
       const e = asLineSignerError(err);
-      if (e.code === 'TOKEN_UNAVAILABLE' || e.code === 'TOKEN_PIN') this.tokenDown = { message: e.message, probedAt: this.tokenDown?.probedAt ?? Date.now() };
+      if (e.code === 'TOKEN_UNAVAILABLE' || e.code === 'TOKEN_PIN') this.markTokenDown(e.message);
       throw err;
     }
   }
@@ -504,7 +509,7 @@ export class Station {
     } catch (err) {
       // A signature that does not verify with the local-ca key is a token fault: the probe (HEAD /sign) says so too.
       const e = asLineSignerError(err);
-      if (e.code === 'TOKEN_UNAVAILABLE') this.tokenDown = { message: e.message, probedAt: this.tokenDown?.probedAt ?? Date.now() };
+      if (e.code === 'TOKEN_UNAVAILABLE') this.markTokenDown(e.message);
       throw err;
     }
   }
