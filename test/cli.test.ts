@@ -70,8 +70,8 @@ test('a bad config gets one line naming the key', (t) => {
   check(text.replace('[station]', '[station]\noperator = "ana\\u001b[31m"'), /station\.operator: contains a control character/);
   check(`${text}\n[links]\nhttp = "127.0.0.1:99999"\n`, /links\.http: HOST:PORT with a port from 1 to 65535/);
   check(`${text}\n[links]\nhttp = "127.0.0.1:0"\n`, /links\.http: HOST:PORT with a port from 1 to 65535/);
-  // Short, octal and hex forms the resolver reads as 0.0.0.0 too.
-  for (const everywhere of ['0.0.0.0:8080', '[::]:8080', '0:8080', '0.0:8080', '0.0.0:8080', '000.000.000.000:8080', '0x0:8080']) {
+  // Short, octal and hex forms the resolver reads as 0.0.0.0 too, and IPv4-mapped IPv6 (every IPv4 interface on Linux).
+  for (const everywhere of ['0.0.0.0:8080', '[::]:8080', '0:8080', '0.0:8080', '0.0.0:8080', '000.000.000.000:8080', '0x0:8080', '[::ffff:0:0]:8080', '[0:0:0:0:0:ffff:0:0]:8080']) {
     check(`${text}\n[links]\nhttp = "${everywhere}"\n`, /links\.http: listens on every interface, the LAN included, and the HTTP link has no authentication/);
   }
   for (const [i, wide] of [['0', '/'], ['0', '/etc/line-signer'], ['1', '../../../../../../../../..']] as const) {

@@ -196,6 +196,26 @@ test('listens only where configured: 127.0.0.1 when no host is given', async (t)
   t.deepEqual(parseListen('[::1]:80'), { host: '::1', port: 80 });
 });
 
+test('a production link looks at the address it bound: every interface, in any spelling a host name can resolve to, is refused and the link stays down', async (t) => {
+  const { s } = await station;
+  // A host name that resolves to 0.0.0.0 binds where these do; the config's text check cannot see it.
+  for (const listen of ['[::]:0', '0.0.0.0:0', '[::ffff:0:0]:0']) {
+    const link = new HttpLink(s.station, { listen, sota: s.config.sota, everyInterfaceRefusal: 'is refused here' });
+    const err = await t.throwsAsync(link.start());
+    t.is((err as { code?: string }).code, 'CONFIG');
+    t.regex(err!.message, /^links\.http .*: .* is (::|0\.0\.0\.0|::ffff:0\.0\.0\.0), which is refused here$/);
+    t.is(link.status.state, 'error');
+    t.is(link.port, 0);
+    await link.stop();
+  }
+  // A named interface is served as before.
+  const local = new HttpLink(s.station, { listen: '127.0.0.1:0', sota: s.config.sota, everyInterfaceRefusal: 'is refused here' });
+  await local.start();
+  t.teardown(() => local.stop());
+  t.is(local.status.state, 'listening');
+  t.is((await send(local.port, 'HEAD')).status, 200);
+});
+
 test('malformed bodies: a value that is not a string, overrides that are not objects of strings; the link keeps serving', async (t) => {
   const { link } = await station;
   for (const bad of [

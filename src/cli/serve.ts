@@ -84,7 +84,8 @@ async function extraLinks(...a: Parameters<typeof serialLinks>): Promise<Link[]>
   const out: Link[] = [];
   if (plan.http) {
     const { HttpLink } = await import('../links/http.js');
-    out.push(new HttpLink(station, { listen: plan.http, sota: config.sota }, observer));
+    const everyInterfaceRefusal = config.station.production ? EVERY_INTERFACE : undefined;
+    out.push(new HttpLink(station, { listen: plan.http, sota: config.sota, everyInterfaceRefusal }, observer));
   }
   if (plan.spool.length) {
     const { SpoolLink } = await import('../links/spool.js');

@@ -9,6 +9,7 @@ import { readPrivateFile } from '../files.js';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
+import { isEveryInterface } from '../addresses.js';
 import { LineSignerError } from '../errors.js';
 import { textProblem } from '../text.js';
 
@@ -33,7 +34,7 @@ export const EVERY_INTERFACE =
  */
 export function listensEverywhere(listen: string): boolean {
   const host = listen.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
-  if (host === '' || host === '*' || /^[0:]+$/.test(host)) return true;
+  if (host === '' || host === '*' || /^[0:]+$/.test(host) || isEveryInterface(host)) return true;
   const canonicalQuad = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/.test(host);
   if (canonicalQuad) return host === '0.0.0.0';
   return /^[0-9a-fA-FxX.]+$/.test(host) && /^[0-9.]|^0[xX]/.test(host);

@@ -13,6 +13,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { isEveryInterface } from '../addresses.js';
 import { LineSignerError, type ProtocolCode } from '../errors.js';
 import { quote, textProblem, TEXT_LIMITS } from '../text.js';
 import { checkOverrideName, sotaToml, type Overrides } from './sota-toml.js';
@@ -51,6 +52,12 @@ export interface HttpLinkOptions {
   /** HOST:PORT, [v6]:PORT, or PORT alone for 127.0.0.1. */
   listen: string;
   sota?: { gateway: string; ostree: string } | undefined;
+  /**
+   * When given, a bind to every interface is refused with this text: a
+   * host name can resolve to 0.0.0.0 or ::, which no check of the text
+   * catches, so a production station looks at the address actually bound.
+   */
+  everyInterfaceRefusal?: string | undefined;
 }
 
 const STATUS: Partial<Record<ProtocolCode, number>> = {
@@ -127,6 +134,13 @@ export class HttpLink implements Link {
     }).then(
       () => {
         if (this.stopping) return void server.close();
+        const bound = (server.address() as AddressInfo).address;
+        if (this.opts.everyInterfaceRefusal !== undefined && isEveryInterface(bound)) {
+          server.close();
+          const refusal = new LineSignerError('CONFIG', `links.http ${this.opts.listen}: ${host} is ${bound}, which ${this.opts.everyInterfaceRefusal}`);
+          this.reporter.state('error', refusal.message);
+          throw refusal;
+        }
         server.on('error', (err) => this.reporter.state('error', err.message));
         this.server = server;
         this.reporter.state('listening', `${host}:${this.port}`);
@@ -136,7 +150,8 @@ export class HttpLink implements Link {
         this.reporter.state('waiting', listenProblem(err, host, port));
         this.retry = setTimeout(() => {
           this.retry = null;
-          void this.tryListen(host, port, Math.min(waitMs * 2, HTTP_LIMITS.listenRetryMs[1]));
+          // A refusal after a retry is in the link's state; the station serves its other links.
+          this.tryListen(host, port, Math.min(waitMs * 2, HTTP_LIMITS.listenRetryMs[1])).catch(() => {});
         }, waitMs);
       },
     );
@@ -332,7 +347,7 @@ export class HttpLink implements Link {
     this.stopping = true;
     if (this.retry) clearTimeout(this.retry);
     this.retry = null;
-    await this.attempt;
+    await this.attempt?.catch(() => {}); // a refused bind is already in the link's state
     const server = this.server;
     this.server = null;
     if (server) {
