@@ -56,9 +56,10 @@ test('a lone commit flushes on the links\' thread, but through the writer while 
 /**
  * Another connection (a thread of its own, so that it can let go while this one waits) holds the
  * ledger's write lock for `ms`: the next commit here waits on SQLite's busy handler, as it would
- * behind a disk that is slow to flush.
+ * behind a disk that is slow to flush. `exited` is made here, before anything awaits: the worker can
+ * be gone by the time the caller looks (a commit that went through the writer awaits past its exit).
  */
-async function holdWriteLock(path: string, ms: number): Promise<Worker> {
+async function holdWriteLock(path: string, ms: number): Promise<{ exited: Promise<void> }> {
   const worker = new Worker(
     `const Database = require(require('node:worker_threads').workerData.sqlite);
      const { parentPort, workerData } = require('node:worker_threads');
@@ -70,11 +71,12 @@ async function holdWriteLock(path: string, ms: number): Promise<Worker> {
      db.close();`,
     { eval: true, workerData: { path, ms, sqlite: createRequire(import.meta.url).resolve('better-sqlite3') } },
   );
+  const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
   await new Promise<void>((resolve, reject) => {
     worker.once('message', () => resolve());
     worker.once('error', reject);
   });
-  return worker;
+  return { exited };
 }
 
 test('a lone commit that was slow on the links\' thread sends the next ones through the writer', async (t) => {
@@ -93,7 +95,7 @@ test('a lone commit that was slow on the links\' thread sends the next ones thro
     const t0 = performance.now();
     slowHere = await committedHere(`slow ${i}`);
     took = performance.now() - t0;
-    await new Promise((r) => holder.once('exit', r));
+    await holder.exited;
   }
   t.true(slowHere, 'the commit that found the disk slow was made here, waiting');
   t.true(took > 150, 'and it took longer than a slow commit');

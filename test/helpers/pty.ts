@@ -25,7 +25,7 @@ export async function ptyPair(dir: string, name: string): Promise<PtyPair> {
     process: p,
     kill: () =>
       new Promise<void>((resolve) => {
-        if (p.exitCode !== null) return resolve();
+        if (p.exitCode !== null || p.signalCode !== null) return resolve();
         p.once('exit', () => resolve());
         p.kill('SIGTERM');
       }),
