@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { caCsr, caImport, caInit, caInitToken, caShow, openToken } from '../src/station/index.js';
 import { EXIT_TOKEN_PIN, LineSignerError } from '../src/errors.js';
 import { BIN, cli } from './helpers/cli.js';
-import { FACTORY, makeOpensslRoot, openssl, signCaCsrWithOpenssl, stationConfig, testPki } from './helpers/pki.js';
+import { FACTORY, makeOpensslRoot, openssl, reserveStationTokens, signCaCsrWithOpenssl, stationConfig, testPki } from './helpers/pki.js';
+
+reserveStationTokens(24);
 
 const CA_EXT = 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n';
 

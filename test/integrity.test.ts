@@ -17,8 +17,10 @@ import { tmpdir } from 'node:os';
 import { openStation, stationKeyInit, verifyLedger } from '../src/station/index.js';
 import { makeCaCsr, makeDeviceCsr, pemEncode } from '../src/x509/index.js';
 import { cli, cliAsync } from './helpers/cli.js';
-import { FACTORY, openssl, signCaCsrWithOpenssl, stationConfig, testPki, testStation, uuid } from './helpers/pki.js';
+import { FACTORY, openssl, reserveStationTokens, signCaCsrWithOpenssl, stationConfig, testPki, testStation, uuid } from './helpers/pki.js';
 import { waitFor } from './helpers/served.js';
+
+reserveStationTokens(24);
 
 const RACER = fileURLToPath(new URL('./helpers/racer.js', import.meta.url));
 

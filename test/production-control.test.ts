@@ -20,7 +20,9 @@ import { BIN, cli, cliAsync } from './helpers/cli.js';
 import { deviceFields, ptreeJson, send, SOTA } from './helpers/http.js';
 import { HttpLink } from '../src/links/http.js';
 import { served, type Served } from './helpers/served.js';
-import { FACTORY, testStation, uuid, type StationOptions, type TestStation } from './helpers/pki.js';
+import { FACTORY, reserveStationTokens, type StationOptions, testStation, type TestStation, uuid } from './helpers/pki.js';
+
+reserveStationTokens(20);
 
 const newKey = (): KeyObject => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
 const csrFor = (deviceId: string, key?: KeyObject): Uint8Array => makeDeviceCsr({ deviceId, factory: FACTORY, production: true }, key).der;

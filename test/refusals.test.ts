@@ -14,8 +14,10 @@ import { tlv } from '../src/x509/asn1.js';
 import { MESSAGE_MAX } from '../src/text.js';
 import { ALONE_AFTER_MS, MAX_UNPROVEN, PROOF_FIRST_MS } from '../src/station/station.js';
 import type { SignResult } from '../src/station/index.js';
-import { FACTORY, opensslCsr, testStation, uuid, type TestStation } from './helpers/pki.js';
+import { FACTORY, opensslCsr, reserveStationTokens, testStation, type TestStation, uuid } from './helpers/pki.js';
 import { served } from './helpers/served.js';
+
+reserveStationTokens(24);
 
 const prod = `/OU=${FACTORY}/businessCategory=production`;
 

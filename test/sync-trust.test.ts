@@ -14,7 +14,9 @@ import { caShow, stationKeyInit } from '../src/station/index.js';
 import { allowReissue, exportNext, issue, revoke, stationWithBatches, forgeRevocation } from './helpers/batches.js';
 import { cliAsync as cli } from './helpers/cli.js';
 import { deviceApi, type DeviceApi } from './helpers/device-api.js';
-import { testStation, uuid, type TestStation } from './helpers/pki.js';
+import { reserveStationTokens, testStation, type TestStation, uuid } from './helpers/pki.js';
+
+reserveStationTokens(36);
 
 const TOKEN = 'osf-secret-token-0123456789';
 const pin = (s: TestStation): string => caShow(s.config).station_key.sha256!;

@@ -62,7 +62,7 @@ export function testPki(): TestPki {
   // tokens that existed when it loaded the module. Other tests' serve and sign processes then write
   // other token folders; SoftHSM2 marks its view of a token invalid for good when another process
   // changes that token's folder under it, and refuses every object it is asked to make after.
-  for (let i = 0; i < STATION_TOKENS; i++) {
+  for (let i = 0; i < stationTokens; i++) {
     execFileSync('softhsm2-util', ['--init-token', '--free', '--label', `${TOKEN_LABEL}-${i}`, '--so-pin', '13579', '--pin', PIN], {
       env: { ...process.env, SOFTHSM2_CONF: conf },
       stdio: 'ignore',
@@ -75,11 +75,22 @@ export function testPki(): TestPki {
   return pki;
 }
 
-const STATION_TOKENS = 16;
+let stationTokens = 16;
 
-/** The token for the n-th station of this process: its own while they last, then the shared one. */
+/** A test file that makes more stations than that: call this at its top, before any station is made. */
+export function reserveStationTokens(n: number): void {
+  if (pki) throw new Error('reserveStationTokens: call it before the first station is made');
+  stationTokens = n;
+}
+
+/**
+ * The token for the n-th station of this process, its own. Never a shared one: stations of one
+ * process writing one token at once (each station's checkpoints) once failed a checkpoint six
+ * times over with CKR_GENERAL_ERROR in CI.
+ */
 function stationToken(n: number): string {
-  return n <= STATION_TOKENS ? `${TOKEN_LABEL}-${n - 1}` : TOKEN_LABEL;
+  if (n > stationTokens) throw new Error(`this test file made station ${n}, past the ${stationTokens} tokens made for it: call reserveStationTokens() at the file's top`);
+  return `${TOKEN_LABEL}-${n - 1}`;
 }
 
 export interface StationOptions {
