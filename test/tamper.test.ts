@@ -14,9 +14,11 @@ import { eventHash, SqliteLedger, type LedgerEvent } from '../src/ledger/index.j
 import { caCsr, caInit, openStation, verifyLedger } from '../src/station/index.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { cli, cliAsync } from './helpers/cli.js';
-import { FACTORY, makeOpensslRoot, signCaCsrWithOpenssl, testPki, testStation, uuid } from './helpers/pki.js';
+import { FACTORY, makeOpensslRoot, reserveStationTokens, signCaCsrWithOpenssl, testPki, testStation, uuid } from './helpers/pki.js';
 import { revoke as revokeDevice, stationWithBatches } from './helpers/batches.js';
 import { batchFileName, exportBatch } from '../src/export/index.js';
+
+reserveStationTokens(48);
 
 const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
 
@@ -84,6 +86,10 @@ test('an older backup put back: ledger accept names the issuances and events it 
   const lost = newer.heads().issuanceSeq;
   newer.close();
   for (const f of ['', '-wal', '-shm']) rmSync(`${s.ledger}${f}`, { force: true });
+  const none = cli(['ledger', 'accept', '--reason', 'not copied yet', '--config', s.configPath, '--operator', 'ana']);
+  t.not(none.status, 0);
+  t.regex(none.stderr, /ERROR LEDGER nothing to accept: no file at /);
+  t.false(existsSync(s.ledger), 'a refused accept of a missing file leaves no empty ledger behind');
   copyFileSync(backup, s.ledger);
   const kept = new SqliteLedger(s.ledger, loadConfig(s.configPath).station.id, { readonly: true });
   const at = kept.heads().issuanceSeq;

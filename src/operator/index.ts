@@ -210,6 +210,10 @@ export async function withOwnedLedger<T>(
 ): Promise<T> {
   const lock = held ?? (await LedgerLock.wait(config.station.ledger, command, 60_000, onWait));
   try {
+    // Opening a missing file creates an empty ledger: accept would refuse it, but leave it there.
+    if (command === 'accept' && !existsSync(config.station.ledger)) {
+      throw new LineSignerError('LEDGER', `nothing to accept: no file at ${config.station.ledger} (the path [station] ledger names); put the copy there first`);
+    }
     const ledger = new SqliteLedger(config.station.ledger, config.station.id);
     // One login per operator action: the token vouches for the file before anything is written, and signs after.
     let token: Pkcs11Token | null = null;
