@@ -9,6 +9,8 @@ import { connect, type Socket } from 'node:net';
 import Database from 'better-sqlite3';
 import { serveControl } from '../src/cli/owner.js';
 import { callOwner } from '../src/operator/control.js';
+import type { LineSignerError } from '../src/errors.js';
+import { cliAsync } from './helpers/cli.js';
 import { testStation } from './helpers/pki.js';
 
 function clockConfirms(ledger: string): number {
@@ -79,6 +81,12 @@ test('idle connections past the cap are closed at once; the station still answer
   for (let i = 0; i < 40; i++) idle.push(await open(path));
   const closed = await Promise.all(idle.map((c) => new Promise<boolean>((r) => (c.destroyed ? r(true) : (c.once('close', () => r(true)), setTimeout(() => r(false), 500))))));
   t.is(closed.filter(Boolean).length, 8, 'the 8 past 32 are closed');
+  // An operator's command meanwhile is told why, not a bare EPIPE; status does not say "not serving".
+  const turned = await t.throwsAsync(callOwner(s.config.station.ledger, { op: 'health' }));
+  t.is((turned as LineSignerError).code, 'LEDGER_BUSY');
+  t.regex(turned!.message, /closed the control connection unanswered: it has 32 open at once/);
+  const status = await cliAsync(['status', '--config', s.configPath]);
+  t.regex(status.stdout, /^station: {3}.*, serving unknown: the serving station closed the control connection unanswered/m, status.stderr);
   for (const c of idle) c.destroy();
   await new Promise((r) => setTimeout(r, 100));
   const health = (await callOwner(s.config.station.ledger, { op: 'health' }))!.result as { pid: number };

@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { configPath, loadConfig, type StationConfig } from '../config/index.js';
-import { EXIT_TOKEN_PIN, LineSignerError } from '../errors.js';
+import { asLineSignerError, EXIT_TOKEN_PIN, LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
 import { LedgerLock } from '../ledger/index.js';
 import { checkRecordedBatches } from '../export/index.js';
@@ -283,14 +283,21 @@ export async function statusCommand(args: GlobalArgs & { json: boolean }): Promi
   const cfg = config(args);
   const s = stationStatus(cfg);
   // The serving station knows what the file cannot say: is the token working right now?
-  const live = (await callOwner(cfg.station.ledger, { op: 'health' }, 5000).catch(() => undefined))?.result as
+  // No owner listening is "not serving"; an owner that would not answer is not that.
+  let unreachable = null as string | null;
+  const live = (
+    await callOwner(cfg.station.ledger, { op: 'health' }, 5000).catch((e: unknown) => {
+      unreachable = asLineSignerError(e).message;
+      return undefined;
+    })
+  )?.result as
     | { health: { code: string; message: string } | null; checkpoint: string | null; pid: number }
     | undefined;
   // Whatever the serving station refuses every request for (the token, a used-up station limit, the rate cap), unless the file already says it.
   if (live?.health && !s.warnings.some((w) => w.startsWith(`${live.health!.code}:`))) s.warnings.push(`${live.health.code}: ${live.health.message}`);
   if (live?.checkpoint) s.warnings.push(`checkpoints are failing: ${live.checkpoint}`);
-  const serving = live ? `serving (pid ${live.pid})` : 'not serving';
-  if (args.json) return printJson({ ...s, serving: live ? { pid: live.pid, health: live.health } : null });
+  const serving = live ? `serving (pid ${live.pid})` : unreachable ? `serving unknown: ${unreachable}` : 'not serving';
+  if (args.json) return printJson({ ...s, serving: live ? { pid: live.pid, health: live.health } : null, ...(unreachable ? { servingUnknown: unreachable } : {}) });
   const rejected = Object.entries(s.rejected).map(([c, n]) => `${c} ${n}`).join(', ') || 'none';
   const today = Object.entries(s.today).map(([l, n]) => `${l} ${n}`).join(', ') || 'none';
   const o = s.order;

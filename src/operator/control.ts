@@ -149,13 +149,18 @@ export function callOwner(ledger: string, request: unknown, timeoutMs = 120_000)
       socket.write(JSON.stringify(request) + '\n');
     });
     socket.on('data', (chunk: string) => (data += chunk));
+    // The owner closes a connection past its limit at once, unanswered.
+    const turnedAway = (): LineSignerError =>
+      new LineSignerError('LEDGER_BUSY', `the serving station closed the control connection unanswered: it has ${MAX_CONNECTIONS} open at once (other commands hanging, or someone holding them open); try again`);
     socket.on('error', (err: NodeJS.ErrnoException) => {
       if (!connected && (err.code === 'ENOENT' || err.code === 'ECONNREFUSED')) resolve(undefined);
+      else if (connected && data === '' && (err.code === 'EPIPE' || err.code === 'ECONNRESET')) reject(turnedAway());
       else if (!connected && err.code === 'EACCES') {
         reject(new LineSignerError('LEDGER', `cannot reach the serving station at ${socketPath(ledger)}: permission denied; run this as the station's service user (or root)`));
       } else reject(new LineSignerError('LEDGER', `control channel ${socketPath(ledger)}: ${err.message}`));
     });
     socket.on('end', () => {
+      if (data === '') return reject(turnedAway());
       let reply: ControlReply;
       try {
         reply = JSON.parse(data) as ControlReply;
