@@ -74,6 +74,14 @@ test('a bad config gets one line naming the key', (t) => {
   for (const everywhere of ['0.0.0.0:8080', '[::]:8080', '0:8080', '0.0:8080', '0.0.0:8080', '000.000.000.000:8080', '0x0:8080', '[::ffff:0:0]:8080', '[0:0:0:0:0:ffff:0:0]:8080']) {
     check(`${text}\n[links]\nhttp = "${everywhere}"\n`, /links\.http: listens on every interface, the LAN included, and the HTTP link has no authentication/);
   }
+  // Other short forms are refused for what they are, not as every interface.
+  for (const odd of ['127.1:8080', '0177.0.0.1:8080', '2130706433:8080']) {
+    check(`${text}\n[links]\nhttp = "${odd}"\n`, /links\.http: is [0-9.]+, an IPv4 address in a short, octal or hex form: write it as a plain dotted quad/);
+  }
+  // A value without its port once crashed every command (INTERNAL) before it could be named.
+  for (const portless of ['8080', '192.168.7.1', '192.168.7.1:', 'localhost:http']) {
+    check(`${text}\n[links]\nhttp = "${portless}"\n`, /^ERROR CONFIG .*links\.http: HOST:PORT/);
+  }
   for (const [i, wide] of [['0', '/'], ['0', '/etc/line-signer'], ['1', '../../../../../../../../..']] as const) {
     const spool = i === '0' ? `["${wide}"]` : `["/media/usb", "${wide}"]`;
     check(`${text}\n[links]\nspool = ${spool}\n`, new RegExp(`links\\.spool\\.${i}: a spool folder must be a folder of its own, at least two levels deep`));

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { request } from 'node:http';
-import { connect } from 'node:net';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { parse as parseToml } from 'smol-toml';
 import { HttpLink } from '../src/links/http.js';
 import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
@@ -214,6 +214,28 @@ test('a production link looks at the address it bound: every interface, in any s
   t.teardown(() => local.stop());
   t.is(local.status.state, 'listening');
   t.is((await send(local.port, 'HEAD')).status, 200);
+});
+
+test('a production link whose address was busy at start and is refused on a later try says so to the station (onRefused), and nothing listens', async (t) => {
+  const { s } = await station;
+  const blocker = createServer();
+  await new Promise<void>((r) => blocker.listen(0, '0.0.0.0', () => r()));
+  const port = (blocker.address() as AddressInfo).port;
+  let refused = null as { code?: string; message: string } | null;
+  const link = new HttpLink(s.station, { listen: `0.0.0.0:${port}`, sota: s.config.sota, everyInterfaceRefusal: 'is refused here', onRefused: (e) => (refused = e) });
+  t.teardown(() => link.stop());
+  await link.start();
+  t.is(link.status.state, 'waiting', 'the port is busy: the link waits for it');
+  await new Promise<void>((r) => blocker.close(() => r()));
+  for (let i = 0; i < 60 && !refused; i++) await new Promise((r) => setTimeout(r, 50));
+  t.is(refused?.code, 'CONFIG');
+  t.regex(refused!.message, /is 0\.0\.0\.0, which is refused here$/);
+  t.is(link.status.state, 'error');
+  const reached = await new Promise<boolean>((r) => {
+    const c = connect(port, '127.0.0.1', () => (c.destroy(), r(true)));
+    c.once('error', () => r(false));
+  });
+  t.false(reached, 'nothing listens there');
 });
 
 test('malformed bodies: a value that is not a string, overrides that are not objects of strings; the link keeps serving', async (t) => {

@@ -3,7 +3,8 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import Database from 'better-sqlite3';
 import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
 import { BIN } from './helpers/cli.js';
 import { TestJig } from './helpers/jig.js';
@@ -54,4 +55,23 @@ test('serve runs a serial link from [links] and HTTP and spool from flags, logs 
   t.true(all.some((l) => l.msg === 'issued' && String(l.link).startsWith('spool:')));
   t.true(all.some((l) => l.msg === 'stopped'));
   t.false(out.includes('    at '), 'no stack trace');
+});
+
+test('a link that cannot start stops serve with its code, and the station is closed as at any stop: a stop row, no socket or owner file left', async (t) => {
+  const s = await testStation(); // no [sota] table: the HTTP link refuses to start
+  await s.close();
+  const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
+    const child = spawn(process.execPath, [BIN, 'serve', '--config', s.configPath, '--http', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    child.once('close', (code) => resolve({ code, err }));
+  });
+  t.is(r.code, 64);
+  t.regex(r.err, /^ERROR CONFIG sota: the HTTP link needs a \[sota\] table/m);
+  const db = new Database(s.config.station.ledger, { readonly: true });
+  const kinds = (db.prepare('SELECT kind FROM events ORDER BY seq DESC LIMIT 2').all() as Array<{ kind: string }>).map((e) => e.kind);
+  db.close();
+  t.deepEqual(kinds, ['stop', 'start'], 'the start has its stop');
+  const left = readdirSync(dirname(s.config.station.ledger)).filter((f) => f.endsWith('.sock') || f.endsWith('.owner'));
+  t.deepEqual(left, []);
 });

@@ -1,4 +1,4 @@
-import { configPath, EVERY_INTERFACE, listensEverywhere, loadConfig } from '../config/index.js';
+import { configPath, EVERY_INTERFACE, httpExposureProblem, loadConfig } from '../config/index.js';
 import { LinkRunner, parseSerialFlag, planLinks, serialLinks, type Link, type LinkEvent } from '../links/index.js';
 import { JigStopped, runJig, type JigSummary } from '../jig/provision.js';
 import { openStation } from '../station/index.js';
@@ -24,11 +24,20 @@ export interface ServeArgs {
 export async function serveCommand(args: ServeArgs): Promise<void> {
   const config = loadConfig(configPath(args.config));
   const plan = planLinks(config, { serial: args.serial ?? [], ...(args.http ? { http: args.http } : {}), spool: args.spool ?? [] });
-  if (args.http && config.station.production && listensEverywhere(args.http)) throw new LineSignerError('USAGE', `--http ${args.http} ${EVERY_INTERFACE}`);
+  const exposure = args.http && config.station.production ? httpExposureProblem(args.http) : null;
+  if (exposure) throw new LineSignerError('USAGE', `--http ${args.http} ${exposure}`);
   const open = await openStation(config, { command: 'serve', operator: operatorName(config, args.operator) });
   let view: View | undefined;
   const observer = (e: LinkEvent): void => view?.event(e);
-  const links: Link[] = [...serialLinks(open.station, plan, config, observer), ...(await extraLinks(open.station, plan, config, observer))];
+  // A link refused for good after it started (the HTTP link's host name found to bind every
+  // interface on a later try) stops the station as the same refusal at start does.
+  let refused: LineSignerError | null = null;
+  let stopForRefusal = (): void => undefined;
+  const onRefused = (err: LineSignerError): void => {
+    refused ??= err;
+    stopForRefusal();
+  };
+  const links: Link[] = [...serialLinks(open.station, plan, config, observer), ...(await extraLinks(open.station, plan, config, observer, onRefused))];
   if (links.length === 0) {
     await open.close();
     throw new LineSignerError('USAGE', 'no links: give --serial, --http or --spool, or a [links] table in the config');
@@ -39,7 +48,16 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
       ? liveView(`line-signer serve: station ${config.station.id}, factory ${config.station.factory}`, () => links.map((l) => l.status), stationBanner(config, open))
       : jsonView();
   const control = await serveControl(config, open);
-  await runner.start();
+  try {
+    await runner.start();
+  } catch (err) {
+    // Closed as at any stop: the stop row, the socket and the owner file (they were left behind).
+    await runner.stop();
+    await control.close();
+    await open.close();
+    view.stop();
+    throw err;
+  }
   for (const w of open.warnings) view.info(`warning: ${w}`);
   view.info('serving', { links: links.map((l) => l.status.name) });
   let lostOwnership: string | null = null;
@@ -49,6 +67,11 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
       view?.info(`${signal}: finishing requests in flight`);
       resolve();
     };
+    stopForRefusal = () => {
+      view?.info(`ERROR ${refused!.code} ${refused!.message}; this station stops`);
+      resolve();
+    };
+    if (refused) stopForRefusal();
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
     // Every 2 s: still the ledger's one owner? A deleted lock file is taken again, a deleted socket
@@ -74,18 +97,19 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   await open.close({ write: lostOwnership === null });
   view.info('stopped', { issued: links.reduce((n, l) => n + l.status.issued, 0) });
   view.stop();
+  if (refused) throw refused;
   // Everything is answered, closed and flushed: a port's close or a timer left in a library must not hold the exit past the promised 2 s.
   setImmediate(() => process.exit(lostOwnership ? 1 : 0));
 }
 
 /** HTTP and spool links, loaded only when asked for. */
-async function extraLinks(...a: Parameters<typeof serialLinks>): Promise<Link[]> {
-  const [station, plan, config, observer] = a;
+async function extraLinks(...a: [...Parameters<typeof serialLinks>, (err: LineSignerError) => void]): Promise<Link[]> {
+  const [station, plan, config, observer, onRefused] = a;
   const out: Link[] = [];
   if (plan.http) {
     const { HttpLink } = await import('../links/http.js');
     const everyInterfaceRefusal = config.station.production ? EVERY_INTERFACE : undefined;
-    out.push(new HttpLink(station, { listen: plan.http, sota: config.sota, everyInterfaceRefusal }, observer));
+    out.push(new HttpLink(station, { listen: plan.http, sota: config.sota, everyInterfaceRefusal, onRefused }, observer));
   }
   if (plan.spool.length) {
     const { SpoolLink } = await import('../links/spool.js');

@@ -27,17 +27,22 @@ export const EVERY_INTERFACE =
   'listens on every interface, the LAN included, and the HTTP link has no authentication: anyone who reaches it gets production device certificates; give the USB Ethernet gadget\'s own address (for example 192.168.7.1:8080)';
 
 /**
- * Whether HOST:PORT names the wildcard address (every interface), or may:
- * the resolver reads a host of digits, dots and hex (`0.0`, `0x0`,
- * `000.000.000.000`) as an IPv4 address in a short or octal form, so only
- * the canonical dotted quad is taken as a number.
+ * Why a production station will not listen at HOST:PORT (or PORT alone,
+ * which is 127.0.0.1), or null: the wildcard address (every interface) in
+ * any spelling. The resolver reads a host of digits, dots and hex (`0.0`,
+ * `0x0`, `000.000.000.000`) as an IPv4 address in a short or octal form:
+ * one that is zero is the wildcard, and any other is refused too, with a
+ * request for the plain dotted quad, so that what is checked is what binds.
  */
-export function listensEverywhere(listen: string): boolean {
-  const host = listen.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
-  if (host === '' || host === '*' || /^[0:]+$/.test(host) || isEveryInterface(host)) return true;
+export function httpExposureProblem(listen: string): string | null {
+  if (/^\d{1,5}$/.test(listen)) return null;
+  const host = listen.replace(/:\d*$/, '').replace(/^\[(.*)\]$/, '$1');
+  if (host === '' || host === '*' || /^[0:]+$/.test(host) || isEveryInterface(host)) return EVERY_INTERFACE;
   const canonicalQuad = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/.test(host);
-  if (canonicalQuad) return host === '0.0.0.0';
-  return /^[0-9a-fA-FxX.]+$/.test(host) && /^[0-9.]|^0[xX]/.test(host);
+  if (canonicalQuad) return host === '0.0.0.0' ? EVERY_INTERFACE : null;
+  if (!(/^[0-9a-fA-FxX.]+$/.test(host) && /^[0-9.]|^0[xX]/.test(host))) return null;
+  if (host.split('.').every((part) => /^(0[xX])?0*$/.test(part))) return EVERY_INTERFACE;
+  return `is ${host}, an IPv4 address in a short, octal or hex form: write it as a plain dotted quad (a.b.c.d), which is what a production station checks before it listens`;
 }
 
 /**
@@ -130,8 +135,9 @@ const linksSchema = z.strictObject({
     .string()
     .regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'HOST:PORT')
     .refine((v) => {
-      const port = Number(/:(\d+)$/.exec(v)![1]);
-      return port >= 1 && port <= 65535;
+      // Runs even when the pattern above failed (that one says so): a value without a port is not this one's.
+      const port = /:(\d+)$/.exec(v);
+      return port === null || (Number(port[1]) >= 1 && Number(port[1]) <= 65535);
     }, 'HOST:PORT with a port from 1 to 65535')
     .optional(),
   spool: z.array(z.string().min(1)).default([]),
@@ -154,9 +160,8 @@ const configSchema = z
     sota: sotaSchema.optional(),
   })
   .superRefine((c, ctx) => {
-    if (c.station.production && c.links.http !== undefined && listensEverywhere(c.links.http)) {
-      ctx.addIssue({ code: 'custom', path: ['links', 'http'], message: EVERY_INTERFACE });
-    }
+    const exposure = c.station.production && c.links.http !== undefined ? httpExposureProblem(c.links.http) : null;
+    if (exposure) ctx.addIssue({ code: 'custom', path: ['links', 'http'], message: exposure });
   });
 
 

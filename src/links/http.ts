@@ -58,6 +58,12 @@ export interface HttpLinkOptions {
    * catches, so a production station looks at the address actually bound.
    */
   everyInterfaceRefusal?: string | undefined;
+  /**
+   * Called when a later try (after 'waiting') is refused that way: the
+   * first try's refusal rejects start(), a later one has no caller, and a
+   * station must not go on serving its other links as if nothing happened.
+   */
+  onRefused?: ((err: LineSignerError) => void) | undefined;
 }
 
 const STATUS: Partial<Record<ProtocolCode, number>> = {
@@ -150,8 +156,9 @@ export class HttpLink implements Link {
         this.reporter.state('waiting', listenProblem(err, host, port));
         this.retry = setTimeout(() => {
           this.retry = null;
-          // A refusal after a retry is in the link's state; the station serves its other links.
-          this.tryListen(host, port, Math.min(waitMs * 2, HTTP_LIMITS.listenRetryMs[1])).catch(() => {});
+          this.tryListen(host, port, Math.min(waitMs * 2, HTTP_LIMITS.listenRetryMs[1])).catch((err: unknown) => {
+            if (err instanceof LineSignerError) this.opts.onRefused?.(err);
+          });
         }, waitMs);
       },
     );
