@@ -297,7 +297,8 @@ export async function statusCommand(args: GlobalArgs & { json: boolean }): Promi
   if (live?.health && !s.warnings.some((w) => w.startsWith(`${live.health!.code}:`))) s.warnings.push(`${live.health.code}: ${live.health.message}`);
   if (live?.checkpoint) s.warnings.push(`checkpoints are failing: ${live.checkpoint}`);
   const serving = live ? `serving (pid ${live.pid})` : unreachable ? `serving unknown: ${unreachable}` : 'not serving';
-  if (args.json) return printJson({ ...s, serving: live ? { pid: live.pid, health: live.health } : null, ...(unreachable ? { servingUnknown: unreachable } : {}) });
+  // null means no station serves: one that would not answer is not that.
+  if (args.json) return printJson({ ...s, serving: live ? { pid: live.pid, health: live.health } : unreachable ? { pid: null, health: null, unreachable } : null });
   const rejected = Object.entries(s.rejected).map(([c, n]) => `${c} ${n}`).join(', ') || 'none';
   const today = Object.entries(s.today).map(([l, n]) => `${l} ${n}`).join(', ') || 'none';
   const o = s.order;

@@ -80,8 +80,22 @@ export class ControlServer {
 }
 
 async function bind(path: string, handle: (request: unknown) => Promise<unknown>): Promise<{ server: Server; inode: number }> {
-  const server = createServer((socket) => serveOne(socket, handle));
-  server.maxConnections = MAX_CONNECTIONS;
+  // Counted here rather than with server.maxConnections, which closes a connection past it unanswered:
+  // the command on the other end then cannot tell that from a station that died mid-request.
+  let open = 0;
+  const server = createServer((socket) => {
+    if (open >= MAX_CONNECTIONS) {
+      socket.on('error', () => undefined);
+      // Read and dropped, so that the client's end is seen and the socket closes; gone within 2 s regardless.
+      socket.resume();
+      socket.setTimeout(2000, () => socket.destroy());
+      socket.end(JSON.stringify({ ok: false, code: 'LEDGER_BUSY', message: `the serving station has ${MAX_CONNECTIONS} control connections open at once (other commands hanging, or someone holding them open); nothing done, try again` }) + '\n');
+      return;
+    }
+    open++;
+    socket.once('close', () => open--);
+    serveOne(socket, handle);
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(path, () => resolve());
@@ -113,6 +127,8 @@ function serveOne(socket: Socket, handle: (request: unknown) => Promise<unknown>
     if (nl === -1) return;
     socket.removeAllListeners('data');
     clearTimeout(reading);
+    // The request is in: its answer may take longer than the idle timeout (a backup of a large ledger).
+    socket.setTimeout(0);
     let reply: Promise<ControlReply>;
     try {
       const request = JSON.parse(data.subarray(0, nl).toString('utf8')) as unknown;
@@ -128,6 +144,12 @@ function serveOne(socket: Socket, handle: (request: unknown) => Promise<unknown>
     }
     void reply.then((r) => socket.end(JSON.stringify(r) + '\n'));
   });
+}
+
+/** "the revoke", for a message about a request whose fate is unknown. */
+function describe(request: unknown): string {
+  const op = (request as { op?: unknown } | null)?.op;
+  return typeof op === 'string' && /^[a-z-]{1,32}$/.test(op) ? `the ${op}` : 'the request';
 }
 
 /**
@@ -149,18 +171,18 @@ export function callOwner(ledger: string, request: unknown, timeoutMs = 120_000)
       socket.write(JSON.stringify(request) + '\n');
     });
     socket.on('data', (chunk: string) => (data += chunk));
-    // The owner closes a connection past its limit at once, unanswered.
-    const turnedAway = (): LineSignerError =>
-      new LineSignerError('LEDGER_BUSY', `the serving station closed the control connection unanswered: it has ${MAX_CONNECTIONS} open at once (other commands hanging, or someone holding them open); try again`);
+    // Whether the request was carried out is not known: say so, rather than guess why.
+    const unanswered = (): LineSignerError =>
+      new LineSignerError('LEDGER', `the serving station closed the control connection without an answer (it stopped, or was stopped, meanwhile?): whether ${describe(request)} was done is not known; \`line-signer status\` and \`line-signer log\` tell`);
     socket.on('error', (err: NodeJS.ErrnoException) => {
       if (!connected && (err.code === 'ENOENT' || err.code === 'ECONNREFUSED')) resolve(undefined);
-      else if (connected && data === '' && (err.code === 'EPIPE' || err.code === 'ECONNRESET')) reject(turnedAway());
+      else if (connected && data === '' && (err.code === 'EPIPE' || err.code === 'ECONNRESET')) reject(unanswered());
       else if (!connected && err.code === 'EACCES') {
         reject(new LineSignerError('LEDGER', `cannot reach the serving station at ${socketPath(ledger)}: permission denied; run this as the station's service user (or root)`));
       } else reject(new LineSignerError('LEDGER', `control channel ${socketPath(ledger)}: ${err.message}`));
     });
     socket.on('end', () => {
-      if (data === '') return reject(turnedAway());
+      if (data === '') return reject(unanswered());
       let reply: ControlReply;
       try {
         reply = JSON.parse(data) as ControlReply;
