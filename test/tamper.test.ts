@@ -90,6 +90,24 @@ test('an older backup put back: ledger accept names the issuances and events it 
   t.not(none.status, 0);
   t.regex(none.stderr, /ERROR LEDGER nothing to accept: no file at /);
   t.false(existsSync(s.ledger), 'a refused accept of a missing file leaves no empty ledger behind');
+  // What a failed copy or a wrong file leaves there is refused as it is, --forget-newer or not, and left unchanged.
+  const notes = new Database(join(s.dir, 'notes.db'));
+  notes.exec('CREATE TABLE notes (a)');
+  notes.close();
+  const wrong: Array<[string, () => void, RegExp]> = [
+    ['an empty file', () => writeFileSync(s.ledger, ''), /is empty/],
+    ['another SQLite file', () => copyFileSync(join(s.dir, 'notes.db'), s.ledger), /is an SQLite file, but not a line-signer ledger/],
+    ['a folder', () => mkdirSync(s.ledger), /is not a file/],
+  ];
+  for (const [what, put, why] of wrong) {
+    put();
+    const before = statSync(s.ledger).isFile() ? readFileSync(s.ledger) : null;
+    const r = cli(['ledger', 'accept', '--forget-newer', '--reason', 'wrong file', '--config', s.configPath, '--operator', 'ana']);
+    t.not(r.status, 0, what);
+    t.regex(r.stderr, new RegExp(`ERROR LEDGER (nothing to accept: )?.*${why.source}`), what);
+    if (before) t.deepEqual(readFileSync(s.ledger), before, `${what}: left as it was`);
+    rmSync(s.ledger, { recursive: true, force: true });
+  }
   copyFileSync(backup, s.ledger);
   const kept = new SqliteLedger(s.ledger, loadConfig(s.configPath).station.id, { readonly: true });
   const at = kept.heads().issuanceSeq;

@@ -4,6 +4,7 @@
  * No SQL lives outside this folder; callers use the named operations of
  * the Ledger interface.
  */
+import { statSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
@@ -174,6 +175,33 @@ export function rowsWrittenHere(path: string): { issuances: Map<number, string>;
   let w = writtenHere.get(path);
   if (!w) writtenHere.set(path, (w = { issuances: new Map(), events: new Map() }));
   return w;
+}
+
+/**
+ * Why the file at `path` is not a ledger to take as it is, or null. Opening a file read-write gives it
+ * the schema (a 0-byte file becomes a new, empty ledger; another SQLite file gets the ledger's tables
+ * and WAL mode): a command that takes a file someone put there looks first, read-only.
+ */
+export function notALedgerProblem(path: string): string | null {
+  let size: number;
+  try {
+    const st = statSync(path);
+    if (!st.isFile()) return `${path} is not a file`;
+    size = st.size;
+  } catch {
+    return `no file at ${path}`;
+  }
+  if (size === 0) return `${path} is empty (a copy that did not finish?)`;
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true });
+    const { n } = db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('issuances', 'events', 'settings')").get() as { n: number };
+    return n === 3 ? null : `${path} is an SQLite file, but not a line-signer ledger (it lacks the ledger's tables)`;
+  } catch (err) {
+    return `${path} is not a line-signer ledger (${(err as Error).message})`;
+  } finally {
+    db?.close();
+  }
 }
 
 /** A chain problem as a refusal to write says it. */

@@ -62,8 +62,12 @@ function inodeOf(path: string): number | null {
 function refuseHardLinked(ledger: string): void {
   let links: number;
   try {
-    links = statSync(ledger).nlink;
-  } catch {
+    const st = statSync(ledger);
+    // A folder's link count is 2 and more: say what it is instead.
+    if (!st.isFile()) throw new LineSignerError('LEDGER', `${ledger} is not a file: [station] ledger names the ledger's file`);
+    links = st.nlink;
+  } catch (err) {
+    if (err instanceof LineSignerError) throw err;
     return; // not made yet
   }
   if (links > 1) {

@@ -13,7 +13,7 @@ import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order, type TokenCheckpoint } from '../ledger/index.js';
+import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, notALedgerProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order, type TokenCheckpoint } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
 import { checkClientText, clipMessage, TEXT_LIMITS } from '../text.js';
@@ -210,10 +210,9 @@ export async function withOwnedLedger<T>(
 ): Promise<T> {
   const lock = held ?? (await LedgerLock.wait(config.station.ledger, command, 60_000, onWait));
   try {
-    // Opening a missing file creates an empty ledger: accept would refuse it, but leave it there.
-    if (command === 'accept' && !existsSync(config.station.ledger)) {
-      throw new LineSignerError('LEDGER', `nothing to accept: no file at ${config.station.ledger} (the path [station] ledger names); put the copy there first`);
-    }
+    // Accept takes a file someone put there: opening it read-write would make any file a ledger first.
+    const notLedger = command === 'accept' ? notALedgerProblem(config.station.ledger) : null;
+    if (notLedger) throw new LineSignerError('LEDGER', `nothing to accept: ${notLedger} (the path [station] ledger names); put the ledger's copy there first`);
     const ledger = new SqliteLedger(config.station.ledger, config.station.id);
     // One login per operator action: the token vouches for the file before anything is written, and signs after.
     let token: Pkcs11Token | null = null;
