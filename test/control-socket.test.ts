@@ -95,3 +95,28 @@ test('idle connections past the cap are closed at once; the station still answer
   const health = (await callOwner(s.config.station.ledger, { op: 'health' }))!.result as { pid: number };
   t.is(health.pid, process.pid);
 });
+
+test('a client that ends its side after the request still gets the answer; one that never reads or closes does not hold the station\'s stop', async (t) => {
+  const s = await testStation();
+  const control = await serveControl(s.config, s);
+  t.teardown(() => s.close());
+  const path = `${s.config.station.ledger}.sock`;
+  // Half-closed, as `socat -t` and shutdown(SHUT_WR) leave it: the answer once went nowhere while the action was done.
+  const half = await open(path);
+  let answer = '';
+  half.setEncoding('utf8');
+  half.on('data', (d: string) => (answer += d));
+  const closed = new Promise((r) => half.once('close', r));
+  half.end(JSON.stringify({ op: 'health' }) + '\n');
+  await closed;
+  t.regex(answer, /"ok":true/);
+  // Asks, then neither reads nor closes: the stop cuts it instead of waiting for it.
+  const stuck = await open(path);
+  stuck.pause();
+  stuck.write(JSON.stringify({ op: 'health' }) + '\n');
+  await new Promise((r) => setTimeout(r, 200));
+  const t0 = Date.now();
+  const stopped = await Promise.race([control.close().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 3000))]);
+  t.true(stopped, `close() returned in ${Date.now() - t0} ms`);
+  stuck.destroy();
+});

@@ -17,12 +17,16 @@ const MAX_REQUEST = 256 * 1024;
 const REQUEST_DEADLINE_MS = 30_000;
 /** Connections open at once: operator commands come one at a time; past this the rest are refused at once. */
 const MAX_CONNECTIONS = 32;
+/** How long an answered connection may stay open for its client to read the answer and close. */
+const ANSWERED_GRACE_MS = 5_000;
 
 export type ControlReply = { ok: true; result: unknown } | { ok: false; code: ErrorCode; message: string };
 
 export class ControlServer {
   private constructor(
     private server: Server,
+    /** Every connection open now, on this server and any left listening on an unlinked name. */
+    private readonly sockets: Set<Socket>,
     private readonly path: string,
     /** The socket file's inode: close() removes only its own, not one a later owner made. */
     private inode: number,
@@ -42,7 +46,7 @@ export class ControlServer {
     }
     if (await socketAnswers(this.path)) return;
     rmSync(this.path, { force: true });
-    const { server, inode } = await bind(this.path, this.handle);
+    const { server, inode } = await bind(this.path, this.handle, this.sockets);
     // The old server is left listening on its unlinked name (unreferenced: it ends with the
     // process): closing it would make libuv unlink the path, which is the new socket now.
     this.server = server;
@@ -61,8 +65,9 @@ export class ControlServer {
       throw new LineSignerError('LEDGER_BUSY', `another process serves ${ledger} on ${path}, though this one holds the lock: its lock file was deleted or replaced; stop that process first`);
     }
     rmSync(path, { force: true });
-    const { server, inode } = await bind(path, handle);
-    return new ControlServer(server, path, inode, handle);
+    const sockets = new Set<Socket>();
+    const { server, inode } = await bind(path, handle, sockets);
+    return new ControlServer(server, sockets, path, inode, handle);
   }
 
   async close(): Promise<void> {
@@ -72,6 +77,9 @@ export class ControlServer {
     } catch {
       // gone already
     }
+    // A stopping station does not wait for its control clients (server.close() would: a client that
+    // never reads or closes once held a SIGTERM for as long as it lived): their connections are cut.
+    for (const socket of this.sockets) socket.destroy();
     // libuv unlinks a Unix socket's path when its server closes: only when the file there is still
     // ours, not one a later owner made (the server is unreferenced and ends with the process).
     if (ours) await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -79,11 +87,14 @@ export class ControlServer {
   }
 }
 
-async function bind(path: string, handle: (request: unknown) => Promise<unknown>): Promise<{ server: Server; inode: number }> {
+async function bind(path: string, handle: (request: unknown) => Promise<unknown>, sockets: Set<Socket>): Promise<{ server: Server; inode: number }> {
   // Counted here rather than with server.maxConnections, which closes a connection past it unanswered:
   // the command on the other end then cannot tell that from a station that died mid-request.
   let open = 0;
-  const server = createServer((socket) => {
+  // Half-open: a client that ends its side after the request (`socat -t`, shutdown(SHUT_WR)) still gets the answer.
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
     if (open >= MAX_CONNECTIONS) {
       socket.on('error', () => undefined);
       // Read and dropped, so that the client's end is seen and the socket closes; gone within 2 s regardless.
@@ -142,8 +153,25 @@ function serveOne(socket: Socket, handle: (request: unknown) => Promise<unknown>
     } catch {
       reply = Promise.resolve({ ok: false, code: 'USAGE', message: 'control request is not JSON' });
     }
-    void reply.then((r) => socket.end(JSON.stringify(r) + '\n'));
+    void reply.then((r) => {
+      socket.end(JSON.stringify(r) + '\n');
+      // Answered: a client that neither reads nor closes is cut soon after, not held for ever.
+      socket.setTimeout(ANSWERED_GRACE_MS, () => socket.destroy());
+    });
   });
+  // The client ended its side: without a whole request line there is nothing to answer.
+  socket.once('end', () => {
+    if (data.indexOf(0x0a) === -1) socket.end();
+  });
+}
+
+/**
+ * A backup or an export takes as long as its file does (a large ledger to a slow stick): the command
+ * waits for it (Ctrl-C stops waiting), rather than report a failure the station then completes.
+ */
+function defaultTimeout(request: unknown): number {
+  const op = (request as { op?: unknown } | null)?.op;
+  return op === 'backup' || op === 'export' ? 0 : 120_000;
 }
 
 /** "the revoke", for a message about a request whose fate is unknown. */
@@ -156,7 +184,7 @@ function describe(request: unknown): string {
  * Sends one request to the ledger's owner. Resolves to the owner's result,
  * rejects with its error, or resolves `undefined` when no owner listens.
  */
-export function callOwner(ledger: string, request: unknown, timeoutMs = 120_000): Promise<{ result: unknown } | undefined> {
+export function callOwner(ledger: string, request: unknown, timeoutMs = defaultTimeout(request)): Promise<{ result: unknown } | undefined> {
   return new Promise((resolve, reject) => {
     const socket = createConnection(socketPath(ledger));
     let data = '';
