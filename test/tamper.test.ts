@@ -82,6 +82,8 @@ test('an older backup put back: ledger accept names the issuances and events it 
   const later = await openStation(loadConfig(s.configPath));
   for (let i = 0; i < 3; i++) t.true((await later.station.handle({ csr: csr(), link: 't' })).ok);
   await later.close();
+  const newerCopy = join(s.dir, 'newer.db');
+  t.is(cli(['ledger', 'backup', newerCopy, '--config', s.configPath]).status, 0);
   const newer = new SqliteLedger(s.ledger, loadConfig(s.configPath).station.id, { readonly: true });
   const lost = newer.heads().issuanceSeq;
   newer.close();
@@ -98,6 +100,16 @@ test('an older backup put back: ledger accept names the issuances and events it 
     ['an empty file', () => writeFileSync(s.ledger, ''), /is empty/],
     ['another SQLite file', () => copyFileSync(join(s.dir, 'notes.db'), s.ledger), /is an SQLite file, but not a line-signer ledger/],
     ['a folder', () => mkdirSync(s.ledger), /is not a file/],
+    ['tables of the ledger\'s names, not its shape', () => {
+      const db = new Database(s.ledger);
+      db.exec('CREATE TABLE issuances (x); CREATE TABLE events (x); CREATE TABLE settings (x); PRAGMA user_version = 6');
+      db.close();
+    }, /is not a line-signer ledger/],
+    // A crashed station's journal left beside a copied backup: SQLite once played it into the copy.
+    ['a backup with another file\'s -wal beside it', () => {
+      copyFileSync(backup, s.ledger);
+      writeFileSync(`${s.ledger}-wal`, 'not this file\'s');
+    }, /-wal is beside it: SQLite would play it into the file/],
   ];
   for (const [what, put, why] of wrong) {
     put();
@@ -106,7 +118,7 @@ test('an older backup put back: ledger accept names the issuances and events it 
     t.not(r.status, 0, what);
     t.regex(r.stderr, new RegExp(`ERROR LEDGER (nothing to accept: )?.*${why.source}`), what);
     if (before) t.deepEqual(readFileSync(s.ledger), before, `${what}: left as it was`);
-    rmSync(s.ledger, { recursive: true, force: true });
+    for (const f of ['', '-wal', '-shm', '-journal']) rmSync(`${s.ledger}${f}`, { recursive: true, force: true });
   }
   copyFileSync(backup, s.ledger);
   const kept = new SqliteLedger(s.ledger, loadConfig(s.configPath).station.id, { readonly: true });
@@ -120,6 +132,16 @@ test('an older backup put back: ledger accept names the issuances and events it 
   const log = cli(['log', '--config', s.configPath, '--json']).stdout.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; message: string });
   t.regex(log.find((r) => r.kind === 'ledger_accept')!.message, new RegExp(`forgotten \\(--forget-newer\\): .*${lost - at} issuances`));
   t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+  // Written to after the accept, this branch now has a row at seq at+1 that the newer copy has too,
+  // with another certificate: putting the newer copy back would drop that row, though its seqs are ahead.
+  const branch = await openStation(loadConfig(s.configPath));
+  t.true((await branch.station.handle({ csr: csr(), link: 't' })).ok);
+  await branch.close();
+  for (const f of ['', '-wal', '-shm']) rmSync(`${s.ledger}${f}`, { force: true });
+  copyFileSync(newerCopy, s.ledger);
+  const fork = cli(['ledger', 'accept', '--reason', 'the newer disk', '--config', s.configPath, '--operator', 'ana']);
+  t.not(fork.status, 0, 'another branch is refused without --forget-newer');
+  t.regex(fork.stderr, /nothing written: .*this file's (issuance|event) seq \d+ differs from it: the file is another branch of the ledger/);
 });
 
 test('an older copy put back: operator commands and export write nothing to it', async (t) => {

@@ -4,7 +4,7 @@
  * No SQL lives outside this folder; callers use the named operations of
  * the Ledger interface.
  */
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
@@ -192,11 +192,24 @@ export function notALedgerProblem(path: string): string | null {
     return `no file at ${path}`;
   }
   if (size === 0) return `${path} is empty (a copy that did not finish?)`;
+  // SQLite would take a journal beside the file as the file's own and play it into it (a crashed
+  // station's -wal beside a copied backup corrupted the copy, and was deleted).
+  const leftover = ['-wal', '-journal'].map((x) => `${path}${x}`).filter((f) => existsSync(f));
+  if (leftover.length > 0) {
+    return `${leftover.join(' and ')} ${leftover.length > 1 ? 'are' : 'is'} beside it: SQLite would play it into the file as the file's own; if the file was copied there, it belongs to the file that was there before: move it away (and ${path}-shm)`;
+  }
   let db: Database.Database | undefined;
   try {
     db = new Database(path, { readonly: true, fileMustExist: true });
     const { n } = db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('issuances', 'events', 'settings')").get() as { n: number };
-    return n === 3 ? null : `${path} is an SQLite file, but not a line-signer ledger (it lacks the ledger's tables)`;
+    if (n !== 3) return `${path} is an SQLite file, but not a line-signer ledger (it lacks the ledger's tables)`;
+    const version = db.pragma('user_version', { simple: true }) as number;
+    if (version < 1 || version > MIGRATIONS.length) return `${path} is not a line-signer ledger this version knows (schema version ${version})`;
+    // Tables of the right names and the wrong shape once reached the migration and its INTERNAL error, changed.
+    const shape = shapeProblems(db);
+    if (shape.length > 0) return `${path} is not a line-signer ledger as line-signer writes one: ${shape[0]!.what}: ${shape[0]!.reason}${shape.length > 1 ? ` (and ${shape.length - 1} more)` : ''}`;
+    if (!db.prepare("SELECT value FROM settings WHERE key = 'ledger_id'").get()) return `${path} has no ledger id (settings ledger_id)`;
+    return null;
   } catch (err) {
     return `${path} is not a line-signer ledger (${(err as Error).message})`;
   } finally {
@@ -1009,6 +1022,20 @@ export class SqliteLedger implements Ledger {
    * Null when it does; else why not (rows or checkpoints deleted, an older
    * copy restored, a checkpoint rewritten).
    */
+  /**
+   * Which row of this file differs from the one the token's checkpoint vouched for at the same seq
+   * ("issuance seq 12"), or null: the file is then another branch of the ledger (an older copy
+   * accepted and written to since). Rows the file lacks are not this method's.
+   */
+  branchFromToken(tc: TokenCheckpoint): string | null {
+    if (tc.ledgerId !== this.ledgerId()) return null;
+    const i = tc.issuanceSeq === 0 ? GENESIS_HASH : this.q.hashAt.get(tc.issuanceSeq)?.entry_hash;
+    if (i !== undefined && i !== tc.issuanceHash) return `issuance seq ${tc.issuanceSeq}`;
+    const e = tc.eventSeq === 0 ? GENESIS_HASH : this.q.eventHashAt.get(tc.eventSeq)?.entry_hash;
+    if (e !== undefined && e !== tc.eventHash) return `event seq ${tc.eventSeq}`;
+    return null;
+  }
+
   checkAgainstToken(tc: TokenCheckpoint): string | null {
     const cp = this.q.checkpointN.get(tc.n);
     const where = `the token's newest checkpoint (n ${tc.n}, ${tc.at}, issuance seq ${tc.issuanceSeq}, event seq ${tc.eventSeq})`;

@@ -143,7 +143,14 @@ export async function perform(ctx: OperatorContext, req: OperatorRequest): Promi
     }
     case 'accept': {
       const h = ledger.heads();
-      const forgotten = ctx.tokenCheckpoint ? rowsLeftBehind(ledger.ledgerId(), h, ctx.tokenCheckpoint) : null;
+      const kept = ctx.tokenCheckpoint;
+      const branch = kept ? ledger.branchFromToken(kept) : null;
+      // Another branch of the ledger lacks what was written after the two parted, whatever its seqs say.
+      const forgotten = !kept
+        ? null
+        : branch
+          ? `the token's newest checkpoint (n ${kept.n}, ${kept.at}) vouches for ledger ${kept.ledgerId} up to issuance seq ${kept.issuanceSeq} and event seq ${kept.eventSeq}, and this file's ${branch} differs from it: the file is another branch of the ledger (an older copy, accepted and written to since), and the rows written after the two parted are not in it`
+          : rowsLeftBehind(ledger.ledgerId(), h, kept);
       if (forgotten && !req.forgetNewer) {
         throw new LineSignerError(
           'LEDGER',
