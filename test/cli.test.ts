@@ -75,6 +75,9 @@ test('a bad config gets one line naming the key', (t) => {
     check(`${text}\n[links]\nhttp = "${everywhere}"\n`, /links\.http: listens on every interface, the LAN included, and the HTTP link has no authentication/);
   }
   // Other short forms are refused for what they are, not as every interface.
+  for (const wide of ['０.０.０.０:8080', '0。0。0。0:8080', '１２７.１:8080']) {
+    check(`${text}\n[links]\nhttp = "${wide}"\n`, /links\.http: is ".*", not plain ASCII/);
+  }
   for (const odd of ['127.1:8080', '0177.0.0.1:8080', '2130706433:8080']) {
     check(`${text}\n[links]\nhttp = "${odd}"\n`, /links\.http: is [0-9.]+, an IPv4 address in a short, octal or hex form: write it as a plain dotted quad/);
   }

@@ -37,6 +37,8 @@ export const EVERY_INTERFACE =
 export function httpExposureProblem(listen: string): string | null {
   if (/^\d{1,5}$/.test(listen)) return null;
   const host = listen.replace(/:\d*$/, '').replace(/^\[(.*)\]$/, '$1');
+  // The resolver maps full-width digits and ideographic full stops to ASCII ("０.０.０.０" binds 0.0.0.0).
+  if (/[^\x21-\x7e]/.test(host)) return `is ${JSON.stringify(host)}, not plain ASCII, which the resolver may read as another address: write the address in ASCII digits and dots`;
   if (host === '' || host === '*' || /^[0:]+$/.test(host) || isEveryInterface(host)) return EVERY_INTERFACE;
   const canonicalQuad = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/.test(host);
   if (canonicalQuad) return host === '0.0.0.0' ? EVERY_INTERFACE : null;
