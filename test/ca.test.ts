@@ -149,7 +149,9 @@ test('ca show tells a missing PIN from a missing token, and exits non-zero when 
   t.is(ready.status, 0, ready.text);
   t.true(ready.json.ready);
   t.is(ready.json.pin.state, 'accepted');
-  t.regex(ready.text, /ready:\s+yes/);
+  t.regex(ready.text, /^ready:\s+yes$/m, 'logged in: the keys\' protection was read too');
+  // Without a login it says how far it could see: an extractable key once showed "ready: yes" here while serve refused it.
+  t.regex(run(s.configPath).text, /^ready:\s+yes, as far as can be seen without the PIN \(`ca show --check-pin` also reads whether the keys can leave the token/m);
 
   const noPin = run(variant(s.configPath, 'nopin.toml', (x) => x.replace(/pin_file = .*\n/, `pin_file = "${join(s.dir, 'absent-pin')}"\n`)));
   t.is(noPin.status, EXIT_TOKEN_PIN);

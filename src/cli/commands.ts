@@ -149,7 +149,9 @@ function showText(s: ReturnType<typeof caShow>): string {
       `token key:   ${s.local_ca.matches_token_key === null ? 'unknown' : s.local_ca.matches_token_key ? 'matches' : 'DOES NOT MATCH'}`,
     );
   }
-  lines.push(s.ready ? 'ready:       yes' : `ready:       NO`);
+  // Without a login the private keys' protection cannot be read, and serve refuses a key that can leave the token.
+  const unseen = s.pin.state === 'accepted' ? '' : ", as far as can be seen without the PIN (`ca show --check-pin` also reads whether the keys can leave the token, which serve checks)";
+  lines.push(s.ready ? `ready:       yes${unseen}` : `ready:       NO`);
   for (const p of s.problems) lines.push(`  problem: ${p}`);
   return lines.join('\n') + '\n';
 }
