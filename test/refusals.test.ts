@@ -183,7 +183,7 @@ test('requests that stay in the station together longer than the window count as
   t.deepEqual(lone, [true, false, false], 'the one right after them is not served as a lone one');
 });
 
-test('the proof of possession is made while (a lone request) or after (under load) the token signs: a forged CSR is still BAD_SIGNATURE before any later check and never issued, and for ten seconds after one the proof comes first again', async (t) => {
+test('the proof of possession is made after the token signs (inline for a lone request, in a checking worker under load): a forged CSR is still BAD_SIGNATURE before any later check and never issued, and for ten seconds after one the proof comes first again', async (t) => {
   const { s, signatures, skip, lone } = await countingStation();
   const GOOD = 6;
   t.teardown(() => s.close());
@@ -220,7 +220,7 @@ test('the proof of possession is made while (a lone request) or after (under loa
   skip(PROOF_FIRST_MS + 1);
   t.deepEqual(await round([corruptSignature(good())]), { codes: ['BAD_SIGNATURE'], signed: GOOD + 1 });
 
-  // A lone request makes the proof while the token signs: the same outcomes, one at a time.
+  // A lone request makes the proof inline after the token signs: the same outcomes, one at a time.
   const alone = async (csr: Uint8Array): Promise<{ code: string; signed: number }> => {
     const before = { issued: s.ledger.issuedCount(), signatures: signatures() };
     await quiet(); // right after the rounds above, the station still counts as busy

@@ -8,10 +8,10 @@
  * read-back of the whole certificate. Under load they run here, on the
  * other core.
  */
-import { createPublicKey, type KeyObject } from 'node:crypto';
+import { createPublicKey } from 'node:crypto';
 import { workerData } from 'node:worker_threads';
 import { serveRpc } from '../worker-rpc.js';
-import { finishCertificate, finishReadingKey, proveKeyPossession, type CertificateRequestFacts, type IssuerProfile } from '../x509/index.js';
+import { finishAndProve, finishCertificate, proveKeyPossession, type CertificateRequestFacts, type IssuerProfile } from '../x509/index.js';
 
 export type CheckRequest =
   | { id: number; op: 'ready' }
@@ -28,26 +28,6 @@ serveRpc<CheckRequest>(async (req) => {
     case 'prove':
       return proveKeyPossession(req.csr);
     case 'finish':
-      return req.csr ? finishAndProve(req.csr, req.tbs, req.signature, req.facts) : finishCertificate(req.tbs, req.signature, profile, caKey, req.facts);
+      return req.csr ? finishAndProve(req.tbs, req.signature, profile, caKey, req.facts, req.csr) : finishCertificate(req.tbs, req.signature, profile, caKey, req.facts);
   }
 });
-
-/**
- * The checks after the signature with the proof of possession left for
- * here. The proof is the earlier check, so its refusal comes first; it uses
- * the device key OpenSSL decoded in the read-back (the key block checked to
- * be the CSR's), which spares importing the key again (about a tenth of
- * this worker's time a certificate).
- */
-async function finishAndProve(csr: Uint8Array, tbs: Uint8Array, signature: Uint8Array, facts: CertificateRequestFacts): Promise<Uint8Array> {
-  let finished: { certificate: Uint8Array; key: KeyObject } | null = null;
-  let refusal: unknown = null;
-  try {
-    finished = finishReadingKey(tbs, signature, profile, caKey, facts);
-  } catch (err) {
-    refusal = err;
-  }
-  await proveKeyPossession(csr, finished ? { spki: facts.spki, key: finished.key } : undefined);
-  if (!finished) throw refusal;
-  return finished.certificate;
-}

@@ -23,6 +23,7 @@ import type { Signer } from '../token/signer.js';
 import {
   buildTbs,
   canonicalSpki,
+  finishAndProve,
   finishCertificate,
   csrDer,
   looksLikePem,
@@ -127,9 +128,9 @@ export class Station {
   /** The last moment two of those were in the station at once (performance.now()). */
   private overlappedAt = -Infinity;
   /**
-   * When a CSR's proof of possession last failed. The proof is made while
-   * or after the token signs (a lone request: here, during the signature;
-   * under load: with the checks after it, see finish); for a while after a
+   * When a CSR's proof of possession last failed. The proof is made after
+   * the token signs, with the checks (see finish: here for a lone request,
+   * in a checking worker under load); for a while after a
    * failed one it comes first again, so that a flood of forged CSRs costs
    * the token nothing (and a burst at most MAX_UNPROVEN signatures).
    */
@@ -267,12 +268,13 @@ export class Station {
   private async handleOne(req: SignRequest): Promise<SignResult> {
     let csrSha256: string | null = null;
     let deviceId: string | null = null;
-    // The proof of possession not made first (see finish): made here while the token signs when the
-    // request came alone, else sent with the checks after the signature to a checking worker.
+    // The proof of possession not made first: made with the checks after the signature (see finish),
+    // here when the request came alone, else in a checking worker.
     let proofLeft: ParsedCsr | null = null;
     let proofHere = false;
     let unproven = false; // counted in this.unproven
     let pastDecision = false; // counted in this.signing
+    let decidedAt = 0;
     const proven = (): void => {
       if (unproven) this.unproven--;
       unproven = false;
@@ -315,7 +317,8 @@ export class Station {
       refuseIf(this.decide(deviceId, publicKeySha256, now, req).refusal);
 
       pastDecision = true;
-      if (++this.signing > 1) this.overlappedAt = performance.now();
+      decidedAt = performance.now();
+      if (++this.signing > 1) this.overlappedAt = decidedAt;
       const serial = newSerial();
       const request = {
         serial,
@@ -325,21 +328,12 @@ export class Station {
         publicKeyBits: csr.publicKeyBits.slice(), // its own bytes: it may travel to the checking worker
       };
       const tbs = buildTbs(this.ca.profile, request);
-      const signing = this.sign(createHash(this.ca.profile.hash).update(tbs).digest());
-      if (proofLeft && proofHere) {
-        // A lone request: the proof is made here while the token signs on libuv's pool.
-        signing.catch(() => undefined); // dropped when the proof fails
-        const csrToProve = proofLeft;
-        proofLeft = null;
-        verifyCsrSignature(csrToProve, await csrPublicKey(csrToProve));
-        proven();
-      }
-      const signature = await signing;
+      const signature = await this.sign(createHash(this.ca.profile.hash).update(tbs).digest());
       // The token's signature checked, the certificate assembled, and read back by an independent parser, or nothing is issued.
       // From here the proof is finish's first step, whichever thread makes it.
       const proof = proofLeft;
       proofLeft = null;
-      const certificate = await this.finish(tbs, signature, request, proof);
+      const certificate = await this.finish(tbs, signature, request, proof, proofHere);
       proven();
 
       // Other requests ran while the token signed. Look again, at the ledger
@@ -376,7 +370,8 @@ export class Station {
     } finally {
       proven();
       // Leaving others on their way: they overlapped until now, however long ago they came.
-      if (pastDecision && this.signing-- > 1) this.overlappedAt = performance.now();
+      // So does the last of them to leave: the station was busy until then.
+      if (pastDecision && (this.signing-- > 1 || this.overlappedAt >= decidedAt)) this.overlappedAt = performance.now();
     }
   }
 
@@ -493,18 +488,20 @@ export class Station {
   /**
    * The checks after the token signed. A lone request makes them here; under
    * load the checking worker does (check-worker.ts), so that the thread that
-   * serves the links keeps to parsing and deciding. Under load the CSR's
-   * proof of possession waits until here and goes in the same call: one
-   * trip to a checking worker a certificate instead of two, which on two
-   * cores is worth more than the token signature it may waste on a CSR
+   * serves the links keeps to parsing and deciding. The CSR's proof of
+   * possession waits until here and goes with them (finishAndProve): under
+   * load one trip to a checking worker a certificate instead of two, and
+   * either way the device key OpenSSL read back is not imported again.
+   * That is worth more than the token signature it may waste on a CSR
    * whose proof then fails (that signature is dropped; nothing is issued).
    */
-  private async finish(tbs: Uint8Array, signature: Uint8Array, request: CertificateRequestFacts, proofLeft: ParsedCsr | null): Promise<Uint8Array> {
-    // A proof left for here came under load (a lone request proves while the token signs): it goes to a
-    // worker even if the request is alone by now.
-    const checker = proofLeft ? this.leastBusyChecker() : this.checker();
+  private async finish(tbs: Uint8Array, signature: Uint8Array, request: CertificateRequestFacts, proofLeft: ParsedCsr | null, proofHere: boolean): Promise<Uint8Array> {
+    // A proof left for a worker (the request came under load) goes to one even if the request is alone by now;
+    // a request that came alone goes to one too if others have come since.
+    const checker = proofLeft && !proofHere ? this.leastBusyChecker() : this.checker();
     try {
       if (checker) return await checker.call<Uint8Array>({ op: 'finish', tbs, signature, facts: request, csr: proofLeft ? ownBytes(proofLeft.der) : undefined });
+      if (proofLeft) return await finishAndProve(tbs, signature, this.ca.profile, this.caKey, request, proofLeft);
       return finishCertificate(tbs, signature, this.ca.profile, this.caKey, request);
     } catch (err) {
       // A signature that does not verify with the local-ca key is a token fault: the probe (HEAD /sign) says so too.

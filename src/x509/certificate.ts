@@ -10,6 +10,7 @@ import { LineSignerError } from '../errors.js';
 import { OID } from '../oids.js';
 import { serialText } from '../serial.js';
 import { der, oid, seq, tlv } from './asn1.js';
+import { proveKeyPossession, type ParsedCsr } from './csr.js';
 import { childrenOf, content, oidText, readTlv, whole, type Tlv } from './der-reader.js';
 
 /** What every certificate signed by one local-ca shares. */
@@ -276,6 +277,34 @@ function differenceFromBuilt(x: X509Certificate, certificate: Uint8Array, issuer
  */
 export function finishCertificate(tbs: Uint8Array, signature: Uint8Array, issuer: IssuerProfile, caKey: KeyObject, facts: CertificateRequestFacts): Uint8Array {
   return finishReadingKey(tbs, signature, issuer, caKey, facts).certificate;
+}
+
+/**
+ * finishCertificate with the CSR's proof of possession left for after the
+ * signature (a lone request makes it inline, a loaded station in a
+ * checking worker). The proof is the earlier check in the profile's order,
+ * so its refusal comes first; it uses the device key OpenSSL decoded in the
+ * read-back (the key block checked to be the CSR's), which spares
+ * importing the key again.
+ */
+export async function finishAndProve(
+  tbs: Uint8Array,
+  signature: Uint8Array,
+  issuer: IssuerProfile,
+  caKey: KeyObject,
+  facts: CertificateRequestFacts,
+  csr: Uint8Array | ParsedCsr,
+): Promise<Uint8Array> {
+  let finished: { certificate: Uint8Array; key: KeyObject } | null = null;
+  let refusal: unknown = null;
+  try {
+    finished = finishReadingKey(tbs, signature, issuer, caKey, facts);
+  } catch (err) {
+    refusal = err;
+  }
+  await proveKeyPossession(csr, finished ? { spki: facts.spki, key: finished.key } : undefined);
+  if (!finished) throw refusal;
+  return finished.certificate;
 }
 
 /** finishCertificate, also giving the device key as OpenSSL read it from the certificate. */

@@ -288,14 +288,15 @@ export function verifyCsrSignature(csr: ParsedCsr, key: KeyObject): void {
 }
 
 /**
- * Proof of possession from the CSR's bytes alone: parsed, its key imported
- * from the canonical encoding, its signature verified. What the station's
- * checking worker runs under load, so that the two OpenSSL steps (about a
- * third of a millisecond a CSR) leave the thread that serves the links.
- * `known`: the key as already decoded from the same key block, if any.
+ * Proof of possession: the CSR (its bytes, parsed here, or already parsed)
+ * signed by the key inside it, that key imported from the canonical
+ * encoding. What the station's checking worker runs under load, so that
+ * the two OpenSSL steps (about a third of a millisecond a CSR) leave the
+ * thread that serves the links. `known`: the key as already decoded from
+ * the same key block, if any.
  */
-export async function proveKeyPossession(der: Uint8Array, known?: { spki: Uint8Array; key: KeyObject }): Promise<void> {
-  const csr = parseCsr(der);
+export async function proveKeyPossession(request: Uint8Array | ParsedCsr, known?: { spki: Uint8Array; key: KeyObject }): Promise<void> {
+  const csr = request instanceof Uint8Array ? parseCsr(request) : request;
   // A key OpenSSL already decoded from this very key block (the certificate's read-back) is not imported again.
   const key = known && Buffer.compare(canonicalSpki(csr), known.spki) === 0 ? known.key : await csrPublicKey(csr);
   verifyCsrSignature(csr, key);

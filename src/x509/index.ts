@@ -3,6 +3,7 @@ export {
   buildTbs,
   assembleCertificate,
   finishCertificate,
+  finishAndProve,
   finishReadingKey,
   checkIssuedSignature,
   checkAssembled,
