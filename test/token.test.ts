@@ -2,7 +2,7 @@ import test from 'ava';
 import { createHash, verify } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import pkcs11js from 'pkcs11js';
-import { Pkcs11Token } from '../src/token/index.js';
+import { HoldGate, Pkcs11Token, WorkerSigner } from '../src/token/index.js';
 import { LineSignerError } from '../src/errors.js';
 import { PIN, SOFTHSM_MODULE, TOKEN_LABEL, testPki } from './helpers/pki.js';
 
@@ -96,4 +96,91 @@ test('a data object another process keeps replacing is always read: found, then 
   }
   t.is(await exited, 0, stderr);
   t.true(reads > 50, `only ${reads} reads overlapped the writer`);
+});
+
+test('a signature made holding the thread is made before the event loop runs again, and verifies', async (t) => {
+  const token = open();
+  t.teardown(() => token.close());
+  token.generateKey('held-test');
+  const signer = token.signer('held-test');
+  const digest = createHash('sha256').update('held').digest();
+  let ticked = false;
+  setImmediate(() => (ticked = true));
+  const sig = await signer.sign(digest, { hold: true });
+  t.false(ticked, 'nothing else ran while the token signed');
+  t.true(verify('sha256', Buffer.from('held'), signer.publicKey(), sig));
+});
+
+test('a held signature whose session died is retried on the pool, not held again: a token timing out holds the thread once', async (t) => {
+  const token = open();
+  t.teardown(() => token.close());
+  token.generateKey('held-retry-test');
+  const signer = token.signer('held-retry-test');
+  const digest = createHash('sha256').update('retry').digest();
+  const inner = token as unknown as { p11: pkcs11js.PKCS11; session: Buffer };
+  inner.p11.C_CloseSession(inner.session);
+  let ticked = false;
+  setImmediate(() => (ticked = true));
+  const sig = await signer.sign(digest, { hold: true });
+  t.true(ticked, 'the event loop ran while the retry signed');
+  t.true(verify('sha256', Buffer.from('retry'), signer.publicKey(), sig));
+});
+
+test('HoldGate: sixteen lone signatures in a row under the limit let the next hold the thread; one at or over it sends them back to the pool until sixteen more', (t) => {
+  const gate = new HoldGate(5, 16);
+  for (let i = 0; i < 15; i++) gate.record(0.3);
+  t.false(gate.allows);
+  gate.record(4.9);
+  t.true(gate.allows);
+  gate.record(5);
+  t.false(gate.allows, 'at the limit is slow');
+  for (let i = 0; i < 15; i++) gate.record(1);
+  t.false(gate.allows);
+  gate.record(1);
+  t.true(gate.allows);
+  gate.record(80);
+  t.false(gate.allows);
+});
+
+test('a lone signature holds the links thread only once the token has shown it signs fast, a token that turns slow holds it once at most, and a signature with others in flight never holds it', async (t) => {
+  const token = open();
+  t.teardown(() => token.close());
+  token.generateKey('hold-test');
+  const inner = token.signer('hold-test');
+  // The token's own signature, then as much time as `slowMs` says: held (the thread busy) or awaited.
+  let slowMs = 0;
+  const holds: boolean[] = [];
+  const nearby = {
+    async sign(digest: Uint8Array, hint?: { hold?: boolean }): Promise<Uint8Array> {
+      holds.push(hint?.hold === true);
+      const sig = await inner.sign(digest, hint);
+      if (slowMs > 0 && hint?.hold) for (const until = performance.now() + slowMs; performance.now() < until; );
+      else if (slowMs > 0) await new Promise((r) => setTimeout(r, slowMs));
+      return sig;
+    },
+  };
+  // A 200 ms limit, so that a loaded test machine does not make SoftHSM2 look slow.
+  const signer = new WorkerSigner({ module: SOFTHSM_MODULE, tokenLabel: TOKEN_LABEL, pin: PIN, keyLabel: 'hold-test' }, { spki: inner.publicKeySpki(), curve: 'P-256' }, nearby, 1, new HoldGate(200, 16));
+  t.teardown(() => signer.close());
+  const digest = createHash('sha256').update('hold').digest();
+  const lone = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) t.true(verify('sha256', Buffer.from('hold'), inner.publicKey(), await signer.sign(digest, { alone: true })));
+  };
+  await lone(16);
+  t.deepEqual(holds, Array(16).fill(false), 'the first sixteen on the pool');
+  await lone(2);
+  t.deepEqual(holds.slice(16), [true, true], 'then holding the thread');
+  slowMs = 250;
+  await lone(3);
+  t.deepEqual(holds.slice(18), [true, false, false], 'the token turned slow: held once, then on the pool');
+  slowMs = 0;
+  await lone(16);
+  t.true(holds.slice(21).every((h) => !h), 'sixteen fast ones again before the next holds');
+  await lone(1);
+  t.true(holds[37]);
+  // Two at once: the second is not alone, and goes to the signing worker, never through here.
+  const before = holds.length;
+  const both = await Promise.all([signer.sign(digest, { alone: true }), signer.sign(digest, { alone: true })]);
+  t.true(both.every((s) => verify('sha256', Buffer.from('hold'), inner.publicKey(), s)));
+  t.is(holds.length, before + 1, 'one of the two through this thread, the other through the worker');
 });

@@ -838,19 +838,21 @@ export class TokenSigner implements Signer {
     return this.key;
   }
 
-  sign(digest: Uint8Array): Promise<Uint8Array> {
+  /** `hold`: sign in the calling thread this once (see HoldGate), as a blocking signer always does. */
+  sign(digest: Uint8Array, hint?: { alone?: boolean; hold?: boolean }): Promise<Uint8Array> {
+    const blocking = this.blocking || hint?.hold === true;
     const run = this.tail.then(
-      () => this.signOnce(digest),
-      () => this.signOnce(digest),
+      () => this.signOnce(digest, blocking),
+      () => this.signOnce(digest, blocking),
     );
     this.tail = run.catch(() => undefined);
     return run;
   }
 
-  private async signOnce(digest: Uint8Array): Promise<Uint8Array> {
+  private async signOnce(digest: Uint8Array, blocking: boolean): Promise<Uint8Array> {
     try {
       if (this.infoEpoch !== this.token.epoch()) this.refind();
-      return rawEcdsaToDer(await this.token.signRaw(this.info, digest, this.blocking));
+      return rawEcdsaToDer(await this.token.signRaw(this.info, digest, blocking));
     } catch (err) {
       const code = ckr(err);
       // A session that could not even be opened (TOKEN_UNAVAILABLE) is a fault to recover from too; a refused PIN is not.
@@ -867,6 +869,8 @@ export class TokenSigner implements Signer {
         this.token.reinitialize();
       } else this.token.reopen();
       this.refind();
+      // Only a thread that does nothing but sign retries in place: a held signature that failed
+      // (a token timing out) must not hold the links' thread a second time.
       return rawEcdsaToDer(await this.token.signRaw(this.info, digest, this.blocking));
     } catch (err) {
       throw err instanceof LineSignerError ? err : tokenError('C_Sign', err);

@@ -6,13 +6,15 @@
  * on several sessions, 10 to 40 times a second each. A lone signature, with
  * nothing else in flight (the `alone` hint), goes through `nearby` instead when one is given:
  * this thread's own session, signing on libuv's pool, which spares it two
- * thread hops. A worker that dies fails the signs in flight with
+ * thread hops, or in this thread itself once the token has shown it signs
+ * in a few milliseconds (HoldGate), which spares it two more. A worker that dies fails the signs in flight with
  * TOKEN_UNAVAILABLE and is started again on the next sign.
  */
 import type { KeyObject } from 'node:crypto';
 import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
-import { shareModuleEpoch, type KeyInfo } from './pkcs11.js';
+import { HoldGate } from './hold-gate.js';
+import { shareModuleEpoch, type KeyInfo, type TokenSigner } from './pkcs11.js';
 import type { SignWorkerData } from './sign-worker.js';
 import { signerIdentity, type Signer } from './signer.js';
 
@@ -29,8 +31,10 @@ export class WorkerSigner implements Signer {
   constructor(
     data: SignWorkerData,
     private readonly info: Pick<KeyInfo, 'spki' | 'curve'>,
-    private readonly nearby?: Signer,
+    private readonly nearby?: Pick<TokenSigner, 'sign'>,
     sessions = 1,
+    /** When a lone signature may hold this thread (tests give their own limits). */
+    private readonly hold = new HoldGate(),
   ) {
     ({ hash: this.hash, signatureAlgorithm: this.signatureAlgorithm, key: this.key } = signerIdentity(info));
     this.rpcs = Array.from(
@@ -70,9 +74,11 @@ export class WorkerSigner implements Signer {
   sign(digest: Uint8Array, hint?: { alone?: boolean }): Promise<Uint8Array> {
     if (hint?.alone && this.nearby && !this.nearbyBroken && !this.nearbyBusy && this.rpcs.every((r) => r.idle)) {
       this.nearbyBusy = true;
-      return this.nearby.sign(digest).then(
+      const started = performance.now();
+      return this.nearby.sign(digest, { hold: this.hold.allows }).then(
         (sig) => {
           this.nearbyBusy = false;
+          this.hold.record(performance.now() - started);
           return sig;
         },
         (err) => {

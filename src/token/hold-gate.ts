@@ -1,0 +1,31 @@
+/**
+ * Whether a lone signature may be made on the links' thread itself,
+ * holding it, rather than on libuv's pool. On a two-core VM the pool's two
+ * thread hops (a sleeping pool thread woken, then the links' thread woken
+ * back) cost more than SoftHSM2's whole signature: in profile-onelink the
+ * wait was 0.5 to 1.1 ms against 0.25 to 0.34 ms made in place. A slow
+ * token (a USB HSM takes 25 to 100 ms a signature) must never hold the
+ * thread every link shares, so the thread is held only once the token's
+ * last `qualify` lone signatures each took under `limitMs`, the pool's hops
+ * included; one that takes longer, held or not, sends the signatures back
+ * to the pool until `qualify` more have been fast again. The worst a token
+ * that turns slow can do is hold the thread for one signature.
+ */
+export class HoldGate {
+  private fastInARow = 0;
+
+  constructor(
+    private readonly limitMs = 5,
+    private readonly qualify = 16,
+  ) {}
+
+  /** The next lone signature may hold the thread. */
+  get allows(): boolean {
+    return this.fastInARow >= this.qualify;
+  }
+
+  /** A lone signature took `ms`, from the call to its answer. */
+  record(ms: number): void {
+    this.fastInARow = ms < this.limitMs ? this.fastInARow + 1 : 0;
+  }
+}
