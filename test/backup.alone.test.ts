@@ -59,29 +59,38 @@ test('a backup taken while a jig provisions verifies, holds everything committed
     }
   })();
   await new Promise((r) => setTimeout(r, 300));
-  const committedBefore = s.ledger.issuedCount();
-  // PINGs from here to the end of the backup: the time it runs, and the command's own start.
-  const dest = join(s.dir, 'backup.db');
+  // PINGs from here to the end of the backups: the time they run, and each command's own start.
   // The request goes over the serving station's control channel, as `line-signer ledger backup` sends it; sent
   // from here, so that starting a CLI process (a core's worth of Node start-up) is not counted as the backup's cost.
   rtts.length = 0;
   // Whether a slow PING waited on this process's thread (the station's links and the jig) or elsewhere (socat, the kernel).
   const loopDelay = monitorEventLoopDelay({ resolution: 1 });
   loopDelay.enable();
-  const b = (await callOwner(s.config.station.ledger, { op: 'backup', dest, operator: 'nina' }))!.result as { dest: string; bytes: number; ms: number };
+  // Three backups, one after another: one runs for about 150 ms, 30 PINGs, whose p99 was their slowest
+  // one, so a single stall of the VM decided the test; three give a p99 that is a p99.
+  const backups: Array<{ dest: string; bytes: number; ms: number; committedBefore: number }> = [];
+  for (let i = 0; i < 3; i++) {
+    const dest = join(s.dir, `backup-${i}.db`);
+    const committedBefore = s.ledger.issuedCount();
+    const b = (await callOwner(s.config.station.ledger, { op: 'backup', dest, operator: 'nina' }))!.result as { dest: string; bytes: number; ms: number };
+    t.is(b.dest, dest);
+    backups.push({ ...b, committedBefore });
+  }
   loopDelay.disable();
-  t.is(b.dest, dest);
   measuring = false;
   stop = true;
   await Promise.all([provisioning, pinging]);
-  const copy = new SqliteLedger(dest, s.config.station.id, { readonly: true });
-  const copied = copy.issuedCount();
-  copy.close();
-  t.true(copied >= committedBefore, `${copied} >= ${committedBefore}`);
-  const v = await cliAsync(['ledger', 'verify', '--config', s.configPath, '--ledger', dest]);
+  for (const b of backups) {
+    const copy = new SqliteLedger(b.dest, s.config.station.id, { readonly: true });
+    const copied = copy.issuedCount();
+    copy.close();
+    t.true(copied >= b.committedBefore, `${copied} >= ${b.committedBefore}`);
+  }
+  const v = await cliAsync(['ledger', 'verify', '--config', s.configPath, '--ledger', backups[2]!.dest]);
   t.is(v.status, 0, v.stderr);
+  const b = backups[2]!;
   rtts.sort((a, b) => a - b);
   const p99 = rtts[Math.floor(rtts.length * 0.99)]!;
-  t.log(`backup: ${b.bytes} bytes in ${Math.round(b.ms)} ms; ${rtts.length} PINGs meanwhile, p50 ${rtts[Math.floor(rtts.length / 2)]!.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms; this thread's longest wait ${(loopDelay.max / 1e6).toFixed(1)} ms`);
+  t.log(`backup: ${b.bytes} bytes in ${backups.map((x) => Math.round(x.ms)).join(', ')} ms; ${rtts.length} PINGs meanwhile, p50 ${rtts[Math.floor(rtts.length / 2)]!.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms; this thread's longest wait ${(loopDelay.max / 1e6).toFixed(1)} ms`);
   t.true(p99 < 20, `PING p99 ${p99.toFixed(1)} ms`);
 });
