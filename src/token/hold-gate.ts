@@ -9,7 +9,9 @@
  * last `qualify` lone signatures each took under `limitMs`, the pool's hops
  * included; one that takes longer, held or not, sends the signatures back
  * to the pool until `qualify` more have been fast again. The worst a token
- * that turns slow can do is hold the thread for one signature.
+ * that turns slow can do is hold the thread for one signature each time it
+ * does (a held one that fails is retried on the pool: TokenSigner.signOnce).
+ * Signatures made by the signing worker under load are not counted.
  */
 export class HoldGate {
   private fastInARow = 0;
