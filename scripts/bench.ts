@@ -61,7 +61,7 @@ const say = (label: string, value: string): void => {
 };
 
 console.log(`line-signer benchmark: node ${process.version}, ${(await import('node:os')).cpus().length} cores, SoftHSM2`);
-const { dir, config } = await benchStation();
+const { dir, config } = await benchStation('', { keep: true });
 const device = () => makeDeviceCsr({ deviceId: randomUUID(), factory: config.station.factory, production: true }).der;
 
 // (a) raw token signatures

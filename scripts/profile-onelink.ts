@@ -6,9 +6,10 @@
  * With each round, where that time went (medians), timed at the station's
  * seams without touching its code: the link (frame in, reply out), the
  * station before the token (parse, checks, decision, TBS), the token's
- * signature (the signing call, the CSR's proof made meanwhile), the checks
- * after it (the rest of the proof, the signature's check, assembly,
- * OpenSSL's read-back), the durable commit, and what follows it.
+ * signature (the signing call; code before this script's first stop made
+ * the CSR's proof meanwhile), the checks after it (the proof, the
+ * signature's check, assembly, OpenSSL's read-back), the durable commit,
+ * and what follows it.
  *   node --single-threaded-gc --min-semi-space-size=16 dist/scripts/profile-onelink.js [requests] [rounds]
  */
 import { spawn } from 'node:child_process';
@@ -80,7 +81,7 @@ for (let r = 0; r < rounds; r++) {
   console.log(`one link: ${fmt(rate)} certificates/s; station time p50 ${fmt(pct(s, 50), 2)} ms, p99 ${fmt(pct(s, 99), 2)} ms, max ${fmt(s[s.length - 1]!, 1)} ms`);
   const median = (a: number[]): string => fmt(pct([...a].sort((x, y) => x - y), 50), 2);
   console.log(
-    `  medians: link ${median(phases.link)}, before the token ${median(phases.before)}, token signature (proof meanwhile) ${median(phases.token)}, checks and read-back ${median(phases.after)}, commit ${median(phases.commit)}, after the commit ${median(phases.reply)} ms`,
+    `  medians: link ${median(phases.link)}, before the token ${median(phases.before)}, token signature ${median(phases.token)}, proof, checks and read-back ${median(phases.after)}, commit ${median(phases.commit)}, after the commit ${median(phases.reply)} ms`,
   );
 }
 await link.stop();
