@@ -3,7 +3,7 @@
  * holding it, rather than on libuv's pool. On a two-core VM the pool's two
  * thread hops (a sleeping pool thread woken, then the links' thread woken
  * back) cost more than SoftHSM2's whole signature: in profile-onelink the
- * wait was 0.5 to 1.1 ms against 0.25 to 0.34 ms made in place. A slow
+ * wait was 0.64 to 1.34 ms against 0.24 to 0.37 ms made in place. A slow
  * token (a USB HSM takes 25 to 100 ms a signature) must never hold the
  * thread every link shares, so the thread is held only once the token's
  * last `qualify` lone signatures each took under `limitMs`, the pool's hops
