@@ -18,7 +18,7 @@ import { FACTORY, makeOpensslRoot, reserveStationTokens, signCaCsrWithOpenssl, t
 import { revoke as revokeDevice, stationWithBatches } from './helpers/batches.js';
 import { batchFileName, exportBatch } from '../src/export/index.js';
 
-reserveStationTokens(48);
+reserveStationTokens(52);
 
 const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
 
@@ -48,6 +48,20 @@ function appendForgedEvent(db: Database.Database, kind: string, deviceId: string
   );
   return { seq: e.seq, at: e.at };
 }
+
+test('a [station] ledger naming a file that is not there, on a station whose token vouches for a ledger: serve refuses, says the path is wrong or the ledger lost, and does not suggest accepting the empty file first', async (t) => {
+  const s = await stopped(3);
+  const elsewhere = join(s.dir, 'typo', 'ledgr.db');
+  mkdirSync(join(s.dir, 'typo'));
+  const configPath = join(s.dir, 'station-typo.toml');
+  writeFileSync(configPath, readFileSync(s.configPath, 'utf8').replace(/^ledger = .*$/m, `ledger = "${elsewhere}"`));
+  const serve = cli(['serve', '--config', configPath, '--spool', s.stick, '--json']);
+  t.not(serve.status, 0);
+  t.regex(serve.stderr, /^ERROR LEDGER not serving: .*ledgr\.db holds nothing \(a new ledger, made because no file was there\), but the token's newest checkpoint .* vouches for ledger [0-9a-f]{32} of station .*, up to issuance seq 3: \[station\] ledger names the wrong file, or that ledger was lost\. Point \[station\] ledger at it, or restore it from a backup there .*only to start over without its records, `line-signer ledger accept --forget-newer --reason R` takes this empty one$/m);
+  // The station's own ledger is untouched and still serves.
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 0, v.stderr);
+});
 
 test('a ledger whose id was changed, rows and checkpoints deleted, is caught; serve refuses it until an operator accepts it', async (t) => {
   const s = await stopped(6);

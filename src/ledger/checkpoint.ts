@@ -192,6 +192,17 @@ export function ledgerTokenProblem(ledger: LedgerFacts, kept: TokenCheckpoint | 
     return n > 0 ? `${path} has ${n} signed checkpoints, but the token keeps none for station ${stationId}: the token object was removed, or this is another token${fix}` : null;
   }
   if (kept.ledgerId !== ledger.ledgerId()) {
+    // A file with nothing in it was most likely made just now, at a path where no ledger was: a mistyped
+    // [station] ledger, or a lost one. Accepting it is the last thing to suggest.
+    const h = ledger.heads();
+    if (h.issuanceSeq === 0 && h.eventSeq === 0) {
+      return (
+        `${path} holds nothing (a new ledger, made because no file was there), but the token's newest checkpoint (${kept.n}, ${kept.at}) vouches for ` +
+        `ledger ${kept.ledgerId} of station ${stationId}, up to issuance seq ${kept.issuanceSeq}: [station] ledger names the wrong file, or that ledger was lost. ` +
+        `Point [station] ledger at it, or restore it from a backup there (\`line-signer ledger accept --reason R\` takes the restored copy); ` +
+        `only to start over without its records, \`line-signer ledger accept --forget-newer --reason R\` takes this empty one`
+      );
+    }
     return `${path} (ledger id ${ledger.ledgerId()}) is not the ledger the token last checkpointed for station ${stationId} (ledger id ${kept.ledgerId}, checkpoint ${kept.n}, ${kept.at})${fix}`;
   }
   const behind = ledger.checkAgainstToken(kept);
