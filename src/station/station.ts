@@ -27,14 +27,13 @@ import {
   finishCertificate,
   csrDer,
   looksLikePem,
-  csrPublicKey,
   newSerial,
   notAfterFor,
   parseCsr,
+  proveKeyPossession,
   signatureTwin,
   pemEncode,
   serialHex,
-  verifyCsrSignature,
   ATTRIBUTE_NAMES,
   type CertificateRequestFacts,
   type IssuerProfile,
@@ -515,7 +514,7 @@ export class Station {
   private async prove(csr: ParsedCsr): Promise<void> {
     const checker = this.checker();
     if (checker) return checker.call<void>({ op: 'prove', csr: ownBytes(csr.der) });
-    verifyCsrSignature(csr, await csrPublicKey(csr));
+    return proveKeyPossession(csr);
   }
 
   /** The refusal of a CSR whose proof of possession fails (BAD_SIGNATURE, or POLICY_KEY for a point off its curve), or null when it holds. */

@@ -4,7 +4,6 @@ export {
   assembleCertificate,
   finishCertificate,
   finishAndProve,
-  finishReadingKey,
   checkIssuedSignature,
   checkAssembled,
   newSerial,
