@@ -49,18 +49,54 @@ function appendForgedEvent(db: Database.Database, kind: string, deviceId: string
   return { seq: e.seq, at: e.at };
 }
 
-test('a [station] ledger naming a file that is not there, on a station whose token vouches for a ledger: serve refuses, says the path is wrong or the ledger lost, and does not suggest accepting the empty file first', async (t) => {
+test('a [station] ledger naming a file that is not there, on a station whose token vouches for a ledger: serve, sign, export and operator commands refuse and leave nothing at the path; accept --forget-newer starts over there', async (t) => {
   const s = await stopped(3);
-  const elsewhere = join(s.dir, 'typo', 'ledgr.db');
-  mkdirSync(join(s.dir, 'typo'));
+  const typo = join(s.dir, 'typo');
+  const elsewhere = join(typo, 'ledgr.db');
+  mkdirSync(typo);
   const configPath = join(s.dir, 'station-typo.toml');
   writeFileSync(configPath, readFileSync(s.configPath, 'utf8').replace(/^ledger = .*$/m, `ledger = "${elsewhere}"`));
+  const why = String.raw`no ledger at .*ledgr\.db, but the token's newest checkpoint .* vouches for ledger [0-9a-f]{32} of station .*, up to issuance seq 3: \[station\] ledger names the wrong file, or that ledger was lost\. Point \[station\] ledger at it, or restore it from a backup there .*only to start over without its records, \`line-signer ledger accept --forget-newer --reason R\` makes a new, empty ledger there$`;
   const serve = cli(['serve', '--config', configPath, '--spool', s.stick, '--json']);
   t.not(serve.status, 0);
-  t.regex(serve.stderr, /^ERROR LEDGER not serving: .*ledgr\.db holds nothing \(a new ledger, made because no file was there\), but the token's newest checkpoint .* vouches for ledger [0-9a-f]{32} of station .*, up to issuance seq 3: \[station\] ledger names the wrong file, or that ledger was lost\. Point \[station\] ledger at it, or restore it from a backup there .*only to start over without its records, `line-signer ledger accept --forget-newer --reason R` takes this empty one$/m);
+  t.regex(serve.stderr, new RegExp(`^ERROR LEDGER not serving: ${why}`, 'm'));
+  const csrFile = join(s.dir, 'one.csr');
+  writeFileSync(csrFile, csr());
+  const sign = cli(['sign', csrFile, '--config', configPath]);
+  t.not(sign.status, 0);
+  t.regex(sign.stderr, new RegExp(`^ERROR LEDGER not signed: ${why}`, 'm'));
+  const exp = cli(['export', '--config', configPath, '--out', join(s.dir, 'out')]);
+  t.not(exp.status, 0);
+  t.regex(exp.stderr, new RegExp(`^ERROR LEDGER nothing exported: ${why}`, 'm'));
+  const order = cli(['order', 'open', 'WO-1', '--quantity', '1', '--config', configPath]);
+  t.not(order.status, 0);
+  t.regex(order.stderr, new RegExp(`^ERROR LEDGER nothing written: ${why}`, 'm'));
+  const accept = cli(['ledger', 'accept', '--config', configPath, '--reason', 'mistyped', '--operator', 'ana']);
+  t.not(accept.status, 0);
+  t.regex(accept.stderr, new RegExp(`^ERROR LEDGER nothing written: ${why}`, 'm'));
+  // Reading commands say so too, and make nothing either.
+  const verify = cli(['ledger', 'verify', '--config', configPath]);
+  t.not(verify.status, 0);
+  t.regex(verify.stderr, new RegExp(`^ERROR LEDGER ${why}`, 'm'));
+  const log = cli(['log', '--config', configPath]);
+  t.not(log.status, 0);
+  t.regex(log.stderr, /^ERROR LEDGER no ledger at .*ledgr\.db: a new station makes it at its first serve or sign; if this station has issued, \[station\] ledger names the wrong file, or the file was moved or deleted$/m);
+  const status = cli(['status', '--config', configPath]);
+  t.regex(status.stdout, /WARNING NO LEDGER at .*ledgr\.db/);
+  // Nothing was made at the mistyped path: no empty ledger, no lock or owner file.
+  t.deepEqual(readdirSync(typo), []);
   // The station's own ledger is untouched and still serves.
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(v.status, 0, v.stderr);
+  // Starting over at the new path is an operator's recorded choice, and then the station signs there.
+  const over = cli(['ledger', 'accept', '--forget-newer', '--config', configPath, '--reason', 'the old ledger was lost with its disk', '--operator', 'ana']);
+  t.is(over.status, 0, over.stderr);
+  t.regex(over.stdout, /^WARNING forgotten, as --forget-newer asked: .*all 3 issuances/m);
+  t.true(existsSync(elsewhere));
+  const signed = cli(['sign', csrFile, '--config', configPath]);
+  t.is(signed.status, 0, signed.stderr);
+  const trail = cli(['log', '--config', configPath, '--json']).stdout.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; operator: string });
+  t.true(trail.some((r) => r.kind === 'ledger_accept' && r.operator === 'ana'));
 });
 
 test('a ledger whose id was changed, rows and checkpoints deleted, is caught; serve refuses it until an operator accepts it', async (t) => {

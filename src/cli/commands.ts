@@ -14,7 +14,7 @@ import type { SignResult } from '../station/index.js';
 import { caCsr, caDemo, caImport, caInit, caInitToken, caShow, openStation, stationKeyInit, stationStatus, verifyLedger } from '../station/index.js';
 import { printJson } from './output.js';
 import { checkClientText, printable, TEXT_LIMITS } from '../text.js';
-import { cliLink, operatorName } from '../operator/index.js';
+import { cliLink, operatorName, refuseMissingLedger } from '../operator/index.js';
 import { acceptCommand, allowReissueCommand, backupCommand, revokeCommand } from './operator-commands.js';
 
 export interface GlobalArgs {
@@ -165,6 +165,7 @@ export async function signCommand(args: GlobalArgs & { csr: string; out?: string
   const operator = operatorName(cfg, args.operator);
   // A serving station owns the ledger: it signs. Else this process takes the ledger for the one CSR.
   // A station that is starting holds the lock before its socket listens: it is asked again while this waits.
+  refuseMissingLedger(cfg, 'not signed');
   let remote: { result: unknown } | undefined;
   const lock = await LedgerLock.wait(
     cfg.station.ledger,

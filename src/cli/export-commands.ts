@@ -6,7 +6,7 @@ import { LineSignerError } from '../errors.js';
 import { exportBatch, sync, verifyBatches, type ExportResult } from '../export/index.js';
 import { callOwner } from '../operator/control.js';
 import { LedgerLock } from '../ledger/index.js';
-import { operatorName, withOwnedLedger } from '../operator/index.js';
+import { operatorName, refuseMissingLedger, withOwnedLedger } from '../operator/index.js';
 import { printable } from '../text.js';
 
 function bar(label: string): cliProgress.SingleBar | null {
@@ -24,6 +24,7 @@ export async function exportCommand(args: { config?: string; out: string; batch?
   // A serving station owns the ledger: it exports (the batch is recorded by the ledger's one writer).
   // A station that is starting holds the lock before its socket listens: it is asked again while this waits.
   const waiting = (holder: string): void => void process.stderr.write(`waiting for the ledger: it is held by ${holder}\n`);
+  refuseMissingLedger(config, 'nothing exported');
   let remote: { result: unknown } | undefined;
   const lock = await LedgerLock.wait(config.station.ledger, 'export', 60_000, waiting, async () => (remote = await callOwner(config.station.ledger, { op: 'export', outDir, batch: args.batch, operator })) !== undefined);
   let result: ExportResult | null;

@@ -10,6 +10,7 @@
  * restoring an older copy of the file is caught too.
  */
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { LineSignerError } from '../errors.js';
 
 export interface Heads {
@@ -173,6 +174,22 @@ export interface LedgerFacts {
   lastCheckpoint(): { n: number } | undefined;
   /** The first few events after `eventSeq` that only an operator action writes. */
   operatorEventsAfter(eventSeq: number): Array<{ seq: number; kind: string }>;
+}
+
+/**
+ * A [station] ledger that names no file, on a station whose token vouches
+ * for a ledger: the path is mistyped or the ledger was lost. Null when a
+ * file is there or the token vouches for none (a first start makes it).
+ * Asked before the lock is taken, so a refusal leaves nothing at the path.
+ */
+export function missingLedgerProblem(path: string, kept: TokenCheckpoint | null, stationId: string): string | null {
+  if (!kept || existsSync(path)) return null;
+  return (
+    `no ledger at ${path}, but the token's newest checkpoint (${kept.n}, ${kept.at}) vouches for ` +
+    `ledger ${kept.ledgerId} of station ${stationId}, up to issuance seq ${kept.issuanceSeq}: [station] ledger names the wrong file, or that ledger was lost. ` +
+    `Point [station] ledger at it, or restore it from a backup there (\`line-signer ledger accept --reason R\` takes the restored copy); ` +
+    `only to start over without its records, \`line-signer ledger accept --forget-newer --reason R\` makes a new, empty ledger there`
+  );
 }
 
 /**

@@ -26,7 +26,7 @@ export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type Even
 export { ThreadedLedger } from './threaded.js';
 export type { ProjectionProblem } from './projections.js';
 export { LedgerLock, leaseLabel, leaseProblem, leaseValue, realLedgerPath } from './lock.js';
-export { checkpointLabel, closesLedger, ledgerTokenProblem, stationIdProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
+export { checkpointLabel, closesLedger, ledgerTokenProblem, missingLedgerProblem, stationIdProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
 export interface NewIssuance {
   serial: string;
@@ -509,6 +509,7 @@ export class SqliteLedger implements Ledger {
     try {
       this.db = new Database(path, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
     } catch (err) {
+      if (opts.readonly && !existsSync(path)) throw new LineSignerError('LEDGER', `no ledger at ${path}: a new station makes it at its first serve or sign; if this station has issued, [station] ledger names the wrong file, or the file was moved or deleted`);
       const why = whyNotWritable(path);
       throw new LineSignerError('LEDGER', `cannot open ledger ${path}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
     }

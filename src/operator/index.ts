@@ -13,7 +13,7 @@ import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, notALedgerProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order, type TokenCheckpoint } from '../ledger/index.js';
+import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, missingLedgerProblem, notALedgerProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order, type TokenCheckpoint } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
 import { checkClientText, clipMessage, TEXT_LIMITS } from '../text.js';
@@ -201,10 +201,33 @@ export async function operate<T>(config: StationConfig, req: OperatorRequest, on
   if (req.op === 'backup' && !isAbsolute(req.dest)) req = { ...req, dest: resolve(req.dest) };
   // The serving station does it, if one serves; else this process takes the lock. A station that is
   // starting holds the lock before its socket listens: keep asking it while waiting for the lock.
+  // A start over (accept --forget-newer) may make a ledger where none is; nothing else may.
+  if (!(req.op === 'accept' && req.forgetNewer)) refuseMissingLedger(config);
   let remote: { result: unknown } | undefined;
   const lock = await LedgerLock.wait(config.station.ledger, req.op, 60_000, onWait, async () => (remote = await callOwner(config.station.ledger, req)) !== undefined);
   if (!lock) return remote!.result as T;
-  return withOwnedLedger(config, req.op, onWait, (ctx) => perform(ctx, req), lock) as Promise<T>;
+  return withOwnedLedger(config, req.op, onWait, (ctx) => perform(ctx, req), lock, { startOver: req.op === 'accept' && req.forgetNewer === true }) as Promise<T>;
+}
+
+function openOperatorToken(config: StationConfig): Pkcs11Token {
+  return Pkcs11Token.open({ module: config.token.module, tokenLabel: config.token.token_label, pin: readPin(config.token), softhsm2Conf: config.token.softhsm2_conf });
+}
+
+/**
+ * Before the lock is taken: a [station] ledger naming no file, on a
+ * station whose token vouches for a ledger, is refused with nothing made
+ * at the path (see missingLedgerProblem).
+ */
+export function refuseMissingLedger(config: StationConfig, prefix = 'nothing written'): void {
+  if (existsSync(config.station.ledger)) return;
+  const token = openOperatorToken(config);
+  let problem: string | null;
+  try {
+    problem = missingLedgerProblem(config.station.ledger, tokenCheckpoint((l) => token.readData(l), config.station.id), config.station.id);
+  } finally {
+    token.close();
+  }
+  if (problem) throw new LineSignerError('LEDGER', `${prefix}: ${problem}`);
 }
 
 /** Takes the ledger's lock, opens it and the token for checkpoints, runs `work`, and lets go. */
@@ -214,17 +237,20 @@ export async function withOwnedLedger<T>(
   onWait: ((holder: string) => void) | undefined,
   work: (ctx: OperatorContext) => Promise<T>,
   held?: LedgerLock,
+  /** accept --forget-newer: a missing file is made anew instead of refused. */
+  opts: { startOver?: boolean } = {},
 ): Promise<T> {
   const lock = held ?? (await LedgerLock.wait(config.station.ledger, command, 60_000, onWait));
   try {
     // Accept takes a file someone put there: opening it read-write would make any file a ledger first.
-    const notLedger = command === 'accept' ? notALedgerProblem(config.station.ledger) : null;
+    const startOver = command === 'accept' && opts.startOver === true && !existsSync(config.station.ledger);
+    const notLedger = command === 'accept' && !startOver ? notALedgerProblem(config.station.ledger) : null;
     if (notLedger) throw new LineSignerError('LEDGER', `nothing to accept: ${notLedger} (the path [station] ledger names); put the ledger's copy there first`);
     const ledger = new SqliteLedger(config.station.ledger, config.station.id);
     // One login per operator action: the token vouches for the file before anything is written, and signs after.
     let token: Pkcs11Token | null = null;
     try {
-      const t = Pkcs11Token.open({ module: config.token.module, tokenLabel: config.token.token_label, pin: readPin(config.token), softhsm2Conf: config.token.softhsm2_conf });
+      const t = openOperatorToken(config);
       token = t;
       const kept = tokenCheckpoint((l) => t.readData(l), config.station.id);
       // accept takes a file the token does not vouch for; never one of another station id.

@@ -24,7 +24,7 @@ import {
   makeSelfSignedCertificate,
 } from '../x509/index.js';
 import { AmbiguousTokenError, Pkcs11Token } from '../token/index.js';
-import { openToken, readCertificateFile } from './open.js';
+import { openToken, readCertificateFile, refuseMissingLedger } from './open.js';
 
 /**
  * The token for an admin command, logged in. "No token" gets the next step
@@ -158,6 +158,7 @@ export function caImport(config: StationConfig, file: string, opts: ImportOption
   const der = certificateDer(new Uint8Array(bytes), file);
   const rootDer = readCertificateFile(config.ca.root, 'factory root');
   // The import is recorded in the ledger: this process must own it (a serving station has loaded the old local-ca anyway).
+  refuseMissingLedger(config, 'not imported');
   const lock = LedgerLock.tryAcquire(config.station.ledger, 'ca import');
   if (!lock) {
     LedgerLock.acquire(config.station.ledger, 'ca import'); // throws LEDGER_BUSY naming the holder

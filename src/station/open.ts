@@ -5,11 +5,11 @@
  * factory root, and the ledger.
  */
 import { availableParallelism } from 'node:os';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { chainProblemText, leaseLabel, leaseProblem, leaseValue, ledgerTokenProblem, LedgerLock, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
+import { chainProblemText, leaseLabel, leaseProblem, leaseValue, ledgerTokenProblem, LedgerLock, missingLedgerProblem, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
 import { Checkpointer } from './checkpointer.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { Pkcs11Token, WorkerSigner } from '../token/index.js';
@@ -65,6 +65,24 @@ export function openToken(config: StationConfig): Pkcs11Token {
   });
 }
 
+/**
+ * Before the lock is taken and the file made: a [station] ledger naming no
+ * file, on a station whose token vouches for a ledger, is refused with
+ * nothing left at the path (a mistyped path once got an empty ledger and
+ * its lock file there).
+ */
+export function refuseMissingLedger(config: StationConfig, prefix: string): void {
+  if (existsSync(config.station.ledger)) return;
+  const token = openToken(config);
+  let problem: string | null;
+  try {
+    problem = missingLedgerProblem(config.station.ledger, tokenCheckpoint((l) => token.readData(l), config.station.id), config.station.id);
+  } finally {
+    token.close();
+  }
+  if (problem) throw new LineSignerError('LEDGER', `${prefix}: ${problem}`);
+}
+
 export interface OpenStation {
   station: Station;
   ledger: ThreadedLedger;
@@ -115,6 +133,7 @@ export interface OpenOptions {
  * another, so neither a token signature nor a disk flush holds up a link.
  */
 export async function openStation(config: StationConfig, opts: OpenOptions = {}): Promise<OpenStation> {
+  if ((opts.lock ?? 'take') === 'take') refuseMissingLedger(config, 'not serving');
   const lock = (opts.lock ?? 'take') === 'take' ? await LedgerLock.acquireChecked(config.station.ledger, opts.command ?? 'serve') : null;
   try {
     return await openOwned(config, opts, lock);

@@ -21,6 +21,7 @@ import {
   GENESIS_HASH,
   issuanceHash,
   ledgerTokenProblem,
+  missingLedgerProblem,
   shapeProblemsOfFile,
   splitHashes,
   SqliteLedger,
@@ -112,6 +113,9 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
   }
 
   const path = opts.file ?? config.station.ledger;
+  // A missing ledger on a station whose token vouches for one: say which ledger to look for.
+  const missing = opts.file === undefined ? missingLedgerProblem(path, kept, config.station.id) : null;
+  if (missing) throw new LineSignerError('LEDGER', missing);
   let ledger: SqliteLedger;
   try {
     ledger = new SqliteLedger(path, config.station.id, { readonly: true });
