@@ -6,7 +6,7 @@ import { request } from 'node:http';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
-import { BIN } from './helpers/cli.js';
+import { BIN, cliAsync } from './helpers/cli.js';
 import { TestJig } from './helpers/jig.js';
 import { FACTORY, testStation, uuid } from './helpers/pki.js';
 import { ptyPair } from './helpers/pty.js';
@@ -74,4 +74,40 @@ test('a link that cannot start stops serve with its code, and the station is clo
   t.deepEqual(kinds, ['stop', 'start'], 'the start has its stop');
   const left = readdirSync(dirname(s.config.station.ledger)).filter((f) => f.endsWith('.sock') || f.endsWith('.owner'));
   t.deepEqual(left, []);
+});
+
+test("serve's log shows each action that came through its control channel, done or refused, with who did it", async (t) => {
+  const s = await testStation();
+  await s.close();
+  const stick = join(s.dir, 'stick');
+  mkdirSync(stick, { recursive: true });
+  const child = spawn(process.execPath, [BIN, 'serve', '--config', s.configPath, '--spool', stick, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  t.teardown(() => child.kill('SIGKILL'));
+  await waitFor(() => out.includes('"msg":"serving"'), 15_000);
+  const logs = (): Array<Record<string, unknown>> => out.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+
+  const opened = await cliAsync(['order', 'open', 'WO-7', '--quantity', '2', '--operator', 'ana', '--config', s.configPath]);
+  t.is(opened.status, 0, opened.stderr);
+  const refused = await cliAsync(['ledger', 'revoke', 'no-such-device', '--reason', 'line 3 swapped the board', '--operator', 'bo', '--config', s.configPath]);
+  t.not(refused.status, 0);
+  const csrFile = join(s.dir, 'by-hand.csr');
+  const deviceId = uuid();
+  writeFileSync(csrFile, makeDeviceCsr({ deviceId, factory: FACTORY, production: true }).der);
+  const signed = await cliAsync(['sign', csrFile, '--operator', 'cy', '--config', s.configPath]);
+  t.is(signed.status, 0, signed.stderr);
+  await waitFor(() => logs().filter((l) => typeof l.op === 'string').length >= 3, 10_000);
+
+  const actions = logs().filter((l) => typeof l.op === 'string');
+  t.deepEqual(actions.map((l) => [l.op, l.operator]), [['order-open', 'ana'], ['revoke', 'bo'], ['sign', 'cy']]);
+  t.regex(String(actions[0]!.msg), /^ana opened work order WO-7: 0 of 2; opened \S+ by ana; open$/);
+  t.regex(String(actions[1]!.msg), /^bo: revoke refused: [A-Z_]+ .*no-such-device/);
+  t.is(actions[1]!.code, /^ERROR ([A-Z_]+) /m.exec(refused.stderr)?.[1]);
+  t.regex(String(actions[2]!.msg), new RegExp(`^cy signed device ${deviceId} by hand$`));
+
+  child.kill('SIGTERM');
+  t.is(await exited, 0);
 });

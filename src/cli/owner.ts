@@ -5,11 +5,11 @@
  * socket is private to the service user, but a request is still input.
  */
 import type { StationConfig } from '../config/index.js';
-import { LineSignerError } from '../errors.js';
+import { asLineSignerError, LineSignerError } from '../errors.js';
 import { exportBatch } from '../export/index.js';
 import { SqliteLedger, type NewEvent } from '../ledger/index.js';
 import { ControlServer } from '../operator/control.js';
-import { cliLink, perform, type OperatorRequest } from '../operator/index.js';
+import { actionSummary, cliLink, perform, type OperatorRequest } from '../operator/index.js';
 import type { OpenStation } from '../station/index.js';
 import { checkClientText, TEXT_LIMITS } from '../text.js';
 
@@ -63,8 +63,15 @@ export function ownerRequest(raw: unknown): OwnerRequest {
   }
 }
 
+/**
+ * What the serving station shows of a request that came through its
+ * control channel: an operator's action or a certificate signed by hand,
+ * done or refused. `fields` are for the JSON log.
+ */
+export type ControlNotice = (line: string, fields: Record<string, unknown>) => void;
+
 /** Serves the control channel for a station that owns its ledger; returns the server to close at stop. */
-export function serveControl(config: StationConfig, open: OpenStation): Promise<ControlServer> {
+export function serveControl(config: StationConfig, open: OpenStation, notice: ControlNotice = () => undefined): Promise<ControlServer> {
   const ledger = new SqliteLedger(config.station.ledger, config.station.id);
   const ctx = {
     config,
@@ -81,17 +88,24 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
       }
     },
   };
-  return ControlServer.listen(config.station.ledger, async (raw) => {
-    const req = ownerRequest(raw);
+  const handle = async (req: ReturnType<typeof ownerRequest>): Promise<unknown> => {
     switch (req.op) {
-      case 'sign':
-        return open.station.handle({ csr: new Uint8Array(Buffer.from(req.csr, 'base64')), link: cliLink(req.operator), hardwareId: req.hardwareId, name: req.name });
+      case 'sign': {
+        const who = req.operator ?? 'someone';
+        const r = await open.station.handle({ csr: new Uint8Array(Buffer.from(req.csr, 'base64')), link: cliLink(req.operator), hardwareId: req.hardwareId, name: req.name });
+        if (r.ok) notice(`${who} signed device ${r.deviceId} by hand${r.replayed ? ' (its certificate again)' : ''}`, { op: 'sign', operator: who, deviceId: r.deviceId });
+        else notice(`${who} signing by hand refused: ${r.code} ${r.message}`, { op: 'sign', operator: who, code: r.code });
+        return r;
+      }
       case 'export': {
         // Edits made while it serves must not reach a signed batch (and sync) before the next start refuses them.
         await open.ledger.checkBeforeExport();
         const bound = open.ledger.exportBound();
         const r = await open.ledger.whileDiskBusy(() => exportBatch(config, { outDir: req.outDir, batch: req.batch, operator: req.operator, upTo: bound.upTo, beforeRecord: bound.stillOwn }));
         await open.checkpointer.take('export');
+        const who = req.operator ?? 'someone';
+        if (r) notice(`${who} exported batch ${r.number} (${r.issuances} issuances, ${r.revocations} revocations${r.rewritten ? ', written again' : ''}) to ${r.path}`, { op: 'export', operator: who, batch: r.number });
+        else notice(`${who} exported nothing: no issuance or revocation since the last batch`, { op: 'export', operator: who });
         return r;
       }
       case 'health':
@@ -99,8 +113,23 @@ export function serveControl(config: StationConfig, open: OpenStation): Promise<
       default: {
         const result = await perform(ctx, req);
         open.station.invalidate();
+        notice(actionSummary(req, result), { op: req.op, operator: req.operator });
         return result;
       }
+    }
+  };
+  return ControlServer.listen(config.station.ledger, async (raw) => {
+    const req = ownerRequest(raw);
+    try {
+      return await handle(req);
+    } catch (err) {
+      // A refused action is shown too: who tried what, and why not (the ledger records only what was done).
+      if (req.op !== 'health') {
+        const e = asLineSignerError(err);
+        const who = req.operator ?? 'someone';
+        notice(`${who}: ${req.op} refused: ${e.code} ${e.message}`, { op: req.op, operator: who, code: e.code });
+      }
+      throw err;
     }
   }).then((server) => {
     const close = server.close.bind(server);

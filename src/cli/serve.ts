@@ -47,7 +47,7 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
     process.stdout.isTTY && !args.json
       ? liveView(`line-signer serve: station ${config.station.id}, factory ${config.station.factory}`, () => links.map((l) => l.status), stationBanner(config, open))
       : jsonView();
-  const control = await serveControl(config, open);
+  const control = await serveControl(config, open, (line, fields) => view?.info(line, fields));
   try {
     await runner.start();
   } catch (err) {

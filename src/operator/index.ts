@@ -318,6 +318,32 @@ export function orderSummary(o: Order): string {
   return `${o.id}: ${o.issued} of ${o.quantity}${o.hardwareId ? `, hardware id ${o.hardwareId}` : ''}; opened ${o.openedAt} by ${o.operator}; ${state}`;
 }
 
+/**
+ * One line for what an operator's action did, as a serving station shows
+ * it on its live view and in its log (the technician at the station sees
+ * an order opened from another shell). Client text in it is shown through
+ * printable() by the view.
+ */
+export function actionSummary(req: OperatorRequest, result: unknown): string {
+  const who = req.operator;
+  switch (req.op) {
+    case 'order-open':
+      return `${who} opened work order ${orderSummary(result as Order)}`;
+    case 'order-close':
+      return `${who} closed work order ${orderSummary(result as Order)}`;
+    case 'allow-reissue':
+      return `${who} allowed device ${req.device} one certificate for a new key: ${req.reason}`;
+    case 'revoke':
+      return `${who} revoked device ${(result as { device: string }).device}: ${req.reason}`;
+    case 'clock-confirm':
+      return `${who} confirmed the clock as ${(result as { at: string }).at}: ${req.reason}`;
+    case 'backup':
+      return `${who} backed the ledger up to ${req.dest}`;
+    case 'accept':
+      return `${who} accepted the ledger: ${req.reason}`;
+  }
+}
+
 export function usage(message: string): never {
   throw new LineSignerError('USAGE', message);
 }
