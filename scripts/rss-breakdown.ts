@@ -5,7 +5,9 @@
  * anonymous mappings under 1 MB are the isolates' heaps (the links' thread's
  * own is printed beside them); run it under MALLOC_ARENA_MAX=1 and "[heap]"
  * is all of malloc (SQLite's page caches, OpenSSL's objects).
- *   MALLOC_ARENA_MAX=1 node --single-threaded-gc --expose-gc dist/scripts/rss-breakdown.js [issuances]
+ * `every` marks more often; the process's thread count shows when a
+ * checking worker's successor runs beside it (one thread more).
+ *   MALLOC_ARENA_MAX=1 node --single-threaded-gc --expose-gc dist/scripts/rss-breakdown.js [issuances] [every]
  */
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -31,13 +33,15 @@ function breakdown(): Record<string, number> {
 }
 
 const K = Number(process.argv[2] ?? 37_000);
+const every = Number(process.argv[3] ?? 9000);
+const threads = (): string => /Threads:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '?';
 const { config } = await benchStation();
 const open = await openStation(config);
 const mark = (done: number): void => {
   (globalThis as { gc?: () => void }).gc?.();
   const m = process.memoryUsage();
   const parts = Object.entries(breakdown()).map(([k, v]) => `${k} ${v}`).join(', ');
-  console.log(`${fmt(done).padStart(7)}: RSS ${fmt(m.rss / 2 ** 20)} MB (links' thread heap ${fmt(m.heapTotal / 2 ** 20)}; ${parts})`);
+  console.log(`${fmt(done).padStart(7)}: ${threads()} threads, RSS ${fmt(m.rss / 2 ** 20)} MB (links' thread heap ${fmt(m.heapTotal / 2 ** 20)}; ${parts})`);
 };
 for (let done = 0; done < K; ) {
   const chunk = Array.from({ length: Math.min(done === 0 ? 1000 : 2000, K - done) }, () => makeDeviceCsr({ deviceId: randomUUID(), factory: config.station.factory, production: true }).der);
@@ -47,6 +51,7 @@ for (let done = 0; done < K; ) {
     if (!r.ok) throw new Error(`rss-breakdown: ${r.message}`);
   });
   done += chunk.length;
-  if (done === 1000 || done % 9000 === 0) mark(done);
+  // Chunks end at 1,000 + 2,000 k: mark at the first chunk end at or past each multiple of `every`.
+  if (done === 1000 || Math.floor(done / every) > Math.floor((done - chunk.length) / every) || done === K) mark(done);
 }
 await open.close();
