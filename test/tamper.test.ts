@@ -18,7 +18,7 @@ import { FACTORY, makeOpensslRoot, reserveStationTokens, signCaCsrWithOpenssl, t
 import { revoke as revokeDevice, stationWithBatches } from './helpers/batches.js';
 import { batchFileName, exportBatch } from '../src/export/index.js';
 
-reserveStationTokens(52);
+reserveStationTokens(56);
 
 const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
 
@@ -73,7 +73,7 @@ test('a [station] ledger naming a file that is not there, on a station whose tok
   t.regex(order.stderr, new RegExp(`^ERROR LEDGER nothing written: ${why}`, 'm'));
   const accept = cli(['ledger', 'accept', '--config', configPath, '--reason', 'mistyped', '--operator', 'ana']);
   t.not(accept.status, 0);
-  t.regex(accept.stderr, new RegExp(`^ERROR LEDGER nothing written: ${why}`, 'm'));
+  t.regex(accept.stderr, /^ERROR LEDGER nothing to accept: no file at .*ledgr\.db \(the path \[station\] ledger names\); put the ledger's copy there first$/m);
   // Reading commands say so too, and make nothing either.
   const verify = cli(['ledger', 'verify', '--config', configPath]);
   t.not(verify.status, 0);
@@ -88,6 +88,13 @@ test('a [station] ledger naming a file that is not there, on a station whose tok
   // The station's own ledger is untouched and still serves.
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(v.status, 0, v.stderr);
+  // Not while a station serves the real one: the token's lease names it; still nothing made at the path.
+  const live = await openStation(loadConfig(s.configPath));
+  const busy = await cliAsync(['ledger', 'accept', '--forget-newer', '--config', configPath, '--reason', 'mistyped', '--operator', 'ana']);
+  await live.close();
+  t.not(busy.status, 0);
+  t.regex(busy.stderr, /^ERROR LEDGER_BUSY nothing written: /m);
+  t.deepEqual(readdirSync(typo), []);
   // Starting over at the new path is an operator's recorded choice, and then the station signs there.
   const over = cli(['ledger', 'accept', '--forget-newer', '--config', configPath, '--reason', 'the old ledger was lost with its disk', '--operator', 'ana']);
   t.is(over.status, 0, over.stderr);
@@ -406,8 +413,11 @@ test('a ledger folder the command cannot write: the message names the path, the 
   const s = await stopped(0);
   const mnt = join(s.dir, 'ro');
   mkdirSync(mnt);
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,ro', 'tmpfs', mnt]);
+  // The station's own ledger on a disk mounted read-only (a missing one is refused before: see the first test).
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
   t.teardown(() => execFileSync('umount', ['-l', mnt]));
+  copyFileSync(s.ledger, join(mnt, 'ledger.db'));
+  execFileSync('mount', ['-o', 'remount,ro', mnt]);
   const cfg = join(s.dir, 'ro.toml');
   writeFileSync(cfg, readFileSync(s.configPath, 'utf8').replace('ledger = "ledger.db"', 'ledger = "ro/ledger.db"'));
   const r = cli(['order', 'open', 'WO-1', '--quantity', '1', '--config', cfg]);
@@ -711,4 +721,72 @@ test('a row appended after the serving station checked the file for an export an
   mkdirSync(stick);
   await t.throwsAsync(exportBatch(s.config, { outDir: stick, upTo: bound.upTo, beforeRecord: bound.stillOwn }), { message: new RegExp(`event seq ${e.seq} is not a row this station wrote`) });
   t.deepEqual(readdirSync(stick), [], 'no batch file');
+});
+
+test('ca import checks the file as every owner does: a trigger planted to run inside its event, a row edited below the head, a second name for the file; nothing installed, nothing checkpointed', async (t) => {
+  const p = testPki();
+  const { s } = await stationWithBatches([2]);
+  await s.close();
+  const renewed = signCaCsrWithOpenssl(await caCsr(s.config), s.dir, { key: p.rootKey, pem: p.rootPem });
+  const localCa = readFileSync(s.config.ca.certificate, 'utf8');
+  const checkpoints = (): number => {
+    const db = new Database(s.config.station.ledger, { readonly: true });
+    try {
+      return (db.prepare('SELECT count(*) AS n FROM checkpoints').get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  };
+  const before = checkpoints();
+  const importIt = () => cli(['ca', 'import', renewed, '--replace', '--config', s.configPath]);
+
+  sql(s.config.station.ledger, "CREATE TRIGGER forge AFTER INSERT ON events WHEN NEW.kind = 'ca_import' BEGIN DELETE FROM revoked; END");
+  const trigger = importIt();
+  t.not(trigger.status, 0);
+  t.regex(trigger.stderr, /^ERROR LEDGER nothing installed: .*trigger forge/m);
+  sql(s.config.station.ledger, 'DROP TRIGGER forge');
+
+  const db = new Database(s.config.station.ledger);
+  const original = (db.prepare('SELECT hardware_id FROM issuances WHERE seq = 1').get() as { hardware_id: string }).hardware_id;
+  db.prepare("UPDATE issuances SET hardware_id = 'changed' WHERE seq = 1").run();
+  db.close();
+  const edited = importIt();
+  t.not(edited.status, 0);
+  t.regex(edited.stderr, /^ERROR LEDGER nothing installed: issuance seq 1 does not match the ledger's hash chain/m);
+  sql(s.config.station.ledger, `UPDATE issuances SET hardware_id = '${original}' WHERE seq = 1`);
+
+  const second = join(s.dir, 'second-name.db');
+  linkSync(s.config.station.ledger, second);
+  const linked = importIt();
+  t.not(linked.status, 0);
+  t.regex(linked.stderr, /^ERROR LEDGER .* has 2 names \(hard links\)/m);
+  rmSync(second);
+
+  t.is(readFileSync(s.config.ca.certificate, 'utf8'), localCa, 'the local-ca is not replaced');
+  t.is(checkpoints(), before, 'no checkpoint signed what was there');
+  const ok = importIt();
+  t.is(ok.status, 0, ok.stderr);
+});
+
+test('the batches table is checked before an export with no station serving: a deleted row does not make a second batch 1, a stretched range does not leave a revocation out', async (t) => {
+  const { s, devices } = await stationWithBatches([2]);
+  await s.close();
+  const out = join(s.dir, 'out');
+  mkdirSync(out);
+  sql(s.config.station.ledger, 'DELETE FROM batches');
+  const deleted = cli(['export', '--out', out, '--config', s.configPath]);
+  t.not(deleted.status, 0);
+  t.regex(deleted.stderr, /^ERROR EXPORT .*batches "1": the chain records its export, but its row in the batches table is gone.*nothing exported$/m);
+  t.deepEqual(readdirSync(out), []);
+
+  const again = await stationWithBatches([1]);
+  await again.s.close();
+  const r = cli(['ledger', 'revoke', again.devices[0]!, '--reason', 'stolen', '--config', again.s.configPath]);
+  t.is(r.status, 0, r.stderr);
+  sql(again.s.config.station.ledger, 'UPDATE batches SET last_event_seq = (SELECT max(seq) FROM events) WHERE number = 1');
+  const stretched = cli(['export', '--out', out, '--config', again.s.configPath]);
+  t.not(stretched.status, 0);
+  t.regex(stretched.stderr, /^ERROR EXPORT .*batches "1": .*do not end before its export event.*nothing exported$/m);
+  t.deepEqual(readdirSync(out), []);
+  t.is(devices.length, 2);
 });

@@ -15,7 +15,7 @@ import { nameSkeleton, nameTakenMessage, quote } from '../text.js';
 import { whyNotWritable } from '../files.js';
 import { checkpointStatement, sha256, type Checkpoint, type Heads, type TokenCheckpoint } from './checkpoint.js';
 import { MIGRATIONS } from './schema.js';
-import { projectionProblems, replayBase, type ProjectionProblem } from './projections.js';
+import { batchProblems, projectionProblems, replayBase, type ProjectionProblem } from './projections.js';
 import { shapeProblems, type ShapeProblem } from './shape.js';
 export { shapeProblemsOfFile, type ShapeProblem } from './shape.js';
 
@@ -25,7 +25,7 @@ const PAGE_CACHE_KIB = 500;
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
 export type { ProjectionProblem } from './projections.js';
-export { LedgerLock, leaseLabel, leaseProblem, leaseValue, realLedgerPath } from './lock.js';
+export { LedgerLock, leaseLabel, leaseProblem, leaseValue, realLedgerPath, refuseHardLinked } from './lock.js';
 export { checkpointLabel, closesLedger, ledgerTokenProblem, missingLedgerProblem, stationIdProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
 export interface NewIssuance {
@@ -218,6 +218,36 @@ export function notALedgerProblem(path: string): string | null {
 }
 
 /** A chain problem as a refusal to write says it. */
+/**
+ * The file's own checks before a process writes it as the ledger's owner
+ * (after the token's and the lease's): a trigger or a changed table (it
+ * would run inside the owner's own writes, and the token would then sign
+ * what it wrote), a row changed below the chain's head (it kept its stored
+ * hash), and a table kept beside the events (orders, revocations, grants,
+ * the clock, batches) edited to differ from them. `history: false` (ledger
+ * accept, which takes a file as it is) checks the shape only. The first
+ * problem, as text naming the file, or null.
+ */
+export function ownedLedgerProblem(
+  ledger: { shapeProblems(opts: { values: boolean }): ShapeProblem[]; verifyChain(): ChainProblem | null; projectionProblems(): ProjectionProblem[] },
+  path: string,
+  opts: { history?: boolean } = {},
+): { kind: 'shape' | 'chain' | 'table'; text: string } | null {
+  const more = (n: number): string => (n > 1 ? ` (and ${n - 1} more)` : '');
+  const reshaped = ledger.shapeProblems({ values: false });
+  if (reshaped.length > 0) {
+    return { kind: 'shape', text: `${path}: ${reshaped[0]!.what}: ${reshaped[0]!.reason}${more(reshaped.length)}; the file was changed outside line-signer. \`line-signer ledger verify\` lists every difference` };
+  }
+  if (opts.history === false) return null;
+  const broken = ledger.verifyChain();
+  if (broken) return { kind: 'chain', text: chainProblemText(path, broken) };
+  const edited = ledger.projectionProblems();
+  if (edited.length > 0) {
+    return { kind: 'table', text: `${path}: ${edited[0]!.table} ${quote(String(edited[0]!.key))}: ${edited[0]!.reason}${more(edited.length)}; the table was edited outside line-signer. \`line-signer ledger verify\` lists every difference` };
+  }
+  return null;
+}
+
 export function chainProblemText(path: string, p: ChainProblem): string {
   return `${p.table === 'issuances' ? 'issuance' : 'event'} seq ${p.seq} does not match the ledger's hash chain (${p.reason}): ${path} was changed outside line-signer; \`line-signer ledger verify\` lists every difference`;
 }
@@ -1139,6 +1169,11 @@ export class SqliteLedger implements Ledger {
   }
 
   /** The policy state tables against the events they project (projections.ts). */
+  /** The batches table against its export events (part of projectionProblems too). */
+  batchProblems(): ProjectionProblem[] {
+    return batchProblems(this.db);
+  }
+
   projectionProblems(): ProjectionProblem[] {
     return projectionProblems(this.db);
   }
@@ -1407,6 +1442,26 @@ export class SqliteLedger implements Ledger {
       replays: this.q.replays.get()!.n,
       lastIssuance: last ? toIssuance(last) : undefined,
     };
+  }
+
+  /**
+   * A copy of the ledger as this connection sees it, into `dest` (which
+   * must not exist): the file this connection opened, even after its path
+   * was deleted or another file was moved over it.
+   */
+  async copyTo(dest: string): Promise<void> {
+    if (existsSync(dest)) throw new LineSignerError('LEDGER', `${dest} exists; a copy never overwrites a file`);
+    await this.db.backup(dest);
+  }
+
+  /**
+   * Writes the WAL into the file this connection opened and empties it. At
+   * a stop after the file was deleted or moved, SQLite leaves its WAL at the
+   * path (it does not delete a moved file's WAL); a file moved in there
+   * would take those pages as its own.
+   */
+  emptyWal(): void {
+    this.db.pragma('wal_checkpoint(TRUNCATE)');
   }
 
   close(): void {

@@ -59,7 +59,7 @@ function inodeOf(path: string): number | null {
  * nowhere, a corrupted file). A symlink resolves to the same path; a hard
  * link does not, so none is accepted.
  */
-function refuseHardLinked(ledger: string): void {
+export function refuseHardLinked(ledger: string): void {
   let links: number;
   try {
     const st = statSync(ledger);

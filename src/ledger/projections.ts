@@ -17,7 +17,7 @@
 import type Database from 'better-sqlite3';
 
 export interface ProjectionProblem {
-  table: 'orders' | 'revoked' | 'reissue_grants' | 'settings';
+  table: 'orders' | 'revoked' | 'reissue_grants' | 'settings' | 'batches';
   key: string;
   reason: string;
 }
@@ -42,8 +42,53 @@ export function replayBase(db: Database.Database): string {
   return JSON.stringify({ revoked, grants });
 }
 
-export function projectionProblems(db: Database.Database): ProjectionProblem[] {
+/**
+ * The batches table against the export events that recorded each batch:
+ * contiguous, each as its event says, its events ending before that event.
+ * Export reads where the next batch starts from this table, which no hash
+ * covers: a row deleted made a second "batch 1", a range stretched past a
+ * revocation left the revocation out of every batch.
+ */
+export function batchProblems(db: Database.Database): ProjectionProblem[] {
   const problems: ProjectionProblem[] = [];
+  const exports = new Map<number, { message: string; seq: number }>();
+  for (const e of db.prepare<[], { seq: number; message: string | null }>("SELECT seq, message FROM events WHERE kind = 'export' ORDER BY seq").all()) {
+    const m = /^batch (\d+): /.exec(e.message ?? '');
+    if (m) exports.set(Number(m[1]), { message: e.message!, seq: e.seq });
+  }
+  const rows = db
+    .prepare<[], { number: number; first_seq: number; last_seq: number; first_event_seq: number; last_event_seq: number; file_sha256: string }>(
+      'SELECT number, first_seq, last_seq, first_event_seq, last_event_seq, file_sha256 FROM batches ORDER BY number',
+    )
+    .all();
+  let prev: (typeof rows)[number] | null = null;
+  for (const b of rows) {
+    const key = String(b.number);
+    if (b.number !== (prev?.number ?? 0) + 1) problems.push({ table: 'batches', key, reason: `batch ${(prev?.number ?? 0) + 1} is missing` });
+    if (b.first_seq !== (prev?.last_seq ?? 0) + 1) problems.push({ table: 'batches', key, reason: `its issuances start at seq ${b.first_seq}, not right after the previous batch` });
+    if (b.first_event_seq !== (prev?.last_event_seq ?? 0) + 1) problems.push({ table: 'batches', key, reason: 'its events do not start right after the previous batch' });
+    const said = exports.get(b.number);
+    if (!said) problems.push({ table: 'batches', key, reason: 'no export event records it' });
+    else {
+      const base = `batch ${b.number}: seq ${b.first_seq}-${b.last_seq}, sha256 ${b.file_sha256}`;
+      // Batches from this version on also name their certificates line's SHA-256.
+      const same = said.message === base || (said.message.startsWith(base) && /^, certificates sha256 [0-9a-f]{64}$/.test(said.message.slice(base.length)));
+      if (!same) problems.push({ table: 'batches', key, reason: 'differs from its export event (range or file hash changed)' });
+      // Its events end before the export event that recorded it: a range stretched past it would skip
+      // later events (a revocation) from every batch.
+      if (b.last_event_seq >= said.seq || b.first_event_seq > b.last_event_seq + 1) {
+        problems.push({ table: 'batches', key, reason: `its events (seq ${b.first_event_seq}-${b.last_event_seq}) do not end before its export event (seq ${said.seq})` });
+      }
+    }
+    prev = b;
+    exports.delete(b.number);
+  }
+  for (const n of exports.keys()) problems.push({ table: 'batches', key: String(n), reason: 'the chain records its export, but its row in the batches table is gone' });
+  return problems;
+}
+
+export function projectionProblems(db: Database.Database): ProjectionProblem[] {
+  const problems: ProjectionProblem[] = batchProblems(db);
   const events = db
     .prepare<[], EventRow>("SELECT seq, at, kind, device_id, message, operator FROM events WHERE kind IN ('order_open', 'order_close', 'revocation', 'reissue_granted', 'reissue_used', 'replay_base', 'clock_confirm') ORDER BY seq")
     .all();

@@ -13,6 +13,7 @@
  * every issuance goes through recordIssuance here, and a revocation or a
  * re-issue grant needs an issuance of the device first.
  */
+import { statSync, type Stats } from 'node:fs';
 import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { nameSkeleton, quote } from '../text.js';
@@ -46,6 +47,8 @@ export class ThreadedLedger implements Ledger {
   private newestCheckpoint: (Heads & { n: number }) | null = null;
   /** Why the file is no longer this station's alone, once found: sticky, nothing more is issued or checkpointed. */
   private foreign: string | null = null;
+  /** The file the path named when the start accepted it (acceptFile). */
+  private identity: { dev: number; ino: number } | null = null;
   /** Large files being written beside the ledger now (whileDiskBusy). */
   private bulkWrites = 0;
   /** Until then (performance.now()) no commit flushes on this thread: the disk was slow or busy. */
@@ -204,9 +207,42 @@ export class ThreadedLedger implements Ledger {
 
   /** Everything in the file now is what a start checked and accepted: from here on, rows are this station's or foreign. */
   acceptFile(): void {
+    const st = statSync(this.path);
+    this.identity = { dev: st.dev, ino: st.ino };
     this.vouched = this.reader.heads();
     const last = this.reader.lastCheckpoint();
     this.newestCheckpoint = last ? { n: last.n, issuanceSeq: last.issuanceSeq, issuanceHash: last.issuanceHash, eventSeq: last.eventSeq, eventHash: last.eventHash } : null;
+  }
+
+  /**
+   * Whether the path still names the file this station opened, or why not:
+   * the file deleted (its connections go on writing a file no path names,
+   * lost at the stop), or another moved over it (the operator's commands
+   * and a backup, which open the path, would read and write that one).
+   * Null before acceptFile().
+   */
+  fileProblem(): string | null {
+    if (!this.identity) return null;
+    let st: Stats;
+    try {
+      st = statSync(this.path);
+    } catch {
+      return `the ledger file ${this.path} was deleted while this station had it open`;
+    }
+    if (st.dev !== this.identity.dev || st.ino !== this.identity.ino) return `the ledger file ${this.path} was replaced by another file while this station had it open (a file moved or copied over it)`;
+    return null;
+  }
+
+  /**
+   * The ledger as this station wrote it, into `dest` (see SqliteLedger.copyTo);
+   * then its WAL is emptied into the file it opened (see SqliteLedger.emptyWal).
+   */
+  async saveTo(dest: string): Promise<void> {
+    try {
+      await this.reader.copyTo(dest);
+    } finally {
+      this.reader.emptyWal();
+    }
   }
 
   /** Throws when the file holds what this station did not write (foreignWrites); sticky. */

@@ -13,7 +13,7 @@ import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { chainProblemText, leaseProblem, LedgerLock, ledgerTokenProblem, missingLedgerProblem, notALedgerProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order, type TokenCheckpoint } from '../ledger/index.js';
+import { leaseProblem, LedgerLock, ledgerTokenProblem, missingLedgerProblem, notALedgerProblem, ownedLedgerProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order, type TokenCheckpoint } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
 import { checkClientText, clipMessage, TEXT_LIMITS } from '../text.js';
@@ -201,8 +201,16 @@ export async function operate<T>(config: StationConfig, req: OperatorRequest, on
   if (req.op === 'backup' && !isAbsolute(req.dest)) req = { ...req, dest: resolve(req.dest) };
   // The serving station does it, if one serves; else this process takes the lock. A station that is
   // starting holds the lock before its socket listens: keep asking it while waiting for the lock.
-  // A start over (accept --forget-newer) may make a ledger where none is; nothing else may.
-  if (!(req.op === 'accept' && req.forgetNewer)) refuseMissingLedger(config);
+  // Only a start over (accept --forget-newer) makes a ledger where none is, and not at a path other than
+  // the one a serving station holds (the lease): nothing is made there, not even the lock file.
+  if (req.op !== 'accept') refuseMissingLedger(config);
+  else if (!req.forgetNewer && !existsSync(config.station.ledger)) throw nothingToAccept(notALedgerProblem(config.station.ledger)!);
+  else if (req.forgetNewer && !existsSync(config.station.ledger)) {
+    refuseBeforeLock(config, (t) => {
+      const busy = leaseProblem((l) => t.readData(l), config.station.id, config.station.ledger);
+      return busy ? new LineSignerError('LEDGER_BUSY', `nothing written: ${busy}`) : null;
+    });
+  }
   let remote: { result: unknown } | undefined;
   const lock = await LedgerLock.wait(config.station.ledger, req.op, 60_000, onWait, async () => (remote = await callOwner(config.station.ledger, req)) !== undefined);
   if (!lock) return remote!.result as T;
@@ -220,14 +228,26 @@ function openOperatorToken(config: StationConfig): Pkcs11Token {
  */
 export function refuseMissingLedger(config: StationConfig, prefix = 'nothing written'): void {
   if (existsSync(config.station.ledger)) return;
+  refuseBeforeLock(config, (t) => {
+    const problem = missingLedgerProblem(config.station.ledger, tokenCheckpoint((l) => t.readData(l), config.station.id), config.station.id);
+    return problem ? new LineSignerError('LEDGER', `${prefix}: ${problem}`) : null;
+  });
+}
+
+function nothingToAccept(problem: string): LineSignerError {
+  return new LineSignerError('LEDGER', `nothing to accept: ${problem} (the path [station] ledger names); put the ledger's copy there first`);
+}
+
+/** What the token says before anything is made at the ledger's path: `check`'s refusal, thrown. */
+function refuseBeforeLock(config: StationConfig, check: (token: Pkcs11Token) => LineSignerError | null): void {
   const token = openOperatorToken(config);
-  let problem: string | null;
+  let refusal: LineSignerError | null;
   try {
-    problem = missingLedgerProblem(config.station.ledger, tokenCheckpoint((l) => token.readData(l), config.station.id), config.station.id);
+    refusal = check(token);
   } finally {
     token.close();
   }
-  if (problem) throw new LineSignerError('LEDGER', `${prefix}: ${problem}`);
+  if (refusal) throw refusal;
 }
 
 /** Takes the ledger's lock, opens it and the token for checkpoints, runs `work`, and lets go. */
@@ -245,7 +265,7 @@ export async function withOwnedLedger<T>(
     // Accept takes a file someone put there: opening it read-write would make any file a ledger first.
     const startOver = command === 'accept' && opts.startOver === true && !existsSync(config.station.ledger);
     const notLedger = command === 'accept' && !startOver ? notALedgerProblem(config.station.ledger) : null;
-    if (notLedger) throw new LineSignerError('LEDGER', `nothing to accept: ${notLedger} (the path [station] ledger names); put the ledger's copy there first`);
+    if (notLedger) throw nothingToAccept(notLedger);
     const ledger = new SqliteLedger(config.station.ledger, config.station.id);
     // One login per operator action: the token vouches for the file before anything is written, and signs after.
     let token: Pkcs11Token | null = null;
@@ -258,14 +278,12 @@ export async function withOwnedLedger<T>(
       if (problem) throw new LineSignerError('LEDGER', `nothing written: ${problem}`);
       const busy = leaseProblem((l) => t.readData(l), config.station.id, config.station.ledger);
       if (busy) throw new LineSignerError('LEDGER_BUSY', `nothing written: ${busy}`);
-      // A trigger in the file would run inside this command's own writes (an order's quantity rewritten as it opens).
-      const reshaped = ledger.shapeProblems({ values: false });
-      if (reshaped.length > 0) {
-        throw new LineSignerError('LEDGER', `nothing written: ${config.station.ledger}: ${reshaped[0]!.what}: ${reshaped[0]!.reason}${reshaped.length > 1 ? ` (and ${reshaped.length - 1} more)` : ''}; the file was changed outside line-signer. \`line-signer ledger verify\` lists every difference`);
-      }
-      // Rows edited below the chain's head keep their stored hashes: only recomputing the chain finds them.
-      const broken = command === 'accept' ? null : ledger.verifyChain();
-      if (broken) throw new LineSignerError(command === 'export' ? 'EXPORT' : 'LEDGER', `${chainProblemText(config.station.ledger, broken)}; nothing ${command === 'export' ? 'exported' : 'written'}`);
+      // A trigger would run inside this command's own writes (an order's quantity rewritten as it opens), and
+      // rows or tables edited below the chain's head keep their stored hashes: only recomputing finds them.
+      const owned = ownedLedgerProblem(ledger, config.station.ledger, { history: command !== 'accept' });
+      if (owned && command === 'export' && owned.kind !== 'shape') throw new LineSignerError('EXPORT', `${owned.text}; nothing exported`);
+      if (owned?.kind === 'chain') throw new LineSignerError('LEDGER', `${owned.text}; nothing written`);
+      if (owned) throw new LineSignerError('LEDGER', `nothing written: ${owned.text}`);
       const signer = t.signer(config.token.station_key_label);
       const ctx: OperatorContext = {
         config,

@@ -11,7 +11,7 @@ import { readPin, type StationConfig } from '../config/index.js';
 import { readPrivateFile } from '../files.js';
 import { LineSignerError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
-import { leaseProblem, LedgerLock, ledgerTokenProblem, SqliteLedger, takeCheckpointSync, tokenCheckpoint } from '../ledger/index.js';
+import { leaseProblem, LedgerLock, ledgerTokenProblem, ownedLedgerProblem, refuseHardLinked, SqliteLedger, takeCheckpointSync, tokenCheckpoint } from '../ledger/index.js';
 import {
   certificateDer,
   checkLocalCa,
@@ -159,6 +159,8 @@ export function caImport(config: StationConfig, file: string, opts: ImportOption
   const rootDer = readCertificateFile(config.ca.root, 'factory root');
   // The import is recorded in the ledger: this process must own it (a serving station has loaded the old local-ca anyway).
   refuseMissingLedger(config, 'not imported');
+  // A second name would take a lock and a journal of its own (see refuseHardLinked), as every owner refuses.
+  refuseHardLinked(config.station.ledger);
   const lock = LedgerLock.tryAcquire(config.station.ledger, 'ca import');
   if (!lock) {
     LedgerLock.acquire(config.station.ledger, 'ca import'); // throws LEDGER_BUSY naming the holder
@@ -217,6 +219,9 @@ function installLocalCa(config: StationConfig, der: Uint8Array, rootDer: Uint8Ar
     if (problem) throw new LineSignerError('LEDGER', `nothing installed: ${problem}`);
     const busy = leaseProblem((l) => token.readData(l), config.station.id, config.station.ledger);
     if (busy) throw new LineSignerError('LEDGER_BUSY', `nothing installed: ${busy}`);
+    // A trigger would run inside the import's own event, and the checkpoint after it would sign what it wrote.
+    const owned = ownedLedgerProblem(ledger, config.station.ledger);
+    if (owned) throw new LineSignerError('LEDGER', `nothing installed: ${owned.text}`);
     // The local-ca it replaces is kept beside it: `ledger verify` checks the certificates issued under it against it.
     if (installed && installed.sha256 !== sha) copyFileSync(config.ca.certificate, replacedLocalCaPath(config.ca.certificate, installed.sha256));
     writeFileAtomic(config.ca.certificate, pemEncode(der, 'CERTIFICATE'));

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { chainProblemText, leaseLabel, leaseProblem, leaseValue, ledgerTokenProblem, LedgerLock, missingLedgerProblem, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
+import { leaseLabel, leaseProblem, leaseValue, ledgerTokenProblem, LedgerLock, missingLedgerProblem, ownedLedgerProblem, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
 import { Checkpointer } from './checkpointer.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { Pkcs11Token, WorkerSigner } from '../token/index.js';
@@ -93,8 +93,16 @@ export interface OpenStation {
   stillOwned(): string | null;
   /** The last stillOwned() found the lock file replaced and held by another process for the first time: look again within a second. */
   ownershipContested(): boolean;
-  /** `{ write: false }`: another process owns the ledger now; nothing more is written to it (no stop event or checkpoint). */
-  close(opts?: { write?: boolean }): Promise<void>;
+  /** Null while the ledger's path still names the file this station opened; else why not (deleted, or another moved over it). */
+  ledgerFileProblem(): string | null;
+  /**
+   * `{ write: false }`: another process owns the ledger now; nothing more is
+   * written to it (no stop event or checkpoint). `saveTo`: after the stop's
+   * checkpoint, the ledger as this station wrote it is copied there (its
+   * path was deleted or taken by another file); throws after closing when
+   * the copy failed.
+   */
+  close(opts?: { write?: boolean; saveTo?: string }): Promise<void>;
 }
 
 /** A checking worker is replaced by a fresh one after this many calls (one a certificate under load): see WorkerRpc's replaceAfter. */
@@ -181,29 +189,9 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     if (problem) throw new LineSignerError('LEDGER', `not serving: ${problem}`);
     const busy = opts.lock === 'none' ? null : leaseProblem((l) => token.readData(l), config.station.id, config.station.ledger);
     if (busy) throw new LineSignerError('LEDGER_BUSY', busy);
-    // A file whose shape line-signer did not make (a trigger runs inside the station's own writes).
-    const reshaped = opts.lock === 'none' ? [] : ledger.shapeProblems({ values: false });
-    if (reshaped.length > 0) {
-      const first = reshaped[0]!;
-      throw new LineSignerError(
-        'LEDGER',
-        `not serving: ${config.station.ledger}: ${first.what}: ${first.reason}${reshaped.length > 1 ? ` (and ${reshaped.length - 1} more)` : ''}; the file was changed outside line-signer. \`line-signer ledger verify\` lists every difference; restore the ledger from a backup`,
-      );
-    }
-    // Every row must still be what its hash chain says, from the first: the checks above compare the
-    // head with the token's checkpoint, and a row edited below the head (a revocation event turned
-    // into a note, with the revoked table emptied to match) kept its stored hash and passed them.
-    const broken = opts.lock === 'none' ? null : ledger.verifyChain();
-    if (broken) throw new LineSignerError('LEDGER', `not serving: ${chainProblemText(config.station.ledger, broken)}; restore the ledger from a backup`);
-    // The policy state it would decide on must be what its hash-chained events say.
-    const edited = opts.lock === 'none' ? [] : ledger.projectionProblems();
-    if (edited.length > 0) {
-      const first = edited[0]!;
-      throw new LineSignerError(
-        'LEDGER',
-        `not serving: ${config.station.ledger}: ${first.table} ${quote(first.key)}: ${first.reason}${edited.length > 1 ? ` (and ${edited.length - 1} more)` : ''}; the table was edited outside line-signer. \`line-signer ledger verify\` lists every difference; restore the ledger from a backup`,
-      );
-    }
+    // The file's own checks: a trigger, a row changed below the head, a table edited beside its events.
+    const owned = opts.lock === 'none' ? null : ownedLedgerProblem(ledger, config.station.ledger);
+    if (owned) throw new LineSignerError('LEDGER', `not serving: ${owned.text}; restore the ledger from a backup`);
     // A serving station names its file in the token (see leaseProblem); a one-shot sign lives for milliseconds.
     if (opts.lock !== 'none' && !opts.oneShot) token.writeData(leaseLabel(config.station.id), leaseValue(config.station.ledger));
   } catch (err) {
@@ -275,9 +263,11 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     warnings,
     stillOwned: () => lock?.stillOwned() ?? null,
     ownershipContested: () => lock?.contested ?? false,
-    async close(closeOpts?: { write?: boolean }) {
+    ledgerFileProblem: () => owned.fileProblem(),
+    async close(closeOpts?: { write?: boolean; saveTo?: string }) {
       if (closed) return;
       closed = true;
+      let saveFailed: unknown = null;
       try {
         if (closeOpts?.write !== false) {
           await station.flushEvents();
@@ -285,6 +275,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
           await checkpointer.stop();
         } else checkpointer.pause();
       } finally {
+        if (closeOpts?.saveTo) await owned.saveTo(closeOpts.saveTo).catch((err: unknown) => (saveFailed = err));
         // The lease let go: a process that closes its station and lives on no longer holds the station's other files.
         if (leased) await workerSigner.store(leaseLabel(config.station.id), Buffer.from(JSON.stringify({ closed: new Date().toISOString() }))).catch(() => undefined);
         await Promise.all(checkers.map((c) => c.stop()));
@@ -293,6 +284,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
         await owned.close();
         lock?.release();
       }
+      if (saveFailed) throw new LineSignerError('LEDGER', `the ledger this station wrote could not be copied to ${closeOpts!.saveTo}: ${(saveFailed as Error).message}`);
     },
   };
 }
