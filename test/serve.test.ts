@@ -1,12 +1,12 @@
 /** The real `line-signer serve` process: links from the config and from flags, JSON logs, a clean stop. */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { makeDeviceCsr, pemEncode } from '../src/x509/index.js';
-import { BIN, cliAsync } from './helpers/cli.js';
+import { BIN, cli, cliAsync } from './helpers/cli.js';
 import { TestJig } from './helpers/jig.js';
 import { FACTORY, testStation, uuid } from './helpers/pki.js';
 import { ptyPair } from './helpers/pty.js';
@@ -110,4 +110,78 @@ test("serve's log shows each action that came through its control channel, done 
 
   child.kill('SIGTERM');
   t.is(await exited, 0);
+});
+
+/** A served station (spool link) as its own process, with its JSON log lines. */
+async function serveProcess(t: import('ava').ExecutionContext, s: { configPath: string; dir: string }) {
+  const stick = join(s.dir, 'stick');
+  mkdirSync(stick, { recursive: true });
+  const child = spawn(process.execPath, [BIN, 'serve', '--config', s.configPath, '--spool', stick, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  t.teardown(() => child.kill('SIGKILL'));
+  await waitFor(() => out.includes('"msg":"serving"'), 15_000);
+  const logs = (): Array<Record<string, unknown>> => out.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  return { child, exited, logs, out: () => out };
+}
+
+async function signByHand(s: { configPath: string; dir: string }): Promise<{ status: number | null; stderr: string }> {
+  const file = join(s.dir, `${uuid()}.csr`);
+  writeFileSync(file, makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der);
+  return cliAsync(['sign', file, '--config', s.configPath]);
+}
+
+test('the ledger file deleted under a serving station: it stops within seconds, saves the ledger it wrote beside the path, and that copy serves again once moved back', async (t) => {
+  const s = await testStation();
+  await s.close();
+  const ledger = s.config.station.ledger;
+  const sv = await serveProcess(t, s);
+  for (let i = 0; i < 2; i++) t.is((await signByHand(s)).status, 0);
+  for (const f of readdirSync(dirname(ledger))) if (f.startsWith(basename(ledger))) rmSync(join(dirname(ledger), f), { force: true });
+  t.is(await sv.exited, 1);
+  const lines = sv.logs();
+  t.true(lines.some((l) => /^ERROR LEDGER the ledger file .* was deleted while this station had it open/.test(String(l.msg))), sv.out());
+  const saved = lines.find((l) => typeof l.saved === 'string')?.saved as string;
+  t.truthy(saved, sv.out());
+  t.true(saved.startsWith(`${ledger}.saved-`));
+  t.false(sv.out().includes('    at '), 'no stack trace');
+  // The copy holds both certificates and the stop, and the token vouches for it once it is back at the path.
+  renameSync(saved, ledger);
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 0, v.stderr + v.stdout);
+  const db = new Database(ledger, { readonly: true });
+  t.is((db.prepare('SELECT count(*) AS n FROM issuances').get() as { n: number }).n, 2);
+  db.close();
+  t.is((await signByHand(s)).status, 0);
+});
+
+test('another file moved over a serving station\'s ledger: operator commands through it are refused, it stops and saves its own ledger; the file moved in is refused at the next start', async (t) => {
+  const s = await testStation();
+  await s.close();
+  const ledger = s.config.station.ledger;
+  const older = join(s.dir, 'older.db');
+  t.is(cli(['ledger', 'backup', older, '--config', s.configPath]).status, 0);
+  const sv = await serveProcess(t, s);
+  t.is((await signByHand(s)).status, 0);
+  renameSync(older, ledger);
+  const exp = await cliAsync(['export', '--config', s.configPath, '--out', join(s.dir, 'out')]);
+  // Refused by the station, or (once it stopped) by the file's own checks: never exported from the file moved in.
+  t.not(exp.status, 0, exp.stdout);
+  t.regex(exp.stderr, /^ERROR LEDGER /m);
+  t.is(await sv.exited, 1);
+  // SQLite leaves a moved file's WAL at the path: the station emptied it into its own file first, so the file moved in does not take its pages.
+  t.is(statSync(`${ledger}-wal`).size, 0);
+  const saved = sv.logs().find((l) => typeof l.saved === 'string')?.saved as string;
+  t.truthy(saved, sv.out());
+  t.true(sv.logs().some((l) => /was replaced by another file while this station had it open/.test(String(l.msg))));
+  // The file moved in is behind the token's checkpoint: refused, nothing signed into it.
+  const refused = await signByHand(s);
+  t.not(refused.status, 0);
+  t.regex(refused.stderr, /^ERROR LEDGER /m);
+  renameSync(saved, ledger);
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 0, v.stderr + v.stdout);
+  t.is((await signByHand(s)).status, 0);
 });

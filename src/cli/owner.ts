@@ -121,6 +121,9 @@ export function serveControl(config: StationConfig, open: OpenStation, notice: C
   return ControlServer.listen(config.station.ledger, async (raw) => {
     const req = ownerRequest(raw);
     try {
+      // A command that opens the path (an export, a backup) would read and write another file than the station's.
+      const lost = req.op === 'health' ? null : open.ledgerFileProblem();
+      if (lost) throw new LineSignerError('LEDGER', `${lost}; nothing done: the station stops and saves the ledger it wrote`);
       return await handle(req);
     } catch (err) {
       // A refused action is shown too: who tried what, and why not (the ledger records only what was done).

@@ -7,7 +7,7 @@ import { SqliteLedger } from '../ledger/index.js';
 import { localCaValidity, stationWarnings } from '../station/audit.js';
 import type { StationConfig } from '../config/index.js';
 import type { OpenStation } from '../station/index.js';
-import { LineSignerError } from '../errors.js';
+import { asLineSignerError, LineSignerError } from '../errors.js';
 import { operatorName } from '../operator/index.js';
 import { serveControl } from './owner.js';
 import { printable } from '../text.js';
@@ -61,6 +61,7 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   for (const w of open.warnings) view.info(`warning: ${w}`);
   view.info('serving', { links: links.map((l) => l.status.name) });
   let lostOwnership: string | null = null;
+  let lostFile: string | null = null;
   let guard: NodeJS.Timeout | undefined;
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
@@ -84,6 +85,13 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
         resolve();
         return;
       }
+      // Its connections would go on writing a file no path names (lost at the stop), or beside another.
+      lostFile = open.ledgerFileProblem();
+      if (lostFile) {
+        view?.info(`${lostFile}; this station stops`);
+        resolve();
+        return;
+      }
       void control.ensure().catch((err: Error) => view?.info(`warning: control socket: ${err.message}`));
       guard = setTimeout(check, open.ownershipContested() ? 700 : 2000);
       guard.unref();
@@ -94,12 +102,28 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   clearTimeout(guard);
   await runner.stop();
   await control.close();
-  await open.close({ write: lostOwnership === null });
+  // A stop (SIGTERM) within 2 s of the file's loss still saves it.
+  if (!lostOwnership) lostFile ??= open.ledgerFileProblem();
+  if (lostFile) view.info(`ERROR LEDGER ${lostFile}; the station saves the ledger it wrote`);
+  // Beside the path, named for the moment: the ledger as this station wrote it, up to its stop's checkpoint.
+  const saveTo = lostFile ? `${config.station.ledger}.saved-${new Date().toISOString().replace(/[:.]/g, '-')}` : undefined;
+  try {
+    await open.close({ write: lostOwnership === null, ...(saveTo ? { saveTo } : {}) });
+    if (saveTo) {
+      view.info(
+        `the ledger this station wrote, up to its stop, is saved as ${saveTo}; the token's checkpoint vouches for it. ` +
+          `Check it (\`line-signer ledger verify --ledger ${saveTo}\`) and move it to ${config.station.ledger} to serve again`,
+        { saved: saveTo },
+      );
+    }
+  } catch (err) {
+    view.info(`ERROR ${asLineSignerError(err).code} ${asLineSignerError(err).message}`);
+  }
   view.info('stopped', { issued: links.reduce((n, l) => n + l.status.issued, 0) });
   view.stop();
   if (refused) throw refused;
   // Everything is answered, closed and flushed: a port's close or a timer left in a library must not hold the exit past the promised 2 s.
-  setImmediate(() => process.exit(lostOwnership ? 1 : 0));
+  setImmediate(() => process.exit(lostOwnership || lostFile ? 1 : 0));
 }
 
 /** HTTP and spool links, loaded only when asked for. */
