@@ -15,7 +15,7 @@ import { SqliteLedger } from '../src/ledger/index.js';
 import { MIGRATIONS } from '../src/ledger/schema.js';
 import unhomoglyph from 'unhomoglyph';
 import { deviceNameProblem, lookAlikeProblem, nameSkeleton } from '../src/text.js';
-import { makeDeviceCsr } from '../src/x509/device-csr.js';
+import { deviceSubject, makeDeviceCsr } from '../src/x509/device-csr.js';
 import { FACTORY, testStation } from './helpers/pki.js';
 
 /** Letters, digits and punctuation of other scripts, phonetic letters and compatibility forms that an ASCII reader takes for ASCII. */
@@ -108,6 +108,24 @@ test('a station whose device id pattern lets any text in refuses a look-alike CN
   const plain = await s.station.handle({ csr: csr('press-a-17'), link: 'test' });
   t.true(plain.ok, plain.ok ? '' : plain.message);
   t.deepEqual([...s.ledger.since(0)].map((r) => r.name), ['press-a-17']);
+});
+
+test('a byte order mark leading a subject value (CN, OU, businessCategory) is kept and refused, not dropped: the checks see what the CSR carries', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const id = randomUUID();
+  for (const subject of [
+    { deviceId: `\ufeff${id}`, factory: FACTORY, production: true },
+    { deviceId: id, factory: `\ufeff${FACTORY}`, production: true },
+  ]) {
+    const r = await s.station.handle({ csr: makeDeviceCsr(subject).der, link: 'test' });
+    t.is(!r.ok && r.code, 'POLICY_SUBJECT', JSON.stringify(subject));
+  }
+  const category = makeDeviceCsr(deviceSubject({ deviceId: id, factory: FACTORY, production: true }).map((a) => (a.value === 'production' ? { ...a, value: '\ufeffproduction' } : a))).der;
+  const r = await s.station.handle({ csr: category, link: 'test' });
+  t.is(!r.ok && r.code, 'POLICY_SUBJECT');
+  t.is([...s.ledger.since(0)].length, 0, 'nothing issued');
+  t.true((await s.station.handle({ csr: makeDeviceCsr({ deviceId: id, factory: FACTORY, production: true }).der, link: 'test' })).ok);
 });
 
 test('one skeleton, one device: a name that looks the same as a device\'s name (another script) is refused, also while both are in flight; ASCII schemes are left as they are', async (t) => {

@@ -9,7 +9,8 @@ import { textProblem, TEXT_LIMITS } from '../src/text.js';
 import { makeDeviceCsr, pemDecodeAll, pemEncode } from '../src/x509/index.js';
 import { FACTORY, testStation, uuid } from './helpers/pki.js';
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// As the link reads names: a leading U+FEFF is part of the name (a decoder that drops it hid a BOM-led name behind another's).
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** The stem the answer must carry: the name's own when it is acceptable text, else one derived from its bytes. */
 function expectedStem(name: Buffer): string {
@@ -27,7 +28,8 @@ const stemBytes = fc.oneof(
   fc.string({ minLength: 1, maxLength: 20 }).map((s) => Buffer.from(s)),
   fc.string({ unit: 'grapheme', minLength: 1, maxLength: 30 }).map((s) => Buffer.from(s)),
   fc.string({ unit: 'binary', minLength: 1, maxLength: 12 }).map((s) => Buffer.from(s)),
-  fc.constantFrom('root', 'root.crt', 'a.pem', 'a.error', 'x', 'x.csr', ' ', 'a b', '..x', 'x.', 'x..', '\u202etxt.exe', '\x1b[2J').map((s) => Buffer.from(s)),
+  fc.constantFrom('root', 'root.crt', 'a.pem', 'a.error', 'x', 'x.csr', ' ', 'a b', '..x', 'x.', 'x..', '\u202etxt.exe', '\x1b[2J', '\ufeffx', '\ufeffa.pem').map((s) => Buffer.from(s)),
+  fc.string({ minLength: 1, maxLength: 12 }).map((s) => Buffer.from(`\ufeff${s}`)),
   fc.uint8Array({ minLength: 1, maxLength: 16 }).map((a) => Buffer.from(a)),
   fc.integer({ min: 150, max: 251 }).map((n) => Buffer.alloc(n, 0x61)),
   fc.integer({ min: 40, max: 62 }).map((n) => Buffer.from('é'.repeat(n) + 'ab')),
@@ -101,4 +103,25 @@ test('any set of file names: each request is answered exactly once under the rig
   t.is(link.status.state, 'polling');
   await link.stop();
   t.is(pemDecodeAll(readFileSync(join(dir, 'outbox', 'dev.pem'), 'utf8'), 'CERTIFICATE').length, 2);
+});
+
+test('a name led by a byte order mark is not the name without it: its answer never replaces another file\'s', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const dir = join(s.dir, 'stick-bom');
+  const inbox = join(dir, 'inbox');
+  mkdirSync(inbox, { recursive: true });
+  writeFileSync(join(inbox, 'victim.csr'), pemEncode(makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der, 'CERTIFICATE REQUEST'));
+  const link = new SpoolLink(s.station, { dir, pollMs: 50, quietMs: 0 });
+  await link.scan();
+  writeFileSync(join(inbox, '\ufeffvictim.csr'), 'garbage');
+  for (let i = 0; i < 3; i++) await link.scan();
+  await link.stop();
+  const answers = readdirSync(join(dir, 'outbox')).filter((n) => n !== 'root.crt').sort();
+  t.is(answers.length, 2, answers.join());
+  t.true(answers.includes('victim.pem'));
+  const other = answers.find((n) => n !== 'victim.pem')!;
+  t.regex(other, new RegExp(`^${BAD_NAME_PREFIX}[0-9a-f]{16}\\.error$`));
+  t.regex(readFileSync(join(dir, 'outbox', other), 'utf8'), /^BAD_FRAME .*U\+FEFF/);
+  t.is(pemDecodeAll(readFileSync(join(dir, 'outbox', 'victim.pem'), 'utf8'), 'CERTIFICATE').length, 2);
 });

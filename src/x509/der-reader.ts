@@ -82,7 +82,8 @@ export function oidText(bytes: Uint8Array): string {
   return parts.join('.');
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a leading U+FEFF stays in the text, where the text rules refuse it (stripped, it let "\uFEFFname" pass as "name").
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** The text of a directory string value, or null for other types or invalid encodings. */
 export function directoryString(buf: Uint8Array, t: Tlv): string | null {
