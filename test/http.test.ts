@@ -96,6 +96,28 @@ test('HEAD then the POST lmp-device-register sends: 201 with exactly the four fi
   t.regex(rows[0]!.link, /^http:/);
 });
 
+test('a retry of a signed CSR gets its certificate again only with the hardware id and name recorded with it: another would set the device up for what was never checked', async (t) => {
+  const { s, link } = await station;
+  const deviceId = uuid();
+  const csr = pemEncode(makeDeviceCsr({ deviceId, factory: FACTORY, production: true }).der, 'CERTIFICATE REQUEST');
+  const body = (hardwareId: string, name?: string): string => ptreeJson({ ...(name ? { name } : {}), uuid: deviceId, csr, 'hardware-id': hardwareId, 'sota-config-dir': '/var/sota' });
+  const first = await send(link.port, 'POST', body('imx8mm-a', `ord-${deviceId.slice(0, 8)}`));
+  t.is(first.status, 201, first.text);
+  const otherHardware = await send(link.port, 'POST', body('imx8mm-b', `ord-${deviceId.slice(0, 8)}`));
+  t.is(otherHardware.status, 400, otherHardware.text);
+  t.is((JSON.parse(otherHardware.text) as { code: string }).code, 'POLICY_SUBJECT');
+  t.regex(otherHardware.text, /signed before \(seq \d+\) for hardware id \\?"imx8mm-a\\?"/);
+  const otherName = await send(link.port, 'POST', body('imx8mm-a', `other-${deviceId.slice(0, 8)}`));
+  t.is(otherName.status, 400, otherName.text);
+  t.is((JSON.parse(otherName.text) as { code: string }).code, 'POLICY_SUBJECT');
+  const same = await send(link.port, 'POST', body('imx8mm-a', `ord-${deviceId.slice(0, 8)}`));
+  t.is(same.status, 201, same.text);
+  const files = (r: { text: string }) => JSON.parse(r.text) as Record<string, string>;
+  t.is(files(same)['client.pem'], files(first)['client.pem']);
+  t.is((parseToml(files(same)['sota.toml']!) as Record<string, Record<string, unknown>>).provision!.primary_ecu_hardware_id, 'imx8mm-a');
+  t.is([...s.ledger.since(0)].filter((r) => r.deviceId === deviceId).length, 1);
+});
+
 test('override literals: quoted strings, a string of one space, "" to unset, and the HSM-mode overrides', async (t) => {
   const { link } = await station;
   const { body } = deviceBody({

@@ -578,6 +578,21 @@ export class Station {
   }
 
   private async replay(row: Issuance, req: SignRequest): Promise<Issued> {
+    // The certificate comes back as it was made, and the HTTP link's sota.toml from the request: a request naming
+    // another hardware id or name than the one recorded with it would configure the device for what was never checked.
+    if (req.hardwareId !== undefined && row.hardwareId !== null && req.hardwareId !== row.hardwareId) {
+      throw new LineSignerError(
+        'POLICY_SUBJECT',
+        `this CSR was signed before (seq ${row.seq}) for hardware id ${quote(row.hardwareId)}; sent again with hardware id ${quote(req.hardwareId)}, it gets nothing: the device would be set up for a hardware id the station never checked`,
+      );
+    }
+    const recordedName = row.name ?? row.deviceId;
+    if (req.name !== undefined && req.name !== recordedName) {
+      throw new LineSignerError(
+        'POLICY_SUBJECT',
+        `this CSR was signed before (seq ${row.seq}) under the name ${quote(recordedName)}; sent again with the name ${quote(req.name)}, it gets nothing: the device cloud knows the device by the name recorded with it`,
+      );
+    }
     await this.floods.record({ kind: 'replay', csrSha256: row.csrSha256, deviceId: row.deviceId, link: req.link, message: `seq ${row.seq}` });
     return this.issued(row, true);
   }
