@@ -155,6 +155,22 @@ test('an answer that cannot be written is reported once and retried with back-of
   await link.stop();
 });
 
+test('a folder where root.crt goes (a hostile stick) is reported, and the requests on the stick are answered all the same', async (t) => {
+  const s = await testStation();
+  t.teardown(() => s.close());
+  const dir = join(s.dir, 'stick');
+  const outbox = join(dir, 'outbox');
+  mkdirSync(join(dir, 'inbox'), { recursive: true });
+  mkdirSync(join(outbox, 'root.crt', 'x'), { recursive: true });
+  writeFileSync(join(dir, 'inbox', 'dev.csr'), csrPem());
+  const link = spoolLink(s, dir);
+  await settle(link);
+  t.is(pemDecodeAll(readFileSync(join(outbox, 'dev.pem'), 'utf8'), 'CERTIFICATE').length, 2);
+  t.is(link.status.state, 'error');
+  t.regex(link.status.reason ?? '', /cannot write .*root\.crt: .*; requests are answered still$/);
+  await link.stop();
+});
+
 test('a file first seen with an old mtime is read only after two stable polls and the quiet period', async (t) => {
   const s = await testStation();
   t.teardown(() => s.close());

@@ -13,7 +13,7 @@ import { loadConfig } from '../src/config/index.js';
 import { eventHash, SqliteLedger, type LedgerEvent } from '../src/ledger/index.js';
 import { caCsr, caInit, openStation, verifyLedger } from '../src/station/index.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
-import { cli, cliAsync } from './helpers/cli.js';
+import { BIN, cli, cliAsync } from './helpers/cli.js';
 import { FACTORY, makeOpensslRoot, reserveStationTokens, signCaCsrWithOpenssl, testPki, testStation, uuid } from './helpers/pki.js';
 import { revoke as revokeDevice, stationWithBatches } from './helpers/batches.js';
 import { batchFileName, exportBatch } from '../src/export/index.js';
@@ -789,4 +789,50 @@ test('the batches table is checked before an export with no station serving: a d
   t.regex(stretched.stderr, /^ERROR EXPORT .*batches "1": .*do not end before its export event.*nothing exported$/m);
   t.deepEqual(readdirSync(out), []);
   t.is(devices.length, 2);
+});
+
+test('a ledger path naming a FIFO or a folder: reading and writing commands say so at once, instead of waiting on the FIFO for ever or reporting a disk I/O error', async (t) => {
+  const s = await stopped(1);
+  for (const [what, make] of [
+    ['a FIFO', (p: string) => execFileSync('mkfifo', [p])],
+    ['a folder', (p: string) => mkdirSync(p)],
+  ] as const) {
+    const odd = join(s.dir, `odd-${what.replace(/\W/g, '')}.db`);
+    make(odd);
+    const cfg = join(s.dir, `odd-${what.replace(/\W/g, '')}.toml`);
+    writeFileSync(cfg, readFileSync(s.configPath, 'utf8').replace(/^ledger = .*$/m, `ledger = "${odd}"`));
+    for (const args of [['status'], ['log'], ['ledger', 'verify'], ['order', 'list'], ['order', 'open', 'WO-1', '--quantity', '1']]) {
+      const r = spawnSync(process.execPath, [BIN, ...args, '--config', cfg], { encoding: 'utf8', timeout: 30_000 });
+      t.is(r.signal, null, `${what}: ${args.join(' ')} returned`);
+      t.not(r.status, 0, `${what}: ${args.join(' ')}`);
+      t.regex(r.stderr, new RegExp(`^ERROR LEDGER .*odd-\\w+\\.db is not a file`, 'm'), `${what}: ${args.join(' ')}`);
+    }
+  }
+});
+
+test('an empty -wal beside the ledger (what a reader such as ledger verify leaves) does not stop ledger accept', async (t) => {
+  const s = await stopped(1);
+  writeFileSync(`${s.ledger}-wal`, '');
+  const r = cli(['ledger', 'accept', '--reason', 'checked after a move', '--config', s.configPath, '--operator', 'ana']);
+  t.is(r.status, 0, r.stderr);
+});
+
+test('a schema version lowered outside line-signer: the migrations it sets off are all undone when one fails, and the refusal says what happened instead of INTERNAL', async (t) => {
+  const s = await stopped(1);
+  const version = (): number => {
+    const db = new Database(s.ledger, { readonly: true });
+    try {
+      return db.pragma('user_version', { simple: true }) as number;
+    } finally {
+      db.close();
+    }
+  };
+  const current = version();
+  sql(s.ledger, 'PRAGMA user_version = 3');
+  const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr()) });
+  t.not(sign.status, 0);
+  t.regex(sign.stderr, /^ERROR LEDGER .*migrating the ledger from schema version 3 to \d+ failed \(.*\); nothing was changed\./m);
+  t.is(version(), 3, 'nothing was changed');
+  sql(s.ledger, `PRAGMA user_version = ${current}`);
+  t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
 });

@@ -32,7 +32,7 @@ const cli = yargs(hideBin(process.argv))
         .option('operator', { type: 'string', describe: 'who signs it by hand (default: [station] operator, or the login name); the ledger records the link as cli:NAME' }),
     (args) => signCommand(args as never),
   )
-  .command('ledger', 'the ledger: verify, allow-reissue, revoke, backup', (y) => ledgerCommands(y as never))
+  .command('ledger', 'the ledger: verify, allow-reissue, revoke, backup, accept', (y) => ledgerCommands(y as never))
   .command('order', 'work orders: open, close, list', (y) => orderCommands(y as never))
   .command('clock', "the station's clock: confirm", (y) => clockCommands(y as never))
   .command(

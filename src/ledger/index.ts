@@ -194,9 +194,10 @@ export function notALedgerProblem(path: string): string | null {
   if (size === 0) return `${path} is empty (a copy that did not finish?)`;
   // SQLite would take a journal beside the file as the file's own and play it into it (a crashed
   // station's -wal beside a copied backup corrupted the copy, and was deleted).
-  const leftover = ['-wal', '-journal'].map((x) => `${path}${x}`).filter((f) => existsSync(f));
+  // An empty one holds nothing to play (a reader such as \`ledger verify\` leaves an empty -wal behind).
+  const leftover = ['-wal', '-journal'].map((x) => `${path}${x}`).filter((f) => (statSync(f, { throwIfNoEntry: false })?.size ?? 0) > 0);
   if (leftover.length > 0) {
-    return `${leftover.join(' and ')} ${leftover.length > 1 ? 'are' : 'is'} beside it: SQLite would play it into the file as the file's own; if the file was copied there, it belongs to the file that was there before: move it away (and ${path}-shm)`;
+    return `${leftover.join(' and ')} ${leftover.length > 1 ? 'are' : 'is'} beside it: SQLite would play it into the file as the file's own; if the file was copied there, it belongs to the file that was there before: move it away (and ${path}-shm); if this is the station's own ledger after a crash, it holds the last commits: keep it and start the station, which needs no accept`;
   }
   let db: Database.Database | undefined;
   try {
@@ -536,6 +537,11 @@ export class SqliteLedger implements Ledger {
     private readonly stationId: string,
     opts: { readonly?: boolean } = {},
   ) {
+    // SQLite would open a FIFO and wait for a writer for ever, and call a folder a disk I/O error.
+    if (path !== ':memory:') {
+      const st = statSync(path, { throwIfNoEntry: false });
+      if (st && !st.isFile()) throw new LineSignerError('LEDGER', `${path} is not a file (${st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a FIFO' : 'not a regular file'}): [station] ledger names the ledger's file`);
+    }
     try {
       this.db = new Database(path, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
     } catch (err) {
@@ -561,7 +567,14 @@ export class SqliteLedger implements Ledger {
     // 100,000 issuances at the same certificates/s.
     this.db.pragma(`cache_size = -${PAGE_CACHE_KIB}`);
     this.db.pragma('foreign_keys = ON');
-    if (!opts.readonly) this.migrate();
+    if (!opts.readonly) {
+      try {
+        this.migrate();
+      } catch (err) {
+        this.db.close();
+        throw err;
+      }
+    }
     this.schemaVersion = this.db.pragma('schema_version', { simple: true }) as number;
     const db = this.db;
     this.q = {
@@ -841,17 +854,29 @@ export class SqliteLedger implements Ledger {
     if (version > MIGRATIONS.length) {
       throw new LineSignerError('LEDGER', `ledger schema version ${version} is newer than this line-signer (${MIGRATIONS.length})`);
     }
-    for (let v = version; v < MIGRATIONS.length; v++) {
+    if (version === MIGRATIONS.length) return;
+    // All of them or none: a version number lowered outside line-signer once had the first
+    // migrations write to the file before a later one failed (INTERNAL, duplicate column).
+    try {
       this.db.transaction(() => {
-        this.db.exec(MIGRATIONS[v]!);
-        // 4 and 5: the skeletons of the names already there.
-        if (v + 1 === 4 || v + 1 === 5) {
-          const set = this.db.prepare<[string, number]>('UPDATE issuances SET name_skeleton = ? WHERE seq = ?');
-          const rows = this.db.prepare<[], { seq: number; name: string }>('SELECT seq, coalesce(name, device_id) AS name FROM issuances').all();
-          for (const r of rows) set.run(nameSkeleton(r.name), r.seq);
+        for (let v = version; v < MIGRATIONS.length; v++) {
+          this.db.exec(MIGRATIONS[v]!);
+          // 4 and 5: the skeletons of the names already there.
+          if (v + 1 === 4 || v + 1 === 5) {
+            const set = this.db.prepare<[string, number]>('UPDATE issuances SET name_skeleton = ? WHERE seq = ?');
+            const rows = this.db.prepare<[], { seq: number; name: string }>('SELECT seq, coalesce(name, device_id) AS name FROM issuances').all();
+            for (const r of rows) set.run(nameSkeleton(r.name), r.seq);
+          }
+          this.db.pragma(`user_version = ${v + 1}`);
         }
-        this.db.pragma(`user_version = ${v + 1}`);
       }).immediate();
+    } catch (err) {
+      if (err instanceof LineSignerError) throw err;
+      throw new LineSignerError(
+        'LEDGER',
+        `${this.path}: migrating the ledger from schema version ${version} to ${MIGRATIONS.length} failed (${(err as Error).message}); nothing was changed. ` +
+          'A ledger line-signer wrote migrates cleanly; one whose version number was changed outside line-signer does not: `line-signer ledger verify` lists what differs; restore the ledger from a backup',
+      );
     }
   }
 

@@ -217,11 +217,14 @@ export class SpoolLink implements Link {
       const outbox = openFolder(spool.child('outbox'), `${this.dir}/outbox`, opened, true);
       const done = openFolder(spool.child('done'), `${this.dir}/done`, opened, true);
       for (const d of [inbox, outbox, done]) writable(d);
-      await this.ensureRoot(outbox);
+      // A root.crt that cannot be written (a folder of that name on a hostile stick) is shown, and the
+      // requests are still answered: it once stopped the whole stick.
+      const rootProblem = await this.ensureRoot(outbox);
       this.folderDelayMs = 0;
       await this.serve(inbox, outbox, done);
       const stuck = this.pending.values().next();
-      if (stuck.done) this.reporter.state('polling');
+      if (rootProblem) this.reporter.state('error', `${rootProblem}; requests are answered still`);
+      else if (stuck.done) this.reporter.state('polling');
       else this.reporter.state('error', stuck.value.reason);
     } catch (err) {
       if (!(err instanceof FolderProblem)) throw err;
@@ -233,13 +236,15 @@ export class SpoolLink implements Link {
     }
   }
 
-  private async ensureRoot(outbox: Dir): Promise<void> {
+  /** Writes outbox/root.crt when it is not the root already; why it could not, or null. */
+  private async ensureRoot(outbox: Dir): Promise<string | null> {
     const path = outbox.child('root.crt');
-    if (readRegular(path, this.station.rootPem.length + 1)?.toString('utf8') === this.station.rootPem) return;
+    if (readRegular(path, this.station.rootPem.length + 1)?.toString('utf8') === this.station.rootPem) return null;
     try {
       await writeAtomic(outbox, 'root.crt', this.station.rootPem);
+      return null;
     } catch (err) {
-      throw new FolderProblem('error', `cannot write ${outbox.shown}/root.crt: ${fsReason(err)}`);
+      return `cannot write ${outbox.shown}/root.crt: ${fsReason(err)}`;
     }
   }
 

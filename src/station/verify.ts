@@ -34,7 +34,7 @@ import { quote } from '../text.js';
 import type { Pkcs11Token } from '../token/index.js';
 import { openToken, readCertificateFile } from './open.js';
 import { replacedLocalCaPath } from './ca-admin.js';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { sha256Hex } from '../x509/index.js';
 import { resolve } from 'node:path';
 
@@ -114,14 +114,14 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
 
   const path = opts.file ?? config.station.ledger;
   // A missing ledger on a station whose token vouches for one: say which ledger to look for.
-  const missing = opts.file === undefined ? missingLedgerProblem(path, kept, config.station.id) : null;
+  const missing = opts.file === undefined ? missingLedgerProblem(path, kept, config.station.id) : existsSync(path) ? null : `no file at ${path}`;
   if (missing) throw new LineSignerError('LEDGER', missing);
   let ledger: SqliteLedger;
   try {
     ledger = new SqliteLedger(path, config.station.id, { readonly: true });
   } catch (err) {
     // A table dropped or rebuilt: the ledger's queries cannot be prepared. Say what of the file changed.
-    const shape = existsSync(path) ? shapeProblemsOfFile(path) : [];
+    const shape = statSync(path, { throwIfNoEntry: false })?.isFile() ? shapeProblemsOfFile(path) : [];
     if (shape.length === 0) throw err;
     for (const p of shape) problem('file', 0, `${p.what}: ${p.reason}`);
     problem('file', 0, `cannot read the ledger: ${(err as Error).message}`);
