@@ -18,7 +18,7 @@ import { FACTORY, makeOpensslRoot, reserveStationTokens, signCaCsrWithOpenssl, t
 import { revoke as revokeDevice, stationWithBatches } from './helpers/batches.js';
 import { batchFileName, exportBatch } from '../src/export/index.js';
 
-reserveStationTokens(56);
+reserveStationTokens(60);
 
 const csr = (): Uint8Array => makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
 
@@ -835,4 +835,20 @@ test('a schema version lowered outside line-signer: the migrations it sets off a
   t.is(version(), 3, 'nothing was changed');
   sql(s.ledger, `PRAGMA user_version = ${current}`);
   t.is(cli(['ledger', 'verify', '--config', s.configPath]).status, 0);
+});
+
+test('a [station] ledger that is a symlink to a file not made yet: starting over through it locks under the name the file will have, as every later command does', async (t) => {
+  const s = await stopped(1);
+  const place = join(s.dir, 'place');
+  mkdirSync(place);
+  const link = join(place, 'link.db');
+  symlinkSync(join(place, 'target.db'), link);
+  const cfg = join(s.dir, 'link.toml');
+  writeFileSync(cfg, readFileSync(s.configPath, 'utf8').replace(/^ledger = .*$/m, `ledger = "${link}"`));
+  const over = cli(['ledger', 'accept', '--forget-newer', '--config', cfg, '--reason', 'new disk', '--operator', 'ana']);
+  t.is(over.status, 0, over.stderr);
+  t.is(cli(['sign', '-', '--config', cfg], { input: Buffer.from(csr()) }).status, 0);
+  const names = readdirSync(place).sort();
+  t.true(names.includes('target.db'), names.join());
+  t.false(names.some((n) => n.startsWith('link.db.')), `nothing named after the link: ${names.join()}`);
 });

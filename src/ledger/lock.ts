@@ -9,8 +9,8 @@
  * lock itself, waiting while another command holds it.
  */
 import Database from 'better-sqlite3';
-import { readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { readFileSync, readlinkSync, realpathSync, rmSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { userInfo } from 'node:os';
 import { createConnection } from 'node:net';
 import { LineSignerError } from '../errors.js';
@@ -32,10 +32,23 @@ export function realLedgerPath(ledger: string): string {
   try {
     return realpathSync(ledger);
   } catch {
+    // Not there yet. A symlink to a file not made yet resolves to the name that file will have: a
+    // start over through the link once locked under the link's name, and every later command under
+    // the target's, two locks for one file.
+    let path = ledger;
+    for (let hops = 0; hops < 40; hops++) {
+      let target: string;
+      try {
+        target = readlinkSync(path);
+      } catch {
+        break;
+      }
+      path = resolve(dirname(path), target);
+    }
     try {
-      return join(realpathSync(dirname(ledger)), basename(ledger));
+      return join(realpathSync(dirname(path)), basename(path));
     } catch {
-      return ledger;
+      return path;
     }
   }
 }
