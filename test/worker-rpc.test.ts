@@ -40,7 +40,7 @@ const died = (why: string): LineSignerError => new LineSignerError('INTERNAL', `
 const threadCount = (): number => readdirSync('/proc/self/task').length;
 type Echo = { threadId: number; value: number; loadedAt: number };
 
-test.serial('a worker replaced after N calls: every call answered by the worker it went to, N to a worker, and the replaced ones end', async (t) => {
+test.serial('a worker replaced after N calls: every call answered by the worker it went to, at most N to a worker, and the replaced ones end', async (t) => {
   const rpc = new WorkerRpc(ECHO, {}, died, true, 5);
   t.teardown(() => rpc.stop());
   const before = threadCount();
@@ -55,7 +55,11 @@ test.serial('a worker replaced after N calls: every call answered by the worker 
   t.deepEqual(answers.map((a) => a.value), Array.from({ length: 23 }, (_, i) => i));
   const perWorker = new Map<number, number>();
   for (const a of answers) perWorker.set(a.threadId, (perWorker.get(a.threadId) ?? 0) + 1);
-  t.deepEqual([...perWorker.values()], [5, 5, 5, 5, 3]);
+  // At most N each (a successor that has loaded takes over before the Nth: see the test below), every call counted once.
+  const counts = [...perWorker.values()];
+  t.true(counts.every((n) => n >= 1 && n <= 5), counts.join());
+  t.true(counts.length >= 5, counts.join());
+  t.is(counts.reduce((a, b) => a + b, 0), 23);
   // The four replaced workers end once they have answered; only the current one is left.
   const t0 = Date.now();
   while (threadCount() > withOne && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 50));
@@ -85,22 +89,23 @@ test.serial('stop() ends every worker before it resolves, replaced ones still ow
   for (const c of calls) await t.throwsAsync(c, { message: /stopped/ });
 });
 
-test.serial('the worker that takes over after N calls was started a tenth of the way before, and has loaded when the calls switch to it', async (t) => {
-  const rpc = new WorkerRpc(ECHO, {}, died, true, 20);
+test.serial('the worker that takes over after N calls is started a tenth of the way before, and takes over at the first call after it has loaded: no call waits for it, and the two run side by side only while it loads', async (t) => {
+  const rpc = new WorkerRpc(ECHO, {}, died, true, 40);
   t.teardown(() => rpc.stop());
   const before = threadCount();
   const answers: Echo[] = [];
-  for (let i = 0; i < 18; i++) answers.push(await rpc.call<Echo>({ op: 'echo', value: i }));
-  t.is(threadCount(), before + 1, 'one worker for the first 18 calls');
-  answers.push(await rpc.call<Echo>({ op: 'echo', value: 18 })); // the 19th: its successor starts now
+  for (let i = 0; i < 36; i++) answers.push(await rpc.call<Echo>({ op: 'echo', value: i }));
+  t.is(threadCount(), before + 1, 'one worker for the first 36 calls');
+  answers.push(await rpc.call<Echo>({ op: 'echo', value: 36 })); // the 37th: its successor starts now
+  // Still loading: the next call goes to the current worker rather than wait for it.
+  answers.push(await rpc.call<Echo>({ op: 'echo', value: 37 }));
+  t.true(answers.every((a) => a.threadId === answers[0]!.threadId), 'the first 38 calls to the first worker');
   await new Promise((r) => setTimeout(r, 500)); // the successor loads meanwhile
-  t.is(threadCount(), before + 2, 'the successor runs beside the current worker');
-  answers.push(await rpc.call<Echo>({ op: 'echo', value: 19 }));
+  t.is(threadCount(), before + 2, 'the successor runs beside the current worker while it loads');
   const switchedAt = performance.timeOrigin + performance.now();
-  const next = await rpc.call<Echo>({ op: 'echo', value: 20 });
-  t.true(answers.every((a) => a.threadId === answers[0]!.threadId), 'the first 20 calls to the first worker');
-  t.not(next.threadId, answers[0]!.threadId, 'the 21st to the successor');
-  t.true(next.loadedAt < switchedAt - 300, `the successor loaded ${Math.round(switchedAt - next.loadedAt)} ms before the calls switched to it`);
+  const next = await rpc.call<Echo>({ op: 'echo', value: 38 });
+  t.not(next.threadId, answers[0]!.threadId, 'the 39th, before 40 were given, to the successor: it had loaded');
+  t.true(next.loadedAt < switchedAt, `the successor loaded before the calls switched to it (${Math.round(switchedAt - next.loadedAt)} ms)`);
   const t0 = Date.now();
   while (threadCount() > before + 1 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 50));
   t.is(threadCount(), before + 1, 'the replaced worker ended');
