@@ -116,6 +116,13 @@ test('a retry of a signed CSR gets its certificate again only with the hardware 
   t.is(files(same)['client.pem'], files(first)['client.pem']);
   t.is((parseToml(files(same)['sota.toml']!) as Record<string, Record<string, unknown>>).provision!.primary_ecu_hardware_id, 'imx8mm-a');
   t.is([...s.ledger.since(0)].filter((r) => r.deviceId === deviceId).length, 1);
+  // Signed first with no hardware id (as a J1 jig or the CLI sends it), then sent again with one: the station never checked that one.
+  const bare = makeDeviceCsr({ deviceId: uuid(), factory: FACTORY, production: true }).der;
+  t.true((await s.station.handle({ csr: bare, link: 'test' })).ok);
+  const added = await s.station.handle({ csr: bare, link: 'test', hardwareId: 'imx8mm-z' });
+  t.is(!added.ok && added.code, 'POLICY_SUBJECT');
+  t.regex(!added.ok ? added.message : '', /signed before \(seq \d+\) with no hardware id; sent again with hardware id "imx8mm-z"/);
+  t.true((await s.station.handle({ csr: bare, link: 'test' })).ok, 'sent again as it was first: its certificate');
 });
 
 test('override literals: quoted strings, a string of one space, "" to unset, and the HSM-mode overrides', async (t) => {

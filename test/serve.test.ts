@@ -1,7 +1,7 @@
 /** The real `line-signer serve` process: links from the config and from flags, JSON logs, a clean stop. */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -172,7 +172,7 @@ test('another file moved over a serving station\'s ledger: operator commands thr
   t.regex(exp.stderr, /^ERROR LEDGER /m);
   t.is(await sv.exited, 1);
   // SQLite leaves a moved file's WAL at the path: the station emptied it into its own file first, so the file moved in does not take its pages.
-  t.is(statSync(`${ledger}-wal`).size, 0);
+  t.is(statSync(`${ledger}-wal`, { throwIfNoEntry: false })?.size ?? 0, 0);
   const saved = sv.logs().find((l) => typeof l.saved === 'string')?.saved as string;
   t.truthy(saved, sv.out());
   t.true(sv.logs().some((l) => /was replaced by another file while this station had it open/.test(String(l.msg))));
@@ -184,4 +184,49 @@ test('another file moved over a serving station\'s ledger: operator commands thr
   const v = cli(['ledger', 'verify', '--config', s.configPath]);
   t.is(v.status, 0, v.stderr + v.stdout);
   t.is((await signByHand(s)).status, 0);
+});
+
+test("the ledger's folder deleted under a serving station: no crash, the folder is made again and the ledger it wrote saved there", async (t) => {
+  const s = await testStation();
+  await s.close();
+  // The ledger in a folder of its own.
+  mkdirSync(join(s.dir, 'led'));
+  renameSync(s.config.station.ledger, join(s.dir, 'led', 'ledger.db'));
+  writeFileSync(s.configPath, readFileSync(s.configPath, 'utf8').replace(/^ledger = .*$/m, 'ledger = "led/ledger.db"'));
+  const ledger = join(s.dir, 'led', 'ledger.db');
+  const sv = await serveProcess(t, s);
+  for (let i = 0; i < 2; i++) t.is((await signByHand(s)).status, 0);
+  rmSync(dirname(ledger), { recursive: true, force: true });
+  t.is(await sv.exited, 1);
+  t.false(sv.out().includes('    at '), `no stack trace: ${sv.out()}`);
+  const saved = sv.logs().find((l) => typeof l.saved === 'string')?.saved as string;
+  t.truthy(saved, sv.out());
+  t.is(dirname(saved), dirname(ledger));
+  renameSync(saved, ledger);
+  const v = cli(['ledger', 'verify', '--config', s.configPath]);
+  t.is(v.status, 0, v.stderr + v.stdout);
+  const db = new Database(ledger, { readonly: true });
+  t.is((db.prepare('SELECT count(*) AS n FROM issuances').get() as { n: number }).n, 2);
+  db.close();
+});
+
+test("another ledger's content copied over a serving station's (cp: the same inode): it stops, writes nothing more into it, and says to restore a backup", async (t) => {
+  const other = await testStation();
+  await other.close();
+  const s = await testStation();
+  await s.close();
+  const ledger = s.config.station.ledger;
+  const sv = await serveProcess(t, s);
+  t.is((await signByHand(s)).status, 0);
+  const before = readFileSync(other.config.station.ledger);
+  copyFileSync(other.config.station.ledger, ledger);
+  t.is(await sv.exited, 1);
+  t.true(sv.logs().some((l) => /^ERROR LEDGER the ledger file .* was overwritten with another file's content .*Restore the newest backup/.test(String(l.msg))), sv.out());
+  t.false(sv.logs().some((l) => typeof l.saved === 'string'), 'no copy of a mix is offered as the ledger');
+  t.false(sv.out().includes('    at '));
+  // The file copied in got no stop row or checkpoint from this station.
+  const db = new Database(ledger, { readonly: true });
+  t.is((db.prepare("SELECT value FROM settings WHERE key = 'ledger_id'").get() as { value: string }).value, (new Database(other.config.station.ledger, { readonly: true }).prepare("SELECT value FROM settings WHERE key = 'ledger_id'").get() as { value: string }).value);
+  db.close();
+  t.true(before.length > 0);
 });

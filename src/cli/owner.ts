@@ -123,7 +123,7 @@ export function serveControl(config: StationConfig, open: OpenStation, notice: C
     try {
       // A command that opens the path (an export, a backup) would read and write another file than the station's.
       const lost = req.op === 'health' ? null : open.ledgerFileProblem();
-      if (lost) throw new LineSignerError('LEDGER', `${lost}; nothing done: the station stops and saves the ledger it wrote`);
+      if (lost) throw new LineSignerError('LEDGER', `${lost.text}; nothing done: the station stops`);
       return await handle(req);
     } catch (err) {
       // A refused action is shown too: who tried what, and why not (the ledger records only what was done).

@@ -11,6 +11,9 @@ import { asLineSignerError, LineSignerError } from '../errors.js';
 import { operatorName } from '../operator/index.js';
 import { serveControl } from './owner.js';
 import { printable } from '../text.js';
+import { mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
 
 export interface ServeArgs {
   config?: string | undefined;
@@ -63,7 +66,7 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   for (const w of open.warnings) view.info(`warning: ${w}`);
   view.info('serving', { links: links.map((l) => l.status.name) });
   let lostOwnership: string | null = null;
-  let lostFile: string | null = null;
+  let lostFile: ReturnType<OpenStation['ledgerFileProblem']> = null;
   let guard: NodeJS.Timeout | undefined;
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
@@ -81,16 +84,21 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
     // listened on again; a lock another process took meanwhile (still held 0.7 s later) stops this
     // station, leaving one owner.
     const check = (): void => {
-      lostOwnership = open.stillOwned();
-      if (lostOwnership) {
-        view?.info(`ERROR LEDGER_BUSY ${lostOwnership}; this station stops`);
+      // The file first: its connections would go on writing a file no path names (lost at the stop), or
+      // beside another; a folder deleted with it also takes the lock file, which cannot be made again there.
+      lostFile = open.ledgerFileProblem();
+      if (lostFile) {
+        view?.info(`${lostFile.text}; this station stops`);
         resolve();
         return;
       }
-      // Its connections would go on writing a file no path names (lost at the stop), or beside another.
-      lostFile = open.ledgerFileProblem();
-      if (lostFile) {
-        view?.info(`${lostFile}; this station stops`);
+      try {
+        lostOwnership = open.stillOwned();
+      } catch (err) {
+        lostOwnership = asLineSignerError(err).message;
+      }
+      if (lostOwnership) {
+        view?.info(`ERROR LEDGER_BUSY ${lostOwnership}; this station stops`);
         resolve();
         return;
       }
@@ -106,26 +114,75 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   await control.close();
   // A stop (SIGTERM) within 2 s of the file's loss still saves it.
   if (!lostOwnership) lostFile ??= open.ledgerFileProblem();
-  if (lostFile) view.info(`ERROR LEDGER ${lostFile}; the station saves the ledger it wrote`);
-  // Beside the path, named for the moment: the ledger as this station wrote it, up to its stop's checkpoint.
-  const saveTo = lostFile ? `${config.station.ledger}.saved-${new Date().toISOString().replace(/[:.]/g, '-')}` : undefined;
+  // Deleted or moved away: the file the connections hold is whole, and the only copy. Overwritten: the
+  // file is another's now, and nothing more goes into it (a copy of the mix would be no ledger).
+  const overwritten = lostFile?.kind === 'overwritten';
+  if (lostFile && !overwritten) view.info(`ERROR LEDGER ${lostFile.text}; the station saves the ledger it wrote`);
+  if (overwritten) {
+    view.info(
+      `ERROR LEDGER ${lostFile!.text}; what this station wrote was in it and is lost with it: nothing more is written. ` +
+        `Restore the newest backup to ${config.station.ledger} (\`line-signer ledger accept --reason R\`, with --forget-newer when it ends before the token's checkpoint)`,
+    );
+  }
   try {
-    await open.close({ write: lostOwnership === null, ...(saveTo ? { saveTo } : {}) });
-    if (saveTo) {
-      view.info(
-        `the ledger this station wrote, up to its stop, is saved as ${saveTo}; the token's checkpoint vouches for it. ` +
-          `Check it (\`line-signer ledger verify --ledger ${saveTo}\`) and move it to ${config.station.ledger} to serve again`,
-        { saved: saveTo },
-      );
-    }
+    await open.close({
+      write: lostOwnership === null && !overwritten,
+      // After the stop's checkpoint, before the connections close: the only copy is the file they hold open.
+      ...(lostFile && !overwritten ? { beforeClose: () => saveLedger(config.station.ledger, open, view!) } : {}),
+    });
   } catch (err) {
-    view.info(`ERROR ${asLineSignerError(err).code} ${asLineSignerError(err).message}`);
+    view.info(`ERROR ${asLineSignerError(err).code} at the stop: ${asLineSignerError(err).message}`);
   }
   view.info('stopped', { issued: links.reduce((n, l) => n + l.status.issued, 0) });
   view.stop();
   if (refused) throw refused;
   // Everything is answered, closed and flushed: a port's close or a timer left in a library must not hold the exit past the promised 2 s.
   setImmediate(() => process.exit(lostOwnership || lostFile ? 1 : 0));
+}
+
+/**
+ * The ledger this station wrote, which no path names any more, copied out
+ * while its connections still hold it: beside the ledger's path (the
+ * folder made again if it was deleted), else in the temporary folder; on
+ * failure (a full disk) tried again every 5 s until a second SIGINT or
+ * SIGTERM, saying each time that the process holds the only copy.
+ */
+async function saveLedger(ledger: string, open: OpenStation, view: View): Promise<void> {
+  let giveUp = false;
+  const stop = (): void => void (giveUp = true);
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    for (;;) {
+      const name = `${basename(ledger)}.saved-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+      const failures: string[] = [];
+      for (const folder of [dirname(ledger), tmpdir()]) {
+        const dest = join(folder, name);
+        try {
+          mkdirSync(folder, { recursive: true, mode: 0o700 });
+          const left = await open.ledger.saveTo(dest);
+          view.info(
+            `the ledger this station wrote, up to its stop, is saved as ${dest}; the token's checkpoint vouches for it. ` +
+              `Check it (\`line-signer ledger verify --ledger ${dest}\`) and move it to ${ledger} to serve again${left ? `; ${left}` : ''}`,
+            { saved: dest },
+          );
+          return;
+        } catch (err) {
+          failures.push(`${dest}: ${asLineSignerError(err).message}`);
+        }
+      }
+      view.info(
+        `ERROR LEDGER the ledger this station wrote could not be saved (${failures.join('; ')}). This process holds the only copy: ` +
+          'free space (or make a folder writable) and it tries again in 5 s; a second SIGTERM gives up, and the certificates issued since the last backup are lost',
+      );
+      if (giveUp) return;
+      await new Promise((r) => setTimeout(r, 5000));
+      if (giveUp) return;
+    }
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
 }
 
 /** HTTP and spool links, loaded only when asked for. */

@@ -1485,8 +1485,9 @@ export class SqliteLedger implements Ledger {
    * path (it does not delete a moved file's WAL); a file moved in there
    * would take those pages as its own.
    */
-  emptyWal(): void {
-    this.db.pragma('wal_checkpoint(TRUNCATE)');
+  emptyWal(): boolean {
+    const [r] = this.db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number; log: number; checkpointed: number }>;
+    return r !== undefined && r.busy === 0 && r.log === r.checkpointed;
   }
 
   close(): void {

@@ -13,7 +13,8 @@
  * every issuance goes through recordIssuance here, and a revocation or a
  * re-issue grant needs an issuance of the device first.
  */
-import { statSync, type Stats } from 'node:fs';
+import { renameSync, statSync, type Stats } from 'node:fs';
+import Database from 'better-sqlite3';
 import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { nameSkeleton, quote } from '../text.js';
@@ -48,7 +49,7 @@ export class ThreadedLedger implements Ledger {
   /** Why the file is no longer this station's alone, once found: sticky, nothing more is issued or checkpointed. */
   private foreign: string | null = null;
   /** The file the path named when the start accepted it (acceptFile). */
-  private identity: { dev: number; ino: number } | null = null;
+  private identity: { dev: number; ino: number; ledgerId: string } | null = null;
   /** Large files being written beside the ledger now (whileDiskBusy). */
   private bulkWrites = 0;
   /** Until then (performance.now()) no commit flushes on this thread: the disk was slow or busy. */
@@ -208,7 +209,7 @@ export class ThreadedLedger implements Ledger {
   /** Everything in the file now is what a start checked and accepted: from here on, rows are this station's or foreign. */
   acceptFile(): void {
     const st = statSync(this.path);
-    this.identity = { dev: st.dev, ino: st.ino };
+    this.identity = { dev: st.dev, ino: st.ino, ledgerId: this.reader.ledgerId() };
     this.vouched = this.reader.heads();
     const last = this.reader.lastCheckpoint();
     this.newestCheckpoint = last ? { n: last.n, issuanceSeq: last.issuanceSeq, issuanceHash: last.issuanceHash, eventSeq: last.eventSeq, eventHash: last.eventHash } : null;
@@ -221,15 +222,34 @@ export class ThreadedLedger implements Ledger {
    * and a backup, which open the path, would read and write that one).
    * Null before acceptFile().
    */
-  fileProblem(): string | null {
+  fileProblem(): { kind: 'deleted' | 'moved' | 'overwritten'; text: string } | null {
     if (!this.identity) return null;
     let st: Stats;
     try {
       st = statSync(this.path);
     } catch {
-      return `the ledger file ${this.path} was deleted while this station had it open`;
+      return { kind: 'deleted', text: `the ledger file ${this.path} was deleted while this station had it open` };
     }
-    if (st.dev !== this.identity.dev || st.ino !== this.identity.ino) return `the ledger file ${this.path} was replaced by another file while this station had it open (a file moved or copied over it)`;
+    if (st.dev !== this.identity.dev || st.ino !== this.identity.ino) {
+      return { kind: 'moved', text: `the ledger file ${this.path} was replaced by another file while this station had it open (a file moved over it)` };
+    }
+    // cp writes another file's content into the same inode: the ledger's id, read through the path on a
+    // connection of its own, says whose file it is now (a busy file is looked at again next time).
+    let id: string | null;
+    try {
+      const look = new Database(this.path, { readonly: true, fileMustExist: true });
+      try {
+        id = (look.prepare("SELECT value FROM settings WHERE key = 'ledger_id'").get() as { value: string } | undefined)?.value ?? null;
+      } finally {
+        look.close();
+      }
+    } catch (err) {
+      if (/BUSY|LOCKED/.test(String((err as { code?: string }).code))) return null;
+      id = null;
+    }
+    if (id !== this.identity.ledgerId) {
+      return { kind: 'overwritten', text: `the ledger file ${this.path} was overwritten with another file's content while this station had it open (a file copied over it)` };
+    }
     return null;
   }
 
@@ -237,11 +257,21 @@ export class ThreadedLedger implements Ledger {
    * The ledger as this station wrote it, into `dest` (see SqliteLedger.copyTo);
    * then its WAL is emptied into the file it opened (see SqliteLedger.emptyWal).
    */
-  async saveTo(dest: string): Promise<void> {
+  async saveTo(dest: string): Promise<string | null> {
+    await this.reader.copyTo(dest);
+    let emptied = false;
     try {
-      await this.reader.copyTo(dest);
-    } finally {
-      this.reader.emptyWal();
+      emptied = this.reader.emptyWal();
+    } catch {
+      // a full disk: the file cannot take the WAL's pages
+    }
+    if (emptied) return null;
+    // Moved aside, so that no file at the path takes its pages; the copy holds everything in it.
+    try {
+      renameSync(`${this.path}-wal`, `${dest}-wal-left`);
+      return `the station's WAL could not be emptied, so it was moved from ${this.path}-wal to ${dest}-wal-left (the saved copy holds everything in it)`;
+    } catch (err) {
+      return `the station's WAL could not be emptied or moved (${(err as Error).message}): move ${this.path}-wal away before the file at ${this.path} is opened, or SQLite plays it into that file`;
     }
   }
 

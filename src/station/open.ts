@@ -93,16 +93,16 @@ export interface OpenStation {
   stillOwned(): string | null;
   /** The last stillOwned() found the lock file replaced and held by another process for the first time: look again within a second. */
   ownershipContested(): boolean;
-  /** Null while the ledger's path still names the file this station opened; else why not (deleted, or another moved over it). */
-  ledgerFileProblem(): string | null;
+  /** Null while the ledger's path still names the file this station opened; else why not (deleted, another moved over it, or its content overwritten). */
+  ledgerFileProblem(): ReturnType<ThreadedLedger['fileProblem']>;
   /**
    * `{ write: false }`: another process owns the ledger now; nothing more is
-   * written to it (no stop event or checkpoint). `saveTo`: after the stop's
-   * checkpoint, the ledger as this station wrote it is copied there (its
-   * path was deleted or taken by another file); throws after closing when
-   * the copy failed.
+   * written to it (no stop event or checkpoint). `beforeClose` runs after
+   * the stop's checkpoint (or its failure) and before the connections
+   * close: the ledger saved while they still hold it (its path deleted or
+   * taken by another file).
    */
-  close(opts?: { write?: boolean; saveTo?: string }): Promise<void>;
+  close(opts?: { write?: boolean; beforeClose?: () => Promise<void> }): Promise<void>;
 }
 
 /** A checking worker is replaced by a fresh one after this many calls (one a certificate under load): see WorkerRpc's replaceAfter. */
@@ -264,10 +264,9 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     stillOwned: () => lock?.stillOwned() ?? null,
     ownershipContested: () => lock?.contested ?? false,
     ledgerFileProblem: () => owned.fileProblem(),
-    async close(closeOpts?: { write?: boolean; saveTo?: string }) {
+    async close(closeOpts?: { write?: boolean; beforeClose?: () => Promise<void> }) {
       if (closed) return;
       closed = true;
-      let saveFailed: unknown = null;
       try {
         if (closeOpts?.write !== false) {
           await station.flushEvents();
@@ -275,7 +274,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
           await checkpointer.stop();
         } else checkpointer.pause();
       } finally {
-        if (closeOpts?.saveTo) await owned.saveTo(closeOpts.saveTo).catch((err: unknown) => (saveFailed = err));
+        await closeOpts?.beforeClose?.().catch(() => undefined);
         // The lease let go: a process that closes its station and lives on no longer holds the station's other files.
         if (leased) await workerSigner.store(leaseLabel(config.station.id), Buffer.from(JSON.stringify({ closed: new Date().toISOString() }))).catch(() => undefined);
         await Promise.all(checkers.map((c) => c.stop()));
@@ -284,7 +283,6 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
         await owned.close();
         lock?.release();
       }
-      if (saveFailed) throw new LineSignerError('LEDGER', `the ledger this station wrote could not be copied to ${closeOpts!.saveTo}: ${(saveFailed as Error).message}`);
     },
   };
 }

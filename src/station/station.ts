@@ -580,10 +580,11 @@ export class Station {
   private async replay(row: Issuance, req: SignRequest): Promise<Issued> {
     // The certificate comes back as it was made, and the HTTP link's sota.toml from the request: a request naming
     // another hardware id or name than the one recorded with it would configure the device for what was never checked.
-    if (req.hardwareId !== undefined && row.hardwareId !== null && req.hardwareId !== row.hardwareId) {
+    if (req.hardwareId !== undefined && req.hardwareId !== row.hardwareId) {
+      const recorded = row.hardwareId === null ? 'with no hardware id' : `for hardware id ${quote(row.hardwareId)}`;
       throw new LineSignerError(
         'POLICY_SUBJECT',
-        `this CSR was signed before (seq ${row.seq}) for hardware id ${quote(row.hardwareId)}; sent again with hardware id ${quote(req.hardwareId)}, it gets nothing: the device would be set up for a hardware id the station never checked`,
+        `this CSR was signed before (seq ${row.seq}) ${recorded}; sent again with hardware id ${quote(req.hardwareId)}, it gets nothing: the device would be set up for a hardware id the station never checked`,
       );
     }
     const recordedName = row.name ?? row.deviceId;
