@@ -79,16 +79,7 @@ test('a link that cannot start stops serve with its code, and the station is clo
 test("serve's log shows each action that came through its control channel, done or refused, with who did it", async (t) => {
   const s = await testStation();
   await s.close();
-  const stick = join(s.dir, 'stick');
-  mkdirSync(stick, { recursive: true });
-  const child = spawn(process.execPath, [BIN, 'serve', '--config', s.configPath, '--spool', stick, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  t.teardown(() => child.kill('SIGKILL'));
-  await waitFor(() => out.includes('"msg":"serving"'), 15_000);
-  const logs = (): Array<Record<string, unknown>> => out.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  const { child, exited, logs } = await serveProcess(t, s);
 
   const opened = await cliAsync(['order', 'open', 'WO-7', '--quantity', '2', '--operator', 'ana', '--config', s.configPath]);
   t.is(opened.status, 0, opened.stderr);

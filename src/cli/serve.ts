@@ -27,8 +27,6 @@ export interface ServeArgs {
 export async function serveCommand(args: ServeArgs): Promise<void> {
   const config = loadConfig(configPath(args.config));
   const plan = planLinks(config, { serial: args.serial ?? [], ...(args.http ? { http: args.http } : {}), spool: args.spool ?? [] });
-  // Before the station opens: a start with nothing to serve would write its start and stop rows for nothing.
-  if (plan.serial.length === 0 && !plan.http && plan.spool.length === 0) throw new LineSignerError('USAGE', 'no links: give --serial, --http or --spool, or a [links] table in the config');
   const exposure = args.http && config.station.production ? httpExposureProblem(args.http) : null;
   if (exposure) throw new LineSignerError('USAGE', `--http ${args.http} ${exposure}`);
   const open = await openStation(config, { command: 'serve', operator: operatorName(config, args.operator) });
