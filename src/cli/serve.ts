@@ -11,7 +11,7 @@ import { asLineSignerError, LineSignerError } from '../errors.js';
 import { operatorName } from '../operator/index.js';
 import { serveControl } from './owner.js';
 import { printable } from '../text.js';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 
@@ -156,6 +156,10 @@ async function saveLedger(ledger: string, open: OpenStation, view: View): Promis
       const failures: string[] = [];
       for (const folder of [dirname(ledger), tmpdir()]) {
         const dest = join(folder, name);
+        if (existsSync(dest)) {
+          failures.push(`${dest}: exists`);
+          continue;
+        }
         try {
           mkdirSync(folder, { recursive: true, mode: 0o700 });
           const left = await open.ledger.saveTo(dest);
@@ -167,6 +171,8 @@ async function saveLedger(ledger: string, open: OpenStation, view: View): Promis
           return;
         } catch (err) {
           failures.push(`${dest}: ${asLineSignerError(err).message}`);
+          // A copy cut short (a full disk) would be mistaken for the ledger, and fill the disk again at each try.
+          rmSync(dest, { force: true });
         }
       }
       view.info(
