@@ -218,7 +218,6 @@ export function notALedgerProblem(path: string): string | null {
   }
 }
 
-/** A chain problem as a refusal to write says it. */
 /**
  * The file's own checks before a process writes it as the ledger's owner
  * (after the token's and the lease's): a trigger or a changed table (it
@@ -249,6 +248,7 @@ export function ownedLedgerProblem(
   return null;
 }
 
+/** A chain problem as a refusal to write says it. */
 export function chainProblemText(path: string, p: ChainProblem): string {
   return `${p.table === 'issuances' ? 'issuance' : 'event'} seq ${p.seq} does not match the ledger's hash chain (${p.reason}): ${path} was changed outside line-signer; \`line-signer ledger verify\` lists every difference`;
 }
@@ -1193,12 +1193,12 @@ export class SqliteLedger implements Ledger {
       .map((r) => ({ names: JSON.parse(r.names) as string[], devices: JSON.parse(r.devices) as string[] }));
   }
 
-  /** The policy state tables against the events they project (projections.ts). */
   /** The batches table against its export events (part of projectionProblems too). */
   batchProblems(): ProjectionProblem[] {
     return batchProblems(this.db);
   }
 
+  /** The policy state tables against the events they project (projections.ts). */
   projectionProblems(): ProjectionProblem[] {
     return projectionProblems(this.db);
   }

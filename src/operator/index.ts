@@ -199,18 +199,18 @@ function checkBackupDestination(dest: string): void {
  */
 export async function operate<T>(config: StationConfig, req: OperatorRequest, onWait?: (holder: string) => void): Promise<T> {
   if (req.op === 'backup' && !isAbsolute(req.dest)) req = { ...req, dest: resolve(req.dest) };
-  // The serving station does it, if one serves; else this process takes the lock. A station that is
-  // starting holds the lock before its socket listens: keep asking it while waiting for the lock.
   // Only a start over (accept --forget-newer) makes a ledger where none is, and not at a path other than
   // the one a serving station holds (the lease): nothing is made there, not even the lock file.
   if (req.op !== 'accept') refuseMissingLedger(config);
-  else if (!req.forgetNewer && !existsSync(config.station.ledger)) throw nothingToAccept(notALedgerProblem(config.station.ledger)!);
-  else if (req.forgetNewer && !existsSync(config.station.ledger)) {
+  else if (!existsSync(config.station.ledger)) {
+    if (!req.forgetNewer) throw nothingToAccept(notALedgerProblem(config.station.ledger)!);
     refuseBeforeLock(config, (t) => {
       const busy = leaseProblem((l) => t.readData(l), config.station.id, config.station.ledger);
       return busy ? new LineSignerError('LEDGER_BUSY', `nothing written: ${busy}`) : null;
     });
   }
+  // The serving station does it, if one serves; else this process takes the lock. A station that is
+  // starting holds the lock before its socket listens: keep asking it while waiting for the lock.
   let remote: { result: unknown } | undefined;
   const lock = await LedgerLock.wait(config.station.ledger, req.op, 60_000, onWait, async () => (remote = await callOwner(config.station.ledger, req)) !== undefined);
   if (!lock) return remote!.result as T;
