@@ -9,7 +9,7 @@
 import test from 'ava';
 import Database from 'better-sqlite3';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, openSync, readFileSync, statSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { cli } from './helpers/cli.js';
 import { FACTORY, testStation, uuid } from './helpers/pki.js';
@@ -52,7 +52,7 @@ test('a trigger planted in the file is named by verify, and serve and sign refus
   verifyFails(t, s.configPath, /ERROR LEDGER file: trigger unrevoke: a trigger line-signer never makes/);
   const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr(s.devices[0])) });
   t.not(sign.status, 0);
-  t.regex(sign.stderr, /ERROR LEDGER not serving: .*trigger unrevoke.*changed outside line-signer/);
+  t.regex(sign.stderr, /ERROR LEDGER not signed: .*trigger unrevoke.*changed outside line-signer/);
   const db = new Database(s.ledger, { readonly: true });
   t.is((db.prepare('SELECT count(*) AS n FROM revoked').get() as { n: number }).n, 1, 'the trigger never ran: nothing was written');
   db.close();
@@ -67,7 +67,7 @@ test('rows numbered below 1 (a forged replay base and grant, a planted issuance)
   verifyFails(t, s.configPath, /events\.seq: 1 row numbered below 1/, /issuances\.seq: 1 row numbered below 1/);
   const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr(s.devices[0])) });
   t.not(sign.status, 0);
-  t.regex(sign.stderr, /ERROR LEDGER not serving/);
+  t.regex(sign.stderr, /ERROR LEDGER not signed: /);
 });
 
 test('a value of the wrong type and a seq moved to 10^12 are listed in seconds, not a crash or a hang', async (t) => {
@@ -112,7 +112,7 @@ test('a trigger named to look like SQLite\'s own objects, and an index rewired t
   verifyFails(t, s.configPath, /file: the file: SQLite's integrity check: /);
   const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr(device)) });
   t.not(sign.status, 0);
-  t.regex(sign.stderr, /ERROR LEDGER not serving: .*table revoked: SQLite's integrity check/);
+  t.regex(sign.stderr, /ERROR LEDGER not signed: .*table revoked: SQLite's integrity check/);
 });
 
 test('a trigger planted while the station has the ledger open: its next write refuses, and the trigger never runs', async (t) => {
@@ -137,4 +137,52 @@ test('an operator command run here (no station serving) refuses a file with a tr
   const r = cli(['order', 'open', 'WO-1', '--quantity', '10', '--config', s.configPath]);
   t.not(r.status, 0);
   t.regex(r.stderr, /ERROR LEDGER nothing written: .*trigger inflate/);
+});
+
+/** Bytes overwritten (by default the first page's after the header: SQLite's schema page no longer reads). */
+function damage(ledger: string, from = 100, length = 3996): void {
+  const fd = openSync(ledger, 'r+');
+  try {
+    writeSync(fd, Buffer.alloc(length, 0x55), 0, length, from);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+test('a ledger file SQLite finds damaged is refused with LEDGER naming the file by sign, the operator commands, verify, status and log, never INTERNAL', async (t) => {
+  const s = await stopped(2);
+  damage(s.ledger);
+  const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr()) });
+  t.is(sign.status, 1);
+  t.regex(sign.stderr, new RegExp(`^ERROR LEDGER the ledger file ${s.ledger} is damaged \\(SQLite: .*\\): restore the newest backup`, 'm'));
+  const order = cli(['order', 'open', 'WO-1', '--quantity', '5', '--config', s.configPath]);
+  t.not(order.status, 0);
+  t.regex(order.stderr, /^ERROR LEDGER /m);
+  t.notRegex(order.stderr, /INTERNAL/, "order");
+  verifyFails(t, s.configPath, new RegExp(`^ERROR LEDGER the ledger file ${s.ledger} is damaged`, 'm'));
+  for (const args of [['status'], ['log']]) {
+    const r = cli([...args, '--config', s.configPath]);
+    t.is(r.status, 1, args[0]);
+    t.regex(r.stderr, new RegExp(`^ERROR LEDGER the ledger file ${s.ledger} is damaged`, 'm'), args[0]);
+  }
+});
+
+test('a WAL beside the ledger that makes it read as a damaged database is named before anything is written: the file and the WAL stay as they were', async (t) => {
+  const s = await stopped(2);
+  // A WAL of the file's own, kept: a connection's write left in it, copied out before the close plays it in.
+  const db = new Database(s.ledger);
+  db.pragma('wal_autocheckpoint = 0');
+  db.exec('CREATE TABLE scratch (x)');
+  const wal = readFileSync(`${s.ledger}-wal`);
+  db.close();
+  t.true(wal.length > 0);
+  // Every page after the first (the WAL holds a newer first page, and the new table's).
+  damage(s.ledger, 4096, statSync(s.ledger).size - 4096);
+  writeFileSync(`${s.ledger}-wal`, wal);
+  const before = readFileSync(s.ledger);
+  const sign = cli(['sign', '-', '--config', s.configPath], { input: Buffer.from(csr()) });
+  t.is(sign.status, 1);
+  t.regex(sign.stderr, new RegExp(`^ERROR LEDGER ${s.ledger} with the WAL beside it \\(${s.ledger}-wal, ${wal.length} bytes, .*reads as a damaged database .*Nothing was written`, 'm'));
+  t.true(readFileSync(s.ledger).equals(before), 'the file is as it was');
+  t.is(statSync(`${s.ledger}-wal`).size, wal.length, 'the WAL is where it was');
 });

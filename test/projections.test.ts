@@ -80,7 +80,7 @@ test('an untouched history verifies, and each policy table edited behind the cha
     t.regex(v.stderr, /^ERROR LEDGER policy state: /m, what);
     const sign = cli(['sign', '-', '--config', h.configPath], { input: Buffer.from(csrOf(uuid())) });
     t.not(sign.status, 0, `${what}: the station signed on an edited ledger`);
-    t.regex(sign.stderr, /ERROR LEDGER not serving: .*edited outside line-signer/, what);
+    t.regex(sign.stderr, /ERROR LEDGER not signed: .*edited outside line-signer/, what);
     // Put the file back for the next edit.
     checkpointWal(h.ledger);
     copyFileSync(`${h.ledger}.clean`, h.ledger);

@@ -221,3 +221,96 @@ test("another ledger's content copied over a serving station's (cp: the same ino
   db.close();
   t.true(before.length > 0);
 });
+
+test("an older copy of the same ledger copied over a serving station's (cp: the same inode and ledger id): it stops, and leaves the file as it found it or names what it did not write", async (t) => {
+  const s = await testStation();
+  await s.close();
+  const ledger = s.config.station.ledger;
+  const older = join(s.dir, 'older.db');
+  const sv = await serveProcess(t, s);
+  t.is((await signByHand(s)).status, 0);
+  t.is(cli(['ledger', 'backup', older, '--config', s.configPath]).status, 0);
+  // Signed after the copy, and past a checkpoint the token holds: the copy lacks them.
+  for (let i = 0; i < 3; i++) t.is((await signByHand(s)).status, 0);
+  await new Promise((r) => setTimeout(r, 1500));
+  copyFileSync(older, ledger);
+  const exited = await Promise.race([sv.exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000))]);
+  t.is(exited, 1, sv.out());
+  const said = sv.logs().map((l) => String(l.msg)).find((m) => m.startsWith('ERROR LEDGER the ledger file'));
+  t.regex(said ?? '', /was overwritten with another file's content .*The file is left as it was found|was changed outside line-signer while this station had it: .*nothing more is written or signed/, sv.out());
+  t.false(sv.out().includes('    at '));
+  t.false(sv.logs().some((l) => typeof l.saved === 'string'), 'no copy of a mix is offered as the ledger');
+  // Left as found: exactly the copy's bytes, and no WAL of the station's beside it to play into them.
+  if (/overwritten/.test(said ?? '')) {
+    t.true(readFileSync(ledger).equals(readFileSync(older)), 'the file copied in is as it was copied');
+    t.is(statSync(`${ledger}-wal`, { throwIfNoEntry: false })?.size ?? 0, 0);
+  }
+  // The next start refuses it with the ledger's code, never INTERNAL.
+  const refused = await signByHand(s);
+  t.not(refused.status, 0);
+  t.regex(refused.stderr, /^ERROR LEDGER not signed: /m, sv.out());
+});
+
+test("a station killed right after another ledger was moved over its file: the next start names the WAL it left beside that file, writes nothing, and once it is moved away the file reads as it is", async (t) => {
+  const other = await testStation();
+  await other.close();
+  const s = await testStation();
+  await s.close();
+  const ledger = s.config.station.ledger;
+  const sv = await serveProcess(t, s);
+  for (let i = 0; i < 3; i++) t.is((await signByHand(s)).status, 0);
+  const wal = readFileSync(`${ledger}-wal`);
+  t.true(wal.length > 0, 'the station has commits in its WAL');
+  // Within the 2 s the station takes to notice, then killed: SQLite leaves its WAL at the path.
+  renameSync(ledger, join(s.dir, 'moved-away.db'));
+  renameSync(other.config.station.ledger, ledger);
+  sv.child.kill('SIGKILL');
+  await sv.exited;
+  const before = readFileSync(ledger);
+  const refused = await signByHand(s);
+  t.not(refused.status, 0);
+  t.regex(refused.stderr, new RegExp(`^ERROR LEDGER not signed: ${ledger}-wal is the WAL that pid ${sv.child.pid} .* left for the file it had open at ${ledger}, and another file is there now .*Nothing was opened or written\\. Move ${ledger}-wal and ${ledger}-shm away`, 'm'));
+  t.true(readFileSync(ledger).equals(before), 'nothing was written into the file');
+  t.true(statSync(`${ledger}-wal`).size > 0, 'the WAL is left for the operator to move');
+  // Moved away as told: the file is another station's ledger, refused as such (never "damaged", never INTERNAL).
+  renameSync(`${ledger}-wal`, join(s.dir, 'left.wal'));
+  rmSync(`${ledger}-shm`, { force: true });
+  const again = await signByHand(s);
+  t.not(again.status, 0);
+  t.regex(again.stderr, /^ERROR LEDGER not signed: /m);
+  t.notRegex(again.stderr, /damaged|malformed/);
+  t.true(readFileSync(ledger).equals(before), 'the other station\'s file is still as it was');
+  // The killed station's own file put back with its WAL: that is a crash, recovered as any other.
+  renameSync(ledger, join(s.dir, 'other-back.db'));
+  renameSync(join(s.dir, 'moved-away.db'), ledger);
+  writeFileSync(`${ledger}-wal`, wal);
+  const back = await signByHand(s);
+  t.is(back.status, 0, back.stderr);
+  const db = new Database(ledger, { readonly: true });
+  t.is((db.prepare('SELECT count(*) AS n FROM issuances').get() as { n: number }).n, 4, 'the three in the WAL and the new one');
+  db.close();
+});
+
+test('rows deleted from the ledger by another program while the station serves: it stops by itself within seconds, writes no stop row or checkpoint over them, and the next start refuses the file', async (t) => {
+  const s = await testStation();
+  await s.close();
+  const ledger = s.config.station.ledger;
+  const sv = await serveProcess(t, s);
+  for (let i = 0; i < 3; i++) t.is((await signByHand(s)).status, 0);
+  // Past the checkpoint that covers them (one a second), so the token vouches for what is deleted.
+  await new Promise((r) => setTimeout(r, 1500));
+  const edit = new Database(ledger);
+  edit.exec('DELETE FROM issuances WHERE seq = (SELECT max(seq) FROM issuances)');
+  const eventsBefore = (edit.prepare('SELECT max(seq) AS n FROM events').get() as { n: number }).n;
+  edit.close();
+  const exited = await Promise.race([sv.exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000))]);
+  t.is(exited, 1, sv.out());
+  t.true(sv.logs().some((l) => /^ERROR LEDGER the ledger file was changed outside line-signer while this station had it: .*; nothing more is written or signed: run `line-signer ledger verify`/.test(String(l.msg))), sv.out());
+  t.false(sv.logs().some((l) => typeof l.saved === 'string'));
+  const db = new Database(ledger, { readonly: true });
+  t.is((db.prepare('SELECT max(seq) AS n FROM events').get() as { n: number }).n, eventsBefore, 'no stop row after the edit');
+  db.close();
+  const refused = await signByHand(s);
+  t.not(refused.status, 0);
+  t.regex(refused.stderr, /^ERROR LEDGER not signed: /m);
+});

@@ -583,7 +583,7 @@ test('a revocation event turned into another kind in place, the revoked table em
   writeFileSync(again, makeDeviceCsr({ deviceId: device, factory: FACTORY, production: true }, first.privateKey).der);
   const sign = cli(['sign', again, '--config', s.configPath]);
   t.is(sign.status, 1);
-  t.regex(sign.stderr, new RegExp(`ERROR LEDGER not serving: event seq ${seq} does not match the ledger's hash chain`));
+  t.regex(sign.stderr, new RegExp(`ERROR LEDGER not signed: event seq ${seq} does not match the ledger's hash chain`));
   t.notRegex(sign.stdout, /BEGIN CERTIFICATE/);
   mkdirSync(join(s.dir, 'stick'));
   const exp = cli(['export', '--out', join(s.dir, 'stick'), '--config', s.configPath]);
@@ -610,7 +610,7 @@ test('an issuance row edited in place below the head (its device id changed, so 
   writeFileSync(second, makeDeviceCsr({ deviceId: device, factory: FACTORY, production: true }).der);
   const sign = cli(['sign', second, '--config', s.configPath]);
   t.is(sign.status, 1);
-  t.regex(sign.stderr, /ERROR LEDGER not serving: issuance seq 1 does not match the ledger's hash chain \(entry_hash does not match the row and the previous hash\)/);
+  t.regex(sign.stderr, /ERROR LEDGER not signed: issuance seq 1 does not match the ledger's hash chain \(entry_hash does not match the row and the previous hash\)/);
   t.notRegex(sign.stdout, /BEGIN CERTIFICATE/);
 });
 

@@ -114,20 +114,26 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   if (!lostOwnership) lostFile ??= open.ledgerFileProblem();
   // Deleted or moved away: the file the connections hold is whole, and the only copy. Overwritten: the
   // file is another's now, and nothing more goes into it (a copy of the mix would be no ledger).
+  // Rows this station did not write: it signs nothing more (no stop row or checkpoint over them).
   const overwritten = lostFile?.kind === 'overwritten';
-  if (lostFile && !overwritten) view.info(`ERROR LEDGER ${lostFile.text}; the station saves the ledger it wrote`);
-  if (overwritten) {
-    view.info(
-      `ERROR LEDGER ${lostFile!.text}; what this station wrote was in it and is lost with it: nothing more is written. ` +
-        `Restore the newest backup to ${config.station.ledger} (\`line-signer ledger accept --reason R\`, with --forget-newer when it ends before the token's checkpoint)`,
-    );
-  }
+  const foreign = lostFile?.kind === 'foreign';
+  const lost = lostFile && !overwritten && !foreign;
+  if (lost) view.info(`ERROR LEDGER ${lostFile!.text}; the station saves the ledger it wrote`);
+  if (foreign) view.info(`ERROR LEDGER ${lostFile!.text}; nothing more is written or signed: run \`line-signer ledger verify\`, which names the rows`);
   try {
-    await open.close({
-      write: lostOwnership === null && !overwritten,
+    const notLeft = await open.close({
+      write: lostOwnership === null && !overwritten && !foreign,
       // After the stop's checkpoint, before the connections close: the only copy is the file they hold open.
-      ...(lostFile && !overwritten ? { beforeClose: () => saveLedger(config.station.ledger, open, view!) } : {}),
+      ...(lost ? { beforeClose: () => saveLedger(config.station.ledger, open, view!) } : {}),
+      leaveAsFound: overwritten,
     });
+    if (overwritten) {
+      view.info(
+        `ERROR LEDGER ${lostFile!.text}; what this station wrote was in it and is lost with it. ` +
+          `${notLeft ? `The file: ${notLeft}` : 'The file is left as it was found: nothing of this station\'s was written into it'}. ` +
+          `Restore the newest backup to ${config.station.ledger} (\`line-signer ledger accept --reason R\`, with --forget-newer when it ends before the token's checkpoint)`,
+      );
+    }
   } catch (err) {
     view.info(`ERROR ${asLineSignerError(err).code} at the stop: ${asLineSignerError(err).message}`);
   }

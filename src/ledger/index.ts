@@ -25,7 +25,7 @@ const PAGE_CACHE_KIB = 500;
 export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type EventFields, type IssuanceFields } from './chain.js';
 export { ThreadedLedger } from './threaded.js';
 export type { ProjectionProblem } from './projections.js';
-export { LedgerLock, leaseLabel, leaseProblem, leaseValue, realLedgerPath, refuseHardLinked } from './lock.js';
+export { LedgerLock, leaseLabel, leaseProblem, leaseValue, realLedgerPath, refuseHardLinked, strayWalProblem } from './lock.js';
 export { checkpointLabel, closesLedger, ledgerTokenProblem, missingLedgerProblem, stationIdProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
 export interface NewIssuance {
@@ -182,6 +182,50 @@ export function rowsWrittenHere(path: string): { issuances: Map<number, string>;
  * the schema (a 0-byte file becomes a new, empty ledger; another SQLite file gets the ledger's tables
  * and WAL mode): a command that takes a file someone put there looks first, read-only.
  */
+/** SQLite's word that a file is not a database, or not a whole one. */
+export function isDamagedFileError(err: unknown): boolean {
+  return /^SQLITE_(CORRUPT|NOTADB)/.test(String((err as { code?: string } | null)?.code));
+}
+
+/** A LEDGER error for a ledger file SQLite finds damaged (anything else: null). */
+export function damagedLedgerError(err: unknown, path: string): LineSignerError | null {
+  if (!isDamagedFileError(err)) return null;
+  return new LineSignerError('LEDGER', `the ledger file ${path} is damaged (SQLite: ${(err as Error).message}): restore the newest backup to ${path} (\`line-signer ledger accept --reason R\`)`);
+}
+
+/**
+ * A WAL left beside the ledger (a crash; or another file moved or copied
+ * to the path while a station had its own open there, killed before it
+ * could move its WAL away) is played into the file by every opener, and
+ * the first read-write close writes it in for good. So before one, the two
+ * are read together read-only: a WAL that is not the file's makes a
+ * damaged database, and is named while the file is still as it was.
+ */
+export function damagedWithWalProblem(path: string): string | null {
+  const wal = `${path}-wal`;
+  const bytes = statSync(wal, { throwIfNoEntry: false })?.size ?? 0;
+  if (bytes === 0) return null;
+  let said: string;
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true });
+    const rows = db.pragma('quick_check(5)') as Array<Record<string, string>>;
+    const lines = rows.map((r) => Object.values(r)[0]!);
+    if (lines.length === 1 && lines[0] === 'ok') return null;
+    said = lines.join('; ');
+  } catch (err) {
+    if (!isDamagedFileError(err)) return null;
+    said = (err as Error).message;
+  } finally {
+    db?.close();
+  }
+  return (
+    `${path} with the WAL beside it (${wal}, ${bytes} bytes, which SQLite plays into the file) reads as a damaged database (SQLite: ${said}). ` +
+    `If another file was moved or copied to ${path} while a station had its own open there, the WAL is that station's, not this file's: move ${wal} (and ${path}-shm) away, and the file reads as it is; ` +
+    `else restore the newest backup (\`line-signer ledger accept --reason R\`). Nothing was written`
+  );
+}
+
 export function notALedgerProblem(path: string): string | null {
   let size: number;
   try {
@@ -532,22 +576,27 @@ export class SqliteLedger implements Ledger {
   private readonly insertIssuance: (entry: NewIssuance, guard: CommitGuard | undefined) => Issuance;
   private readonly insertEvent: (event: NewEvent) => number;
 
+  /** `walLooked`: another connection of this process opened the file just before (the writer thread's, after the station's). */
   constructor(
     private readonly path: string,
     private readonly stationId: string,
-    opts: { readonly?: boolean } = {},
+    opts: { readonly?: boolean; walLooked?: boolean } = {},
   ) {
     // SQLite would open a FIFO and wait for a writer for ever, and call a folder a disk I/O error.
     if (path !== ':memory:') {
       const st = statSync(path, { throwIfNoEntry: false });
       if (st && !st.isFile()) throw new LineSignerError('LEDGER', `${path} is not a file (${st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a FIFO' : 'not a regular file'}): [station] ledger names the ledger's file`);
+      if (st && !opts.readonly && !opts.walLooked) {
+        const left = damagedWithWalProblem(path);
+        if (left) throw new LineSignerError('LEDGER', left);
+      }
     }
     try {
       this.db = new Database(path, { readonly: opts.readonly ?? false, fileMustExist: opts.readonly ?? false });
     } catch (err) {
       if (opts.readonly && !existsSync(path)) throw new LineSignerError('LEDGER', `no ledger at ${path}: a new station makes it at its first serve or sign; if this station has issued, [station] ledger names the wrong file, or the file was moved or deleted`);
       const why = whyNotWritable(path);
-      throw new LineSignerError('LEDGER', `cannot open ledger ${path}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
+      throw damagedLedgerError(err, path) ?? new LineSignerError('LEDGER', `cannot open ledger ${path}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
     }
     if (!opts.readonly) {
       try {
@@ -555,27 +604,27 @@ export class SqliteLedger implements Ledger {
       } catch (err) {
         const why = whyNotWritable(path);
         this.db.close();
-        throw new LineSignerError('LEDGER', `cannot write ledger ${path}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
+        throw damagedLedgerError(err, path) ?? new LineSignerError('LEDGER', `cannot write ledger ${path}: ${(err as Error).message}${why ? `: ${why}` : ''}`);
       }
     }
-    this.db.pragma('synchronous = FULL');
-    this.db.pragma('busy_timeout = 5000');
-    // A small page cache. better-sqlite3 builds SQLite with 16 MB a connection, which a serving
-    // station's connections filled as the file grew: 17 of the 41 MB its RSS grew by over 30,000
-    // issuances. The pages the station reads again (the chains' heads, the upper index pages) fit in
-    // 500 KiB; the rest comes from the OS's file cache. 2 MB (SQLite's default) grew 3 MB more over
-    // 100,000 issuances at the same certificates/s.
-    this.db.pragma(`cache_size = -${PAGE_CACHE_KIB}`);
-    this.db.pragma('foreign_keys = ON');
-    if (!opts.readonly) {
-      try {
-        this.migrate();
-      } catch (err) {
-        this.db.close();
-        throw err;
-      }
+    try {
+      this.db.pragma('synchronous = FULL');
+      this.db.pragma('busy_timeout = 5000');
+      // A small page cache. better-sqlite3 builds SQLite with 16 MB a connection, which a serving
+      // station's connections filled as the file grew: 17 of the 41 MB its RSS grew by over 30,000
+      // issuances. The pages the station reads again (the chains' heads, the upper index pages) fit in
+      // 500 KiB; the rest comes from the OS's file cache. 2 MB (SQLite's default) grew 3 MB more over
+      // 100,000 issuances at the same certificates/s.
+      this.db.pragma(`cache_size = -${PAGE_CACHE_KIB}`);
+      this.db.pragma('foreign_keys = ON');
+      if (!opts.readonly) this.migrate();
+      this.schemaVersion = this.db.pragma('schema_version', { simple: true }) as number;
+      // The schema read now, where a damaged file gets its LEDGER error, rather than at the first query.
+      this.db.prepare('SELECT count(*) FROM sqlite_master').get();
+    } catch (err) {
+      this.db.close();
+      throw damagedLedgerError(err, path) ?? err;
     }
-    this.schemaVersion = this.db.pragma('schema_version', { simple: true }) as number;
     const db = this.db;
     this.q = {
       byCsr: db.prepare<[string], IssuanceRow>('SELECT * FROM issuances WHERE csr_sha256 = ?'),

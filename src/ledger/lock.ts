@@ -292,6 +292,9 @@ interface Lease {
   start: string;
   ledger: string;
   since: string;
+  /** The file the station opened there (see strayWalProblem). */
+  dev?: number;
+  ino?: number;
 }
 
 function bootId(): string {
@@ -313,8 +316,39 @@ function processStart(pid: number): string | null {
 
 /** The lease a serving station writes for `ledger`. */
 export function leaseValue(ledger: string): Uint8Array {
-  const lease: Lease = { pid: process.pid, boot: bootId(), start: processStart(process.pid) ?? '', ledger: realLedgerPath(ledger), since: new Date().toISOString() };
+  const st = statSync(ledger, { throwIfNoEntry: false });
+  const lease: Lease = { pid: process.pid, boot: bootId(), start: processStart(process.pid) ?? '', ledger: realLedgerPath(ledger), since: new Date().toISOString(), ...(st ? { dev: st.dev, ino: st.ino } : {}) };
   return Buffer.from(JSON.stringify(lease));
+}
+
+/**
+ * A WAL at the ledger's path that the station which served there last left
+ * when it was killed, while another file is at the path now (its own was
+ * moved away or replaced first): SQLite would play that WAL into this file
+ * and write it in for good at the close. Null when there is no such WAL.
+ */
+export function strayWalProblem(readData: (label: string) => Buffer[], stationId: string, ledger: string): string | null {
+  const wal = `${ledger}-wal`;
+  if ((statSync(wal, { throwIfNoEntry: false })?.size ?? 0) === 0) return null;
+  const st = statSync(ledger, { throwIfNoEntry: false });
+  if (!st) return null;
+  const mine = realLedgerPath(ledger);
+  for (const v of readData(leaseLabel(stationId))) {
+    let lease: Lease;
+    try {
+      lease = JSON.parse(v.toString('utf8')) as Lease;
+    } catch {
+      continue;
+    }
+    // A lease let go at a clean stop has no pid; one without the file's identity is older than this check.
+    if (typeof lease.pid !== 'number' || typeof lease.ino !== 'number' || lease.ledger !== mine) continue;
+    if (lease.dev === st.dev && lease.ino === st.ino) continue;
+    return (
+      `${wal} is the WAL that pid ${lease.pid} (serving since ${lease.since}, then killed) left for the file it had open at ${ledger}, and another file is there now (moved there while it served): ` +
+      `SQLite would play it into this one and damage it. Nothing was opened or written. Move ${wal} and ${ledger}-shm away, or put that station's file back at ${ledger}`
+    );
+  }
+  return null;
 }
 
 /** Why this process may not write `ledger`: a living station serves another file of the same station. Null when none does. */

@@ -13,13 +13,13 @@
  * every issuance goes through recordIssuance here, and a revocation or a
  * re-issue grant needs an issuance of the device first.
  */
-import { renameSync, statSync, type Stats } from 'node:fs';
+import { constants, copyFileSync, renameSync, rmSync, statSync, type Stats } from 'node:fs';
 import Database from 'better-sqlite3';
 import { LineSignerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { nameSkeleton, quote } from '../text.js';
 import { SeenFilter } from './seen.js';
-import { chainProblemText, rowsWrittenHere, SqliteLedger, UNKNOWN_DEVICE, type Heads, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext, type Checkpoint, type TokenCheckpoint, type NameHolder } from './index.js';
+import { chainProblemText, isDamagedFileError, rowsWrittenHere, SqliteLedger, UNKNOWN_DEVICE, type Heads, type ChainProblem, type CommitGuard, type DeviceContext, type Issuance, type Ledger, type LedgerStats, type NewEvent, type NewIssuance, type StationContext, type Checkpoint, type TokenCheckpoint, type NameHolder } from './index.js';
 
 const sameHeads = (a: Heads, b: Heads): boolean =>
   a.issuanceSeq === b.issuanceSeq && a.issuanceHash === b.issuanceHash && a.eventSeq === b.eventSeq && a.eventHash === b.eventHash;
@@ -219,11 +219,14 @@ export class ThreadedLedger implements Ledger {
    * Whether the path still names the file this station opened, or why not:
    * the file deleted (its connections go on writing a file no path names,
    * lost at the stop), or another moved over it (the operator's commands
-   * and a backup, which open the path, would read and write that one).
-   * Null before acceptFile().
+   * and a backup, which open the path, would read and write that one),
+   * another's content copied into it ('overwritten'), or rows in it this
+   * station did not write ('foreign', see foreignWrites: an older copy of
+   * the same ledger copied over it, an edit). Null before acceptFile().
    */
-  fileProblem(): { kind: 'deleted' | 'moved' | 'overwritten'; text: string } | null {
+  fileProblem(): { kind: 'deleted' | 'moved' | 'overwritten' | 'foreign'; text: string } | null {
     if (!this.identity) return null;
+    if (this.foreign) return { kind: 'foreign', text: this.foreign };
     let st: Stats;
     try {
       st = statSync(this.path);
@@ -235,6 +238,7 @@ export class ThreadedLedger implements Ledger {
     }
     // cp writes another file's content into the same inode: the ledger's id, read through the path on a
     // connection of its own, says whose file it is now (a busy file is looked at again next time).
+    const overwritten = { kind: 'overwritten' as const, text: `the ledger file ${this.path} was overwritten with another file's content while this station had it open (a file copied over it)` };
     let id: string | null;
     try {
       const look = new Database(this.path, { readonly: true, fileMustExist: true });
@@ -244,13 +248,21 @@ export class ThreadedLedger implements Ledger {
         look.close();
       }
     } catch (err) {
-      if (/BUSY|LOCKED/.test(String((err as { code?: string }).code))) return null;
+      // Only a file SQLite finds is not this one (damaged: an older copy's pages beside this station's WAL);
+      // anything else (busy, out of file handles) is looked at again next time.
+      if (!isDamagedFileError(err)) return null;
       id = null;
     }
-    if (id !== this.identity.ledgerId) {
-      return { kind: 'overwritten', text: `the ledger file ${this.path} was overwritten with another file's content while this station had it open (a file copied over it)` };
+    if (id !== this.identity.ledgerId) return overwritten;
+    // The same ledger's older copy copied over it reads with the same id: the rows this station vouches for tell.
+    try {
+      const why = this.foreignWrites();
+      if (why) this.foreign = `the ledger file was changed outside line-signer while this station had it: ${why}`;
+    } catch (err) {
+      if (isDamagedFileError(err)) return overwritten;
+      return null;
     }
-    return null;
+    return this.foreign ? { kind: 'foreign', text: this.foreign } : null;
   }
 
   /**
@@ -422,5 +434,42 @@ export class ThreadedLedger implements Ledger {
     if (!this.writer.dead) await this.writer.call({ op: 'close' }).catch(() => undefined);
     await this.writer.stop();
     this.reader.close();
+  }
+
+  /**
+   * close(), when the path's file holds content copied over this station's
+   * (fileProblem 'overwritten'). SQLite's last close writes its WAL into the
+   * file it opened, this station's pages over the copied content, a mix that
+   * is no ledger (the next start said "malformed"). So that content is kept
+   * aside first and put back once the connections are closed. Returns what
+   * could not be done so, or null.
+   */
+  async closeLeavingFileAsFound(): Promise<string | null> {
+    const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+    const aside = `${this.path}.as-found-${stamp}`;
+    try {
+      copyFileSync(this.path, aside, constants.COPYFILE_EXCL);
+    } catch (err) {
+      rmSync(aside, { force: true });
+      await this.close();
+      return `it could not be kept as found (${(err as Error).message}), so SQLite wrote this station's last pages into it at the close: it is no ledger now`;
+    }
+    await this.close();
+    try {
+      renameSync(aside, this.path);
+    } catch (err) {
+      return `it holds this station's last pages now; what was copied over it is kept as ${aside} (${(err as Error).message})`;
+    }
+    // The close left its WAL at the path when another process had the file open (no checkpoint then):
+    // the next opener would play this station's pages into the content put back.
+    const wal = `${this.path}-wal`;
+    if ((statSync(wal, { throwIfNoEntry: false })?.size ?? 0) > 0) {
+      try {
+        renameSync(wal, `${this.path}.wal-of-stopped-station-${stamp}`);
+      } catch (err) {
+        return `move ${wal} away before the file is opened (it is this station's, not the file's: ${(err as Error).message})`;
+      }
+    }
+    return null;
   }
 }

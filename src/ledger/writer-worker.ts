@@ -18,7 +18,7 @@ export type WriterRequest =
   | { id: number; op: 'close' };
 
 const { path, stationId } = workerData as { path: string; stationId: string };
-const ledger = new SqliteLedger(path, stationId);
+const ledger = new SqliteLedger(path, stationId, { walLooked: true });
 let queue: Array<WriterRequest & GroupWrite> = [];
 let scheduled = false;
 let closing: WriterRequest | null = null;

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { readPin, type StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { leaseLabel, leaseProblem, leaseValue, ledgerTokenProblem, LedgerLock, missingLedgerProblem, ownedLedgerProblem, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
+import { damagedLedgerError, leaseLabel, leaseProblem, leaseValue, ledgerTokenProblem, LedgerLock, missingLedgerProblem, ownedLedgerProblem, strayWalProblem, ThreadedLedger, tokenCheckpoint } from '../ledger/index.js';
 import { Checkpointer } from './checkpointer.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { Pkcs11Token, WorkerSigner } from '../token/index.js';
@@ -100,9 +100,11 @@ export interface OpenStation {
    * written to it (no stop event or checkpoint). `beforeClose` runs after
    * the stop's checkpoint (or its failure) and before the connections
    * close: the ledger saved while they still hold it (its path deleted or
-   * taken by another file).
+   * taken by another file). `leaveAsFound`: the path's file has another's
+   * content (ledgerFileProblem 'overwritten'); it is left as found (see
+   * ThreadedLedger.close), or the answer says why not.
    */
-  close(opts?: { write?: boolean; beforeClose?: () => Promise<void> }): Promise<void>;
+  close(opts?: { write?: boolean; beforeClose?: () => Promise<void>; leaveAsFound?: boolean }): Promise<string | null>;
 }
 
 /** A checking worker is replaced by a fresh one after this many calls (one a certificate under load): see WorkerRpc's replaceAfter. */
@@ -152,6 +154,8 @@ export async function openStation(config: StationConfig, opts: OpenOptions = {})
 }
 
 async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerLock | null): Promise<OpenStation> {
+  // `sign` with no station serving opens one for its CSR: its refusal says what was not done.
+  const refused = opts.oneShot ? 'not signed' : 'not serving';
   const caDer = readCertificateFile(config.ca.certificate, 'local-ca certificate');
   const rootDer = readCertificateFile(config.ca.root, 'factory root');
   const pin = readPin(config.token);
@@ -183,20 +187,24 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     const mismatch = certificateKeyMismatch(readCertificateFile(config.ca.station_certificate, 'station key certificate'), stationKey.spki, `the station certificate ${config.ca.station_certificate}`);
     if (mismatch) throw new LineSignerError('CA', `${mismatch}: exports would verify against no pin; restore the file`);
     // Without the owner lock (tests racing two writers) another process commits too: nothing may be known from memory.
+    const stray = opts.lock === 'none' ? null : strayWalProblem((l) => token.readData(l), config.station.id, config.station.ledger);
+    if (stray) throw new LineSignerError('LEDGER', `${refused}: ${stray}`);
     ledger = new ThreadedLedger(config.station.ledger, config.station.id, { knownFromMemory: opts.lock !== 'none' && !opts.oneShot, slowCommitHereMs: opts.slowCommitHereMs });
     const kept = tokenCheckpoint((l) => token.readData(l), config.station.id);
     const problem = opts.lock === 'none' ? null : ledgerTokenProblem(ledger, kept, config.station.id, config.station.ledger);
-    if (problem) throw new LineSignerError('LEDGER', `not serving: ${problem}`);
+    if (problem) throw new LineSignerError('LEDGER', `${refused}: ${problem}`);
     const busy = opts.lock === 'none' ? null : leaseProblem((l) => token.readData(l), config.station.id, config.station.ledger);
     if (busy) throw new LineSignerError('LEDGER_BUSY', busy);
     // The file's own checks: a trigger, a row changed below the head, a table edited beside its events.
     const owned = opts.lock === 'none' ? null : ownedLedgerProblem(ledger, config.station.ledger);
-    if (owned) throw new LineSignerError('LEDGER', `not serving: ${owned.text}; restore the ledger from a backup`);
+    if (owned) throw new LineSignerError('LEDGER', `${refused}: ${owned.text}; restore the ledger from a backup`);
     // A serving station names its file in the token (see leaseProblem); a one-shot sign lives for milliseconds.
     if (opts.lock !== 'none' && !opts.oneShot) token.writeData(leaseLabel(config.station.id), leaseValue(config.station.ledger));
   } catch (err) {
     if (ledger) await ledger.close();
     token.close();
+    const damaged = damagedLedgerError(err, config.station.ledger);
+    if (damaged) throw new LineSignerError('LEDGER', `${refused}: ${damaged.message}`);
     throw err;
   }
   const key = { spki: nearby.publicKeySpki(), curve: nearby.hash === 'sha256' ? ('P-256' as const) : ('P-384' as const) };
@@ -264,9 +272,10 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
     stillOwned: () => lock?.stillOwned() ?? null,
     ownershipContested: () => lock?.contested ?? false,
     ledgerFileProblem: () => owned.fileProblem(),
-    async close(closeOpts?: { write?: boolean; beforeClose?: () => Promise<void> }) {
-      if (closed) return;
+    async close(closeOpts?: { write?: boolean; beforeClose?: () => Promise<void>; leaveAsFound?: boolean }) {
+      if (closed) return null;
       closed = true;
+      let note: string | null = null;
       try {
         if (closeOpts?.write !== false) {
           await station.flushEvents();
@@ -280,9 +289,11 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
         await Promise.all(checkers.map((c) => c.stop()));
         await workerSigner.close();
         token.close();
-        await owned.close();
+        if (closeOpts?.leaveAsFound) note = await owned.closeLeavingFileAsFound();
+        else await owned.close();
         lock?.release();
       }
+      return note;
     },
   };
 }

@@ -19,6 +19,7 @@ import {
   checkpointStatement,
   eventHash,
   GENESIS_HASH,
+  isDamagedFileError,
   issuanceHash,
   ledgerTokenProblem,
   missingLedgerProblem,
@@ -121,7 +122,13 @@ export function verifyLedger(config: StationConfig, opts: VerifyLedgerOptions = 
     ledger = new SqliteLedger(path, config.station.id, { readonly: true });
   } catch (err) {
     // A table dropped or rebuilt: the ledger's queries cannot be prepared. Say what of the file changed.
-    const shape = statSync(path, { throwIfNoEntry: false })?.isFile() ? shapeProblemsOfFile(path) : [];
+    let shape: Array<{ what: string; reason: string }> = [];
+    try {
+      if (statSync(path, { throwIfNoEntry: false })?.isFile()) shape = shapeProblemsOfFile(path);
+    } catch (look) {
+      // A damaged file: the ledger's own error (thrown below) says so.
+      if (!isDamagedFileError(look)) throw look;
+    }
     if (shape.length === 0) throw err;
     for (const p of shape) problem('file', 0, `${p.what}: ${p.reason}`);
     problem('file', 0, `cannot read the ledger: ${(err as Error).message}`);
