@@ -177,11 +177,6 @@ export function rowsWrittenHere(path: string): { issuances: Map<number, string>;
   return w;
 }
 
-/**
- * Why the file at `path` is not a ledger to take as it is, or null. Opening a file read-write gives it
- * the schema (a 0-byte file becomes a new, empty ledger; another SQLite file gets the ledger's tables
- * and WAL mode): a command that takes a file someone put there looks first, read-only.
- */
 /** SQLite's word that a file is not a database, or not a whole one. */
 export function isDamagedFileError(err: unknown): boolean {
   return /^SQLITE_(CORRUPT|NOTADB)/.test(String((err as { code?: string } | null)?.code));
@@ -226,6 +221,11 @@ export function damagedWithWalProblem(path: string): string | null {
   );
 }
 
+/**
+ * Why the file at `path` is not a ledger to take as it is, or null. Opening a file read-write gives it
+ * the schema (a 0-byte file becomes a new, empty ledger; another SQLite file gets the ledger's tables
+ * and WAL mode): a command that takes a file someone put there looks first, read-only.
+ */
 export function notALedgerProblem(path: string): string | null {
   let size: number;
   try {
