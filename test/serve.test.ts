@@ -314,3 +314,21 @@ test('rows deleted from the ledger by another program while the station serves: 
   t.not(refused.status, 0);
   t.regex(refused.stderr, /^ERROR LEDGER not signed: /m);
 });
+
+test('serve with nothing to serve says USAGE once the token took the PIN, and writes no start or stop row', async (t) => {
+  const s = await testStation();
+  await s.close();
+  const count = (): number => {
+    const db = new Database(s.config.station.ledger, { readonly: true });
+    try {
+      return (db.prepare('SELECT count(*) AS n FROM events').get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  };
+  const before = count();
+  const r = cli(['serve', '--config', s.configPath, '--json']);
+  t.is(r.status, 64, r.stderr);
+  t.regex(r.stderr, /^ERROR USAGE no links: give --serial, --http or --spool/m);
+  t.is(count(), before, 'no start or stop row');
+});

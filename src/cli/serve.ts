@@ -29,7 +29,14 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
   const plan = planLinks(config, { serial: args.serial ?? [], ...(args.http ? { http: args.http } : {}), spool: args.spool ?? [] });
   const exposure = args.http && config.station.production ? httpExposureProblem(args.http) : null;
   if (exposure) throw new LineSignerError('USAGE', `--http ${args.http} ${exposure}`);
-  const open = await openStation(config, { command: 'serve', operator: operatorName(config, args.operator) });
+  // Nothing to serve is a usage error, said once the token took the PIN (a refused PIN is what a unit must
+  // not retry) and before the ledger gets a start and a stop row for a station that never served.
+  const nothingToServe = plan.serial.length === 0 && !plan.http && plan.spool.length === 0;
+  const open = await openStation(config, {
+    command: 'serve',
+    operator: operatorName(config, args.operator),
+    ...(nothingToServe ? { afterLogin: () => { throw new LineSignerError('USAGE', 'no links: give --serial, --http or --spool, or a [links] table in the config'); } } : {}),
+  });
   let view: View | undefined;
   const observer = (e: LinkEvent): void => view?.event(e);
   // A link refused for good after it started (the HTTP link's host name found to bind every
@@ -41,10 +48,6 @@ export async function serveCommand(args: ServeArgs): Promise<void> {
     stopForRefusal();
   };
   const links: Link[] = [...serialLinks(open.station, plan, config, observer), ...(await extraLinks(open.station, plan, config, observer, onRefused))];
-  if (links.length === 0) {
-    await open.close();
-    throw new LineSignerError('USAGE', 'no links: give --serial, --http or --spool, or a [links] table in the config');
-  }
   const runner = new LinkRunner(links);
   view =
     process.stdout.isTTY && !args.json

@@ -132,6 +132,8 @@ export interface OpenOptions {
   oneShot?: boolean;
   /** Tests and the benchmark: each token session held this long per signature, as a real HSM's is. */
   slowSessionMs?: number;
+  /** Runs once the token has taken the PIN, before the ledger is opened: a throw stops the start there. */
+  afterLogin?: () => void;
   /** Tests only: runs between the start's rows and the checkpoint that covers them (a crash there). */
   afterStartRows?: () => void;
 }
@@ -170,6 +172,7 @@ async function openOwned(config: StationConfig, opts: OpenOptions, lock: LedgerL
   let nearby;
   let ledger: ThreadedLedger | null = null;
   try {
+    opts.afterLogin?.();
     nearby = token.signer(config.token.key_label);
     // Validity in time is checked per request (CLOCK), so a wrong clock gets
     // the jigs a CLOCK answer instead of a station that will not start.
