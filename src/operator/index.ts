@@ -53,12 +53,12 @@ export interface OperatorContext {
   tokenCheckpoint?: TokenCheckpoint | null;
 }
 
-/** The operator's name: the flag, else [station] operator, else the login name (SUDO_USER under sudo). */
 /** The link a certificate signed by hand is recorded under: who signed it. */
 export function cliLink(operator: string | undefined): string {
   return operator ? `cli:${operator}` : 'cli';
 }
 
+/** The operator's name: the flag, else [station] operator, else the login name (SUDO_USER under sudo). */
 export function operatorName(config: StationConfig, flag?: string): string {
   // LINE_SIGNER_INVOKED_BY: set when root's command acts as the service user (cli/privileges.ts).
   let name = flag ?? config.station.operator ?? process.env.SUDO_USER ?? process.env.LINE_SIGNER_INVOKED_BY;
