@@ -7,10 +7,11 @@
 import test from 'ava';
 import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
+import { generateKeyPairSync, sign } from 'node:crypto';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config/index.js';
-import { eventHash, SqliteLedger, type LedgerEvent } from '../src/ledger/index.js';
+import { checkpointStatement, eventHash, SqliteLedger, type LedgerEvent } from '../src/ledger/index.js';
 import { caCsr, caInit, openStation, verifyLedger } from '../src/station/index.js';
 import { makeDeviceCsr } from '../src/x509/index.js';
 import { BIN, cli, cliAsync } from './helpers/cli.js';
@@ -851,4 +852,45 @@ test('a [station] ledger that is a symlink to a file not made yet: starting over
   const names = readdirSync(place).sort();
   t.true(names.includes('target.db'), names.join());
   t.false(names.some((n) => n.startsWith('link.db.')), `nothing named after the link: ${names.join()}`);
+});
+
+test('ledger accept refuses a file whose checkpoints another key signed (rows kept, checkpoints signed again without the token), --forget-newer or not, and writes nothing', async (t) => {
+  const s = await stopped(2);
+  const backup = join(s.dir, 'backup.db');
+  t.is(cli(['ledger', 'backup', backup, '--config', s.configPath]).status, 0);
+  copyFileSync(backup, join(s.dir, 'backup-clean.db'));
+  const later = await openStation(loadConfig(s.configPath));
+  for (let i = 0; i < 2; i++) t.true((await later.station.handle({ csr: csr(), link: 't' })).ok);
+  await later.close();
+  // The older copy's checkpoints signed again with a key of the attacker's own.
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const db = new Database(backup);
+  const id = (db.prepare("SELECT value FROM settings WHERE key = 'ledger_id'").get() as { value: string }).value;
+  const rows = db.prepare('SELECT * FROM checkpoints ORDER BY n').all() as Array<Record<string, unknown>>;
+  t.true(rows.length > 0);
+  for (const r of rows) {
+    const c = { n: r.n, at: r.at, reason: r.reason, issuanceSeq: r.issuance_seq, issuanceHash: r.issuance_hash, eventSeq: r.event_seq, eventHash: r.event_hash, issuanceHashes: r.issuance_hashes, eventHashes: r.event_hashes, previous: r.previous } as Parameters<typeof checkpointStatement>[1];
+    db.prepare('UPDATE checkpoints SET signature = ? WHERE n = ?').run(sign('sha256', checkpointStatement(id, c), privateKey), r.n);
+  }
+  db.close();
+  for (const f of ['', '-wal', '-shm']) rmSync(`${s.ledger}${f}`, { force: true });
+  copyFileSync(backup, s.ledger);
+  const rowsNow = (): string => {
+    const d = new Database(s.ledger, { readonly: true });
+    try {
+      return JSON.stringify([d.prepare('SELECT max(seq) AS n FROM events').get(), d.prepare('SELECT max(n) AS n FROM checkpoints').get(), d.prepare('SELECT max(seq) AS n FROM issuances').get()]);
+    } finally {
+      d.close();
+    }
+  };
+  const before = rowsNow();
+  for (const flags of [[], ['--forget-newer']]) {
+    const r = cli(['ledger', 'accept', ...flags, '--reason', 'restored', '--config', s.configPath, '--operator', 'ana']);
+    t.is(r.status, 1, r.stdout);
+    t.regex(r.stderr, new RegExp(`^ERROR LEDGER nothing written: ${rows.length} of the file's ${rows.length} checkpoints \\(the first: n 1\\) are not signed by this station's key`, 'm'), flags.join(' '));
+  }
+  t.is(rowsNow(), before, 'nothing written');
+  // The same copy as the station signed it is taken (with --forget-newer: it lacks the two issuances after it).
+  copyFileSync(join(s.dir, 'backup-clean.db'), s.ledger);
+  t.is(cli(['ledger', 'accept', '--forget-newer', '--reason', 'restored', '--config', s.configPath]).status, 0);
 });

@@ -9,7 +9,7 @@
  * token (checkpointStore in token/), so deleting the newest rows or
  * restoring an older copy of the file is caught too.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createPublicKey, verify as verifySignature } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { LineSignerError } from '../errors.js';
 
@@ -44,6 +44,32 @@ export interface TokenCheckpoint extends Heads {
   reason: string;
   /** SHA-256 of the checkpoint's statement. */
   statement: string;
+}
+
+/**
+ * The file's checkpoints the station key did not sign, said in a sentence, or null. `ledger accept`
+ * takes a file the token does not vouch for: its signed checkpoints are then what says that this
+ * station wrote it (a file whose chains were edited and recomputed, its checkpoints signed again with
+ * another key, reads as an older copy otherwise).
+ */
+export function unsignedCheckpointsProblem(ledger: { ledgerId(): string; checkpoints(): Iterable<Checkpoint> }, stationKeySpki: Uint8Array): string | null {
+  const key = createPublicKey({ key: Buffer.from(stationKeySpki), format: 'der', type: 'spki' });
+  const id = ledger.ledgerId();
+  let total = 0;
+  let unsigned = 0;
+  let first = 0;
+  for (const c of ledger.checkpoints()) {
+    total++;
+    let ok = false;
+    try {
+      ok = verifySignature('sha256', checkpointStatement(id, c), key, c.signature);
+    } catch {
+      // an unreadable signature is not the station's
+    }
+    if (!ok && unsigned++ === 0) first = c.n;
+  }
+  if (unsigned === 0) return null;
+  return `${unsigned} of the file's ${total} checkpoints (the first: n ${first}) are not signed by this station's key: this station did not write the file as it is (its rows edited and checkpoints signed again by another key, or another station's ledger under the same id); \`line-signer ledger verify\` names them`;
 }
 
 /** The exact bytes a checkpoint signature covers. */

@@ -26,7 +26,7 @@ export { chainHash, eventHash, GENESIS_HASH, issuanceHash, ROW_FORMAT, type Even
 export { ThreadedLedger } from './threaded.js';
 export type { ProjectionProblem } from './projections.js';
 export { LedgerLock, leaseLabel, leaseProblem, leaseValue, realLedgerPath, refuseHardLinked, strayWalProblem } from './lock.js';
-export { checkpointLabel, closesLedger, ledgerTokenProblem, missingLedgerProblem, stationIdProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
+export { checkpointLabel, closesLedger, unsignedCheckpointsProblem, ledgerTokenProblem, missingLedgerProblem, stationIdProblem, tokenCheckpoint, checkpointStatement, splitHashes, decodeTokenCheckpoint, encodeTokenCheckpoint, takeCheckpoint, takeCheckpointSync, type Checkpoint, type CheckpointWriter, type Heads, type TokenCheckpoint } from './checkpoint.js';
 
 export interface NewIssuance {
   serial: string;
@@ -1081,8 +1081,8 @@ export class SqliteLedger implements Ledger {
    * The next checkpoint, unsigned: both chains' heads and every entry hash
    * since the previous checkpoint, and the statement the station key signs
    * (its SHA-256). Null when nothing changed and `always` is false.
+   * `upTo`: the heads to vouch for (a serving station's own rows so far), else the file's.
    */
-  /** `upTo`: the heads to vouch for (a serving station's own rows so far), else the file's. */
   prepareCheckpoint(reason: string, always = true, upTo?: Heads): { unsigned: Omit<Checkpoint, 'signature'>; digest: Uint8Array } | null {
     const last = this.lastCheckpoint();
     const heads = upTo ?? this.heads();

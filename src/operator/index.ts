@@ -13,7 +13,7 @@ import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { StationConfig } from '../config/index.js';
 import { LineSignerError } from '../errors.js';
-import { leaseProblem, LedgerLock, ledgerTokenProblem, missingLedgerProblem, notALedgerProblem, ownedLedgerProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, type Order, type TokenCheckpoint } from '../ledger/index.js';
+import { leaseProblem, LedgerLock, ledgerTokenProblem, missingLedgerProblem, notALedgerProblem, ownedLedgerProblem, stationIdProblem, SqliteLedger, takeCheckpoint, tokenCheckpoint, unsignedCheckpointsProblem, type Order, type TokenCheckpoint } from '../ledger/index.js';
 import { Pkcs11Token } from '../token/index.js';
 import { readPin } from '../config/index.js';
 import { checkClientText, clipMessage, TEXT_LIMITS } from '../text.js';
@@ -285,6 +285,9 @@ export async function withOwnedLedger<T>(
       if (owned?.kind === 'chain') throw new LineSignerError('LEDGER', `${owned.text}; nothing written`);
       if (owned) throw new LineSignerError('LEDGER', `nothing written: ${owned.text}`);
       const signer = t.signer(config.token.station_key_label);
+      // The token does not vouch for a file to accept: its checkpoints' signatures must be this station's.
+      const unsigned = command === 'accept' ? unsignedCheckpointsProblem(ledger, signer.publicKeySpki()) : null;
+      if (unsigned) throw new LineSignerError('LEDGER', `nothing written: ${unsigned}`);
       const ctx: OperatorContext = {
         config,
         ledger,
