@@ -298,7 +298,17 @@ test('rows deleted from the ledger by another program while the station serves: 
   const sv = await serveProcess(t, s);
   for (let i = 0; i < 3; i++) t.is((await signByHand(s)).status, 0);
   // Past the checkpoint that covers them (one a second), so the token vouches for what is deleted.
-  await new Promise((r) => setTimeout(r, 1500));
+  const covered = (): boolean => {
+    const look = new Database(ledger, { readonly: true });
+    try {
+      const r = look.prepare('SELECT (SELECT max(issuance_seq) FROM checkpoints) AS c, (SELECT max(seq) FROM issuances) AS i').get() as { c: number | null; i: number };
+      return r.c !== null && r.c >= r.i;
+    } finally {
+      look.close();
+    }
+  };
+  await waitFor(covered, 10_000);
+  await new Promise((r) => setTimeout(r, 500));
   const edit = new Database(ledger);
   edit.exec('DELETE FROM issuances WHERE seq = (SELECT max(seq) FROM issuances)');
   const eventsBefore = (edit.prepare('SELECT max(seq) AS n FROM events').get() as { n: number }).n;
