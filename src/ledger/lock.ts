@@ -321,6 +321,19 @@ export function leaseValue(ledger: string): Uint8Array {
   return Buffer.from(JSON.stringify(lease));
 }
 
+/** The station's leases as the token holds them; one that does not read is skipped. */
+function leases(readData: (label: string) => Buffer[], stationId: string): Lease[] {
+  const out: Lease[] = [];
+  for (const v of readData(leaseLabel(stationId))) {
+    try {
+      out.push(JSON.parse(v.toString('utf8')) as Lease);
+    } catch {
+      // not a lease this version wrote
+    }
+  }
+  return out;
+}
+
 /**
  * A WAL at the ledger's path that the station which served there last left
  * when it was killed, while another file is at the path now (its own was
@@ -333,13 +346,7 @@ export function strayWalProblem(readData: (label: string) => Buffer[], stationId
   const st = statSync(ledger, { throwIfNoEntry: false });
   if (!st) return null;
   const mine = realLedgerPath(ledger);
-  for (const v of readData(leaseLabel(stationId))) {
-    let lease: Lease;
-    try {
-      lease = JSON.parse(v.toString('utf8')) as Lease;
-    } catch {
-      continue;
-    }
+  for (const lease of leases(readData, stationId)) {
     // A lease let go at a clean stop has no pid; one without the file's identity is older than this check.
     if (typeof lease.pid !== 'number' || typeof lease.ino !== 'number' || lease.ledger !== mine) continue;
     if (lease.dev === st.dev && lease.ino === st.ino) continue;
@@ -354,13 +361,7 @@ export function strayWalProblem(readData: (label: string) => Buffer[], stationId
 /** Why this process may not write `ledger`: a living station serves another file of the same station. Null when none does. */
 export function leaseProblem(readData: (label: string) => Buffer[], stationId: string, ledger: string): string | null {
   const mine = realLedgerPath(ledger);
-  for (const v of readData(leaseLabel(stationId))) {
-    let lease: Lease;
-    try {
-      lease = JSON.parse(v.toString('utf8')) as Lease;
-    } catch {
-      continue;
-    }
+  for (const lease of leases(readData, stationId)) {
     if (typeof lease.pid !== 'number' || lease.ledger === mine || lease.pid === process.pid) continue;
     const alive = lease.boot === bootId() && processStart(lease.pid) === lease.start;
     if (alive) {
